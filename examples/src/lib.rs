@@ -1,0 +1,1 @@
+//! Runnable examples of the ws toolkit; see `examples/*.rs`.

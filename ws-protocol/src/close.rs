@@ -1,0 +1,40 @@
+//! The WebSocket close codes the hub sends, and how a client should react to each.
+//!
+//! | code | constant | sent when | client reaction |
+//! |---|---|---|---|
+//! | 1000 | [`NORMAL`] | the peer closes on purpose, or the hub closes an idle connection | reconnect only if it still wants data |
+//! | 1001 | [`GOING_AWAY`] | the hub shuts down | reconnect with backoff |
+//! | 1008 | [`POLICY_VIOLATION`] | slow consumer, forbidden action | do not retry blindly |
+//! | 1009 | [`MESSAGE_TOO_BIG`] | a frame exceeded the hub's maximum message size | fix the sender |
+//! | 1011 | [`INTERNAL_ERROR`] | the hub failed unexpectedly | reconnect with backoff |
+//! | 1012 | [`SERVICE_RESTART`] | the hub restarts | reconnect with backoff |
+//! | 1013 | [`TRY_AGAIN_LATER`] | the hub is overloaded | reconnect with backoff |
+
+/// 1000: normal closure.
+pub const NORMAL: u16 = 1000;
+/// 1001: the endpoint is going away (hub shutdown).
+pub const GOING_AWAY: u16 = 1001;
+/// 1008: the peer broke a policy (slow consumer, forbidden action).
+pub const POLICY_VIOLATION: u16 = 1008;
+/// 1009: a message was larger than the receiver accepts.
+pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// 1011: the server met an unexpected condition.
+pub const INTERNAL_ERROR: u16 = 1011;
+/// 1012: the service is restarting.
+pub const SERVICE_RESTART: u16 = 1012;
+/// 1013: the service is overloaded; try again later.
+pub const TRY_AGAIN_LATER: u16 = 1013;
+
+/// Whether a client should reconnect (with backoff) after the server closed with `code`.
+///
+/// Policy violations and oversized messages would only repeat, so they are not retried;
+/// everything else (going away, restart, overload, internal errors, unknown codes) is.
+///
+/// ```
+/// use ws_protocol::close;
+/// assert!(close::is_retryable(close::GOING_AWAY));
+/// assert!(!close::is_retryable(close::POLICY_VIOLATION));
+/// ```
+pub fn is_retryable(code: u16) -> bool {
+    !matches!(code, POLICY_VIOLATION | MESSAGE_TOO_BIG)
+}

@@ -1,0 +1,385 @@
+//! [`WebSocketConfig`]: the `WS_*` environment variables shared by the client and the hub.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// What the hub does when a subscriber's outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumerPolicy {
+    /// Send `Error { code: "slow_consumer" }`, then close with 1008. The default: a trading
+    /// client must not silently miss prices.
+    #[default]
+    Disconnect,
+    /// Drop the oldest queued publications and tell the client how many with `Lagged`.
+    DropOldest,
+}
+
+impl FromStr for SlowConsumerPolicy {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disconnect" => Ok(Self::Disconnect),
+            "drop_oldest" => Ok(Self::DropOldest),
+            _ => Err("expected `disconnect` or `drop_oldest`"),
+        }
+    }
+}
+
+/// Settings of the client and the hub, loaded from `WS_*` environment variables.
+///
+/// Every field has a default (below, and in `.env.example`); a variable set to an empty string
+/// counts as unset. Durations are given in seconds and may have a fraction (`0.5`).
+///
+/// ```
+/// use std::time::Duration;
+/// use ws_protocol::WebSocketConfig;
+///
+/// let config = WebSocketConfig::from_vars([("WS_PORT", "9000"), ("WS_PING_INTERVAL", "15")])?;
+/// assert_eq!(config.port, 9000);
+/// assert_eq!(config.ping_interval, Duration::from_secs(15));
+///
+/// let error = WebSocketConfig::from_vars([("WS_PORT", "abc")]).unwrap_err();
+/// assert!(error.to_string().contains("WS_PORT"));
+/// assert!(error.to_string().contains("abc"));
+/// # Ok::<(), ws_protocol::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WebSocketConfig {
+    /// `WS_HOST`: the address the hub listens on. Default `0.0.0.0`.
+    pub host: String,
+    /// `WS_PORT`: the port the hub listens on (0 picks a free one). Default `8080`.
+    pub port: u16,
+    /// `WS_RECONNECT_INTERVAL`: the client's first reconnect delay. Default 5 s.
+    pub reconnect_interval: Duration,
+    /// `WS_MAX_RECONNECT_DELAY`: the cap of the client's doubling reconnect delay. Default 60 s.
+    pub max_reconnect_delay: Duration,
+    /// `WS_MAX_RECONNECT_ATTEMPTS`: failed reconnects before the client gives up. Default:
+    /// unset, retry forever.
+    pub max_reconnect_attempts: Option<u32>,
+    /// `WS_PING_INTERVAL`: how often each side sends a protocol ping. Default 30 s.
+    pub ping_interval: Duration,
+    /// `WS_PONG_TIMEOUT`: the client declares the connection dead when nothing arrives this
+    /// long after a ping. Default 10 s.
+    pub pong_timeout: Duration,
+    /// `WS_CONNECT_TIMEOUT`: the client's limit for TCP + TLS + WebSocket handshake. Default 10 s.
+    pub connect_timeout: Duration,
+    /// `WS_MESSAGE_BUFFER_SIZE`: messages the client queues while disconnected. Default 1000.
+    pub message_buffer_size: usize,
+    /// `WS_IDLE_TIMEOUT`: the hub closes a connection from which nothing (not even a pong)
+    /// arrived for this long. Default 90 s (three missed pings).
+    pub idle_timeout: Duration,
+    /// `WS_HANDSHAKE_TIMEOUT`: the hub drops a TCP connection that has not completed the
+    /// WebSocket upgrade within this time. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// `WS_MAX_MESSAGE_SIZE`: the largest frame, in bytes, the hub accepts; larger ones are
+    /// answered with close 1009. Default 65536 (64 KiB).
+    pub max_message_size: usize,
+    /// `WS_SEND_QUEUE_SIZE`: messages the hub queues for one connection before the slow-consumer
+    /// policy applies. Default 1024.
+    pub send_queue_size: usize,
+    /// `WS_SLOW_CONSUMER_POLICY`: `disconnect` (default) or `drop_oldest`.
+    pub slow_consumer_policy: SlowConsumerPolicy,
+    /// `WS_MAX_CONNECTIONS`: connections the hub holds at once; further upgrades get HTTP 503.
+    /// Default 10000.
+    pub max_connections: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".to_owned(),
+            port: 8080,
+            reconnect_interval: Duration::from_secs(5),
+            max_reconnect_delay: Duration::from_secs(60),
+            max_reconnect_attempts: None,
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            message_buffer_size: 1000,
+            idle_timeout: Duration::from_secs(90),
+            handshake_timeout: Duration::from_secs(10),
+            max_message_size: 64 * 1024,
+            send_queue_size: 1024,
+            slow_consumer_policy: SlowConsumerPolicy::Disconnect,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// The smallest `WS_MAX_MESSAGE_SIZE` accepted: enough for every control frame.
+const MIN_MESSAGE_SIZE: usize = 256;
+
+impl WebSocketConfig {
+    /// Loads the configuration from the process environment, with a `.env` file in the current
+    /// directory (if there is one) filling in variables the environment does not set.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable and its value when one does not parse or is out of
+    /// range, or when `.env` exists but cannot be read.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut vars: Vec<(String, String)> = match dotenvy::dotenv_iter() {
+            Ok(iter) => iter
+                .collect::<Result<_, _>>()
+                .map_err(|e| ConfigError::DotEnv(e.to_string()))?,
+            Err(e) if e.not_found() => Vec::new(),
+            Err(e) => return Err(ConfigError::DotEnv(e.to_string())),
+        };
+        // The process environment wins over `.env`: later pairs override earlier ones.
+        vars.extend(std::env::vars());
+        Self::from_vars(vars)
+    }
+
+    /// Loads the configuration from the given `(name, value)` pairs; names without the `WS_`
+    /// prefix are ignored, and a later pair overrides an earlier one.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable and its value when one does not parse or is out of
+    /// range.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (name, value) in vars {
+            let (name, value) = (name.into(), value.into());
+            if !name.starts_with("WS_") {
+                continue;
+            }
+            pairs.retain(|(n, _)| *n != name);
+            if !value.is_empty() {
+                pairs.push((name, value));
+            }
+        }
+        let env: EnvVars = envy::from_iter(pairs).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        env.into_config()
+    }
+}
+
+/// The variables as envy sees them. envy names a variable that fails to parse by its full
+/// name only when the fields carry the `ws_` prefix, hence this private mirror.
+#[derive(Deserialize)]
+struct EnvVars {
+    ws_host: Option<String>,
+    ws_port: Option<u16>,
+    ws_reconnect_interval: Option<f64>,
+    ws_max_reconnect_delay: Option<f64>,
+    ws_max_reconnect_attempts: Option<u32>,
+    ws_ping_interval: Option<f64>,
+    ws_pong_timeout: Option<f64>,
+    ws_connect_timeout: Option<f64>,
+    ws_message_buffer_size: Option<usize>,
+    ws_idle_timeout: Option<f64>,
+    ws_handshake_timeout: Option<f64>,
+    ws_max_message_size: Option<usize>,
+    ws_send_queue_size: Option<usize>,
+    ws_slow_consumer_policy: Option<String>,
+    ws_max_connections: Option<usize>,
+}
+
+impl EnvVars {
+    fn into_config(self) -> Result<WebSocketConfig, ConfigError> {
+        let d = WebSocketConfig::default();
+        let config = WebSocketConfig {
+            host: self.ws_host.unwrap_or(d.host),
+            port: self.ws_port.unwrap_or(d.port),
+            reconnect_interval: secs("WS_RECONNECT_INTERVAL", self.ws_reconnect_interval)?
+                .unwrap_or(d.reconnect_interval),
+            max_reconnect_delay: secs("WS_MAX_RECONNECT_DELAY", self.ws_max_reconnect_delay)?
+                .unwrap_or(d.max_reconnect_delay),
+            max_reconnect_attempts: self.ws_max_reconnect_attempts,
+            ping_interval: secs("WS_PING_INTERVAL", self.ws_ping_interval)?
+                .unwrap_or(d.ping_interval),
+            pong_timeout: secs("WS_PONG_TIMEOUT", self.ws_pong_timeout)?.unwrap_or(d.pong_timeout),
+            connect_timeout: secs("WS_CONNECT_TIMEOUT", self.ws_connect_timeout)?
+                .unwrap_or(d.connect_timeout),
+            message_buffer_size: self.ws_message_buffer_size.unwrap_or(d.message_buffer_size),
+            idle_timeout: secs("WS_IDLE_TIMEOUT", self.ws_idle_timeout)?.unwrap_or(d.idle_timeout),
+            handshake_timeout: secs("WS_HANDSHAKE_TIMEOUT", self.ws_handshake_timeout)?
+                .unwrap_or(d.handshake_timeout),
+            max_message_size: self.ws_max_message_size.unwrap_or(d.max_message_size),
+            send_queue_size: self.ws_send_queue_size.unwrap_or(d.send_queue_size),
+            slow_consumer_policy: match self.ws_slow_consumer_policy {
+                None => d.slow_consumer_policy,
+                Some(value) => value.parse().map_err(|reason| ConfigError::OutOfRange {
+                    variable: "WS_SLOW_CONSUMER_POLICY",
+                    value,
+                    reason,
+                })?,
+            },
+            max_connections: self.ws_max_connections.unwrap_or(d.max_connections),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl WebSocketConfig {
+    /// Checks the ranges that parsing alone does not: positive intervals and sizes.
+    ///
+    /// # Errors
+    /// [`ConfigError::OutOfRange`] naming the first variable out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("WS_RECONNECT_INTERVAL", self.reconnect_interval),
+            ("WS_MAX_RECONNECT_DELAY", self.max_reconnect_delay),
+            ("WS_PING_INTERVAL", self.ping_interval),
+            ("WS_PONG_TIMEOUT", self.pong_timeout),
+            ("WS_CONNECT_TIMEOUT", self.connect_timeout),
+            ("WS_IDLE_TIMEOUT", self.idle_timeout),
+            ("WS_HANDSHAKE_TIMEOUT", self.handshake_timeout),
+        ];
+        for (variable, value) in positive {
+            if value.is_zero() {
+                return Err(ConfigError::OutOfRange {
+                    variable,
+                    value: "0".to_owned(),
+                    reason: "must be greater than 0 seconds",
+                });
+            }
+        }
+        let counts = [
+            ("WS_SEND_QUEUE_SIZE", self.send_queue_size, 1, "must be at least 1"),
+            ("WS_MAX_CONNECTIONS", self.max_connections, 1, "must be at least 1"),
+            (
+                "WS_MAX_MESSAGE_SIZE",
+                self.max_message_size,
+                MIN_MESSAGE_SIZE,
+                "must be at least 256 bytes",
+            ),
+        ];
+        for (variable, value, min, reason) in counts {
+            if value < min {
+                return Err(ConfigError::OutOfRange {
+                    variable,
+                    value: value.to_string(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `host:port`, ready for `bind`.
+    pub fn bind_address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Converts seconds (with an optional fraction) into a `Duration`, naming the variable when
+/// the number is negative, not finite, or too large.
+fn secs(variable: &'static str, value: Option<f64>) -> Result<Option<Duration>, ConfigError> {
+    value
+        .map(|s| {
+            Duration::try_from_secs_f64(s).map_err(|_| ConfigError::OutOfRange {
+                variable,
+                value: s.to_string(),
+                reason: "must be a non-negative number of seconds",
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let config = WebSocketConfig::from_vars(Vec::<(String, String)>::new()).unwrap();
+        assert_eq!(config, WebSocketConfig::default());
+        assert_eq!(config.bind_address(), "0.0.0.0:8080");
+        assert_eq!(config.reconnect_interval, Duration::from_secs(5));
+        assert_eq!(config.ping_interval, Duration::from_secs(30));
+        assert_eq!(config.message_buffer_size, 1000);
+        assert_eq!(config.max_reconnect_attempts, None);
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let config = WebSocketConfig::from_vars([
+            ("WS_HOST", "127.0.0.1"),
+            ("WS_PORT", "0"),
+            ("WS_RECONNECT_INTERVAL", "0.25"),
+            ("WS_MAX_RECONNECT_DELAY", "8"),
+            ("WS_MAX_RECONNECT_ATTEMPTS", "3"),
+            ("WS_PING_INTERVAL", "2"),
+            ("WS_PONG_TIMEOUT", "1"),
+            ("WS_CONNECT_TIMEOUT", "4"),
+            ("WS_MESSAGE_BUFFER_SIZE", "10"),
+            ("WS_IDLE_TIMEOUT", "6"),
+            ("WS_HANDSHAKE_TIMEOUT", "3"),
+            ("WS_MAX_MESSAGE_SIZE", "4096"),
+            ("WS_SEND_QUEUE_SIZE", "16"),
+            ("WS_SLOW_CONSUMER_POLICY", "drop_oldest"),
+            ("WS_MAX_CONNECTIONS", "5"),
+            ("OTHER", "ignored"),
+        ])
+        .unwrap();
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.port, 0);
+        assert_eq!(config.reconnect_interval, Duration::from_millis(250));
+        assert_eq!(config.max_reconnect_delay, Duration::from_secs(8));
+        assert_eq!(config.max_reconnect_attempts, Some(3));
+        assert_eq!(config.ping_interval, Duration::from_secs(2));
+        assert_eq!(config.pong_timeout, Duration::from_secs(1));
+        assert_eq!(config.connect_timeout, Duration::from_secs(4));
+        assert_eq!(config.message_buffer_size, 10);
+        assert_eq!(config.idle_timeout, Duration::from_secs(6));
+        assert_eq!(config.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(config.max_message_size, 4096);
+        assert_eq!(config.send_queue_size, 16);
+        assert_eq!(config.slow_consumer_policy, SlowConsumerPolicy::DropOldest);
+        assert_eq!(config.max_connections, 5);
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable_and_the_value() {
+        for (name, value) in [
+            ("WS_PORT", "abc"),
+            ("WS_PORT", "70000"),
+            ("WS_PING_INTERVAL", "soon"),
+            ("WS_PING_INTERVAL", "-1"),
+            ("WS_PING_INTERVAL", "0"),
+            ("WS_MAX_RECONNECT_ATTEMPTS", "-2"),
+            ("WS_MESSAGE_BUFFER_SIZE", "many"),
+            ("WS_SLOW_CONSUMER_POLICY", "panic"),
+            ("WS_MAX_MESSAGE_SIZE", "10"),
+            ("WS_SEND_QUEUE_SIZE", "0"),
+        ] {
+            let error = WebSocketConfig::from_vars([(name, value)]).unwrap_err().to_string();
+            assert!(error.contains(name), "{name}={value}: {error}");
+            assert!(error.contains(value.trim_start_matches('-')), "{name}={value}: {error}");
+        }
+    }
+
+    #[test]
+    fn empty_values_count_as_unset_and_later_values_win() {
+        let config = WebSocketConfig::from_vars([
+            ("WS_PORT", "1"),
+            ("WS_PORT", "2"),
+            ("WS_MAX_RECONNECT_ATTEMPTS", ""),
+        ])
+        .unwrap();
+        assert_eq!(config.port, 2);
+        assert_eq!(config.max_reconnect_attempts, None);
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        let config = WebSocketConfig::from_vars([("WS_HOST", "::1"), ("WS_PORT", "9")]).unwrap();
+        assert_eq!(config.bind_address(), "[::1]:9");
+    }
+}

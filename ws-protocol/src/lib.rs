@@ -1,0 +1,31 @@
+//! The wire contract of the ws toolkit.
+//!
+//! Every frame on the wire is one UTF-8 text frame holding one JSON object tagged by `"type"`:
+//! `{"type":"Subscribe","channels":["prices:SOL-USDC"]}`. This crate holds that contract and
+//! nothing that does I/O, so it can be tested (and fuzzed) without a runtime:
+//!
+//! - [`WsMessage`]: every frame a client or the hub sends, and [`Payload`], the raw JSON `data`
+//!   of a publication, kept as text so the hub forwards it without parsing it;
+//! - [`close`]: the WebSocket close codes the hub uses and what a client should do on each;
+//! - [`WebSocketConfig`]: the `WS_*` environment variables shared by the client and the hub.
+//!
+//! ```
+//! use ws_protocol::WsMessage;
+//!
+//! let frame = r#"{"type":"Subscribe","channels":["prices:SOL-USDC"]}"#;
+//! let message = WsMessage::from_json(frame)?;
+//! assert_eq!(message, WsMessage::Subscribe { channels: vec!["prices:SOL-USDC".into()] });
+//! assert_eq!(message.to_json(), frame);
+//! # Ok::<(), ws_protocol::DecodeError>(())
+//! ```
+
+pub mod close;
+mod config;
+mod error;
+mod message;
+mod payload;
+
+pub use config::{SlowConsumerPolicy, WebSocketConfig};
+pub use error::{ConfigError, DecodeError};
+pub use message::{WsMessage, codes, encode_publication};
+pub use payload::Payload;

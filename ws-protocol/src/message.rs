@@ -1,0 +1,417 @@
+//! [`WsMessage`]: every frame of the protocol.
+
+use std::borrow::Cow;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::DecodeError;
+use crate::payload::Payload;
+
+/// The stable `code` values of [`WsMessage::Error`].
+pub mod codes {
+    /// The frame is not valid JSON, has no `type`, or lacks a field its type needs.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// The frame's `type` is not one the hub knows.
+    pub const UNKNOWN_TYPE: &str = "unknown_type";
+    /// The frame is larger than the hub's maximum message size (the hub then closes with 1009).
+    pub const MESSAGE_TOO_LARGE: &str = "message_too_large";
+    /// The connection could not keep up with its publications (the hub then closes with 1008).
+    pub const SLOW_CONSUMER: &str = "slow_consumer";
+    /// The frame is valid but this hub does not act on it (for example a `PriceUpdate` sent to
+    /// a hub that has no application reading client messages).
+    pub const UNSUPPORTED: &str = "unsupported";
+    /// A channel name is empty or too long.
+    pub const INVALID_CHANNEL: &str = "invalid_channel";
+}
+
+/// One frame of the protocol: a JSON object tagged by `"type"`, field names in snake_case.
+///
+/// Market data (`PriceUpdate`, `AccountUpdate`) travels as the `data` of a `Publication` or
+/// directly; the rest is the hub's control protocol. `docs/PROTOCOL.md` shows each frame.
+///
+/// Decoding ignores fields it does not know, so newer peers can add fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type")]
+#[non_exhaustive]
+pub enum WsMessage {
+    /// A price of one token pair.
+    PriceUpdate {
+        /// Mint address of the input token.
+        input_mint: String,
+        /// Mint address of the output token.
+        output_mint: String,
+        /// Price of one input token in output tokens.
+        price: f64,
+        /// Traded volume.
+        volume: u64,
+        /// Unix time in milliseconds when the price was observed.
+        timestamp: i64,
+    },
+    /// A change of one account.
+    AccountUpdate {
+        /// The account's public key.
+        pubkey: String,
+        /// Balance in lamports.
+        lamports: u64,
+        /// Slot of the change.
+        slot: u64,
+        /// Unix time in milliseconds of the change.
+        timestamp: i64,
+    },
+    /// Client → hub: start receiving publications on these channels. Answered by `Subscribed`.
+    Subscribe {
+        /// Channel names, such as `prices:SOL-USDC`.
+        channels: Vec<String>,
+    },
+    /// Client → hub: stop receiving these channels. Answered by `Unsubscribed`.
+    Unsubscribe {
+        /// Channel names.
+        channels: Vec<String>,
+    },
+    /// Client → hub: publish `data` to every subscriber of `channel`.
+    Publish {
+        /// The channel to publish on.
+        channel: String,
+        /// Any JSON value; forwarded as is.
+        data: Payload,
+    },
+    /// Either way: are you there? Answered by `Pong`.
+    Ping,
+    /// Either way: the answer to `Ping`.
+    Pong,
+    /// Hub → client: the first frame on every connection.
+    Connected {
+        /// The hub's identifier for this connection.
+        connection_id: u64,
+        /// The hub's clock, Unix time in milliseconds.
+        server_time: i64,
+    },
+    /// Hub → client: the subscription is in effect; publications on these channels follow.
+    Subscribed {
+        /// The channels now subscribed.
+        channels: Vec<String>,
+    },
+    /// Hub → client: these channels are no longer delivered.
+    Unsubscribed {
+        /// The channels no longer subscribed.
+        channels: Vec<String>,
+    },
+    /// Hub → client: a frame could not be acted on. The connection stays open unless a close
+    /// frame follows.
+    Error {
+        /// A stable snake_case identifier; see [`codes`].
+        code: String,
+        /// A human-readable explanation naming the problem.
+        message: String,
+    },
+    /// Hub → client: one message published on a channel the client subscribed to.
+    Publication {
+        /// The channel it was published on.
+        channel: String,
+        /// Counts the channel's publications from 1, one by one.
+        seq: u64,
+        /// The published JSON value.
+        data: Payload,
+    },
+    /// Hub → client: `missed` older publications of `channel` were dropped because this
+    /// connection did not read fast enough (slow-consumer policy `drop_oldest`).
+    Lagged {
+        /// The channel that lost publications.
+        channel: String,
+        /// How many were dropped.
+        missed: u64,
+    },
+}
+
+impl WsMessage {
+    /// Decodes one text frame.
+    ///
+    /// # Errors
+    /// [`DecodeError`] says whether the text is not JSON, has no or an unknown `type`, or lacks
+    /// a field; [`DecodeError::code`] gives the matching [`codes`] value.
+    pub fn from_json(text: &str) -> Result<Self, DecodeError> {
+        let frame: Frame<'_> =
+            serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        frame.into_message()
+    }
+
+    /// Encodes the message as one JSON text frame.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string, and non-finite
+        // floats are written as `null` by serde_json.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The value of the `"type"` field, such as `"Subscribe"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::PriceUpdate { .. } => "PriceUpdate",
+            Self::AccountUpdate { .. } => "AccountUpdate",
+            Self::Subscribe { .. } => "Subscribe",
+            Self::Unsubscribe { .. } => "Unsubscribe",
+            Self::Publish { .. } => "Publish",
+            Self::Ping => "Ping",
+            Self::Pong => "Pong",
+            Self::Connected { .. } => "Connected",
+            Self::Subscribed { .. } => "Subscribed",
+            Self::Unsubscribed { .. } => "Unsubscribed",
+            Self::Error { .. } => "Error",
+            Self::Publication { .. } => "Publication",
+            Self::Lagged { .. } => "Lagged",
+        }
+    }
+
+    /// An `Error` frame with the given code and message.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Self::Error {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WsMessage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Frame::deserialize(deserializer)?
+            .into_message()
+            .map_err(D::Error::custom)
+    }
+}
+
+/// Encodes a `Publication` frame without copying `data` into an intermediate value.
+///
+/// This is what the hub calls once per publication; every subscriber then gets the same bytes.
+///
+/// ```
+/// use ws_protocol::{Payload, WsMessage, encode_publication};
+///
+/// let data = Payload::from_json(r#"{"price":101.5}"#)?;
+/// let text = encode_publication("prices:SOL-USDC", 7, data.as_raw());
+/// assert_eq!(text, r#"{"type":"Publication","channel":"prices:SOL-USDC","seq":7,"data":{"price":101.5}}"#);
+/// assert_eq!(
+///     WsMessage::from_json(&text).unwrap(),
+///     WsMessage::Publication { channel: "prices:SOL-USDC".into(), seq: 7, data },
+/// );
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn encode_publication(channel: &str, seq: u64, data: &RawValue) -> String {
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename = "Publication")]
+    struct PublicationRef<'a> {
+        channel: &'a str,
+        seq: u64,
+        data: &'a RawValue,
+    }
+    let mut out = Vec::with_capacity(channel.len() + data.get().len() + 64);
+    // Writing into a Vec cannot fail and the fields are all serializable.
+    if serde_json::to_writer(&mut out, &PublicationRef { channel, seq, data }).is_err() {
+        return String::new();
+    }
+    // serde_json writes valid UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Every field any frame may carry; decoded in one pass, then checked against the `type`.
+///
+/// A flat struct (rather than serde's internally tagged enum) lets `data` stay a borrowed
+/// [`RawValue`] and lets errors say which field of which type is missing.
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    input_mint: Option<String>,
+    output_mint: Option<String>,
+    price: Option<f64>,
+    volume: Option<u64>,
+    timestamp: Option<i64>,
+    pubkey: Option<String>,
+    lamports: Option<u64>,
+    slot: Option<u64>,
+    channels: Option<Vec<String>>,
+    channel: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+    connection_id: Option<u64>,
+    server_time: Option<i64>,
+    code: Option<String>,
+    message: Option<String>,
+    seq: Option<u64>,
+    missed: Option<u64>,
+}
+
+/// Keeps `"data": null` as the JSON value `null` rather than as an absent field.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+impl Frame<'_> {
+    fn into_message(self) -> Result<WsMessage, DecodeError> {
+        let kind = self.kind.ok_or(DecodeError::MissingType)?;
+        let kind: &'static str = match KINDS.iter().find(|k| **k == kind) {
+            Some(k) => k,
+            None => return Err(DecodeError::UnknownType(kind.into_owned())),
+        };
+        let need = |field: &'static str| DecodeError::MissingField { kind, field };
+        Ok(match kind {
+            "PriceUpdate" => WsMessage::PriceUpdate {
+                input_mint: self.input_mint.ok_or_else(|| need("input_mint"))?,
+                output_mint: self.output_mint.ok_or_else(|| need("output_mint"))?,
+                price: self.price.ok_or_else(|| need("price"))?,
+                volume: self.volume.ok_or_else(|| need("volume"))?,
+                timestamp: self.timestamp.ok_or_else(|| need("timestamp"))?,
+            },
+            "AccountUpdate" => WsMessage::AccountUpdate {
+                pubkey: self.pubkey.ok_or_else(|| need("pubkey"))?,
+                lamports: self.lamports.ok_or_else(|| need("lamports"))?,
+                slot: self.slot.ok_or_else(|| need("slot"))?,
+                timestamp: self.timestamp.ok_or_else(|| need("timestamp"))?,
+            },
+            "Subscribe" => WsMessage::Subscribe {
+                channels: self.channels.ok_or_else(|| need("channels"))?,
+            },
+            "Unsubscribe" => WsMessage::Unsubscribe {
+                channels: self.channels.ok_or_else(|| need("channels"))?,
+            },
+            "Publish" => WsMessage::Publish {
+                channel: self.channel.ok_or_else(|| need("channel"))?,
+                data: self.data.ok_or_else(|| need("data"))?.into(),
+            },
+            "Ping" => WsMessage::Ping,
+            "Pong" => WsMessage::Pong,
+            "Connected" => WsMessage::Connected {
+                connection_id: self.connection_id.ok_or_else(|| need("connection_id"))?,
+                server_time: self.server_time.ok_or_else(|| need("server_time"))?,
+            },
+            "Subscribed" => WsMessage::Subscribed {
+                channels: self.channels.ok_or_else(|| need("channels"))?,
+            },
+            "Unsubscribed" => WsMessage::Unsubscribed {
+                channels: self.channels.ok_or_else(|| need("channels"))?,
+            },
+            "Error" => WsMessage::Error {
+                code: self.code.ok_or_else(|| need("code"))?,
+                message: self.message.ok_or_else(|| need("message"))?,
+            },
+            "Publication" => WsMessage::Publication {
+                channel: self.channel.ok_or_else(|| need("channel"))?,
+                seq: self.seq.ok_or_else(|| need("seq"))?,
+                data: self.data.ok_or_else(|| need("data"))?.into(),
+            },
+            "Lagged" => WsMessage::Lagged {
+                channel: self.channel.ok_or_else(|| need("channel"))?,
+                missed: self.missed.ok_or_else(|| need("missed"))?,
+            },
+            other => return Err(DecodeError::UnknownType(other.to_owned())),
+        })
+    }
+}
+
+/// Every `type` value [`WsMessage`] knows.
+const KINDS: &[&str] = &[
+    "PriceUpdate",
+    "AccountUpdate",
+    "Subscribe",
+    "Unsubscribe",
+    "Publish",
+    "Ping",
+    "Pong",
+    "Connected",
+    "Subscribed",
+    "Unsubscribed",
+    "Error",
+    "Publication",
+    "Lagged",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(message: WsMessage) {
+        let text = message.to_json();
+        assert_eq!(WsMessage::from_json(&text), Ok(message.clone()), "{text}");
+        let via_serde: WsMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!(via_serde, message);
+    }
+
+    #[test]
+    fn every_variant_round_trips() {
+        let data = Payload::from_json(r#"{"a":[1,2,{"b":null}]}"#).unwrap();
+        for message in [
+            WsMessage::PriceUpdate {
+                input_mint: "SOL".into(),
+                output_mint: "USDC".into(),
+                price: 101.25,
+                volume: 7,
+                timestamp: 1_700_000_000_000,
+            },
+            WsMessage::AccountUpdate {
+                pubkey: "abc".into(),
+                lamports: 5,
+                slot: 9,
+                timestamp: -1,
+            },
+            WsMessage::Subscribe { channels: vec!["a".into(), "b".into()] },
+            WsMessage::Unsubscribe { channels: vec![] },
+            WsMessage::Publish { channel: "a".into(), data: data.clone() },
+            WsMessage::Ping,
+            WsMessage::Pong,
+            WsMessage::Connected { connection_id: 3, server_time: 4 },
+            WsMessage::Subscribed { channels: vec!["a".into()] },
+            WsMessage::Unsubscribed { channels: vec!["a".into()] },
+            WsMessage::error(codes::BAD_REQUEST, "nope"),
+            WsMessage::Publication { channel: "a".into(), seq: 1, data },
+            WsMessage::Lagged { channel: "a".into(), missed: 2 },
+        ] {
+            assert!(KINDS.contains(&message.kind()));
+            assert!(message.to_json().starts_with(&format!(r#"{{"type":"{}""#, message.kind())));
+            round_trip(message);
+        }
+    }
+
+    #[test]
+    fn documented_frames_decode() {
+        assert_eq!(WsMessage::from_json(r#"{"type":"Ping"}"#), Ok(WsMessage::Ping));
+        assert_eq!(
+            WsMessage::from_json(r#"{"channels":["prices:SOL-USDC"],"type":"Subscribe","extra":1}"#),
+            Ok(WsMessage::Subscribe { channels: vec!["prices:SOL-USDC".into()] })
+        );
+    }
+
+    #[test]
+    fn null_data_is_a_value_not_a_missing_field() {
+        let message = WsMessage::from_json(r#"{"type":"Publish","channel":"c","data":null}"#);
+        assert_eq!(
+            message,
+            Ok(WsMessage::Publish { channel: "c".into(), data: Payload::from_json("null").unwrap() })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        assert!(matches!(WsMessage::from_json("{not json"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(WsMessage::from_json("[]"), Err(DecodeError::Malformed(_))));
+        assert_eq!(WsMessage::from_json(r#"{"channels":[]}"#), Err(DecodeError::MissingType));
+        assert_eq!(
+            WsMessage::from_json(r#"{"type":"Teleport"}"#),
+            Err(DecodeError::UnknownType("Teleport".into()))
+        );
+        let missing = WsMessage::from_json(r#"{"type":"Subscribe"}"#).unwrap_err();
+        assert_eq!(missing, DecodeError::MissingField { kind: "Subscribe", field: "channels" });
+        assert_eq!(missing.code(), codes::BAD_REQUEST);
+        assert!(missing.to_string().contains("channels"), "{missing}");
+        let wrong = WsMessage::from_json(r#"{"type":"Subscribe","channels":"a"}"#).unwrap_err();
+        assert_eq!(wrong.code(), codes::BAD_REQUEST);
+        assert_eq!(
+            DecodeError::UnknownType("X".into()).code(),
+            codes::UNKNOWN_TYPE
+        );
+    }
+
+    #[test]
+    fn escaped_type_still_matches() {
+        assert_eq!(WsMessage::from_json(r#"{"type":"P\u0069ng"}"#), Ok(WsMessage::Ping));
+    }
+}
