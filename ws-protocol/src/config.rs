@@ -159,7 +159,8 @@ impl WebSocketConfig {
                 pairs.push((name, value));
             }
         }
-        let env: EnvVars = envy::from_iter(pairs).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let env: EnvVars =
+            envy::from_iter(pairs).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         env.into_config()
     }
 }
@@ -247,8 +248,18 @@ impl WebSocketConfig {
             }
         }
         let counts = [
-            ("WS_SEND_QUEUE_SIZE", self.send_queue_size, 1, "must be at least 1"),
-            ("WS_MAX_CONNECTIONS", self.max_connections, 1, "must be at least 1"),
+            (
+                "WS_SEND_QUEUE_SIZE",
+                self.send_queue_size,
+                1,
+                "must be at least 1",
+            ),
+            (
+                "WS_MAX_CONNECTIONS",
+                self.max_connections,
+                1,
+                "must be at least 1",
+            ),
             (
                 "WS_MAX_MESSAGE_SIZE",
                 self.max_message_size,
@@ -359,9 +370,14 @@ mod tests {
             ("WS_MAX_MESSAGE_SIZE", "10"),
             ("WS_SEND_QUEUE_SIZE", "0"),
         ] {
-            let error = WebSocketConfig::from_vars([(name, value)]).unwrap_err().to_string();
+            let error = WebSocketConfig::from_vars([(name, value)])
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(name), "{name}={value}: {error}");
-            assert!(error.contains(value.trim_start_matches('-')), "{name}={value}: {error}");
+            assert!(
+                error.contains(value.trim_start_matches('-')),
+                "{name}={value}: {error}"
+            );
         }
     }
 

@@ -353,30 +353,60 @@ mod tests {
                 slot: 9,
                 timestamp: -1,
             },
-            WsMessage::Subscribe { channels: vec!["a".into(), "b".into()] },
+            WsMessage::Subscribe {
+                channels: vec!["a".into(), "b".into()],
+            },
             WsMessage::Unsubscribe { channels: vec![] },
-            WsMessage::Publish { channel: "a".into(), data: data.clone() },
+            WsMessage::Publish {
+                channel: "a".into(),
+                data: data.clone(),
+            },
             WsMessage::Ping,
             WsMessage::Pong,
-            WsMessage::Connected { connection_id: 3, server_time: 4 },
-            WsMessage::Subscribed { channels: vec!["a".into()] },
-            WsMessage::Unsubscribed { channels: vec!["a".into()] },
+            WsMessage::Connected {
+                connection_id: 3,
+                server_time: 4,
+            },
+            WsMessage::Subscribed {
+                channels: vec!["a".into()],
+            },
+            WsMessage::Unsubscribed {
+                channels: vec!["a".into()],
+            },
             WsMessage::error(codes::BAD_REQUEST, "nope"),
-            WsMessage::Publication { channel: "a".into(), seq: 1, data },
-            WsMessage::Lagged { channel: "a".into(), missed: 2 },
+            WsMessage::Publication {
+                channel: "a".into(),
+                seq: 1,
+                data,
+            },
+            WsMessage::Lagged {
+                channel: "a".into(),
+                missed: 2,
+            },
         ] {
             assert!(KINDS.contains(&message.kind()));
-            assert!(message.to_json().starts_with(&format!(r#"{{"type":"{}""#, message.kind())));
+            assert!(
+                message
+                    .to_json()
+                    .starts_with(&format!(r#"{{"type":"{}""#, message.kind()))
+            );
             round_trip(message);
         }
     }
 
     #[test]
     fn documented_frames_decode() {
-        assert_eq!(WsMessage::from_json(r#"{"type":"Ping"}"#), Ok(WsMessage::Ping));
         assert_eq!(
-            WsMessage::from_json(r#"{"channels":["prices:SOL-USDC"],"type":"Subscribe","extra":1}"#),
-            Ok(WsMessage::Subscribe { channels: vec!["prices:SOL-USDC".into()] })
+            WsMessage::from_json(r#"{"type":"Ping"}"#),
+            Ok(WsMessage::Ping)
+        );
+        assert_eq!(
+            WsMessage::from_json(
+                r#"{"channels":["prices:SOL-USDC"],"type":"Subscribe","extra":1}"#
+            ),
+            Ok(WsMessage::Subscribe {
+                channels: vec!["prices:SOL-USDC".into()]
+            })
         );
     }
 
@@ -385,21 +415,39 @@ mod tests {
         let message = WsMessage::from_json(r#"{"type":"Publish","channel":"c","data":null}"#);
         assert_eq!(
             message,
-            Ok(WsMessage::Publish { channel: "c".into(), data: Payload::from_json("null").unwrap() })
+            Ok(WsMessage::Publish {
+                channel: "c".into(),
+                data: Payload::from_json("null").unwrap()
+            })
         );
     }
 
     #[test]
     fn errors_name_the_problem() {
-        assert!(matches!(WsMessage::from_json("{not json"), Err(DecodeError::Malformed(_))));
-        assert!(matches!(WsMessage::from_json("[]"), Err(DecodeError::Malformed(_))));
-        assert_eq!(WsMessage::from_json(r#"{"channels":[]}"#), Err(DecodeError::MissingType));
+        assert!(matches!(
+            WsMessage::from_json("{not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            WsMessage::from_json("[]"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert_eq!(
+            WsMessage::from_json(r#"{"channels":[]}"#),
+            Err(DecodeError::MissingType)
+        );
         assert_eq!(
             WsMessage::from_json(r#"{"type":"Teleport"}"#),
             Err(DecodeError::UnknownType("Teleport".into()))
         );
         let missing = WsMessage::from_json(r#"{"type":"Subscribe"}"#).unwrap_err();
-        assert_eq!(missing, DecodeError::MissingField { kind: "Subscribe", field: "channels" });
+        assert_eq!(
+            missing,
+            DecodeError::MissingField {
+                kind: "Subscribe",
+                field: "channels"
+            }
+        );
         assert_eq!(missing.code(), codes::BAD_REQUEST);
         assert!(missing.to_string().contains("channels"), "{missing}");
         let wrong = WsMessage::from_json(r#"{"type":"Subscribe","channels":"a"}"#).unwrap_err();
@@ -412,6 +460,9 @@ mod tests {
 
     #[test]
     fn escaped_type_still_matches() {
-        assert_eq!(WsMessage::from_json(r#"{"type":"P\u0069ng"}"#), Ok(WsMessage::Ping));
+        assert_eq!(
+            WsMessage::from_json(r#"{"type":"P\u0069ng"}"#),
+            Ok(WsMessage::Ping)
+        );
     }
 }

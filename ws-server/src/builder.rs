@@ -1,0 +1,130 @@
+//! [`ServerBuilder`]: configure the hub, then `bind` or `serve`.
+
+use std::time::Duration;
+
+use tokio::net::{TcpListener, ToSocketAddrs};
+use ws_protocol::{SlowConsumerPolicy, WebSocketConfig};
+
+use crate::error::Result;
+use crate::server::WebSocketServer;
+
+/// Default capacity of the queue behind [`Incoming`](crate::Incoming).
+pub const DEFAULT_INCOMING_CAPACITY: usize = 1024;
+
+/// Builds a [`WebSocketServer`]. Start from [`WebSocketServer::builder`] or
+/// [`ServerBuilder::from_config`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use ws_protocol::SlowConsumerPolicy;
+/// use ws_server::WebSocketServer;
+///
+/// # async fn demo() -> Result<(), ws_server::ServerError> {
+/// let server = WebSocketServer::builder()
+///     .max_message_size(16 * 1024)
+///     .send_queue_size(4096)
+///     .slow_consumer_policy(SlowConsumerPolicy::DropOldest)
+///     .ping_interval(Duration::from_secs(10))
+///     .bind("127.0.0.1:0")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ServerBuilder {
+    config: WebSocketConfig,
+    incoming_capacity: usize,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self::from_config(WebSocketConfig::default())
+    }
+}
+
+impl ServerBuilder {
+    /// Starts from a loaded configuration (for example `WebSocketConfig::from_env()`).
+    pub fn from_config(config: WebSocketConfig) -> Self {
+        Self {
+            config,
+            incoming_capacity: DEFAULT_INCOMING_CAPACITY,
+        }
+    }
+
+    /// The largest frame accepted, in bytes; larger ones are answered with close 1009.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// Messages queued per connection before the slow-consumer policy applies.
+    pub fn send_queue_size(mut self, messages: usize) -> Self {
+        self.config.send_queue_size = messages;
+        self
+    }
+
+    /// What happens to a connection whose queue is full.
+    pub fn slow_consumer_policy(mut self, policy: SlowConsumerPolicy) -> Self {
+        self.config.slow_consumer_policy = policy;
+        self
+    }
+
+    /// How often the hub pings each client.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.config.ping_interval = interval;
+        self
+    }
+
+    /// How long a connection may stay silent before it is closed.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a TCP connection may take to complete the WebSocket upgrade.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Connections held at once; further upgrades get HTTP 503.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.max_connections = connections;
+        self
+    }
+
+    /// Capacity of the queue behind [`Incoming`](crate::Incoming).
+    pub fn incoming_capacity(mut self, frames: usize) -> Self {
+        self.incoming_capacity = frames;
+        self
+    }
+
+    /// Binds `addr` and starts accepting.
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`](crate::ServerError::Bind) if the address cannot be bound,
+    /// [`ServerError::Config`](crate::ServerError::Config) if a setting is out of range.
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<WebSocketServer> {
+        self.config.validate()?;
+        let listener = TcpListener::bind(addr).await?;
+        self.serve(listener)
+    }
+
+    /// Binds the address of the configuration (`WS_HOST`:`WS_PORT`) and starts accepting.
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind).
+    pub async fn bind_configured(self) -> Result<WebSocketServer> {
+        let addr = self.config.bind_address();
+        self.bind(addr).await
+    }
+
+    /// Starts accepting on an already bound listener. Must be called within a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`](crate::ServerError::Config) if a setting is out of range,
+    /// [`ServerError::Bind`](crate::ServerError::Bind) if the listener has no local address.
+    pub fn serve(self, listener: TcpListener) -> Result<WebSocketServer> {
+        WebSocketServer::start(self.config, listener, self.incoming_capacity)
+    }
+}

@@ -1,0 +1,65 @@
+//! The standalone hub: `cargo run --release -p ws-server`, configured by `WS_*` variables
+//! (see `.env.example`), logging with `RUST_LOG` (default `info`). Ctrl-C or SIGTERM shuts it
+//! down gracefully.
+
+use std::process::ExitCode;
+
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+use ws_server::{ServerBuilder, WebSocketConfig};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let config = match WebSocketConfig::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    info!(?config, "configuration loaded");
+    let server = match ServerBuilder::from_config(config).bind_configured().await {
+        Ok(server) => server,
+        Err(e) => {
+            error!("cannot start the hub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!("hub ready on ws://{}", server.local_addr());
+
+    wait_for_signal().await;
+    info!(
+        connections = server.connection_count(),
+        "signal received, closing connections"
+    );
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on Ctrl-C, or on SIGTERM where there is one.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => error!("cannot listen for SIGTERM: {e}"),
+        }
+    }
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        error!("cannot listen for Ctrl-C: {e}");
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,300 @@
+//! [`WebSocketServer`]: the hub's handle: publish, broadcast, receive, count, shut down.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as TungsteniteConfig;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use ws_protocol::{Payload, WebSocketConfig, WsMessage};
+
+use crate::builder::ServerBuilder;
+use crate::channel::{Channels, Published, is_valid_name};
+use crate::connections::{ConnectionId, Connections};
+use crate::error::{Result, ServerError};
+use crate::incoming::Incoming;
+use crate::outbox::Outgoing;
+use crate::session;
+
+/// Read buffer per connection. Market-data frames are small; a larger frame is still read,
+/// the buffer grows for it.
+const READ_BUFFER_SIZE: usize = 4 * 1024;
+/// Bytes tungstenite collects before writing to the socket; a batch is always flushed whole.
+const WRITE_BUFFER_SIZE: usize = 16 * 1024;
+/// At most this many over-limit upgrades are answered with HTTP 503 at once; beyond that the
+/// TCP connection is simply closed.
+const MAX_PENDING_REJECTIONS: usize = 64;
+/// How long the accept loop pauses after an accept error (such as running out of file
+/// descriptors) before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// State shared by the handle, the accept loop and every connection task.
+pub(crate) struct Shared {
+    pub(crate) config: WebSocketConfig,
+    pub(crate) ws_config: TungsteniteConfig,
+    pub(crate) channels: Channels,
+    pub(crate) connections: Connections,
+    incoming: RwLock<Option<mpsc::Sender<(ConnectionId, WsMessage)>>>,
+    incoming_capacity: usize,
+    pub(crate) token: CancellationToken,
+    tracker: TaskTracker,
+    local_addr: SocketAddr,
+}
+
+impl Shared {
+    pub(crate) fn incoming_sender(&self) -> Option<mpsc::Sender<(ConnectionId, WsMessage)>> {
+        self.incoming
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|sender| !sender.is_closed())
+            .cloned()
+    }
+}
+
+/// The fan-out hub.
+///
+/// Cheap to clone; every clone controls the same server. The server runs until
+/// [`shutdown`](Self::shutdown) is called or the last clone is dropped.
+///
+/// ```no_run
+/// use ws_server::WebSocketServer;
+///
+/// # async fn demo() -> Result<(), ws_server::ServerError> {
+/// let server = WebSocketServer::bind("127.0.0.1:8080").await?;
+/// server.publish("prices:SOL-USDC", &serde_json::json!({ "price": 101.5 }))?;
+/// server.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct WebSocketServer {
+    shared: Arc<Shared>,
+    /// Cancels the server when the last handle is dropped.
+    _guard: Arc<DropGuard>,
+}
+
+impl std::fmt::Debug for WebSocketServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketServer")
+            .field("local_addr", &self.shared.local_addr)
+            .field("connections", &self.connection_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebSocketServer {
+    /// Binds `addr` with the default configuration and starts accepting connections.
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`] if the address cannot be bound.
+    pub async fn bind(addr: impl ToSocketAddrs) -> Result<Self> {
+        ServerBuilder::default().bind(addr).await
+    }
+
+    /// A builder to set the configuration before binding.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// Starts serving on an already bound listener. Must be called within a Tokio runtime.
+    pub(crate) fn start(
+        config: WebSocketConfig,
+        listener: TcpListener,
+        incoming_capacity: usize,
+    ) -> Result<Self> {
+        config.validate()?;
+        let local_addr = listener.local_addr()?;
+        let ws_config = TungsteniteConfig::default()
+            .read_buffer_size(READ_BUFFER_SIZE)
+            .write_buffer_size(WRITE_BUFFER_SIZE)
+            // One batch of the outbox plus a little: the writer flushes every batch, so the
+            // buffer only grows past this while the client does not read, and then the
+            // outbox's slow-consumer policy takes over.
+            .max_write_buffer_size(WRITE_BUFFER_SIZE + 2 * config.max_message_size)
+            .max_message_size(Some(config.max_message_size))
+            .max_frame_size(Some(config.max_message_size));
+        let token = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            config,
+            ws_config,
+            channels: Channels::default(),
+            connections: Connections::default(),
+            incoming: RwLock::new(None),
+            incoming_capacity: incoming_capacity.max(1),
+            token: token.clone(),
+            tracker: TaskTracker::new(),
+            local_addr,
+        });
+        shared.tracker.spawn(accept_loop(shared.clone(), listener));
+        info!(address = %local_addr, "hub listening");
+        Ok(Self {
+            shared,
+            _guard: Arc::new(token.drop_guard()),
+        })
+    }
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &WebSocketConfig {
+        &self.shared.config
+    }
+
+    /// Sends `message` as it is (not wrapped) to every open connection. It is serialized once
+    /// and the same bytes are queued to each connection without waiting. Returns how many
+    /// connections accepted it (a connection being cut as a slow consumer does not).
+    ///
+    /// # Errors
+    /// [`ServerError::Encode`] if `message` cannot be serialized; nothing was sent.
+    pub fn broadcast<T: Serialize + ?Sized>(&self, message: &T) -> Result<usize> {
+        let item = Outgoing {
+            channel: None,
+            text: Utf8Bytes::from(serde_json::to_string(message)?),
+        };
+        Ok(self.shared.connections.broadcast(&item))
+    }
+
+    /// Publishes `data` on `channel`: every subscriber receives
+    /// `{"type":"Publication","channel":..,"seq":..,"data":..}`, encoded once for all of them.
+    ///
+    /// # Errors
+    /// [`ServerError::Encode`] if `data` cannot be serialized, [`ServerError::InvalidChannel`]
+    /// if the channel name is empty or too long; nothing was sent.
+    pub fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<Published> {
+        if !is_valid_name(channel) {
+            return Err(ServerError::InvalidChannel(channel.to_owned()));
+        }
+        let payload = Payload::from_value(data)?;
+        Ok(self.shared.channels.publish(channel, payload.as_raw()))
+    }
+
+    /// Sends `message` as it is to one connection, queued like a broadcast.
+    ///
+    /// # Errors
+    /// [`ServerError::UnknownConnection`] if it is not open (or is being cut as a slow
+    /// consumer); [`ServerError::Encode`] if `message` cannot be serialized.
+    pub fn send_to<T: Serialize + ?Sized>(&self, id: ConnectionId, message: &T) -> Result<()> {
+        let item = Outgoing {
+            channel: None,
+            text: Utf8Bytes::from(serde_json::to_string(message)?),
+        };
+        match self.shared.connections.send_to(id, item) {
+            Some(true) => Ok(()),
+            _ => Err(ServerError::UnknownConnection(id)),
+        }
+    }
+
+    /// Starts receiving the application frames clients send (`PriceUpdate`,
+    /// `AccountUpdate`). A later call replaces the earlier `Incoming`, which then ends.
+    pub fn incoming(&self) -> Incoming {
+        let (tx, rx) = mpsc::channel(self.shared.incoming_capacity);
+        *self
+            .shared
+            .incoming
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        Incoming { rx }
+    }
+
+    /// How many connections are open (upgraded and not yet closed).
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.len()
+    }
+
+    /// How many channels have at least one subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.shared.channels.len()
+    }
+
+    /// Stops accepting, sends Close 1001 to every client and waits until every connection
+    /// task has ended (each gets at most about a second to complete its close handshake).
+    pub async fn shutdown(&self) {
+        info!("hub shutting down");
+        self.shared.token.cancel();
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+        *self
+            .shared
+            .incoming
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        info!("hub stopped");
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            () = shared.token.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                warn!(%error, "accept failed; pausing");
+                tokio::select! {
+                    () = shared.token.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let shared2 = shared.clone();
+                shared.tracker.spawn(async move {
+                    session::run(shared2, stream, peer).await;
+                    drop(slot);
+                });
+            }
+            Err(_) => match rejections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    warn!(%peer, limit = shared.config.max_connections, "connection limit reached");
+                    let shared2 = shared.clone();
+                    shared.tracker.spawn(async move {
+                        reject_full(&shared2, stream).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => drop(stream),
+            },
+        }
+    }
+    debug!("accept loop ended");
+}
+
+/// Answers an upgrade beyond the connection limit with HTTP 503.
+async fn reject_full(shared: &Shared, stream: TcpStream) {
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    // The callback's signature is tungstenite's; its error type is what it is.
+    #[allow(clippy::result_large_err)]
+    let refuse = |_: &Request, _: Response| -> std::result::Result<Response, ErrorResponse> {
+        let mut response = ErrorResponse::new(Some("connection limit reached; retry later".into()));
+        *response.status_mut() =
+            tokio_tungstenite::tungstenite::http::StatusCode::SERVICE_UNAVAILABLE;
+        Err(response)
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async(stream, refuse);
+    let _ = tokio::time::timeout(shared.config.handshake_timeout, handshake).await;
+}
+
+/// The current Unix time in milliseconds.
+pub(crate) fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
