@@ -184,3 +184,8 @@ impl RawClient {
         }
     }
 }
+
+/// The README's Rust samples, compiled as doctests so that they stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,96 @@
+//! The `ws-server` binary, run as a newcomer would: configured by `WS_*` variables, stopped by
+//! a signal.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_ws-server");
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn an_invalid_variable_is_rejected_naming_it() {
+    let output = Command::new(BINARY)
+        .env("WS_PORT", "abc")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("WS_PORT") && text.contains("abc"), "{text}");
+}
+
+#[test]
+fn the_hub_starts_serves_and_stops_on_sigterm() {
+    let mut child = Command::new(BINARY)
+        .env("WS_HOST", "127.0.0.1")
+        .env("WS_PORT", "0")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_matching = |needle: &str| -> String {
+        loop {
+            let line = lines
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    let ready = next_matching("hub ready on ws://");
+    let addr = ready
+        .rsplit("ws://")
+        .next()
+        .expect("an address")
+        .trim()
+        .to_owned();
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        use futures_util::StreamExt;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+            .await
+            .expect("the hub accepts");
+        let first = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a first frame");
+        let text = first
+            .expect("a frame")
+            .expect("no error")
+            .into_text()
+            .expect("text");
+        assert!(text.contains(r#""type":"Connected""#), "{text}");
+    });
+    next_matching("connection opened");
+
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(killed.expect("kill runs").success());
+    next_matching("hub stopped");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait works") {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the hub did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
