@@ -1,0 +1,158 @@
+//! [`OutboundBuffer`]: the bounded queue of frames waiting to be written.
+//!
+//! Every `send` and `publish` goes through it, connected or not. While connected, the
+//! connection task drains it in batches (one flush per batch); while disconnected it keeps up
+//! to its capacity, and after a reconnect (and resubscribe) its frames go out first, in order.
+//! When it is full a send is refused at once and the frame is given back to the caller.
+//! Frames older than the maximum age are never written: they are counted and reported.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// One frame waiting to be written.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) text: String,
+    pub(crate) queued_at: Instant,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct OutboundBuffer {
+    queue: Mutex<VecDeque<Pending>>,
+    capacity: usize,
+    max_age: Option<Duration>,
+    ready: Notify,
+}
+
+impl OutboundBuffer {
+    pub(crate) fn new(capacity: usize, max_age: Option<Duration>) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            max_age,
+            ready: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Pending>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `text`, or gives it back if the buffer is full.
+    pub(crate) fn push(&self, text: String) -> Result<(), String> {
+        let mut queue = self.lock();
+        if queue.len() >= self.capacity {
+            return Err(text);
+        }
+        let was_empty = queue.is_empty();
+        queue.push_back(Pending {
+            text,
+            queued_at: Instant::now(),
+        });
+        drop(queue);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits until something is queued.
+    pub(crate) async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Moves every frame still young enough into `batch`, in order; returns how many were
+    /// dropped for their age.
+    pub(crate) fn take(&self, batch: &mut VecDeque<Pending>) -> usize {
+        let mut queue = self.lock();
+        std::mem::swap(&mut *queue, batch);
+        drop(queue);
+        let Some(max_age) = self.max_age else {
+            return 0;
+        };
+        let now = Instant::now();
+        let before = batch.len();
+        batch.retain(|p| now.duration_since(p.queued_at) <= max_age);
+        before - batch.len()
+    }
+
+    /// Puts frames that could not be written back at the front, ahead of newer ones. They may
+    /// exceed the capacity for a while; new sends are refused until it drains.
+    pub(crate) fn requeue_front(&self, batch: &mut VecDeque<Pending>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut queue = self.lock();
+        while let Some(pending) = batch.pop_back() {
+            queue.push_front(pending);
+        }
+        drop(queue);
+        self.ready.notify_one();
+    }
+
+    /// Frames waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(batch: &VecDeque<Pending>) -> Vec<&str> {
+        batch.iter().map(|p| p.text.as_str()).collect()
+    }
+
+    #[test]
+    fn a_full_buffer_gives_the_frame_back() {
+        let buffer = OutboundBuffer::new(2, None);
+        assert_eq!(buffer.push("a".into()), Ok(()));
+        assert_eq!(buffer.push("b".into()), Ok(()));
+        assert_eq!(buffer.push("c".into()), Err("c".to_owned()));
+        let mut batch = VecDeque::new();
+        assert_eq!(buffer.take(&mut batch), 0);
+        assert_eq!(texts(&batch), ["a", "b"]);
+        assert_eq!(buffer.push("c".into()), Ok(()));
+    }
+
+    #[test]
+    fn requeued_frames_go_out_before_newer_ones() {
+        let buffer = OutboundBuffer::new(4, None);
+        buffer.push("1".into()).unwrap();
+        buffer.push("2".into()).unwrap();
+        let mut batch = VecDeque::new();
+        buffer.take(&mut batch);
+        buffer.push("3".into()).unwrap();
+        buffer.requeue_front(&mut batch);
+        let mut again = VecDeque::new();
+        buffer.take(&mut again);
+        assert_eq!(texts(&again), ["1", "2", "3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_past_the_maximum_age_are_dropped_and_counted() {
+        let buffer = OutboundBuffer::new(8, Some(Duration::from_secs(5)));
+        buffer.push("old".into()).unwrap();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        buffer.push("young".into()).unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut batch = VecDeque::new();
+        assert_eq!(buffer.take(&mut batch), 1);
+        assert_eq!(texts(&batch), ["young"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_push_wakes_the_writer() {
+        let buffer = OutboundBuffer::new(8, None);
+        buffer.push("a".into()).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), buffer.ready())
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,372 @@
+//! [`ClientBuilder`]: every setting of the client, then `build().await`.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use ws_protocol::WebSocketConfig;
+
+use crate::buffer::OutboundBuffer;
+use crate::client::WebSocketClient;
+use crate::connection::{Driver, open};
+use crate::error::{Error, Result};
+use crate::metrics::Counters;
+use crate::settings::{ServerProtocol, Settings};
+use crate::state::ConnectionState;
+use crate::tls;
+
+/// Default for [`ClientBuilder::backoff_reset_after`].
+pub const DEFAULT_BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// Default for [`ClientBuilder::max_buffer_age`].
+pub const DEFAULT_MAX_BUFFER_AGE: Duration = Duration::from_secs(30);
+/// Default for [`ClientBuilder::event_capacity`].
+pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
+/// Default for [`ClientBuilder::max_message_size`]: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// Builds a [`WebSocketClient`]; start from [`WebSocketClient::builder`].
+///
+/// Defaults come from [`WebSocketConfig::default`] (the `WS_*` defaults); [`config`](Self::config)
+/// takes them from a loaded configuration instead.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use ws_client::WebSocketClient;
+///
+/// # async fn demo() -> ws_client::Result<()> {
+/// let client = WebSocketClient::builder()
+///     .url("ws://127.0.0.1:8080")
+///     .auto_reconnect(true)
+///     .reconnect_interval(Duration::from_millis(500))
+///     .max_reconnect_delay(Duration::from_secs(10))
+///     .max_reconnect_attempts(None)
+///     .ping_interval(Duration::from_secs(5))
+///     .pong_timeout(Duration::from_secs(3))
+///     .message_buffer_size(10_000)
+///     .header("x-strategy", "mean-reversion")
+///     .connect_timeout(Duration::from_secs(5))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct ClientBuilder {
+    url: Option<String>,
+    headers: Vec<(String, String)>,
+    auto_reconnect: bool,
+    reconnect_interval: Duration,
+    max_reconnect_delay: Duration,
+    max_reconnect_attempts: Option<u32>,
+    backoff_reset_after: Duration,
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    stale_timeout: Option<Duration>,
+    connect_timeout: Duration,
+    message_buffer_size: usize,
+    max_buffer_age: Option<Duration>,
+    event_capacity: usize,
+    max_message_size: usize,
+    protocol: ServerProtocol,
+    on_connect: Vec<String>,
+    roots: Vec<CertificateDer<'static>>,
+    deferred: Option<Error>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self::from_config(&WebSocketConfig::default())
+    }
+}
+
+impl ClientBuilder {
+    /// Starts from a loaded configuration: `WS_RECONNECT_INTERVAL`, `WS_MAX_RECONNECT_DELAY`,
+    /// `WS_MAX_RECONNECT_ATTEMPTS`, `WS_PING_INTERVAL`, `WS_PONG_TIMEOUT`,
+    /// `WS_CONNECT_TIMEOUT` and `WS_MESSAGE_BUFFER_SIZE`.
+    pub fn from_config(config: &WebSocketConfig) -> Self {
+        Self {
+            url: None,
+            headers: Vec::new(),
+            auto_reconnect: true,
+            reconnect_interval: config.reconnect_interval,
+            max_reconnect_delay: config.max_reconnect_delay,
+            max_reconnect_attempts: config.max_reconnect_attempts,
+            backoff_reset_after: DEFAULT_BACKOFF_RESET_AFTER,
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            stale_timeout: None,
+            connect_timeout: config.connect_timeout,
+            message_buffer_size: config.message_buffer_size,
+            max_buffer_age: Some(DEFAULT_MAX_BUFFER_AGE),
+            event_capacity: DEFAULT_EVENT_CAPACITY,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            protocol: ServerProtocol::Auto,
+            on_connect: Vec::new(),
+            roots: Vec::new(),
+            deferred: None,
+        }
+    }
+
+    /// Takes every client setting of `config`, keeping the URL, headers and TLS roots.
+    pub fn config(self, config: &WebSocketConfig) -> Self {
+        Self {
+            url: self.url,
+            headers: self.headers,
+            roots: self.roots,
+            on_connect: self.on_connect,
+            protocol: self.protocol,
+            deferred: self.deferred,
+            ..Self::from_config(config)
+        }
+    }
+
+    /// The server: `ws://host:port/path` or `wss://…`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// Reconnect automatically when the connection is lost (default `true`). Without it, a
+    /// lost connection puts the client in `Failed`.
+    pub fn auto_reconnect(mut self, enabled: bool) -> Self {
+        self.auto_reconnect = enabled;
+        self
+    }
+
+    /// The first reconnect delay (`WS_RECONNECT_INTERVAL`, default 5 s); it doubles after each
+    /// failed attempt. Every delay `d` is jittered into `[d/2, d]`.
+    pub fn reconnect_interval(mut self, interval: Duration) -> Self {
+        self.reconnect_interval = interval;
+        self
+    }
+
+    /// The cap of the reconnect delay (`WS_MAX_RECONNECT_DELAY`, default 60 s).
+    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.max_reconnect_delay = delay;
+        self
+    }
+
+    /// Failed attempts in a row before the client gives up and enters `Failed`
+    /// (`WS_MAX_RECONNECT_ATTEMPTS`; default `None`, retry forever).
+    pub fn max_reconnect_attempts(mut self, attempts: impl Into<Option<u32>>) -> Self {
+        self.max_reconnect_attempts = attempts.into();
+        self
+    }
+
+    /// How long a connection must stay up before the backoff starts again from the first
+    /// delay (default 10 s), so a server that accepts and drops at once is not hammered.
+    pub fn backoff_reset_after(mut self, healthy: Duration) -> Self {
+        self.backoff_reset_after = healthy;
+        self
+    }
+
+    /// Protocol ping period (`WS_PING_INTERVAL`, default 30 s).
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// After a ping, if no frame at all arrives within this time the connection is taken as
+    /// dead and replaced (`WS_PONG_TIMEOUT`, default 10 s). Also the longest the server may
+    /// leave our writes unaccepted.
+    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        self.pong_timeout = timeout;
+        self
+    }
+
+    /// If set: subscribed (or, on a plain server, connected) but no data for this long means
+    /// the feed stalled, and the connection is replaced. Default: off.
+    pub fn stale_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.stale_timeout = timeout.into();
+        self
+    }
+
+    /// Limit for TCP + TLS + WebSocket handshake, and for the hub's `Subscribed` answer after
+    /// a reconnect (`WS_CONNECT_TIMEOUT`, default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Frames `send` and `publish` may queue, connected or not (`WS_MESSAGE_BUFFER_SIZE`,
+    /// default 1000). When full, `send` fails at once with [`Error::BufferFull`].
+    pub fn message_buffer_size(mut self, frames: usize) -> Self {
+        self.message_buffer_size = frames;
+        self
+    }
+
+    /// Queued frames older than this are dropped unsent and reported as
+    /// [`Event::Expired`](crate::Event::Expired) (default 30 s; `None`: never).
+    pub fn max_buffer_age(mut self, age: impl Into<Option<Duration>>) -> Self {
+        self.max_buffer_age = age.into();
+        self
+    }
+
+    /// Received events queued for the application (default 4096). When the application falls
+    /// this far behind, the client stops reading the socket until it catches up.
+    pub fn event_capacity(mut self, events: usize) -> Self {
+        self.event_capacity = events;
+        self
+    }
+
+    /// The largest frame accepted from the server (default 16 MiB).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// An HTTP header for the upgrade request (for example an API key). An invalid name or
+    /// value makes `build` fail.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Which protocol the server speaks (default [`ServerProtocol::Auto`]).
+    pub fn protocol(mut self, protocol: ServerProtocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// A frame to send after every (re)connect to a server that is not our hub, such as its
+    /// own subscribe or auth message; frames go out in the order registered.
+    ///
+    /// # Panics
+    /// Never; a value that cannot be serialized makes `build` fail.
+    pub fn on_connect<T: Serialize + ?Sized>(mut self, frame: &T) -> Self {
+        match serde_json::to_string(frame) {
+            Ok(text) => self.on_connect.push(text),
+            Err(e) => self.deferred = Some(Error::Encode(e)),
+        }
+        self
+    }
+
+    /// Trusts one more root certificate (PEM, possibly several, or one DER certificate) for
+    /// `wss://`, besides the platform's roots: for tests and private deployments.
+    pub fn add_root_certificate(mut self, certificate: &[u8]) -> Self {
+        match tls::parse_certificates(certificate) {
+            Ok(certs) => self.roots.extend(certs),
+            Err(e) => self.deferred = Some(e),
+        }
+        self
+    }
+
+    fn settings(self) -> Result<Settings> {
+        if let Some(error) = self.deferred {
+            return Err(error);
+        }
+        let url = self
+            .url
+            .ok_or_else(|| Error::InvalidConfig("no URL given".to_owned()))?;
+        let parsed = url::Url::parse(&url)
+            .map_err(|e| Error::InvalidConfig(format!("invalid URL {url:?}: {e}")))?;
+        let tls = match parsed.scheme() {
+            "ws" => None,
+            "wss" => Some(tls::client_config(&self.roots)?),
+            other => {
+                return Err(Error::InvalidConfig(format!(
+                    "unsupported URL scheme {other:?} in {url:?}: use ws:// or wss://"
+                )));
+            }
+        };
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, value) in self.headers {
+            let name = HeaderName::try_from(name.as_str())
+                .map_err(|e| Error::InvalidConfig(format!("invalid header name {name:?}: {e}")))?;
+            let value = HeaderValue::try_from(value.as_str()).map_err(|e| {
+                Error::InvalidConfig(format!("invalid value for header {name}: {e}"))
+            })?;
+            headers.push((name, value));
+        }
+        let positive = [
+            ("reconnect_interval", self.reconnect_interval),
+            ("ping_interval", self.ping_interval),
+            ("pong_timeout", self.pong_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(Error::InvalidConfig(format!(
+                    "{name} must be greater than 0"
+                )));
+            }
+        }
+        if self.stale_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidConfig(
+                "stale_timeout must be greater than 0".to_owned(),
+            ));
+        }
+        Ok(Settings {
+            url,
+            headers,
+            auto_reconnect: self.auto_reconnect,
+            reconnect_interval: self.reconnect_interval,
+            max_reconnect_delay: self.max_reconnect_delay,
+            max_reconnect_attempts: self.max_reconnect_attempts,
+            healthy_after: self.backoff_reset_after,
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            stale_timeout: self.stale_timeout,
+            connect_timeout: self.connect_timeout,
+            event_capacity: self.event_capacity.max(1),
+            max_message_size: self.max_message_size,
+            protocol: self.protocol,
+            on_connect: self.on_connect,
+            tls,
+        })
+    }
+
+    /// Connects, then returns the client; from then on it reconnects by itself.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad URL, header or setting; [`Error::Connect`] if the
+    /// first connection fails (refused, timed out, TLS, upgrade, or a `Hub` server that does
+    /// not greet with `Connected`).
+    pub async fn build(self) -> Result<WebSocketClient> {
+        let buffer_size = self.message_buffer_size;
+        let max_age = self.max_buffer_age;
+        let settings = Arc::new(self.settings()?);
+        let (state, state_rx) = watch::channel(ConnectionState::Connecting);
+        let link = open(&settings).await.map_err(|reason| Error::Connect {
+            url: settings.url.clone(),
+            reason,
+        })?;
+        let (commands_tx, commands) = mpsc::channel(64);
+        let (events, events_rx) = mpsc::channel(settings.event_capacity);
+        let buffer = Arc::new(OutboundBuffer::new(buffer_size, max_age));
+        let counters = Arc::new(Counters::default());
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let driver = Driver {
+            settings,
+            commands,
+            buffer: buffer.clone(),
+            events,
+            state,
+            counters: counters.clone(),
+            token: token.clone(),
+            subscriptions: BTreeSet::new(),
+            pending: Vec::new(),
+            batch: VecDeque::new(),
+            hub: false,
+            owe_pong: false,
+        };
+        tracker.spawn(driver.run(link));
+        tracker.close();
+        Ok(WebSocketClient::new(
+            commands_tx,
+            events_rx,
+            buffer,
+            state_rx,
+            counters,
+            token,
+            tracker,
+        ))
+    }
+}

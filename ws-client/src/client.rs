@@ -1,0 +1,298 @@
+//! [`WebSocketClient`]: the handle strategies hold.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio_stream::wrappers::WatchStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+use crate::buffer::OutboundBuffer;
+use crate::builder::ClientBuilder;
+use crate::connection::Command;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::metrics::{Counters, Metrics};
+use crate::state::{ConnectionState, StateChanges};
+
+/// The longest channel name the hub accepts, in bytes.
+const MAX_CHANNEL_NAME_LEN: usize = 256;
+
+struct Shared {
+    commands: mpsc::Sender<Command>,
+    events: Mutex<mpsc::Receiver<Event>>,
+    buffer: Arc<OutboundBuffer>,
+    state: watch::Receiver<ConnectionState>,
+    counters: Arc<Counters>,
+    tracker: TaskTracker,
+    /// Stops the connection task when the last handle is dropped.
+    _guard: DropGuard,
+}
+
+/// A resilient WebSocket client.
+///
+/// Cheap to clone: every clone drives the same connection, so one task can send while another
+/// receives. The connection task ends with [`close`](Self::close), or when the last clone is
+/// dropped.
+///
+/// ```no_run
+/// use ws_client::WebSocketClient;
+/// use ws_protocol::WsMessage;
+///
+/// # async fn demo() -> ws_client::Result<()> {
+/// let client = WebSocketClient::connect("ws://127.0.0.1:8080").await?;
+/// client.subscribe(["prices:SOL-USDC"]).await?;
+/// while let Some(update) = client.receive::<WsMessage>().await? {
+///     println!("{update:?}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct WebSocketClient {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WebSocketClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketClient")
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebSocketClient {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        events: mpsc::Receiver<Event>,
+        buffer: Arc<OutboundBuffer>,
+        state: watch::Receiver<ConnectionState>,
+        counters: Arc<Counters>,
+        token: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                commands,
+                events: Mutex::new(events),
+                buffer,
+                state,
+                counters,
+                tracker,
+                _guard: token.drop_guard(),
+            }),
+        }
+    }
+
+    /// Connects to `url` with the default settings (auto-reconnect on).
+    ///
+    /// # Errors
+    /// As [`ClientBuilder::build`].
+    pub async fn connect(url: impl Into<String>) -> Result<Self> {
+        ClientBuilder::default().url(url).build().await
+    }
+
+    /// A builder for every setting.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A builder configured from `WS_*` variables, loaded with
+    /// [`WebSocketConfig::from_env`](ws_protocol::WebSocketConfig::from_env).
+    pub fn from_config(config: &ws_protocol::WebSocketConfig) -> ClientBuilder {
+        ClientBuilder::from_config(config)
+    }
+
+    /// The state now.
+    pub fn state(&self) -> ConnectionState {
+        self.shared.state.borrow().clone()
+    }
+
+    /// The state now and at every change.
+    pub fn state_changes(&self) -> StateChanges {
+        StateChanges {
+            inner: WatchStream::new(self.shared.state.clone()),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> Metrics {
+        self.shared.counters.snapshot(self.shared.buffer.len())
+    }
+
+    fn usable(&self) -> Result<()> {
+        if let ConnectionState::Failed { reason } = &*self.shared.state.borrow() {
+            return Err(Error::Failed(reason.clone()));
+        }
+        if self.shared.commands.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Queues `message` as one JSON text frame. It is written at once when connected, or
+    /// after the next reconnect (and resubscribe), in order.
+    ///
+    /// # Errors
+    /// [`Error::BufferFull`] at once when the buffer is full (the frame is given back);
+    /// [`Error::Failed`] or [`Error::Closed`] when the client has ended;
+    /// [`Error::Encode`] if `message` cannot be serialized.
+    pub async fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<()> {
+        self.send_text(serde_json::to_string(message)?).await
+    }
+
+    /// Queues one text frame as it is.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_text(&self, text: impl Into<String>) -> Result<()> {
+        self.usable()?;
+        self.shared
+            .buffer
+            .push(text.into())
+            .map_err(Error::BufferFull)
+    }
+
+    /// Publishes `data` on a hub channel (a `Publish` frame), queued like [`send`](Self::send).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<()> {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename = "Publish")]
+        struct PublishRef<'a, T: ?Sized> {
+            channel: &'a str,
+            data: &'a T,
+        }
+        self.send(&PublishRef { channel, data }).await
+    }
+
+    /// Publishes data that is already JSON text, without re-encoding it.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); [`Error::Decode`] if `json` is not one JSON value.
+    pub async fn publish_json(&self, channel: &str, json: &str) -> Result<()> {
+        let raw: &RawValue = serde_json::from_str(json).map_err(|e| Error::Decode {
+            text: json.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.publish(channel, raw).await
+    }
+
+    /// Subscribes to hub channels; resolves once the hub confirms with `Subscribed`. The
+    /// subscription is restored after every reconnect.
+    ///
+    /// # Errors
+    /// [`Error::Subscribe`] for an empty or over-long name or a server that is not our hub;
+    /// [`Error::Failed`] or [`Error::Closed`] when the client ends first.
+    pub async fn subscribe<I, S>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
+        if let Some(bad) = channels
+            .iter()
+            .find(|c| c.is_empty() || c.len() > MAX_CHANNEL_NAME_LEN)
+        {
+            return Err(Error::Subscribe(format!(
+                "invalid channel name {bad:?}: must be 1 to {MAX_CHANNEL_NAME_LEN} bytes"
+            )));
+        }
+        let (done, reply) = oneshot::channel();
+        self.command(Command::Subscribe { channels, done }, reply)
+            .await
+    }
+
+    /// Unsubscribes from hub channels; they are no longer restored after a reconnect.
+    ///
+    /// # Errors
+    /// [`Error::Failed`] or [`Error::Closed`] when the client has ended.
+    pub async fn unsubscribe<I, S>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let channels = channels.into_iter().map(Into::into).collect();
+        let (done, reply) = oneshot::channel();
+        self.command(Command::Unsubscribe { channels, done }, reply)
+            .await
+    }
+
+    async fn command(&self, command: Command, reply: oneshot::Receiver<Result<()>>) -> Result<()> {
+        self.usable()?;
+        if self.shared.commands.send(command).await.is_err() {
+            return Err(self.ended_error());
+        }
+        reply.await.unwrap_or_else(|_| Err(self.ended_error()))
+    }
+
+    fn ended_error(&self) -> Error {
+        match &*self.shared.state.borrow() {
+            ConnectionState::Failed { reason } => Error::Failed(reason.clone()),
+            _ => Error::Closed,
+        }
+    }
+
+    /// The next event: publications, other messages, connection changes, lag and expiry
+    /// reports. `None` once the client has ended and every event was taken.
+    pub async fn next_event(&self) -> Option<Event> {
+        self.shared.events.lock().await.recv().await
+    }
+
+    /// The next message decoded as `T`: the `data` of a publication, or a whole text frame
+    /// from a plain server (or broadcast by the hub). Other events are skipped; use
+    /// [`next_event`](Self::next_event) to see them.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if a message does not decode as `T` (it is given back; the next call
+    /// goes on with the next message); [`Error::Failed`] once the client has given up.
+    /// `Ok(None)` once it was closed.
+    pub async fn receive<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        loop {
+            let decoded = match self.next_event().await {
+                None => {
+                    return match self.ended_error() {
+                        Error::Failed(reason) => Err(Error::Failed(reason)),
+                        _ => Ok(None),
+                    };
+                }
+                Some(Event::Publication { data, .. }) => data
+                    .decode::<T>()
+                    .map_err(|e| decode_error(data.as_str(), &e)),
+                Some(Event::Message(text)) => {
+                    serde_json::from_str(&text).map_err(|e| decode_error(&text, &e))
+                }
+                Some(Event::Binary(bytes)) => serde_json::from_slice(&bytes)
+                    .map_err(|e| decode_error(&String::from_utf8_lossy(&bytes), &e)),
+                Some(_) => continue,
+            };
+            return decoded.map(Some);
+        }
+    }
+
+    /// Sends Close 1000, waits for the connection task to end, and ends every task of the
+    /// client. Frames still buffered are not sent. Every clone sees the client closed.
+    pub async fn close(&self) {
+        let (done, reply) = oneshot::channel();
+        if self
+            .shared
+            .commands
+            .send(Command::Close { done })
+            .await
+            .is_ok()
+        {
+            let _ = reply.await;
+        }
+        self.shared.tracker.wait().await;
+    }
+}
+
+fn decode_error(text: &str, error: &serde_json::Error) -> Error {
+    Error::Decode {
+        text: text.to_owned(),
+        reason: error.to_string(),
+    }
+}

@@ -1,0 +1,51 @@
+//! Errors of the client.
+
+use thiserror::Error;
+
+/// What went wrong in a [`WebSocketClient`](crate::WebSocketClient) call.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL is not a valid `ws://` or `wss://` URL, or a header is invalid. Fatal.
+    #[error("invalid client configuration: {0}")]
+    InvalidConfig(String),
+    /// The first connection could not be made (refused, timed out, TLS or HTTP upgrade
+    /// failure). Retryable by building again.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The outbound buffer is full; the frame (as JSON text) is given back unsent. Retryable
+    /// once the client reconnects and drains its buffer.
+    #[error("outbound buffer full ({} bytes given back)", .0.len())]
+    BufferFull(String),
+    /// The client gave up (reconnect attempts used up, or the server refused for good).
+    /// Fatal: build a new client.
+    #[error("client failed: {0}")]
+    Failed(String),
+    /// The client was closed with `close()`. Fatal.
+    #[error("client is closed")]
+    Closed,
+    /// A value could not be encoded, or a received frame could not be decoded as the
+    /// requested type. The frame's text is given back. Not fatal: the next receive goes on.
+    #[error("cannot decode {text:?}: {reason}")]
+    Decode {
+        /// The frame or payload text.
+        text: String,
+        /// Why it did not decode.
+        reason: String,
+    },
+    /// A value could not be serialized to JSON. Nothing was sent.
+    #[error("cannot encode the message as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// `subscribe` on a server that does not speak the hub protocol, or a channel name the hub
+    /// would refuse.
+    #[error("cannot subscribe: {0}")]
+    Subscribe(String),
+}
+
+/// `Result` with the client's [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

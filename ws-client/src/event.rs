@@ -1,0 +1,55 @@
+//! [`Event`]: what [`WebSocketClient::next_event`](crate::WebSocketClient::next_event) yields.
+
+use ws_protocol::Payload;
+
+/// One thing that happened on the client, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A publication on a subscribed channel (hub servers).
+    Publication {
+        /// The channel it was published on.
+        channel: String,
+        /// Its position in the channel, counting from 1.
+        seq: u64,
+        /// The published value.
+        data: Payload,
+    },
+    /// A text frame that is not part of the hub's control protocol: a message the hub
+    /// broadcast as is, or any frame from a server that does not speak the hub protocol.
+    Message(String),
+    /// A binary frame (servers that do not speak the hub protocol).
+    Binary(Vec<u8>),
+    /// A connection is established (and, on a hub, every subscription is in effect again).
+    Connected {
+        /// The hub's id for this connection; `None` on a server that is not our hub.
+        connection_id: Option<u64>,
+        /// `true` when this replaced a lost connection.
+        reconnected: bool,
+    },
+    /// The connection was lost; the client reconnects unless it says otherwise.
+    Disconnected {
+        /// Why, for logs and people.
+        reason: String,
+    },
+    /// The hub dropped `missed` publications of `channel` because this client read too slowly
+    /// (hub policy `drop_oldest`).
+    Lagged {
+        /// The channel.
+        channel: String,
+        /// How many publications were dropped.
+        missed: u64,
+    },
+    /// Buffered outbound frames older than the maximum buffer age were dropped, unsent.
+    Expired {
+        /// How many.
+        count: usize,
+    },
+    /// The server answered a frame with an `Error`.
+    ServerError {
+        /// The stable error code, such as `invalid_channel`.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+}

@@ -1,0 +1,98 @@
+//! [`Metrics`]: counters of what the client did.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A snapshot of the client's counters, from [`WebSocketClient::metrics`](crate::WebSocketClient::metrics).
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Frames written (data and protocol frames the application sent, subscribes included).
+    pub messages_sent: u64,
+    /// Bytes of those frames' payloads.
+    pub bytes_sent: u64,
+    /// Text and binary frames received.
+    pub messages_received: u64,
+    /// Bytes of those frames' payloads.
+    pub bytes_received: u64,
+    /// Connections re-established after a loss.
+    pub reconnects: u64,
+    /// Connection failures and server `Error` frames.
+    pub errors: u64,
+    /// Buffered frames dropped unsent because they grew older than the maximum buffer age.
+    pub expired: u64,
+    /// Frames waiting in the outbound buffer now.
+    pub buffered: usize,
+    /// Round trip of the last answered protocol ping.
+    pub last_rtt: Option<Duration>,
+    /// How long the current connection has been up; `None` while not connected.
+    pub connected_for: Option<Duration>,
+    /// Total time connected since the client was built.
+    pub total_connected: Duration,
+}
+
+/// The live counters behind [`Metrics`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    /// Microseconds; 0 while none was measured.
+    pub(crate) last_rtt_micros: AtomicU64,
+    times: Mutex<Times>,
+}
+
+#[derive(Debug, Default)]
+struct Times {
+    connected_at: Option<Instant>,
+    total: Duration,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connected(&self) {
+        let mut times = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        times.connected_at = Some(Instant::now());
+    }
+
+    pub(crate) fn disconnected(&self) {
+        let mut times = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = times.connected_at.take() {
+            times.total += at.elapsed();
+        }
+    }
+
+    pub(crate) fn set_rtt(&self, rtt: Duration) {
+        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.last_rtt_micros.store(micros, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, buffered: usize) -> Metrics {
+        let times = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        let connected_for = times.connected_at.map(|at| at.elapsed());
+        let rtt = self.last_rtt_micros.load(Ordering::Relaxed);
+        Metrics {
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            messages_received: self.messages_received.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
+            buffered,
+            last_rtt: (rtt > 0).then(|| Duration::from_micros(rtt)),
+            connected_for,
+            total_connected: times.total + connected_for.unwrap_or_default(),
+        }
+    }
+}
