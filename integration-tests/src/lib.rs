@@ -1,6 +1,8 @@
 //! Helpers for the cross-crate tests: a hub on `127.0.0.1:0` and a plain tokio-tungstenite
 //! client that speaks the protocol frame by frame, so the hub is tested apart from our client.
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -235,7 +235,9 @@ impl ClientBuilder {
     }
 
     /// A frame to send after every (re)connect to a server that is not our hub, such as its
-    /// own subscribe or auth message; frames go out in the order registered.
+    /// own subscribe or auth message; frames go out in the order registered, before anything
+    /// buffered. Registering one makes a client with [`ServerProtocol::Auto`] treat the
+    /// server as [`ServerProtocol::Raw`] without waiting to tell.
     ///
     /// # Panics
     /// Never; a value that cannot be serialized makes `build` fail.
@@ -316,7 +318,10 @@ impl ClientBuilder {
             connect_timeout: self.connect_timeout,
             event_capacity: self.event_capacity.max(1),
             max_message_size: self.max_message_size,
-            protocol: self.protocol,
+            protocol: match self.protocol {
+                ServerProtocol::Auto if !self.on_connect.is_empty() => ServerProtocol::Raw,
+                protocol => protocol,
+            },
             on_connect: self.on_connect,
             tls,
         })
@@ -337,6 +342,8 @@ impl ClientBuilder {
             url: settings.url.clone(),
             reason,
         })?;
+        // Nothing to restore on a first connection: it is in effect now.
+        state.send_replace(ConnectionState::Connected);
         let (commands_tx, commands) = mpsc::channel(64);
         let (events, events_rx) = mpsc::channel(settings.event_capacity);
         let buffer = Arc::new(OutboundBuffer::new(buffer_size, max_age));

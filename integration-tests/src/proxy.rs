@@ -1,0 +1,93 @@
+//! [`TcpProxy`]: a TCP relay between a client and a server that can stop forwarding on the
+//! connections it holds without closing them: a frozen proxy, a half-open network.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Result;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// A TCP relay on `127.0.0.1:0`; see the module documentation. Dropping it stops it.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    next_id: Arc<AtomicU64>,
+    frozen_below: Arc<AtomicU64>,
+    _tasks: JoinSet<()>,
+}
+
+impl TcpProxy {
+    /// Starts relaying every connection to `upstream`.
+    ///
+    /// # Errors
+    /// If no port can be bound.
+    pub async fn start(upstream: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let next_id = Arc::new(AtomicU64::new(0));
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        let (ids, frozen) = (next_id.clone(), frozen_below.clone());
+        tasks.spawn(async move {
+            let mut relays = JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let id = ids.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                relays.spawn(relay(client_read, server_write, id, frozen.clone()));
+                relays.spawn(relay(server_read, client_write, id, frozen.clone()));
+            }
+        });
+        Ok(Self {
+            addr,
+            next_id,
+            frozen_below,
+            _tasks: tasks,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops forwarding on every connection open now, keeping them open; later connections
+    /// are relayed normally.
+    pub fn freeze_existing(&self) {
+        self.frozen_below
+            .store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// How many connections the proxy has accepted.
+    pub fn connections(&self) -> u64 {
+        self.next_id.load(Ordering::SeqCst)
+    }
+}
+
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: u64,
+    frozen_below: Arc<AtomicU64>,
+) {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if id < frozen_below.load(Ordering::SeqCst) {
+            // Frozen: hold both sockets open and forward nothing, ever.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&chunk[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
