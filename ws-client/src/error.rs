@@ -47,5 +47,5 @@ pub enum Error {
     Subscribe(String),
 }
 
-/// `Result` with the client's [`Error`] as the default error.
+/// `Result` with the client's [`Error`](enum@Error) as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
