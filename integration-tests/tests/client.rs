@@ -517,3 +517,96 @@ async fn server_errors_and_the_publish_path_round_trip() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stale_feed_is_replaced() -> Result<()> {
+    let server = spawn_server(WebSocketServer::builder()).await?;
+    let client = fast_client(server.local_addr())
+        .stale_timeout(Duration::from_millis(300))
+        .build()
+        .await?;
+    client.subscribe(["quiet"]).await?;
+    // Nothing is published: the feed counts as stalled and the connection is replaced.
+    eventually("a reconnect", || client.metrics().reconnects >= 1).await?;
+    loop {
+        match within("event", client.next_event())
+            .await?
+            .expect("an event")
+        {
+            Event::Disconnected { reason } => {
+                assert!(reason.contains("stale"), "{reason}");
+                break;
+            }
+            Event::Connected { .. } => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    // After the replacement the subscription is back and data flows.
+    eventually("resubscribed", || server.channel_count() == 1).await?;
+    server.publish("quiet", &Tick { n: 1 })?;
+    assert_eq!(
+        within("receive", client.receive::<Tick>()).await??,
+        Some(Tick { n: 1 })
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn buffered_messages_past_their_age_are_dropped_and_reported() -> Result<()> {
+    let server = spawn_server(WebSocketServer::builder()).await?;
+    let addr = server.local_addr();
+    let client = fast_client(addr)
+        .max_buffer_age(Duration::from_secs(1))
+        .build()
+        .await?;
+    within("shutdown", server.shutdown()).await?;
+    drop(server);
+    wait_for_state(&client, "reconnecting", |s| {
+        matches!(s, ConnectionState::Reconnecting { .. })
+    })
+    .await?;
+    client
+        .send(&WsMessage::AccountUpdate {
+            pubkey: "stale".into(),
+            lamports: 0,
+            slot: 0,
+            timestamp: 0,
+        })
+        .await?;
+    // Older than the limit by the time the hub returns; the next one is not (reconnect
+    // attempts come at most 200 ms apart).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    client
+        .send(&WsMessage::AccountUpdate {
+            pubkey: "fresh".into(),
+            lamports: 0,
+            slot: 0,
+            timestamp: 0,
+        })
+        .await?;
+
+    let server = WebSocketServer::bind(addr).await?;
+    let mut incoming = server.incoming();
+    let (_, message) = within("the fresh message", incoming.recv())
+        .await?
+        .expect("a message");
+    assert!(
+        matches!(&message, WsMessage::AccountUpdate { pubkey, .. } if pubkey == "fresh"),
+        "{message:?}"
+    );
+    loop {
+        match within("event", client.next_event())
+            .await?
+            .expect("an event")
+        {
+            Event::Expired { count } => {
+                assert_eq!(count, 1);
+                break;
+            }
+            Event::Connected { .. } | Event::Disconnected { .. } => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(client.metrics().expired, 1);
+    Ok(())
+}
