@@ -133,7 +133,9 @@ impl WebSocketClient {
     }
 
     /// Queues `message` as one JSON text frame. It is written at once when connected, or
-    /// after the next reconnect (and resubscribe), in order.
+    /// after the next reconnect (and resubscribe), in order. There is no acknowledgement: a
+    /// frame already handed to the socket when the connection dies may be lost with it; frames
+    /// not yet handed over go back to the buffer and are sent after the reconnect.
     ///
     /// # Errors
     /// [`Error::BufferFull`] at once when the buffer is full (the frame is given back);
