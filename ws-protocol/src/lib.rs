@@ -27,5 +27,5 @@ mod payload;
 
 pub use config::{SlowConsumerPolicy, WebSocketConfig};
 pub use error::{ConfigError, DecodeError};
-pub use message::{WsMessage, codes, encode_publication};
+pub use message::{WsMessage, codes, encode_publication, write_publication};
 pub use payload::Payload;

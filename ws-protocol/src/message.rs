@@ -197,6 +197,14 @@ impl<'de> Deserialize<'de> for WsMessage {
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 pub fn encode_publication(channel: &str, seq: u64, data: &RawValue) -> String {
+    let mut out = Vec::with_capacity(channel.len() + data.get().len() + 64);
+    write_publication(&mut out, channel, seq, data);
+    // serde_json writes valid UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends a `Publication` frame's JSON to `out`, as [`encode_publication`] returns it.
+pub fn write_publication(out: &mut Vec<u8>, channel: &str, seq: u64, data: &RawValue) {
     #[derive(Serialize)]
     #[serde(tag = "type", rename = "Publication")]
     struct PublicationRef<'a> {
@@ -204,13 +212,12 @@ pub fn encode_publication(channel: &str, seq: u64, data: &RawValue) -> String {
         seq: u64,
         data: &'a RawValue,
     }
-    let mut out = Vec::with_capacity(channel.len() + data.get().len() + 64);
-    // Writing into a Vec cannot fail and the fields are all serializable.
-    if serde_json::to_writer(&mut out, &PublicationRef { channel, seq, data }).is_err() {
-        return String::new();
+    let start = out.len();
+    // Writing into a Vec cannot fail and the fields are all serializable; should it ever
+    // fail, nothing half-written is left behind.
+    if serde_json::to_writer(&mut *out, &PublicationRef { channel, seq, data }).is_err() {
+        out.truncate(start);
     }
-    // serde_json writes valid UTF-8.
-    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Every field any frame may carry; decoded in one pass, then checked against the `type`.

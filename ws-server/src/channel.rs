@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-use ws_protocol::encode_publication;
+use ws_protocol::write_publication;
 
 use crate::connections::ConnectionId;
+use crate::frame::Frame;
 use crate::outbox::{Outbox, Outgoing};
 
 /// The longest channel name accepted, in bytes.
@@ -40,7 +40,27 @@ struct Channel {
 
 struct ChannelState {
     seq: u64,
-    subscribers: HashMap<ConnectionId, Arc<Outbox>>,
+    /// A vector, iterated on every publication; `index` finds an entry to remove it.
+    subscribers: Vec<(ConnectionId, Arc<Outbox>)>,
+    index: HashMap<ConnectionId, usize>,
+}
+
+impl ChannelState {
+    fn insert(&mut self, id: ConnectionId, outbox: &Arc<Outbox>) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.index.entry(id) {
+            slot.insert(self.subscribers.len());
+            self.subscribers.push((id, outbox.clone()));
+        }
+    }
+
+    fn remove(&mut self, id: ConnectionId) {
+        if let Some(i) = self.index.remove(&id) {
+            self.subscribers.swap_remove(i);
+            if let Some((moved, _)) = self.subscribers.get(i) {
+                self.index.insert(*moved, i);
+            }
+        }
+    }
 }
 
 impl Channel {
@@ -64,7 +84,7 @@ impl Channels {
             // removing the channel under us.
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
             if let Some(channel) = map.get(name) {
-                channel.lock().subscribers.insert(id, outbox.clone());
+                channel.lock().insert(id, outbox);
                 return channel.name.clone();
             }
         }
@@ -74,11 +94,12 @@ impl Channels {
                 name: key.clone(),
                 state: Mutex::new(ChannelState {
                     seq: 0,
-                    subscribers: HashMap::new(),
+                    subscribers: Vec::new(),
+                    index: HashMap::new(),
                 }),
             })
         });
-        channel.lock().subscribers.insert(id, outbox.clone());
+        channel.lock().insert(id, outbox);
         channel.name.clone()
     }
 
@@ -88,7 +109,7 @@ impl Channels {
         let Some(channel) = map.get(name) else { return };
         let empty = {
             let mut state = channel.lock();
-            state.subscribers.remove(&id);
+            state.remove(id);
             state.subscribers.is_empty()
         };
         if empty {
@@ -115,12 +136,14 @@ impl Channels {
         let seq = state.seq;
         let item = Outgoing {
             channel: Some(channel.name.clone()),
-            text: Utf8Bytes::from(encode_publication(&channel.name, seq, data)),
+            frame: Frame::text_with(channel.name.len() + data.get().len() + 64, |buf| {
+                write_publication(buf, &channel.name, seq, data);
+            }),
         };
         let recipients = state
             .subscribers
-            .values()
-            .filter(|outbox| outbox.push(item.clone()))
+            .iter()
+            .filter(|(_, outbox)| outbox.push(item.clone()))
             .count();
         Published { seq, recipients }
     }
@@ -135,23 +158,18 @@ impl Channels {
 mod tests {
     use std::collections::VecDeque;
 
-    use tokio_util::sync::CancellationToken;
     use ws_protocol::{Payload, SlowConsumerPolicy};
 
     use super::*;
 
     fn outbox() -> Arc<Outbox> {
-        Arc::new(Outbox::new(
-            16,
-            SlowConsumerPolicy::Disconnect,
-            CancellationToken::new(),
-        ))
+        Arc::new(Outbox::new(16, SlowConsumerPolicy::Disconnect))
     }
 
     fn texts(outbox: &Outbox) -> Vec<String> {
         let mut batch = VecDeque::new();
         outbox.take(&mut batch, &mut Vec::new());
-        batch.iter().map(|o| o.text.as_str().to_owned()).collect()
+        batch.iter().map(|o| o.frame.payload().to_owned()).collect()
     }
 
     #[test]
@@ -194,6 +212,10 @@ mod tests {
         channels.subscribe("x", ConnectionId(2), &b);
         channels.unsubscribe("x", ConnectionId(1));
         assert_eq!(channels.len(), 1);
+        let data = Payload::from_json("2").unwrap();
+        assert_eq!(channels.publish("x", data.as_raw()).recipients, 1);
+        assert!(texts(&a).is_empty());
+        assert_eq!(texts(&b).len(), 1);
         channels.unsubscribe("x", ConnectionId(2));
         assert_eq!(channels.len(), 0);
         let data = Payload::from_json("1").unwrap();

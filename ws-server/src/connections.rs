@@ -59,6 +59,13 @@ impl Connections {
             .count()
     }
 
+    /// Closes every outbox, which wakes every connection to close (shutdown).
+    pub(crate) fn close_all(&self) {
+        for outbox in self.read().values() {
+            outbox.close();
+        }
+    }
+
     /// Queues a frame to one connection; `None` if it is not open.
     pub(crate) fn send_to(&self, id: ConnectionId, item: Outgoing) -> Option<bool> {
         let outbox = self.read().get(&id).cloned()?;

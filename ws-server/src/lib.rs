@@ -25,10 +25,13 @@
 //! # Ok(()) }
 //! ```
 
+#[doc(hidden)]
+pub mod bench_support;
 mod builder;
 mod channel;
 mod connections;
 mod error;
+mod frame;
 mod incoming;
 mod outbox;
 mod server;

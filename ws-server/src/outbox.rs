@@ -1,18 +1,22 @@
-//! [`Outbox`]: one connection's bounded queue of outgoing publications and broadcasts.
+//! [`Outbox`]: one connection's bounded queue of outgoing publications and broadcasts, and
+//! the one signal that wakes the connection's task.
 //!
 //! Publishers push without waiting (a short mutex, no await); the connection's task takes
 //! everything queued at once and writes it with a single flush. When the queue is full the
-//! connection's [`SlowConsumerPolicy`] decides: `Disconnect` marks the outbox overflowed and
-//! cancels the connection, `DropOldest` drops the oldest entry and counts it per channel so
-//! the client can be told with `Lagged`.
+//! connection's [`SlowConsumerPolicy`] decides: `Disconnect` marks the outbox overflowed (the
+//! connection is then cut), `DropOldest` drops the oldest entry and counts it per channel so
+//! the client can be told with `Lagged`. Shutdown closes every outbox, which wakes its task
+//! through the same signal, so the task's hot loop watches one waker and no lock.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
+use futures_util::task::AtomicWaker;
 use ws_protocol::SlowConsumerPolicy;
+
+use crate::frame::Frame;
 
 /// The channel name under which dropped broadcasts are reported in `Lagged`.
 pub(crate) const BROADCAST_LAG_CHANNEL: &str = "*";
@@ -23,7 +27,7 @@ pub(crate) struct Outgoing {
     /// The channel of a publication; `None` for broadcasts and direct sends.
     pub(crate) channel: Option<Arc<str>>,
     /// The encoded frame, shared with every other recipient.
-    pub(crate) text: Utf8Bytes,
+    pub(crate) frame: Frame,
 }
 
 /// What [`Outbox::take`] found besides the queued frames.
@@ -33,38 +37,38 @@ pub(crate) enum OutboxState {
     Open,
     /// The queue overflowed under the `Disconnect` policy: the connection must be cut.
     Overflowed,
+    /// The server is shutting down: the connection must close.
+    Closed,
 }
 
 struct Inner {
     queue: VecDeque<Outgoing>,
     /// Publications dropped under `DropOldest`, per channel, not yet reported.
     lagged: Vec<(Arc<str>, u64)>,
-    overflowed: bool,
+    state: OutboxState,
 }
 
 /// A connection's bounded outbound queue. See the module documentation.
 pub(crate) struct Outbox {
     inner: Mutex<Inner>,
-    ready: Notify,
+    signaled: AtomicBool,
+    waker: AtomicWaker,
     capacity: usize,
     policy: SlowConsumerPolicy,
-    /// Cancelled when the queue overflows under `Disconnect`, so the connection stops even
-    /// while it is blocked writing to a socket that does not drain.
-    cut: CancellationToken,
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize, policy: SlowConsumerPolicy, cut: CancellationToken) -> Self {
+    pub(crate) fn new(capacity: usize, policy: SlowConsumerPolicy) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
                 lagged: Vec::new(),
-                overflowed: false,
+                state: OutboxState::Open,
             }),
-            ready: Notify::new(),
+            signaled: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             capacity: capacity.max(1),
             policy,
-            cut,
         }
     }
 
@@ -76,11 +80,16 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn signal(&self) {
+        self.signaled.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
     /// Queues `item` without waiting. Returns `false` if it was refused because the connection
-    /// is being cut as a slow consumer.
+    /// is being cut as a slow consumer or closed.
     pub(crate) fn push(&self, item: Outgoing) -> bool {
         let mut inner = self.lock();
-        if inner.overflowed {
+        if inner.state != OutboxState::Open {
             return false;
         }
         if inner.queue.len() >= self.capacity {
@@ -97,9 +106,10 @@ impl Outbox {
                     }
                 }
                 _ => {
-                    inner.overflowed = true;
+                    inner.state = OutboxState::Overflowed;
+                    inner.queue.clear();
                     drop(inner);
-                    self.cut.cancel();
+                    self.signal();
                     return false;
                 }
             }
@@ -109,15 +119,32 @@ impl Outbox {
         drop(inner);
         if was_empty {
             // The writer drains the whole queue whenever it wakes, so only the transition from
-            // empty needs a wake-up; `notify_one` keeps a permit if the writer is busy.
-            self.ready.notify_one();
+            // empty needs a wake-up.
+            self.signal();
         }
         true
     }
 
-    /// Waits until something is queued.
-    pub(crate) async fn ready(&self) {
-        self.ready.notified().await;
+    /// Closes the outbox for shutdown and wakes its connection.
+    pub(crate) fn close(&self) {
+        let mut inner = self.lock();
+        if inner.state == OutboxState::Open {
+            inner.state = OutboxState::Closed;
+        }
+        drop(inner);
+        self.signal();
+    }
+
+    /// Ready once something was queued (or the state changed) since the last time it was.
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signaled.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.signaled.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     /// Moves everything queued into `batch` and every lag count into `lagged`.
@@ -127,28 +154,39 @@ impl Outbox {
         lagged: &mut Vec<(Arc<str>, u64)>,
     ) -> OutboxState {
         let mut inner = self.lock();
-        if inner.overflowed {
-            return OutboxState::Overflowed;
+        if inner.state != OutboxState::Open {
+            return inner.state;
         }
         std::mem::swap(&mut inner.queue, batch);
         lagged.append(&mut inner.lagged);
         OutboxState::Open
     }
 
-    /// Whether the queue overflowed under the `Disconnect` policy.
-    pub(crate) fn overflowed(&self) -> bool {
-        self.lock().overflowed
+    /// The outbox's state.
+    pub(crate) fn state(&self) -> OutboxState {
+        self.lock().state
+    }
+
+    /// Drops queued publications of `channel` (after an unsubscribe, none may be delivered).
+    pub(crate) fn purge(&self, channel: &str) {
+        let mut inner = self.lock();
+        inner
+            .queue
+            .retain(|item| item.channel.as_deref() != Some(channel));
+        inner.lagged.retain(|(c, _)| &**c != channel);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::task::Waker;
+
     use super::*;
 
     fn item(channel: &str, text: &str) -> Outgoing {
         Outgoing {
             channel: Some(Arc::from(channel)),
-            text: Utf8Bytes::from(text),
+            frame: Frame::text(text),
         }
     }
 
@@ -157,36 +195,39 @@ mod tests {
     fn drain(outbox: &Outbox) -> Drained {
         let (mut batch, mut lagged) = (VecDeque::new(), Vec::new());
         let state = outbox.take(&mut batch, &mut lagged);
-        let texts = batch.iter().map(|o| o.text.as_str().to_owned()).collect();
+        let texts = batch.iter().map(|o| o.frame.payload().to_owned()).collect();
         (texts, lagged, state)
+    }
+
+    fn ready(outbox: &Outbox) -> bool {
+        outbox
+            .poll_ready(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
     }
 
     #[test]
     fn disconnect_policy_cuts_when_full_and_refuses_more() {
-        let cut = CancellationToken::new();
-        let outbox = Outbox::new(2, SlowConsumerPolicy::Disconnect, cut.clone());
+        let outbox = Outbox::new(2, SlowConsumerPolicy::Disconnect);
         assert!(outbox.push(item("a", "1")));
         assert!(outbox.push(item("a", "2")));
-        assert!(!cut.is_cancelled());
+        assert!(ready(&outbox));
         assert!(!outbox.push(item("a", "3")));
-        assert!(cut.is_cancelled());
-        assert!(outbox.overflowed());
+        assert!(ready(&outbox), "the overflow wakes the connection");
+        assert_eq!(outbox.state(), OutboxState::Overflowed);
         assert!(!outbox.push(item("a", "4")));
         assert_eq!(drain(&outbox).2, OutboxState::Overflowed);
     }
 
     #[test]
     fn drop_oldest_policy_keeps_the_newest_and_counts_per_channel() {
-        let cut = CancellationToken::new();
-        let outbox = Outbox::new(2, SlowConsumerPolicy::DropOldest, cut.clone());
+        let outbox = Outbox::new(2, SlowConsumerPolicy::DropOldest);
         for (channel, text) in [("a", "1"), ("b", "2"), ("a", "3"), ("a", "4")] {
             assert!(outbox.push(item(channel, text)));
         }
         assert!(outbox.push(Outgoing {
             channel: None,
-            text: Utf8Bytes::from("5")
+            frame: Frame::text("5")
         }));
-        assert!(!cut.is_cancelled());
         let (texts, lagged, state) = drain(&outbox);
         assert_eq!(state, OutboxState::Open);
         assert_eq!(texts, ["4", "5"]);
@@ -195,13 +236,29 @@ mod tests {
         assert!(texts.is_empty() && lagged.is_empty());
     }
 
-    #[tokio::test]
-    async fn a_push_into_an_empty_queue_wakes_the_writer() {
-        let outbox = Outbox::new(4, SlowConsumerPolicy::Disconnect, CancellationToken::new());
+    #[test]
+    fn only_the_first_push_into_an_empty_queue_signals() {
+        let outbox = Outbox::new(4, SlowConsumerPolicy::Disconnect);
+        assert!(!ready(&outbox));
         assert!(outbox.push(item("a", "1")));
-        tokio::time::timeout(std::time::Duration::from_secs(1), outbox.ready())
-            .await
-            .expect("woken");
-        assert_eq!(drain(&outbox).0, ["1"]);
+        assert!(outbox.push(item("a", "2")));
+        assert!(ready(&outbox));
+        assert!(!ready(&outbox));
+        assert_eq!(drain(&outbox).0, ["1", "2"]);
+        assert!(outbox.push(item("a", "3")));
+        assert!(ready(&outbox));
+    }
+
+    #[test]
+    fn close_and_purge() {
+        let outbox = Outbox::new(4, SlowConsumerPolicy::Disconnect);
+        assert!(outbox.push(item("a", "1")));
+        assert!(outbox.push(item("b", "2")));
+        outbox.purge("a");
+        assert_eq!(drain(&outbox).0, ["2"]);
+        outbox.close();
+        assert!(ready(&outbox));
+        assert!(!outbox.push(item("a", "3")));
+        assert_eq!(drain(&outbox).2, OutboxState::Closed);
     }
 }

@@ -7,9 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{Semaphore, mpsc};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as TungsteniteConfig;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use ws_protocol::{Payload, WebSocketConfig, WsMessage};
@@ -18,6 +17,7 @@ use crate::builder::ServerBuilder;
 use crate::channel::{Channels, Published, is_valid_name};
 use crate::connections::{ConnectionId, Connections};
 use crate::error::{Result, ServerError};
+use crate::frame::Frame;
 use crate::incoming::Incoming;
 use crate::outbox::Outgoing;
 use crate::session;
@@ -75,8 +75,18 @@ impl Shared {
 #[derive(Clone)]
 pub struct WebSocketServer {
     shared: Arc<Shared>,
-    /// Cancels the server when the last handle is dropped.
-    _guard: Arc<DropGuard>,
+    /// Stops the server when the last handle is dropped.
+    _guard: Arc<StopOnDrop>,
+}
+
+/// Stops accepting and closes every connection when dropped.
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.token.cancel();
+        self.0.connections.close_all();
+    }
 }
 
 impl std::fmt::Debug for WebSocketServer {
@@ -119,7 +129,6 @@ impl WebSocketServer {
             .max_write_buffer_size(WRITE_BUFFER_SIZE + 2 * config.max_message_size)
             .max_message_size(Some(config.max_message_size))
             .max_frame_size(Some(config.max_message_size));
-        let token = CancellationToken::new();
         let shared = Arc::new(Shared {
             config,
             ws_config,
@@ -127,15 +136,15 @@ impl WebSocketServer {
             connections: Connections::default(),
             incoming: RwLock::new(None),
             incoming_capacity: incoming_capacity.max(1),
-            token: token.clone(),
+            token: CancellationToken::new(),
             tracker: TaskTracker::new(),
             local_addr,
         });
         shared.tracker.spawn(accept_loop(shared.clone(), listener));
         info!(address = %local_addr, "hub listening");
         Ok(Self {
+            _guard: Arc::new(StopOnDrop(shared.clone())),
             shared,
-            _guard: Arc::new(token.drop_guard()),
         })
     }
 
@@ -158,7 +167,7 @@ impl WebSocketServer {
     pub fn broadcast<T: Serialize + ?Sized>(&self, message: &T) -> Result<usize> {
         let item = Outgoing {
             channel: None,
-            text: Utf8Bytes::from(serde_json::to_string(message)?),
+            frame: Frame::text(&serde_json::to_string(message)?),
         };
         Ok(self.shared.connections.broadcast(&item))
     }
@@ -185,7 +194,7 @@ impl WebSocketServer {
     pub fn send_to<T: Serialize + ?Sized>(&self, id: ConnectionId, message: &T) -> Result<()> {
         let item = Outgoing {
             channel: None,
-            text: Utf8Bytes::from(serde_json::to_string(message)?),
+            frame: Frame::text(&serde_json::to_string(message)?),
         };
         match self.shared.connections.send_to(id, item) {
             Some(true) => Ok(()),
@@ -219,7 +228,9 @@ impl WebSocketServer {
     /// task has ended (each gets at most about a second to complete its close handshake).
     pub async fn shutdown(&self) {
         info!("hub shutting down");
+        // Stop accepting and upgrading first, then wake every open connection to close.
         self.shared.token.cancel();
+        self.shared.connections.close_all();
         self.shared.tracker.close();
         self.shared.tracker.wait().await;
         *self

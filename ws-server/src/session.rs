@@ -1,7 +1,8 @@
 //! One connection: the task that owns its socket from the upgrade to the close.
 //!
-//! A single task `select!`s over the cancellation token, the connection's [`Outbox`], inbound
-//! frames, the ping timer and the idle deadline. Replies to the client's own frames (`Pong`,
+//! A single task waits on the connection's [`Outbox`] (which also carries the slow-consumer
+//! cut and shutdown), inbound frames, the ping timer and the idle deadline, alternating which
+//! of output and input it looks at first. Replies to the client's own frames (`Pong`,
 //! `Subscribed`, `Error`) are written at once by this task, so they never wait behind queued
 //! publications and are never dropped; publications are drained from the outbox in batches
 //! and written with one flush.
@@ -9,27 +10,31 @@
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use ws_protocol::{WsMessage, close, codes};
 
 use crate::channel::is_valid_name;
 use crate::connections::ConnectionId;
+use crate::frame::Frame;
 use crate::outbox::{Outbox, OutboxState, Outgoing};
 use crate::server::Shared;
 
 /// How long the hub tries to deliver its close frame and wait for the client's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A write buffer grown past this by a large batch is released afterwards, so that idle
+/// connections hold no large buffers.
+const MAX_KEPT_WRITE_BUFFER: usize = 64 * 1024;
 /// How many bytes the hub reads and discards after closing, so that unread input does not
 /// turn the close into a TCP reset that could destroy the close frame in flight.
 const LINGER_BYTES: usize = 1 << 20;
@@ -68,13 +73,15 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
     };
 
     let id = shared.connections.next_id();
-    let token = shared.token.child_token();
     let outbox = Arc::new(Outbox::new(
         config.send_queue_size,
         config.slow_consumer_policy,
-        token.clone(),
     ));
     shared.connections.insert(id, outbox.clone());
+    if shared.token.is_cancelled() {
+        // Shutdown began while this connection was upgrading: close it like the others.
+        outbox.close();
+    }
     info!(connection = %id, %peer, "connection opened");
 
     let mut session = Session {
@@ -82,11 +89,12 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
         id,
         ws,
         outbox,
-        token,
         subscriptions: HashSet::new(),
         batch: VecDeque::new(),
         lagged: Vec::new(),
         last_seen: Instant::now(),
+        signal_pending: false,
+        out: Vec::new(),
     };
     let end = session.run().await;
     session.leave_channels();
@@ -95,17 +103,32 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
     info!(connection = %id, %peer, reason = %end, "connection closed");
 }
 
+/// What woke the connection's task.
+enum Wake {
+    /// The outbox has frames, or was closed or overflowed.
+    Outbox,
+    /// A frame (or the end) from the client.
+    Frame(Option<Result<Message, WsError>>),
+    /// Time to ping the client.
+    Ping,
+    /// The idle deadline passed.
+    Idle,
+}
+
 struct Session {
     shared: Arc<Shared>,
     id: ConnectionId,
     ws: WebSocketStream<TcpStream>,
+    /// Queued frames, and the one signal for publications, overflow and shutdown.
     outbox: Arc<Outbox>,
-    /// Cancelled on server shutdown (it is a child of the server's token) or on overflow.
-    token: CancellationToken,
     subscriptions: HashSet<Arc<str>>,
     batch: VecDeque<Outgoing>,
     lagged: Vec<(Arc<str>, u64)>,
     last_seen: Instant,
+    /// The outbox signalled while a write was in progress: drain it next.
+    signal_pending: bool,
+    /// The bytes of one batch of queued frames, written with one call.
+    out: Vec<u8>,
 }
 
 impl Session {
@@ -123,22 +146,46 @@ impl Session {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let idle = tokio::time::sleep(idle_after);
         tokio::pin!(idle);
+        // Alternates which of queued output and inbound frames is looked at first, so that
+        // neither can starve the other.
+        let mut output_first = true;
 
         loop {
-            let step = tokio::select! {
-                biased;
-                () = self.token.cancelled() => Err(self.cancelled_reason()),
-                () = self.outbox.ready() => self.write_queued().await,
-                frame = self.ws.next() => match frame {
-                    Some(Ok(message)) => {
-                        self.last_seen = Instant::now();
-                        self.on_frame(message).await
+            let wake = if std::mem::take(&mut self.signal_pending) {
+                Wake::Outbox
+            } else {
+                output_first = !output_first;
+                let (outbox, ws) = (&self.outbox, &mut self.ws);
+                std::future::poll_fn(|cx| {
+                    if output_first && outbox.poll_ready(cx).is_ready() {
+                        return Poll::Ready(Wake::Outbox);
                     }
-                    Some(Err(error)) => Err(read_error(error)),
-                    None => Err(End::Gone("connection closed by client".to_owned())),
-                },
-                _ = ping.tick() => self.write_now(Message::Ping(Default::default())).await,
-                () = &mut idle => {
+                    if let Poll::Ready(frame) = ws.poll_next_unpin(cx) {
+                        return Poll::Ready(Wake::Frame(frame));
+                    }
+                    if !output_first && outbox.poll_ready(cx).is_ready() {
+                        return Poll::Ready(Wake::Outbox);
+                    }
+                    if ping.poll_tick(cx).is_ready() {
+                        return Poll::Ready(Wake::Ping);
+                    }
+                    if idle.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Idle);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            let step = match wake {
+                Wake::Outbox => self.write_queued().await,
+                Wake::Frame(Some(Ok(message))) => {
+                    self.last_seen = Instant::now();
+                    self.on_frame(message).await
+                }
+                Wake::Frame(Some(Err(error))) => Err(read_error(error)),
+                Wake::Frame(None) => Err(End::Gone("connection closed by client".to_owned())),
+                Wake::Ping => self.write_now(Message::Ping(Default::default())).await,
+                Wake::Idle => {
                     if self.last_seen.elapsed() >= idle_after {
                         Err(End::Idle)
                     } else {
@@ -153,31 +200,50 @@ impl Session {
         }
     }
 
-    fn cancelled_reason(&self) -> End {
-        if self.outbox.overflowed() {
-            End::SlowConsumer
-        } else {
-            End::Shutdown
+    /// Why the outbox stopped the connection, if it did.
+    fn outbox_end(&self) -> Option<End> {
+        match self.outbox.state() {
+            OutboxState::Open => None,
+            OutboxState::Overflowed => Some(End::SlowConsumer),
+            OutboxState::Closed => Some(End::Shutdown),
         }
     }
 
-    /// Runs `fut` unless the connection is cancelled first.
-    async fn or_cancelled<T>(
-        token: &CancellationToken,
+    /// Drives `fut` (a write) to completion unless the outbox says the connection must stop
+    /// first: a write blocked on a client that does not read must not outlive the decision to
+    /// cut it, nor delay shutdown.
+    async fn guarded<T>(
+        outbox: &Outbox,
+        signal_pending: &mut bool,
         fut: impl Future<Output = Result<T, WsError>>,
     ) -> Result<T, End> {
-        tokio::select! {
-            // The real reason is worked out by the main loop's cancellation branch.
-            () = token.cancelled() => Err(End::Shutdown),
-            result = fut => result.map_err(|e| End::Gone(format!("write failed: {e}"))),
-        }
+        tokio::pin!(fut);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                return Poll::Ready(result.map_err(|e| End::Gone(format!("write failed: {e}"))));
+            }
+            // Poll until Pending, so that the waker stays registered for the next signal.
+            while outbox.poll_ready(cx).is_ready() {
+                *signal_pending = true;
+                match outbox.state() {
+                    OutboxState::Open => {}
+                    OutboxState::Overflowed => return Poll::Ready(Err(End::SlowConsumer)),
+                    OutboxState::Closed => return Poll::Ready(Err(End::Shutdown)),
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     async fn write_now(&mut self, message: Message) -> Result<(), End> {
-        match Self::or_cancelled(&self.token, self.ws.send(message)).await {
-            Err(End::Shutdown) => Err(self.cancelled_reason()),
-            other => other,
-        }
+        let Self {
+            ws,
+            outbox,
+            signal_pending,
+            ..
+        } = self;
+        Self::guarded(outbox, signal_pending, ws.send(message)).await
     }
 
     async fn send_now(&mut self, message: &WsMessage) -> Result<(), End> {
@@ -186,42 +252,40 @@ impl Session {
 
     /// Writes everything queued in the outbox, then flushes once.
     async fn write_queued(&mut self) -> Result<(), End> {
-        if self.outbox.take(&mut self.batch, &mut self.lagged) == OutboxState::Overflowed {
-            return Err(End::SlowConsumer);
+        if self.outbox.take(&mut self.batch, &mut self.lagged) != OutboxState::Open {
+            return Err(self.outbox_end().unwrap_or(End::Shutdown));
         }
         let Self {
             ws,
-            token,
+            outbox,
             batch,
             lagged,
-            subscriptions,
+            signal_pending,
+            out,
             ..
         } = self;
-        let write = async {
-            for (channel, missed) in lagged.drain(..) {
-                let notice = WsMessage::Lagged {
-                    channel: channel.to_string(),
-                    missed,
-                };
-                ws.feed(Message::text(notice.to_json())).await?;
-            }
-            while let Some(item) = batch.pop_front() {
-                // Publications queued before an unsubscribe are not delivered after it.
-                if let Some(channel) = &item.channel {
-                    if !subscriptions.contains(channel) {
-                        continue;
-                    }
-                }
-                ws.feed(Message::Text(item.text)).await?;
-            }
-            ws.flush().await
-        };
-        let result = Self::or_cancelled(token, write).await;
-        self.batch.clear();
-        match result {
-            Err(End::Shutdown) => Err(self.cancelled_reason()),
-            other => other,
+        out.clear();
+        for (channel, missed) in lagged.drain(..) {
+            let notice = WsMessage::Lagged {
+                channel: channel.to_string(),
+                missed,
+            };
+            out.extend_from_slice(Frame::text(&notice.to_json()).as_bytes());
         }
+        for item in batch.drain(..) {
+            out.extend_from_slice(item.frame.as_bytes());
+        }
+        let write = async {
+            // Frames written by tungstenite (a pong it queued while reading) go first, so that
+            // frames stay whole and in order; then the pre-encoded frames go out in one write.
+            ws.flush().await?;
+            ws.get_mut().write_all(out).await.map_err(WsError::Io)
+        };
+        let result = Self::guarded(outbox, signal_pending, write).await;
+        if out.capacity() > MAX_KEPT_WRITE_BUFFER {
+            *out = Vec::new();
+        }
+        result
     }
 
     async fn on_frame(&mut self, message: Message) -> Result<(), End> {
@@ -257,6 +321,8 @@ impl Session {
                 for channel in &channels {
                     if self.subscriptions.remove(channel.as_str()) {
                         self.shared.channels.unsubscribe(channel, self.id);
+                        // Nothing of it is delivered after the Unsubscribed reply.
+                        self.outbox.purge(channel);
                     }
                 }
                 self.send_now(&WsMessage::Unsubscribed { channels }).await
@@ -309,7 +375,7 @@ impl Session {
         let refused = match sender {
             None => true,
             Some(sender) => tokio::select! {
-                () = self.token.cancelled() => return Err(self.cancelled_reason()),
+                () = self.shared.token.cancelled() => return Err(End::Shutdown),
                 sent = sender.send((self.id, message)) => sent.is_err(),
             },
         };

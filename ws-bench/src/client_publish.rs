@@ -1,0 +1,131 @@
+//! Scenario S8: one `ws_client::WebSocketClient` publishing as fast as it can through the hub,
+//! counted by one subscriber.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use ws_client::{Error, WebSocketClient};
+
+use crate::load::socket_addr;
+use crate::payload;
+use crate::stats::{Latency, Shared};
+use crate::subscriber::{Progress, Protocol, Subscriber, WindowWait};
+
+/// Settings of S8.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientPublishArgs {
+    /// The hub, `ws://HOST:PORT`.
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    pub url: String,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// The client's outbound buffer, in messages.
+    #[arg(long, default_value_t = 65_536)]
+    pub buffer: usize,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// What S8 measured.
+#[derive(Debug, Serialize)]
+pub struct ClientPublishReport {
+    /// Messages the client accepted.
+    pub sent: u64,
+    /// Times `publish` answered `BufferFull` (the caller retried).
+    pub buffer_full: u64,
+    /// Messages the subscriber received.
+    pub received: u64,
+    /// Received messages per second.
+    pub received_per_s: f64,
+    /// Seconds of publishing.
+    pub duration_s: f64,
+    /// One-way latency through client, hub and subscriber.
+    pub latency_us: Latency,
+}
+
+/// Runs S8.
+pub async fn run(args: &ClientPublishArgs) -> Result<ClientPublishReport> {
+    let addr = socket_addr(&args.url)?;
+    let shared = Arc::new(Shared::new());
+    let stop = CancellationToken::new();
+    let subscriber = Subscriber {
+        addr,
+        source: None,
+        protocol: Protocol::Hub,
+        channel: "bench".to_owned(),
+        reads: true,
+    };
+    let (stream, buf) = subscriber.connect().await?;
+    let progress = Arc::new(Progress::new(1));
+    let reading = {
+        let (shared, progress, stop) = (shared.clone(), progress.clone(), stop.clone());
+        tokio::spawn(async move {
+            subscriber
+                .run(
+                    stream,
+                    buf,
+                    shared,
+                    progress,
+                    Arc::new(WindowWait {
+                        wanted: AtomicU64::new(u64::MAX),
+                        ..Default::default()
+                    }),
+                    stop,
+                )
+                .await
+        })
+    };
+    let client = WebSocketClient::builder()
+        .url(&args.url)
+        .message_buffer_size(args.buffer)
+        .max_buffer_age(None)
+        .build()
+        .await?;
+    let mut body = Vec::with_capacity(args.size);
+    let (mut sent, mut full) = (0u64, 0u64);
+    let started = Instant::now();
+    let duration = Duration::from_secs_f64(args.duration);
+    while started.elapsed() < duration {
+        for _ in 0..256 {
+            body.clear();
+            payload::write(&mut body, 0, sent + 1, payload::now_ns(), args.size);
+            // The payload is ASCII JSON written by the bench.
+            let json = std::str::from_utf8(&body).unwrap_or("{}");
+            match client.publish_json("bench", json).await {
+                Ok(()) => sent += 1,
+                Err(Error::BufferFull(_)) => {
+                    full += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let duration_s = started.elapsed().as_secs_f64();
+    let received_in_window = shared.deliveries.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while progress.last[0].load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    client.close().await;
+    let _ = reading.await;
+    Ok(ClientPublishReport {
+        sent,
+        buffer_full: full,
+        received: shared.deliveries.load(Ordering::Relaxed),
+        received_per_s: received_in_window as f64 / duration_s,
+        duration_s,
+        latency_us: shared.latency_us(),
+    })
+}

@@ -1,0 +1,109 @@
+//! `ws-bench`: drives a hub (or a baseline server) over real sockets on loopback and reports
+//! deliveries/s, latency percentiles, loss, connect time, and the server's memory and CPU.
+//!
+//!     ws-bench load --url ws://127.0.0.1:8080 --subscribers 1000 --server-pid $(pgrep ws-server)
+//!     ws-bench serve naive --addr 127.0.0.1:9001
+//!     ws-bench client-publish --url ws://127.0.0.1:8080
+//!
+//! docs/BENCHMARKS.md lists every scenario as a command.
+
+mod baseline;
+mod client_publish;
+mod load;
+mod payload;
+mod process;
+mod publisher;
+mod stats;
+mod subscriber;
+mod wire;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(version, about = "Load generator and baselines for the ws hub")]
+struct Cli {
+    /// Runtime worker threads for the bench itself (1: single-threaded).
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Subscribers, publishers, a rate or a window: the general load (scenarios S1-S7).
+    Load(load::LoadArgs),
+    /// One ws-client publishing as fast as it can through the hub (scenario S8).
+    ClientPublish(client_publish::ClientPublishArgs),
+    /// Runs a baseline server.
+    Serve {
+        /// Which baseline.
+        #[arg(value_enum)]
+        kind: Baseline,
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        addr: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Baseline {
+    /// tokio-tungstenite + tokio::sync::broadcast, one task per connection, defaults.
+    Naive,
+    /// Encode once, write the same bytes to every socket, batched writes.
+    Raw,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = if cli.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Load(args) => {
+                let report = load::run(&args).await?;
+                println!("{}", report.table());
+                if let Some(path) = &args.json {
+                    std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+                }
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Command::ClientPublish(args) => {
+                let report = client_publish::run(&args).await?;
+                println!(
+                    "== S8 client publish\nsent {} ({} BufferFull retries), received {} = {:.0}/s over {:.1} s, latency p50 {:.0} us p99 {:.0} us",
+                    report.sent,
+                    report.buffer_full,
+                    report.received,
+                    report.received_per_s,
+                    report.duration_s,
+                    report.latency_us.p50,
+                    report.latency_us.p99
+                );
+                if let Some(path) = &args.json {
+                    std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+                }
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Command::Serve { kind, addr } => {
+                let listener = TcpListener::bind(&addr).await?;
+                eprintln!("baseline listening on ws://{}", listener.local_addr()?);
+                match kind {
+                    Baseline::Naive => baseline::naive::serve(listener).await?,
+                    Baseline::Raw => baseline::raw::serve(listener).await?,
+                }
+            }
+        }
+        Ok(())
+    })
+}
