@@ -41,7 +41,8 @@ pub struct LoadArgs {
     /// Messages per second over all publishers; 0: as fast as the window allows.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Messages each publisher may have in flight (0: no window; the default for a fixed rate).
+    /// Messages each publisher may have in flight (default 100 at max rate, none at a fixed
+    /// rate; 0: no window).
     #[arg(long)]
     pub window: Option<u64>,
     /// Seconds of publishing.
@@ -183,7 +184,7 @@ pub async fn run(args: &LoadArgs) -> Result<Report> {
         (Some(0), _) => None,
         (Some(w), _) => Some(w),
         (None, true) => None,
-        (None, false) => Some(1000),
+        (None, false) => Some(100),
     };
     let mut publisher_tasks = JoinSet::new();
     if args.publishers > 0 {

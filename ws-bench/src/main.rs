@@ -9,11 +9,14 @@
 
 mod baseline;
 mod client_publish;
+mod hub_process;
+mod jitter;
 mod load;
 mod payload;
 mod process;
 mod publisher;
 mod stats;
+mod storm;
 mod subscriber;
 mod wire;
 
@@ -37,6 +40,10 @@ enum Command {
     Load(load::LoadArgs),
     /// One ws-client publishing as fast as it can through the hub (scenario S8).
     ClientPublish(client_publish::ClientPublishArgs),
+    /// Reconnect storm: our clients through a hub restart (scenario S9).
+    Storm(storm::StormArgs),
+    /// Delivery while each client's connection is cut now and then (scenario S10).
+    Jitter(jitter::JitterArgs),
     /// Runs a baseline server.
     Serve {
         /// Which baseline.
@@ -73,10 +80,7 @@ fn main() -> Result<()> {
             Command::Load(args) => {
                 let report = load::run(&args).await?;
                 println!("{}", report.table());
-                if let Some(path) = &args.json {
-                    std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-                }
-                println!("{}", serde_json::to_string(&report)?);
+                write_json(args.json.as_deref(), &report)?;
             }
             Command::ClientPublish(args) => {
                 let report = client_publish::run(&args).await?;
@@ -90,10 +94,23 @@ fn main() -> Result<()> {
                     report.latency_us.p50,
                     report.latency_us.p99
                 );
-                if let Some(path) = &args.json {
-                    std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-                }
-                println!("{}", serde_json::to_string(&report)?);
+                write_json(args.json.as_deref(), &report)?;
+            }
+            Command::Storm(args) => {
+                let report = storm::run(&args).await?;
+                println!(
+                    "== S9 reconnect storm\n{} clients: all back {:.3} s after the hub returned (median {:.3} s, missing {}), peak {:.0} reconnects/s",
+                    report.clients, report.all_back_s, report.median_back_s, report.missing, report.peak_reconnects_per_s
+                );
+                write_json(args.json.as_deref(), &report)?;
+            }
+            Command::Jitter(args) => {
+                let report = jitter::run(&args).await?;
+                println!(
+                    "== S10 delivery under jitter\n{} clients, {} published, {} cuts: {:.2} % delivered (worst client {:.1} %)",
+                    report.clients, report.published, report.cuts, report.delivered_percent, report.worst_client_percent
+                );
+                write_json(args.json.as_deref(), &report)?;
             }
             Command::Serve { kind, addr } => {
                 let listener = TcpListener::bind(&addr).await?;
@@ -106,4 +123,13 @@ fn main() -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Prints the report as one JSON line, and writes it to `path` when given.
+fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)?;
+    }
+    println!("{}", serde_json::to_string(report)?);
+    Ok(())
 }

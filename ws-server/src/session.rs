@@ -180,7 +180,12 @@ impl Session {
                 Wake::Outbox => self.write_queued().await,
                 Wake::Frame(Some(Ok(message))) => {
                     self.last_seen = Instant::now();
-                    self.on_frame(message).await
+                    let step = self.on_frame(message).await;
+                    // Frames already buffered are read without touching the socket, so a
+                    // publisher's burst would never yield: spend the task's cooperative
+                    // budget so that subscribers get to drain between its publications.
+                    tokio::task::consume_budget().await;
+                    step
                 }
                 Wake::Frame(Some(Err(error))) => Err(read_error(error)),
                 Wake::Frame(None) => Err(End::Gone("connection closed by client".to_owned())),
