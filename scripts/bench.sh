@@ -92,7 +92,7 @@ for scenario in $SCENARIOS; do
       S10) if [ "$run" = 1 ]; then
              start_server hub
              taskset -c "$BENCH_CPU" "$BENCH" jitter --url ws://127.0.0.1:$PORT --clients 1000 --duration 60 \
-               --json "$OUT/S10-hub-1.json" 2>/dev/null >&2
+               --json "$OUT/S10-hub-1.json" 1>&2 2>/dev/null
              stop_server
            fi ;;
     esac

@@ -172,7 +172,7 @@ pub async fn run(args: &JitterArgs) -> Result<JitterReport> {
         tick.tick().await;
         published += 1;
         publisher.publish("jitter", &published).await?;
-        if published % 20 == 0 {
+        if published.is_multiple_of(20) {
             let delivered: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
             eprintln!(
                 "{:>5.1} s published {published} delivered {delivered} cuts {}",

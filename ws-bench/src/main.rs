@@ -65,6 +65,7 @@ enum Baseline {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    raise_fd_limit();
     let runtime = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -132,4 +133,18 @@ fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) ->
     }
     println!("{}", serde_json::to_string(report)?);
     Ok(())
+}
+
+/// Raises this process's open-file limit to its hard limit: every connection is a file
+/// descriptor. The hard limit itself is the machine's (see docs/BENCHMARKS.md).
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < 200_000 => {
+            eprintln!(
+                "open-file limit: {limit} (connections beyond it fail; raise the hard limit to go further)"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("cannot raise the open-file limit: {e}"),
+    }
 }

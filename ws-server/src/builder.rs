@@ -2,11 +2,43 @@
 
 use std::time::Duration;
 
-use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 use ws_protocol::{SlowConsumerPolicy, WebSocketConfig};
 
 use crate::error::Result;
 use crate::server::WebSocketServer;
+
+/// Pending connections the kernel holds for the accept loop (capped by the system's
+/// `somaxconn`). Thousands of clients reconnecting at once must not overflow it, or their
+/// SYNs are dropped and retried only after seconds.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the first address `addr` resolves to that can be bound, with `SO_REUSEADDR` and a
+/// large backlog.
+async fn listen(addr: impl ToSocketAddrs) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
+}
 
 /// Default capacity of the queue behind [`Incoming`](crate::Incoming).
 pub const DEFAULT_INCOMING_CAPACITY: usize = 1024;
@@ -106,7 +138,7 @@ impl ServerBuilder {
     /// [`ServerError::Config`](crate::ServerError::Config) if a setting is out of range.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<WebSocketServer> {
         self.config.validate()?;
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr).await?;
         self.serve(listener)
     }
 

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use ws_server::{ServerBuilder, WebSocketConfig};
 
@@ -25,6 +25,16 @@ async fn main() -> ExitCode {
         }
     };
     info!(?config, "configuration loaded");
+    // Every connection is a file descriptor: take the whole hard limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (limit as usize) < config.max_connections + 64 => warn!(
+            limit,
+            max_connections = config.max_connections,
+            "the open-file limit is below WS_MAX_CONNECTIONS; raise the hard limit (ulimit -Hn)"
+        ),
+        Ok(limit) => info!(limit, "open-file limit"),
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
     let server = match ServerBuilder::from_config(config).bind_configured().await {
         Ok(server) => server,
         Err(e) => {
