@@ -49,8 +49,8 @@ def pick(scenario, server, key, sub=None):
 
 lines = []
 load_scenarios = ["S1", "S2", "S3", "S5", "S6", "S7"]
-lines.append("| scenario | server | deliveries/s | lost | p50 µs | p99 µs | server CPU | drain s |")
-lines.append("|---|---|---|---|---|---|---|---|")
+lines.append("| scenario | server | deliveries/s | lost | p50 µs | p99 µs | server CPU | server ns/delivery | drain s |")
+lines.append("|---|---|---|---|---|---|---|---|---|")
 for s in load_scenarios:
     for server in ["hub", "naive", "raw"]:
         if (s, server) not in runs:
@@ -58,7 +58,8 @@ for s in load_scenarios:
         lines.append(
             f"| {s} | {server} | {fmt(pick(s, server, 'deliveries_per_s'))} | {fmt(pick(s, server, 'lost'))} "
             f"| {fmt(pick(s, server, 'latency_us', 'p50'))} | {fmt(pick(s, server, 'latency_us', 'p99'))} "
-            f"| {fmt(pick(s, server, 'server_cpu_cores'), 0.01, 0, ' %')} | {fmt(pick(s, server, 'drain_s'), 1, 3)} |"
+            f"| {fmt(pick(s, server, 'server_cpu_cores'), 0.01, 0, ' %')} | {fmt(pick(s, server, 'server_ns_per_delivery'))} "
+            f"| {fmt(pick(s, server, 'drain_s'), 1, 3)} |"
         )
 lines.append("")
 lines.append("| S4: 10,000 idle connections | server | KiB per connection | time to connect all (s) |")

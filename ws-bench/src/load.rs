@@ -297,5 +297,8 @@ pub async fn run(args: &LoadArgs) -> Result<Report> {
         server_rss_end_kib: rss_end,
         server_kib_per_connection: per_connection,
         server_cpu_cores: server_cpu,
+        server_ns_per_delivery: server_cpu
+            .filter(|_| delivered_in_window > 0)
+            .map(|cores| cores * 1e9 * publish_s / delivered_in_window as f64),
     })
 }

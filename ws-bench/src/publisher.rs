@@ -104,7 +104,13 @@ impl Publisher {
                 if self.protocol == Protocol::Hub {
                     body.extend_from_slice(prefix.as_bytes());
                 }
-                payload::write(&mut body, self.id, seq, payload::now_ns(), self.size);
+                // A baseline gets frames of the same size on the wire as the hub's, whose
+                // Publication envelope wraps the payload: equal bytes, equal work to read.
+                let size = match self.protocol {
+                    Protocol::Hub => self.size,
+                    Protocol::Raw => self.size + envelope_len(&self.channel, seq),
+                };
+                payload::write(&mut body, self.id, seq, payload::now_ns(), size);
                 if self.protocol == Protocol::Hub {
                     body.push(b'}');
                 }
@@ -122,4 +128,9 @@ impl Publisher {
         drain.abort();
         Ok(seq)
     }
+}
+
+/// Bytes the hub's `Publication` envelope adds around a payload.
+fn envelope_len(channel: &str, seq: u64) -> usize {
+    format!(r#"{{"type":"Publication","channel":"{channel}","seq":{seq},"data":}}"#).len()
 }

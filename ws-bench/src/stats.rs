@@ -138,6 +138,8 @@ pub struct Report {
     pub server_kib_per_connection: Option<f64>,
     /// Server CPU during publishing, in cores.
     pub server_cpu_cores: Option<f64>,
+    /// Server CPU time per delivery, nanoseconds (CPU cores / deliveries per second).
+    pub server_ns_per_delivery: Option<f64>,
 }
 
 impl Report {
@@ -155,7 +157,7 @@ impl Report {
              drain              {drain:.3} s\n\
              latency us         p50 {p50:.0}  p90 {p90:.0}  p99 {p99:.0}  p99.9 {p999:.0}  max {max:.0}\n\
              server RSS KiB     before {b}  connected {c}  end {e}  per connection {per}\n\
-             server CPU         {cpu}\n",
+             server CPU         {cpu}, {per_delivery} ns per delivery\n",
             label = self.label,
             subs = self.subscribers,
             non = self.non_readers,
@@ -191,6 +193,9 @@ impl Report {
             cpu = self
                 .server_cpu_cores
                 .map_or("-".to_owned(), |v| format!("{:.0} % of a core", v * 100.0)),
+            per_delivery = self
+                .server_ns_per_delivery
+                .map_or("-".to_owned(), |v| format!("{v:.0}")),
         )
     }
 }

@@ -8,8 +8,29 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use ws_server::{ServerBuilder, WebSocketConfig};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // One core (a pinned hub): a single-threaded scheduler, no work-stealing machinery.
+    // Otherwise one worker per core; TOKIO_WORKER_THREADS overrides the count.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = if cores == 1 && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("cannot start the Tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
