@@ -414,3 +414,22 @@ async fn upgrades_past_the_connection_limit_get_503() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_every_client() -> Result<()> {
+    let server = spawn_server(WebSocketServer::builder()).await?;
+    let mut client = RawClient::connect(server.local_addr()).await?;
+    client.subscribe(&["x"]).await?;
+    let clone = server.clone();
+    drop(server);
+    // A clone keeps it running.
+    client.send(&WsMessage::Ping).await?;
+    assert_eq!(client.recv().await?, WsMessage::Pong);
+    drop(clone);
+    let frame = client
+        .close_frame()
+        .await?
+        .expect("a close frame with a code");
+    assert_eq!(frame.code, CloseCode::Away);
+    Ok(())
+}
