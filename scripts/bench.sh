@@ -26,7 +26,9 @@ mkdir -p "$OUT"
 server_pid=""
 start_server() { # kind
   case "$1" in
-    hub) env WS_HOST=127.0.0.1 WS_PORT=$PORT WS_MAX_CONNECTIONS=100000 RUST_LOG=warn ${HUB_ENV:-} \
+    # Publishers here send millions of frames a second: lift the per-connection rate limit.
+    hub) env WS_HOST=127.0.0.1 WS_PORT=$PORT WS_MAX_CONNECTIONS=100000 RUST_LOG=warn \
+           WS_RATE_LIMIT=1000000000 WS_RATE_LIMIT_BURST=1000000000 ${HUB_ENV:-} \
            taskset -c "$SERVER_CPU" "$HUB_BIN" >/dev/null 2>&1 & ;;
     naive|raw) taskset -c "$SERVER_CPU" "$BENCH" serve "$1" --addr 127.0.0.1:$PORT >/dev/null 2>&1 & ;;
   esac

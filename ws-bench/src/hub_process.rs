@@ -36,6 +36,8 @@ impl HubProcess {
             .env("WS_HOST", addr.ip().to_string())
             .env("WS_PORT", addr.port().to_string())
             .env("WS_MAX_CONNECTIONS", "100000")
+            .env("WS_RATE_LIMIT", "1000000000")
+            .env("WS_RATE_LIMIT_BURST", "1000000000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)

@@ -607,7 +607,8 @@ impl Driver {
                     Ok(
                         WsMessage::Unsubscribed { .. }
                         | WsMessage::Pong
-                        | WsMessage::Connected { .. },
+                        | WsMessage::Connected { .. }
+                        | WsMessage::Authenticated { .. },
                     ) => {
                         heartbeat.on_frame();
                         None

@@ -31,6 +31,28 @@ impl FromStr for SlowConsumerPolicy {
     }
 }
 
+/// A secret setting: its `Debug` never shows the value, so configurations can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the code that needs it (never for logs).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// Settings of the client and the hub, loaded from `WS_*` environment variables.
 ///
 /// Every field has a default (below, and in `.env.example`); a variable set to an empty string
@@ -89,6 +111,28 @@ pub struct WebSocketConfig {
     /// `WS_MAX_CONNECTIONS`: connections the hub holds at once; further upgrades get HTTP 503.
     /// Default 10000.
     pub max_connections: usize,
+    /// `WS_JWT_SECRET`: HS256 secret for JWTs. With neither this nor `WS_JWT_PUBLIC_KEY`, the
+    /// hub runs open (anyone may do anything). Default: unset.
+    pub jwt_secret: Option<Secret>,
+    /// `WS_JWT_PUBLIC_KEY`: path of a PEM public key for RS256 or ES256 JWTs. Default: unset.
+    pub jwt_public_key: Option<String>,
+    /// `WS_JWT_ALGORITHM`: `RS256` or `ES256`, for `WS_JWT_PUBLIC_KEY`. Default `RS256`.
+    pub jwt_algorithm: String,
+    /// `WS_AUTH_TIMEOUT`: a connection without a token at the upgrade must send
+    /// `Authenticate` within this time, or it is closed with 1008. Default 5 s.
+    pub auth_timeout: Duration,
+    /// `WS_MAX_SUBSCRIPTIONS`: channels one connection may subscribe to. Default 100.
+    pub max_subscriptions: usize,
+    /// `WS_RATE_LIMIT`: frames per second one connection may send, on average. Default 1000.
+    pub rate_limit: f64,
+    /// `WS_RATE_LIMIT_BURST`: frames a connection may send at once above the rate. Excess
+    /// frames get `Error { code: "rate_limited" }`; a burst's worth of them in a row closes
+    /// the connection with 1008. Default 2000.
+    pub rate_limit_burst: u32,
+    /// `WS_ALLOWED_ORIGINS`: comma-separated `Origin`s whose browsers may connect (others get
+    /// HTTP 403); clients that send no `Origin` (not browsers) are not affected. Default:
+    /// empty, any origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WebSocketConfig {
@@ -109,6 +153,14 @@ impl Default for WebSocketConfig {
             send_queue_size: 1024,
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
             max_connections: 10_000,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_algorithm: "RS256".to_owned(),
+            auth_timeout: Duration::from_secs(5),
+            max_subscriptions: 100,
+            rate_limit: 1000.0,
+            rate_limit_burst: 2000,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -184,6 +236,14 @@ struct EnvVars {
     ws_send_queue_size: Option<usize>,
     ws_slow_consumer_policy: Option<String>,
     ws_max_connections: Option<usize>,
+    ws_jwt_secret: Option<String>,
+    ws_jwt_public_key: Option<String>,
+    ws_jwt_algorithm: Option<String>,
+    ws_auth_timeout: Option<f64>,
+    ws_max_subscriptions: Option<usize>,
+    ws_rate_limit: Option<f64>,
+    ws_rate_limit_burst: Option<u32>,
+    ws_allowed_origins: Option<String>,
 }
 
 impl EnvVars {
@@ -217,6 +277,23 @@ impl EnvVars {
                 })?,
             },
             max_connections: self.ws_max_connections.unwrap_or(d.max_connections),
+            jwt_secret: self.ws_jwt_secret.map(Secret),
+            jwt_public_key: self.ws_jwt_public_key,
+            jwt_algorithm: self.ws_jwt_algorithm.unwrap_or(d.jwt_algorithm),
+            auth_timeout: secs("WS_AUTH_TIMEOUT", self.ws_auth_timeout)?.unwrap_or(d.auth_timeout),
+            max_subscriptions: self.ws_max_subscriptions.unwrap_or(d.max_subscriptions),
+            rate_limit: self.ws_rate_limit.unwrap_or(d.rate_limit),
+            rate_limit_burst: self.ws_rate_limit_burst.unwrap_or(d.rate_limit_burst),
+            allowed_origins: self
+                .ws_allowed_origins
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|o| !o.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -237,6 +314,7 @@ impl WebSocketConfig {
             ("WS_CONNECT_TIMEOUT", self.connect_timeout),
             ("WS_IDLE_TIMEOUT", self.idle_timeout),
             ("WS_HANDSHAKE_TIMEOUT", self.handshake_timeout),
+            ("WS_AUTH_TIMEOUT", self.auth_timeout),
         ];
         for (variable, value) in positive {
             if value.is_zero() {
@@ -261,6 +339,18 @@ impl WebSocketConfig {
                 "must be at least 1",
             ),
             (
+                "WS_MAX_SUBSCRIPTIONS",
+                self.max_subscriptions,
+                1,
+                "must be at least 1",
+            ),
+            (
+                "WS_RATE_LIMIT_BURST",
+                self.rate_limit_burst as usize,
+                1,
+                "must be at least 1",
+            ),
+            (
                 "WS_MAX_MESSAGE_SIZE",
                 self.max_message_size,
                 MIN_MESSAGE_SIZE,
@@ -275,6 +365,20 @@ impl WebSocketConfig {
                     reason,
                 });
             }
+        }
+        if !(self.rate_limit.is_finite() && self.rate_limit > 0.0) {
+            return Err(ConfigError::OutOfRange {
+                variable: "WS_RATE_LIMIT",
+                value: self.rate_limit.to_string(),
+                reason: "must be a positive number of frames per second",
+            });
+        }
+        if !matches!(self.jwt_algorithm.as_str(), "RS256" | "ES256") {
+            return Err(ConfigError::OutOfRange {
+                variable: "WS_JWT_ALGORITHM",
+                value: self.jwt_algorithm.clone(),
+                reason: "must be RS256 or ES256",
+            });
         }
         Ok(())
     }
@@ -336,6 +440,14 @@ mod tests {
             ("WS_SEND_QUEUE_SIZE", "16"),
             ("WS_SLOW_CONSUMER_POLICY", "drop_oldest"),
             ("WS_MAX_CONNECTIONS", "5"),
+            ("WS_JWT_SECRET", "s3cret"),
+            ("WS_JWT_PUBLIC_KEY", "/keys/pub.pem"),
+            ("WS_JWT_ALGORITHM", "ES256"),
+            ("WS_AUTH_TIMEOUT", "2"),
+            ("WS_MAX_SUBSCRIPTIONS", "7"),
+            ("WS_RATE_LIMIT", "50"),
+            ("WS_RATE_LIMIT_BURST", "60"),
+            ("WS_ALLOWED_ORIGINS", "https://a.example, https://b.example"),
             ("OTHER", "ignored"),
         ])
         .unwrap();
@@ -354,6 +466,24 @@ mod tests {
         assert_eq!(config.send_queue_size, 16);
         assert_eq!(config.slow_consumer_policy, SlowConsumerPolicy::DropOldest);
         assert_eq!(config.max_connections, 5);
+        assert_eq!(
+            config.jwt_secret.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "the secret leaks into Debug"
+        );
+        assert_eq!(config.jwt_public_key.as_deref(), Some("/keys/pub.pem"));
+        assert_eq!(config.jwt_algorithm, "ES256");
+        assert_eq!(config.auth_timeout, Duration::from_secs(2));
+        assert_eq!(config.max_subscriptions, 7);
+        assert_eq!(config.rate_limit, 50.0);
+        assert_eq!(config.rate_limit_burst, 60);
+        assert_eq!(
+            config.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]
@@ -369,6 +499,9 @@ mod tests {
             ("WS_SLOW_CONSUMER_POLICY", "panic"),
             ("WS_MAX_MESSAGE_SIZE", "10"),
             ("WS_SEND_QUEUE_SIZE", "0"),
+            ("WS_RATE_LIMIT", "0"),
+            ("WS_JWT_ALGORITHM", "HS512"),
+            ("WS_MAX_SUBSCRIPTIONS", "0"),
         ] {
             let error = WebSocketConfig::from_vars([(name, value)])
                 .unwrap_err()

@@ -25,7 +25,7 @@ mod error;
 mod message;
 mod payload;
 
-pub use config::{SlowConsumerPolicy, WebSocketConfig};
+pub use config::{Secret, SlowConsumerPolicy, WebSocketConfig};
 pub use error::{ConfigError, DecodeError};
 pub use message::{WsMessage, codes, encode_publication, write_publication};
 pub use payload::Payload;

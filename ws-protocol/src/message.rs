@@ -24,6 +24,14 @@ pub mod codes {
     pub const UNSUPPORTED: &str = "unsupported";
     /// A channel name is empty or too long.
     pub const INVALID_CHANNEL: &str = "invalid_channel";
+    /// The connection's grant does not allow this subscribe or publish; nothing changed.
+    pub const FORBIDDEN: &str = "forbidden";
+    /// The hub requires authentication first (`Authenticate`), or the token was refused.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The connection sends frames faster than its rate limit; the frame was not acted on.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// The subscribe would exceed the hub's subscriptions per connection; nothing changed.
+    pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
 }
 
 /// One frame of the protocol: a JSON object tagged by `"type"`, field names in snake_case.
@@ -76,6 +84,17 @@ pub enum WsMessage {
         channel: String,
         /// Any JSON value; forwarded as is.
         data: Payload,
+    },
+    /// Client → hub: authenticate with a token (when it was not given at the upgrade).
+    /// Answered by `Authenticated`, or `Error { code: "unauthorized" }` and close 1008.
+    Authenticate {
+        /// The token, such as a JWT.
+        token: String,
+    },
+    /// Hub → client: the token was accepted.
+    Authenticated {
+        /// The subject the token names.
+        user_id: String,
     },
     /// Either way: are you there? Answered by `Pong`.
     Ping,
@@ -152,6 +171,8 @@ impl WsMessage {
             Self::Subscribe { .. } => "Subscribe",
             Self::Unsubscribe { .. } => "Unsubscribe",
             Self::Publish { .. } => "Publish",
+            Self::Authenticate { .. } => "Authenticate",
+            Self::Authenticated { .. } => "Authenticated",
             Self::Ping => "Ping",
             Self::Pong => "Pong",
             Self::Connected { .. } => "Connected",
@@ -246,6 +267,8 @@ struct Frame<'a> {
     message: Option<String>,
     seq: Option<u64>,
     missed: Option<u64>,
+    token: Option<String>,
+    user_id: Option<String>,
 }
 
 /// Keeps `"data": null` as the JSON value `null` rather than as an absent field.
@@ -285,6 +308,12 @@ impl Frame<'_> {
                 channel: self.channel.ok_or_else(|| need("channel"))?,
                 data: self.data.ok_or_else(|| need("data"))?.into(),
             },
+            "Authenticate" => WsMessage::Authenticate {
+                token: self.token.ok_or_else(|| need("token"))?,
+            },
+            "Authenticated" => WsMessage::Authenticated {
+                user_id: self.user_id.ok_or_else(|| need("user_id"))?,
+            },
             "Ping" => WsMessage::Ping,
             "Pong" => WsMessage::Pong,
             "Connected" => WsMessage::Connected {
@@ -322,6 +351,8 @@ const KINDS: &[&str] = &[
     "Subscribe",
     "Unsubscribe",
     "Publish",
+    "Authenticate",
+    "Authenticated",
     "Ping",
     "Pong",
     "Connected",
@@ -367,6 +398,10 @@ mod tests {
             WsMessage::Publish {
                 channel: "a".into(),
                 data: data.clone(),
+            },
+            WsMessage::Authenticate { token: "t".into() },
+            WsMessage::Authenticated {
+                user_id: "u".into(),
             },
             WsMessage::Ping,
             WsMessage::Pong,

@@ -1,10 +1,12 @@
 //! [`ServerBuilder`]: configure the hub, then `bind` or `serve`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 use ws_protocol::{SlowConsumerPolicy, WebSocketConfig};
 
+use crate::auth::Authenticator;
 use crate::error::Result;
 use crate::server::WebSocketServer;
 
@@ -61,11 +63,22 @@ pub const DEFAULT_INCOMING_CAPACITY: usize = 1024;
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct ServerBuilder {
     config: WebSocketConfig,
     incoming_capacity: usize,
+    authenticator: Option<Arc<dyn Authenticator>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .field("incoming_capacity", &self.incoming_capacity)
+            .field("custom_authenticator", &self.authenticator.is_some())
+            .finish()
+    }
 }
 
 impl Default for ServerBuilder {
@@ -80,6 +93,7 @@ impl ServerBuilder {
         Self {
             config,
             incoming_capacity: DEFAULT_INCOMING_CAPACITY,
+            authenticator: None,
         }
     }
 
@@ -125,6 +139,43 @@ impl ServerBuilder {
         self
     }
 
+    /// Checks every connection's token with `authenticator` instead of the JWT settings of
+    /// the configuration (`WS_JWT_SECRET`, `WS_JWT_PUBLIC_KEY`).
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
+    /// Connections may subscribe to this many channels each (`WS_MAX_SUBSCRIPTIONS`).
+    pub fn max_subscriptions(mut self, subscriptions: usize) -> Self {
+        self.config.max_subscriptions = subscriptions;
+        self
+    }
+
+    /// Inbound frames per second and burst per connection (`WS_RATE_LIMIT`,
+    /// `WS_RATE_LIMIT_BURST`).
+    pub fn rate_limit(mut self, per_second: f64, burst: u32) -> Self {
+        self.config.rate_limit = per_second;
+        self.config.rate_limit_burst = burst;
+        self
+    }
+
+    /// Browser origins allowed to connect (`WS_ALLOWED_ORIGINS`); empty: any.
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Time a connection without a token has to send `Authenticate` (`WS_AUTH_TIMEOUT`).
+    pub fn auth_timeout(mut self, timeout: Duration) -> Self {
+        self.config.auth_timeout = timeout;
+        self
+    }
+
     /// Capacity of the queue behind [`Incoming`](crate::Incoming).
     pub fn incoming_capacity(mut self, frames: usize) -> Self {
         self.incoming_capacity = frames;
@@ -157,6 +208,11 @@ impl ServerBuilder {
     /// [`ServerError::Config`](crate::ServerError::Config) if a setting is out of range,
     /// [`ServerError::Bind`](crate::ServerError::Bind) if the listener has no local address.
     pub fn serve(self, listener: TcpListener) -> Result<WebSocketServer> {
-        WebSocketServer::start(self.config, listener, self.incoming_capacity)
+        WebSocketServer::start(
+            self.config,
+            listener,
+            self.incoming_capacity,
+            self.authenticator,
+        )
     }
 }

@@ -19,6 +19,9 @@ pub enum ServerError {
     /// `send_to` named a connection that is not (or no longer) open.
     #[error("connection {0} is not open")]
     UnknownConnection(crate::ConnectionId),
+    /// The authentication settings cannot be used (an unreadable or invalid key). Fatal.
+    #[error("authentication setup: {0}")]
+    Auth(String),
     /// The channel name is empty or longer than the hub accepts.
     #[error("invalid channel name {0:?}: must be 1 to 256 bytes")]
     InvalidChannel(String),

@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 #[doc(hidden)]
 pub mod bench_support;
 mod builder;
@@ -34,9 +35,11 @@ mod error;
 mod frame;
 mod incoming;
 mod outbox;
+mod rate_limit;
 mod server;
 mod session;
 
+pub use auth::{AuthError, Authenticator, Grant, JwtAuthenticator};
 pub use builder::{DEFAULT_INCOMING_CAPACITY, ServerBuilder};
 pub use channel::{MAX_CHANNEL_NAME_LEN, Published};
 pub use connections::ConnectionId;

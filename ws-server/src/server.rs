@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use ws_protocol::{Payload, WebSocketConfig, WsMessage};
 
+use crate::auth::{Authenticator, JwtAuthenticator};
 use crate::builder::ServerBuilder;
 use crate::channel::{Channels, Published, is_valid_name};
 use crate::connections::{ConnectionId, Connections};
@@ -47,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) token: CancellationToken,
     tracker: TaskTracker,
     local_addr: SocketAddr,
+    /// `None`: the hub is open and every connection gets [`Grant::open`].
+    pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
 }
 
 impl Shared {
@@ -119,8 +122,19 @@ impl WebSocketServer {
         config: WebSocketConfig,
         listener: TcpListener,
         incoming_capacity: usize,
+        authenticator: Option<Arc<dyn Authenticator>>,
     ) -> Result<Self> {
         config.validate()?;
+        let authenticator = match authenticator {
+            Some(custom) => Some(custom),
+            None => jwt_from_config(&config)?,
+        };
+        if authenticator.is_none() {
+            warn!(
+                "NO AUTHENTICATION: the hub is open, anyone may subscribe and publish on any \
+                 channel; set WS_JWT_SECRET or WS_JWT_PUBLIC_KEY to require tokens"
+            );
+        }
         let local_addr = listener.local_addr()?;
         let ws_config = TungsteniteConfig::default()
             .read_buffer_size(READ_BUFFER_SIZE)
@@ -141,6 +155,7 @@ impl WebSocketServer {
             token: CancellationToken::new(),
             tracker: TaskTracker::new(),
             local_addr,
+            authenticator,
         });
         shared.tracker.spawn(accept_loop(shared.clone(), listener));
         info!(address = %local_addr, "hub listening");
@@ -302,6 +317,26 @@ async fn reject_full(shared: &Shared, stream: TcpStream) {
     };
     let handshake = tokio_tungstenite::accept_hdr_async(stream, refuse);
     let _ = tokio::time::timeout(shared.config.handshake_timeout, handshake).await;
+}
+
+/// The JWT authenticator the configuration asks for, if any.
+fn jwt_from_config(config: &WebSocketConfig) -> Result<Option<Arc<dyn Authenticator>>> {
+    if let Some(secret) = &config.jwt_secret {
+        return Ok(Some(Arc::new(JwtAuthenticator::hs256(
+            secret.expose().as_bytes(),
+        ))));
+    }
+    let Some(path) = &config.jwt_public_key else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path)
+        .map_err(|e| ServerError::Auth(format!("cannot read WS_JWT_PUBLIC_KEY={path}: {e}")))?;
+    let jwt = match config.jwt_algorithm.as_str() {
+        "ES256" => JwtAuthenticator::es256_pem(&pem),
+        _ => JwtAuthenticator::rs256_pem(&pem),
+    }
+    .map_err(|e| ServerError::Auth(format!("WS_JWT_PUBLIC_KEY={path}: {e}")))?;
+    Ok(Some(Arc::new(jwt)))
 }
 
 /// The current Unix time in milliseconds.

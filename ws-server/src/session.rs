@@ -9,25 +9,30 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
 use tracing::{debug, info, warn};
 use ws_protocol::{WsMessage, close, codes};
 
+use crate::auth::Grant;
 use crate::channel::is_valid_name;
 use crate::connections::ConnectionId;
 use crate::frame::Frame;
 use crate::outbox::{Outbox, OutboxState, Outgoing};
+use crate::rate_limit::{RateLimit, Verdict};
 use crate::server::Shared;
 
 /// How long the hub tries to deliver its close frame and wait for the client's reply.
@@ -51,12 +56,24 @@ enum End {
     TooBig,
     /// Nothing arrived within the idle timeout: close 1000.
     Idle,
+    /// Authentication failed or never came: `Error`, then close 1008.
+    Unauthorized(String),
+    /// The token expired: close 1008.
+    Expired,
+    /// The connection kept sending past its rate limit: close 1008.
+    Abuse,
 }
 
 /// Upgrades `stream` and runs the connection to its end. Errors are logged, never returned.
 pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let config = &shared.config;
-    let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(shared.ws_config));
+    // The upgrade checks the Origin and any token; what it decided comes out through here.
+    let mut admission = Admission::Pending;
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
+    let check =
+        |request: &Request, response: Response| admit(&shared, request, response, &mut admission);
+    let upgrade =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(shared.ws_config));
     let ws = tokio::select! {
         () = shared.token.cancelled() => return,
         result = tokio::time::timeout(config.handshake_timeout, upgrade) => match result {
@@ -72,6 +89,11 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
         },
     };
 
+    let grant = match admission {
+        Admission::Granted(grant) => Some(grant),
+        // A connection without a token must authenticate with a frame.
+        Admission::Pending => None,
+    };
     let id = shared.connections.next_id();
     let outbox = Arc::new(Outbox::new(
         config.send_queue_size,
@@ -95,7 +117,11 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
         last_seen: Instant::now(),
         signal_pending: false,
         out: Vec::new(),
+        deadline: None,
+        rate: RateLimit::new(config.rate_limit, config.rate_limit_burst),
+        grant: None,
     };
+    session.set_grant(grant);
     let end = session.run().await;
     session.leave_channels();
     shared.connections.remove(id);
@@ -113,6 +139,8 @@ enum Wake {
     Ping,
     /// The idle deadline passed.
     Idle,
+    /// The authentication deadline or the token's expiry passed.
+    Deadline,
 }
 
 struct Session {
@@ -129,6 +157,13 @@ struct Session {
     signal_pending: bool,
     /// The bytes of one batch of queued frames, written with one call.
     out: Vec<u8>,
+    /// When the connection must have authenticated, or when its token expires. Allocated
+    /// only when the hub requires authentication.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Inbound frames allowed.
+    rate: RateLimit,
+    /// What the connection may do; `None` until it authenticates.
+    grant: Option<Grant>,
 }
 
 impl Session {
@@ -155,7 +190,7 @@ impl Session {
                 Wake::Outbox
             } else {
                 output_first = !output_first;
-                let (outbox, ws) = (&self.outbox, &mut self.ws);
+                let (outbox, ws, deadline) = (&self.outbox, &mut self.ws, &mut self.deadline);
                 std::future::poll_fn(|cx| {
                     if output_first && outbox.poll_ready(cx).is_ready() {
                         return Poll::Ready(Wake::Outbox);
@@ -171,6 +206,11 @@ impl Session {
                     }
                     if idle.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::Idle);
+                    }
+                    if let Some(deadline) = deadline {
+                        if deadline.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Wake::Deadline);
+                        }
                     }
                     Poll::Pending
                 })
@@ -190,6 +230,10 @@ impl Session {
                 Wake::Frame(Some(Err(error))) => Err(read_error(error)),
                 Wake::Frame(None) => Err(End::Gone("connection closed by client".to_owned())),
                 Wake::Ping => self.write_now(Message::Ping(Default::default())).await,
+                Wake::Deadline => Err(match self.grant {
+                    None => End::Unauthorized("no Authenticate frame in time".to_owned()),
+                    Some(_) => End::Expired,
+                }),
                 Wake::Idle => {
                     if self.last_seen.elapsed() >= idle_after {
                         Err(End::Idle)
@@ -309,6 +353,20 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        match self.rate.check() {
+            Verdict::Allow => {}
+            Verdict::Refuse => {
+                let error = WsMessage::error(
+                    codes::RATE_LIMITED,
+                    format!(
+                        "more than {} frames per second; this frame was not acted on",
+                        self.shared.config.rate_limit
+                    ),
+                );
+                return self.send_now(&error).await;
+            }
+            Verdict::Abuse => return Err(End::Abuse),
+        }
         let message = match WsMessage::from_json(text.as_str()) {
             Ok(message) => message,
             Err(error) => {
@@ -318,6 +376,16 @@ impl Session {
                     .await;
             }
         };
+        if let WsMessage::Authenticate { token } = &message {
+            return self.authenticate(token).await;
+        }
+        if self.grant.is_none() && !matches!(message, WsMessage::Ping | WsMessage::Pong) {
+            let error = WsMessage::error(
+                codes::UNAUTHORIZED,
+                "authenticate first: send {\"type\":\"Authenticate\",\"token\":\"...\"}",
+            );
+            return self.send_now(&error).await;
+        }
         match message {
             WsMessage::Ping => self.send_now(&WsMessage::Pong).await,
             WsMessage::Pong => Ok(()),
@@ -335,6 +403,13 @@ impl Session {
             WsMessage::Publish { channel, data } => {
                 if !is_valid_name(&channel) {
                     return self.send_now(&invalid_channel(&channel)).await;
+                }
+                if !self.grant.as_ref().is_some_and(|g| g.may_publish(&channel)) {
+                    let error = WsMessage::error(
+                        codes::FORBIDDEN,
+                        format!("not allowed to publish on {channel:?}"),
+                    );
+                    return self.send_now(&error).await;
                 }
                 self.shared.channels.publish(&channel, data.as_raw());
                 Ok(())
@@ -358,6 +433,30 @@ impl Session {
     async fn subscribe(&mut self, channels: Vec<String>) -> Result<(), End> {
         if let Some(bad) = channels.iter().find(|c| !is_valid_name(c)) {
             return self.send_now(&invalid_channel(bad)).await;
+        }
+        let grant = self.grant.as_ref();
+        if let Some(bad) = channels
+            .iter()
+            .find(|c| !grant.is_some_and(|g| g.may_subscribe(c)))
+        {
+            let error = WsMessage::error(
+                codes::FORBIDDEN,
+                format!("not allowed to subscribe to {bad:?}"),
+            );
+            return self.send_now(&error).await;
+        }
+        let new: HashSet<&str> = channels
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !self.subscriptions.contains(*c))
+            .collect();
+        let limit = self.shared.config.max_subscriptions;
+        if self.subscriptions.len() + new.len() > limit {
+            let error = WsMessage::error(
+                codes::TOO_MANY_SUBSCRIPTIONS,
+                format!("at most {limit} subscriptions per connection; nothing changed"),
+            );
+            return self.send_now(&error).await;
         }
         for channel in &channels {
             if !self.subscriptions.contains(channel.as_str()) {
@@ -394,6 +493,41 @@ impl Session {
         Ok(())
     }
 
+    /// Takes a new grant (or none, before authentication) and sets the deadline it implies.
+    fn set_grant(&mut self, grant: Option<Grant>) {
+        let config = &self.shared.config;
+        let at = match &grant {
+            None => Some(Instant::now() + config.auth_timeout),
+            Some(grant) => grant.expires_at.map(|at| {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                Instant::now() + left
+            }),
+        };
+        self.deadline = at.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self.grant = grant;
+    }
+
+    /// Checks a token sent in an `Authenticate` frame.
+    async fn authenticate(&mut self, token: &str) -> Result<(), End> {
+        let Some(authenticator) = self.shared.authenticator.clone() else {
+            // An open hub: there is nothing to check, the connection may already do anything.
+            return self
+                .send_now(&WsMessage::Authenticated {
+                    user_id: String::new(),
+                })
+                .await;
+        };
+        match authenticator.authenticate(token) {
+            Ok(grant) => {
+                let user_id = grant.user_id.clone().unwrap_or_default();
+                info!(connection = %self.id, %user_id, "authenticated");
+                self.set_grant(Some(grant));
+                self.send_now(&WsMessage::Authenticated { user_id }).await
+            }
+            Err(e) => Err(End::Unauthorized(e.to_string())),
+        }
+    }
+
     fn leave_channels(&mut self) {
         for channel in self.subscriptions.drain() {
             self.shared.channels.unsubscribe(&channel, self.id);
@@ -406,6 +540,12 @@ impl Session {
             End::Gone(_) => return,
             End::Shutdown => vec![close_frame(close::GOING_AWAY, "server shutting down")],
             End::Idle => vec![close_frame(close::NORMAL, "idle timeout")],
+            End::Unauthorized(why) => vec![
+                Message::text(WsMessage::error(codes::UNAUTHORIZED, why.clone()).to_json()),
+                close_frame(close::POLICY_VIOLATION, "unauthorized"),
+            ],
+            End::Expired => vec![close_frame(close::POLICY_VIOLATION, "token expired")],
+            End::Abuse => vec![close_frame(close::POLICY_VIOLATION, "rate limit exceeded")],
             End::TooBig => {
                 let limit = self.shared.config.max_message_size;
                 vec![close_frame(
@@ -468,7 +608,107 @@ impl std::fmt::Display for End {
             Self::SlowConsumer => f.write_str("slow consumer"),
             Self::TooBig => f.write_str("message too large"),
             Self::Idle => f.write_str("idle timeout"),
+            Self::Unauthorized(why) => write!(f, "unauthorized: {why}"),
+            Self::Expired => f.write_str("token expired"),
+            Self::Abuse => f.write_str("rate limit exceeded"),
         }
+    }
+}
+
+/// What the upgrade decided about authentication.
+enum Admission {
+    /// No token was given: the connection must send `Authenticate`.
+    Pending,
+    /// The connection may do what the grant says.
+    Granted(Grant),
+}
+
+/// The upgrade callback: refuses foreign origins (403) and bad tokens (401), and records the
+/// grant of a good one. Tokens come from `?token=` or `Authorization: Bearer`.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+fn admit(
+    shared: &Shared,
+    request: &Request,
+    response: Response,
+    admission: &mut Admission,
+) -> Result<Response, ErrorResponse> {
+    let refuse = |status: StatusCode, reason: &str| {
+        let mut error = ErrorResponse::new(Some(reason.to_owned()));
+        *error.status_mut() = status;
+        error
+    };
+    let allowed = &shared.config.allowed_origins;
+    if let Some(origin) = request.headers().get("origin") {
+        let origin = origin.to_str().unwrap_or_default();
+        if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
+            warn!(%origin, "upgrade from a foreign origin refused");
+            return Err(refuse(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+    }
+    let Some(authenticator) = &shared.authenticator else {
+        *admission = Admission::Granted(Grant::open());
+        return Ok(response);
+    };
+    let from_query = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .map(percent_decode)
+    });
+    let from_header = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let Some(token) = from_header.or(from_query) else {
+        return Ok(response);
+    };
+    match authenticator.authenticate(&token) {
+        Ok(grant) => {
+            *admission = Admission::Granted(grant);
+            Ok(response)
+        }
+        Err(e) => {
+            warn!(reason = %e, "upgrade with a refused token");
+            Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                &format!("unauthorized: {e}"),
+            ))
+        }
+    }
+}
+
+/// Decodes `%XX` escapes of a query parameter (JWTs rarely need them, but clients may escape).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(byte) = u8::from_str_radix(hex, 16) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding_never_panics() {
+        assert_eq!(percent_decode("a%2Eb"), "a.b");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%é1"), "%é1");
     }
 }
 

@@ -1,0 +1,328 @@
+//! Authentication, permissions and limits of the hub, each with a test that fails without it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, bail};
+use futures_util::SinkExt;
+use integration_tests::{RawClient, eventually, spawn_server, within};
+use jsonwebtoken::{EncodingKey, Header, encode};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use ws_protocol::{WebSocketConfig, WsMessage, close, codes};
+use ws_server::{JwtAuthenticator, ServerBuilder, WebSocketServer};
+
+const SECRET: &[u8] = b"test-secret";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn token(sub: &str, exp: u64, channels: &[&str], publish: &[&str]) -> String {
+    let claims =
+        serde_json::json!({"sub": sub, "exp": exp, "channels": channels, "publish": publish});
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .expect("encodable")
+}
+
+fn secured() -> ServerBuilder {
+    WebSocketServer::builder().authenticator(JwtAuthenticator::hs256(SECRET))
+}
+
+/// The HTTP status of a refused upgrade.
+async fn refused_status(request: impl IntoClientRequest + Unpin) -> Result<u16> {
+    match tokio_tungstenite::connect_async(request).await {
+        Err(WsError::Http(response)) => Ok(response.status().as_u16()),
+        Ok(_) => bail!("the upgrade was accepted"),
+        Err(other) => bail!("unexpected error {other}"),
+    }
+}
+
+async fn connect_url(url: String) -> Result<RawClient> {
+    let (ws, _) = within("connect", tokio_tungstenite::connect_async(url)).await??;
+    let mut client = RawClient {
+        ws,
+        connection_id: 0,
+    };
+    match client.recv().await? {
+        WsMessage::Connected { connection_id, .. } => client.connection_id = connection_id,
+        other => bail!("expected Connected, got {other:?}"),
+    }
+    Ok(client)
+}
+
+async fn expect_error(client: &mut RawClient, code: &str) -> Result<String> {
+    match client.recv().await? {
+        WsMessage::Error { code: got, message } if got == code => Ok(message),
+        other => bail!("expected Error {code}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_token_in_the_query_grants_exactly_its_channels() -> Result<()> {
+    let server = spawn_server(secured()).await?;
+    let t = token("alice", now() + 60, &["prices:*"], &["prices:*"]);
+    let mut client = connect_url(format!("ws://{}/?token={t}", server.local_addr())).await?;
+    client.subscribe(&["prices:SOL-USDC"]).await?;
+    client
+        .send(&WsMessage::Subscribe {
+            channels: vec!["prices:BONK".into(), "orders:alice".into()],
+        })
+        .await?;
+    let message = expect_error(&mut client, codes::FORBIDDEN).await?;
+    assert!(message.contains("orders:alice"), "{message}");
+    assert_eq!(
+        server.channel_count(),
+        1,
+        "a forbidden subscribe changes nothing"
+    );
+    client.publish("orders:x", "1").await?;
+    expect_error(&mut client, codes::FORBIDDEN).await?;
+    client.publish("prices:SOL-USDC", "2").await?;
+    assert!(matches!(
+        client.recv().await?,
+        WsMessage::Publication { seq: 1, .. }
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_private_channel_is_open_only_to_its_subject_via_bearer_header() -> Result<()> {
+    let server = spawn_server(secured()).await?;
+    let t = token("alice", now() + 60, &["orders:{sub}"], &[]);
+    let mut request = format!("ws://{}/", server.local_addr()).into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {t}").parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+    let mut client = RawClient {
+        ws,
+        connection_id: 0,
+    };
+    assert!(matches!(client.recv().await?, WsMessage::Connected { .. }));
+    client.subscribe(&["orders:alice"]).await?;
+    client
+        .send(&WsMessage::Subscribe {
+            channels: vec!["orders:bob".into()],
+        })
+        .await?;
+    expect_error(&mut client, codes::FORBIDDEN).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_and_expired_tokens_are_refused_at_the_upgrade() -> Result<()> {
+    let server = spawn_server(secured()).await?;
+    let addr = server.local_addr();
+    let forged = encode(
+        &Header::default(),
+        &serde_json::json!({"sub": "eve", "exp": now() + 60, "channels": ["*"]}),
+        &EncodingKey::from_secret(b"wrong"),
+    )?;
+    assert_eq!(
+        refused_status(format!("ws://{addr}/?token={forged}")).await?,
+        401
+    );
+    let expired = token("alice", now() - 10, &["*"], &[]);
+    assert_eq!(
+        refused_status(format!("ws://{addr}/?token={expired}")).await?,
+        401
+    );
+    assert_eq!(
+        refused_status(format!("ws://{addr}/?token=not.a.jwt")).await?,
+        401
+    );
+    assert_eq!(server.connection_count(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_authenticate_frame_opens_a_connection_that_had_no_token() -> Result<()> {
+    let server = spawn_server(secured()).await?;
+    let mut client = RawClient::connect(server.local_addr()).await?;
+    client
+        .send(&WsMessage::Subscribe {
+            channels: vec!["prices:x".into()],
+        })
+        .await?;
+    expect_error(&mut client, codes::UNAUTHORIZED).await?;
+    let t = token("bob", now() + 60, &["prices:*"], &[]);
+    client.send(&WsMessage::Authenticate { token: t }).await?;
+    assert_eq!(
+        client.recv().await?,
+        WsMessage::Authenticated {
+            user_id: "bob".into()
+        }
+    );
+    client.subscribe(&["prices:x"]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_authentication_in_time_closes_with_1008() -> Result<()> {
+    let server = spawn_server(secured().auth_timeout(Duration::from_millis(300))).await?;
+    let mut client = RawClient::connect(server.local_addr()).await?;
+    expect_error(&mut client, codes::UNAUTHORIZED).await?;
+    let frame = client
+        .close_frame()
+        .await?
+        .expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), close::POLICY_VIOLATION);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_authenticate_frame_closes_with_1008() -> Result<()> {
+    let server = spawn_server(secured()).await?;
+    let mut client = RawClient::connect(server.local_addr()).await?;
+    client
+        .send(&WsMessage::Authenticate {
+            token: "garbage".into(),
+        })
+        .await?;
+    let message = expect_error(&mut client, codes::UNAUTHORIZED).await?;
+    assert!(
+        !message.contains("garbage"),
+        "the token is echoed: {message}"
+    );
+    let frame = client
+        .close_frame()
+        .await?
+        .expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), close::POLICY_VIOLATION);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_expiring_mid_connection_closes_it() -> Result<()> {
+    let server = spawn_server(secured()).await?;
+    let t = token("alice", now() + 2, &["*"], &[]);
+    let mut client = connect_url(format!("ws://{}/?token={t}", server.local_addr())).await?;
+    client.subscribe(&["x"]).await?;
+    let frame = client
+        .close_frame()
+        .await?
+        .expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), close::POLICY_VIOLATION);
+    assert_eq!(frame.reason.as_str(), "token expired");
+    Ok(())
+}
+
+#[tokio::test]
+async fn subscriptions_per_connection_are_capped() -> Result<()> {
+    let server = spawn_server(WebSocketServer::builder().max_subscriptions(2)).await?;
+    let mut client = RawClient::connect(server.local_addr()).await?;
+    client.subscribe(&["a", "b"]).await?;
+    client.subscribe(&["a"]).await?;
+    client
+        .send(&WsMessage::Subscribe {
+            channels: vec!["c".into()],
+        })
+        .await?;
+    expect_error(&mut client, codes::TOO_MANY_SUBSCRIPTIONS).await?;
+    assert_eq!(server.channel_count(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_then_cut_while_a_neighbour_receives_everything() -> Result<()> {
+    let server = spawn_server(WebSocketServer::builder().rate_limit(20.0, 10)).await?;
+    let mut neighbour = RawClient::connect(server.local_addr()).await?;
+    neighbour.subscribe(&["feed"]).await?;
+    let mut abuser = RawClient::connect(server.local_addr()).await?;
+    for _ in 0..200 {
+        if abuser
+            .ws
+            .feed(Message::text(r#"{"type":"Ping"}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = abuser.ws.flush().await;
+    for n in 0..100 {
+        server.publish("feed", &n)?;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    let close = loop {
+        match abuser.next_frame().await? {
+            Message::Text(text) => match WsMessage::from_json(text.as_str())? {
+                WsMessage::Pong => pongs += 1,
+                WsMessage::Error { code, .. } if code == codes::RATE_LIMITED => limited += 1,
+                other => bail!("unexpected {other:?}"),
+            },
+            Message::Close(frame) => break frame,
+            _ => {}
+        }
+    };
+    assert_eq!(pongs, 10, "the burst is served");
+    assert!(limited >= 1, "excess frames are answered rate_limited");
+    assert_eq!(
+        close.map(|f| u16::from(f.code)),
+        Some(close::POLICY_VIOLATION)
+    );
+    for n in 1..=100u64 {
+        match neighbour.recv().await? {
+            WsMessage::Publication { seq, .. } => assert_eq!(seq, n),
+            other => bail!("neighbour got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn foreign_origins_are_refused_with_403() -> Result<()> {
+    let server =
+        spawn_server(WebSocketServer::builder().allowed_origins(["https://app.example"])).await?;
+    let url = format!("ws://{}/", server.local_addr());
+    let mut foreign = url.clone().into_client_request()?;
+    foreign
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse()?);
+    assert_eq!(refused_status(foreign).await?, 403);
+    let mut friendly = url.clone().into_client_request()?;
+    friendly
+        .headers_mut()
+        .insert("origin", "https://app.example".parse()?);
+    assert!(tokio_tungstenite::connect_async(friendly).await.is_ok());
+    // Not a browser: no Origin header, not affected.
+    assert!(tokio_tungstenite::connect_async(url).await.is_ok());
+    Ok(())
+}
+
+#[tokio::test]
+async fn es256_tokens_checked_with_a_public_key_file_from_ws_variables() -> Result<()> {
+    let pair = rcgen::KeyPair::generate()?;
+    let dir = std::env::temp_dir().join(format!("ws-auth-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let key_path = dir.join("es256.pub.pem");
+    std::fs::write(&key_path, pair.public_key_pem())?;
+    let config = WebSocketConfig::from_vars([
+        ("WS_JWT_PUBLIC_KEY", key_path.to_string_lossy().into_owned()),
+        ("WS_JWT_ALGORITHM", "ES256".to_owned()),
+    ])?;
+    let server = spawn_server(ServerBuilder::from_config(config)).await?;
+    let claims = serde_json::json!({"sub": "carol", "exp": now() + 60, "channels": ["c"]});
+    let signed = encode(
+        &Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes())?,
+    )?;
+    let mut client = connect_url(format!("ws://{}/?token={signed}", server.local_addr())).await?;
+    client.subscribe(&["c"]).await?;
+    let hs = token("carol", now() + 60, &["c"], &[]);
+    assert_eq!(
+        refused_status(format!("ws://{}/?token={hs}", server.local_addr())).await?,
+        401
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    eventually("one connection", || server.connection_count() == 1).await?;
+    Ok(())
+}
