@@ -699,19 +699,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::percent_decode;
-
-    #[test]
-    fn percent_decoding_never_panics() {
-        assert_eq!(percent_decode("a%2Eb"), "a.b");
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("%é1"), "%é1");
-    }
-}
-
 fn close_frame(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code: CloseCode::from(code),
@@ -736,5 +723,18 @@ fn read_error(error: WsError) -> End {
             End::TooBig
         }
         other => End::Gone(format!("read failed: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding_never_panics() {
+        assert_eq!(percent_decode("a%2Eb"), "a.b");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%é1"), "%é1");
     }
 }
