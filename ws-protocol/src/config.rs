@@ -133,6 +133,11 @@ pub struct WebSocketConfig {
     /// HTTP 403); clients that send no `Origin` (not browsers) are not affected. Default:
     /// empty, any origin.
     pub allowed_origins: Vec<String>,
+    /// `WS_TLS_CERT`: PEM certificate chain file; with `WS_TLS_KEY` the hub serves `wss://`.
+    /// Default: unset (plain `ws://`).
+    pub tls_cert: Option<String>,
+    /// `WS_TLS_KEY`: PEM private key file for `WS_TLS_CERT`. Default: unset.
+    pub tls_key: Option<String>,
 }
 
 impl Default for WebSocketConfig {
@@ -161,6 +166,8 @@ impl Default for WebSocketConfig {
             rate_limit: 1000.0,
             rate_limit_burst: 2000,
             allowed_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -244,6 +251,8 @@ struct EnvVars {
     ws_rate_limit: Option<f64>,
     ws_rate_limit_burst: Option<u32>,
     ws_allowed_origins: Option<String>,
+    ws_tls_cert: Option<String>,
+    ws_tls_key: Option<String>,
 }
 
 impl EnvVars {
@@ -294,6 +303,8 @@ impl EnvVars {
                         .collect()
                 })
                 .unwrap_or_default(),
+            tls_cert: self.ws_tls_cert,
+            tls_key: self.ws_tls_key,
         };
         config.validate()?;
         Ok(config)

@@ -22,6 +22,9 @@ pub enum ServerError {
     /// The authentication settings cannot be used (an unreadable or invalid key). Fatal.
     #[error("authentication setup: {0}")]
     Auth(String),
+    /// The TLS certificate or key cannot be used. Fatal.
+    #[error("TLS setup: {0}")]
+    Tls(String),
     /// The channel name is empty or longer than the hub accepts.
     #[error("invalid channel name {0:?}: must be 1 to 256 bytes")]
     InvalidChannel(String),

@@ -38,6 +38,7 @@ mod outbox;
 mod rate_limit;
 mod server;
 mod session;
+mod tls;
 
 pub use auth::{AuthError, Authenticator, Grant, JwtAuthenticator};
 pub use builder::{DEFAULT_INCOMING_CAPACITY, ServerBuilder};

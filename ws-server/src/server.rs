@@ -22,6 +22,7 @@ use crate::frame::Frame;
 use crate::incoming::Incoming;
 use crate::outbox::Outgoing;
 use crate::session;
+use tokio_rustls::TlsAcceptor;
 
 /// Read buffer per connection, allocated up front, and the most read per system call.
 /// Market-data frames are small; a larger frame is still read (the buffer grows for it).
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     local_addr: SocketAddr,
     /// `None`: the hub is open and every connection gets [`Grant::open`].
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
+    /// `Some`: connections speak TLS (`wss://`).
+    tls: Option<TlsAcceptor>,
 }
 
 impl Shared {
@@ -129,6 +132,7 @@ impl WebSocketServer {
             Some(custom) => Some(custom),
             None => jwt_from_config(&config)?,
         };
+        let tls = crate::tls::acceptor_from_config(&config)?;
         if authenticator.is_none() {
             warn!(
                 "NO AUTHENTICATION: the hub is open, anyone may subscribe and publish on any \
@@ -156,9 +160,10 @@ impl WebSocketServer {
             tracker: TaskTracker::new(),
             local_addr,
             authenticator,
+            tls,
         });
         shared.tracker.spawn(accept_loop(shared.clone(), listener));
-        info!(address = %local_addr, "hub listening");
+        info!(address = %local_addr, tls = shared.tls.is_some(), "hub listening");
         Ok(Self {
             _guard: Arc::new(StopOnDrop(shared.clone())),
             shared,
@@ -284,7 +289,20 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             Ok(slot) => {
                 let shared2 = shared.clone();
                 shared.tracker.spawn(async move {
-                    session::run(shared2, stream, peer).await;
+                    match shared2.tls.clone() {
+                        None => session::run(shared2, stream, peer).await,
+                        Some(tls) => {
+                            let handshake = tokio::time::timeout(
+                                shared2.config.handshake_timeout,
+                                tls.accept(stream),
+                            );
+                            match handshake.await {
+                                Ok(Ok(stream)) => session::run(shared2, stream, peer).await,
+                                Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                                Err(_) => debug!(%peer, "TLS handshake timed out"),
+                            }
+                        }
+                    }
                     drop(slot);
                 });
             }

@@ -15,8 +15,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -65,7 +64,10 @@ enum End {
 }
 
 /// Upgrades `stream` and runs the connection to its end. Errors are logged, never returned.
-pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let config = &shared.config;
     // The upgrade checks the Origin and any token; what it decided comes out through here.
     let mut admission = Admission::Pending;
@@ -143,10 +145,10 @@ enum Wake {
     Deadline,
 }
 
-struct Session {
+struct Session<S> {
     shared: Arc<Shared>,
     id: ConnectionId,
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<S>,
     /// Queued frames, and the one signal for publications, overflow and shutdown.
     outbox: Arc<Outbox>,
     subscriptions: HashSet<Arc<str>>,
@@ -166,7 +168,7 @@ struct Session {
     grant: Option<Grant>,
 }
 
-impl Session {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn run(&mut self) -> End {
         let connected = WsMessage::Connected {
             connection_id: self.id.0,
