@@ -138,6 +138,9 @@ pub struct WebSocketConfig {
     pub tls_cert: Option<String>,
     /// `WS_TLS_KEY`: PEM private key file for `WS_TLS_CERT`. Default: unset.
     pub tls_key: Option<String>,
+    /// `WS_ADMIN_ADDR`: `host:port` of the operators' HTTP endpoints (`/health`, `/metrics`),
+    /// kept off the public port. Default: unset (no admin HTTP).
+    pub admin_addr: Option<String>,
 }
 
 impl Default for WebSocketConfig {
@@ -168,6 +171,7 @@ impl Default for WebSocketConfig {
             allowed_origins: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            admin_addr: None,
         }
     }
 }
@@ -253,6 +257,7 @@ struct EnvVars {
     ws_allowed_origins: Option<String>,
     ws_tls_cert: Option<String>,
     ws_tls_key: Option<String>,
+    ws_admin_addr: Option<String>,
 }
 
 impl EnvVars {
@@ -305,6 +310,7 @@ impl EnvVars {
                 .unwrap_or_default(),
             tls_cert: self.ws_tls_cert,
             tls_key: self.ws_tls_key,
+            admin_addr: self.ws_admin_addr,
         };
         config.validate()?;
         Ok(config)

@@ -176,6 +176,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves `GET /health` and `GET /metrics` on this address (`WS_ADMIN_ADDR`).
+    pub fn admin_addr(mut self, addr: impl Into<String>) -> Self {
+        self.config.admin_addr = Some(addr.into());
+        self
+    }
+
     /// Capacity of the queue behind [`Incoming`](crate::Incoming).
     pub fn incoming_capacity(mut self, frames: usize) -> Self {
         self.incoming_capacity = frames;

@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod auth;
 #[doc(hidden)]
 pub mod bench_support;
@@ -34,6 +35,7 @@ mod connections;
 mod error;
 mod frame;
 mod incoming;
+mod metrics;
 mod outbox;
 mod rate_limit;
 mod server;

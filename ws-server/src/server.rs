@@ -1,6 +1,7 @@
 //! [`WebSocketServer`]: the hub's handle: publish, broadcast, receive, count, shut down.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,7 @@ use crate::connections::{ConnectionId, Connections};
 use crate::error::{Result, ServerError};
 use crate::frame::Frame;
 use crate::incoming::Incoming;
+use crate::metrics::HubMetrics;
 use crate::outbox::Outgoing;
 use crate::session;
 use tokio_rustls::TlsAcceptor;
@@ -53,9 +55,43 @@ pub(crate) struct Shared {
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
     /// `Some`: connections speak TLS (`wss://`).
     tls: Option<TlsAcceptor>,
+    /// Counters for `GET /metrics`.
+    pub(crate) metrics: HubMetrics,
+    /// Set when shutdown begins: `/health` answers 503.
+    draining: AtomicBool,
+    /// Where the admin HTTP listens, if it does.
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Shared {
+    /// Publishes and records the fan-out in the metrics.
+    pub(crate) fn publish(&self, channel: &str, data: &serde_json::value::RawValue) -> Published {
+        let started = std::time::Instant::now();
+        let published = self.channels.publish(channel, data);
+        if published.recipients > 0 {
+            self.metrics.observe_fanout(started.elapsed());
+        }
+        HubMetrics::add(&self.metrics.publications, 1);
+        published
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn render_metrics(&self) -> String {
+        self.metrics.render(
+            self.connections.len(),
+            self.channels.len(),
+            self.is_draining(),
+        )
+    }
+
+    /// Spawns a task the server owns (tracked, waited for at shutdown).
+    pub(crate) fn spawn(self: Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(task);
+    }
+
     pub(crate) fn incoming_sender(&self) -> Option<mpsc::Sender<(ConnectionId, WsMessage)>> {
         self.incoming
             .read()
@@ -133,6 +169,21 @@ impl WebSocketServer {
             None => jwt_from_config(&config)?,
         };
         let tls = crate::tls::acceptor_from_config(&config)?;
+        let admin = match &config.admin_addr {
+            None => None,
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr.as_str())
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(TcpListener::from_std)
+                    .map_err(|e| {
+                        ServerError::Bind(std::io::Error::new(
+                            e.kind(),
+                            format!("WS_ADMIN_ADDR={addr}: {e}"),
+                        ))
+                    })?;
+                Some(listener)
+            }
+        };
         if authenticator.is_none() {
             warn!(
                 "NO AUTHENTICATION: the hub is open, anyone may subscribe and publish on any \
@@ -161,7 +212,15 @@ impl WebSocketServer {
             local_addr,
             authenticator,
             tls,
+            metrics: HubMetrics::default(),
+            draining: AtomicBool::new(false),
+            admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
         });
+        if let Some(admin) = admin {
+            shared
+                .tracker
+                .spawn(crate::admin::serve(shared.clone(), admin));
+        }
         shared.tracker.spawn(accept_loop(shared.clone(), listener));
         info!(address = %local_addr, tls = shared.tls.is_some(), "hub listening");
         Ok(Self {
@@ -173,6 +232,11 @@ impl WebSocketServer {
     /// The address the server listens on (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// Where `GET /health` and `GET /metrics` are served (`WS_ADMIN_ADDR`), if anywhere.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.shared.admin_addr
     }
 
     /// The configuration the server runs with.
@@ -205,7 +269,7 @@ impl WebSocketServer {
             return Err(ServerError::InvalidChannel(channel.to_owned()));
         }
         let payload = Payload::from_value(data)?;
-        Ok(self.shared.channels.publish(channel, payload.as_raw()))
+        Ok(self.shared.publish(channel, payload.as_raw()))
     }
 
     /// Sends `message` as it is to one connection, queued like a broadcast.
@@ -250,6 +314,7 @@ impl WebSocketServer {
     /// task has ended (each gets at most about a second to complete its close handshake).
     pub async fn shutdown(&self) {
         info!("hub shutting down");
+        self.shared.draining.store(true, Ordering::Relaxed);
         // Stop accepting and upgrading first, then wake every open connection to close.
         self.shared.token.cancel();
         self.shared.connections.close_all();

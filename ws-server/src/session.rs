@@ -30,6 +30,7 @@ use crate::auth::Grant;
 use crate::channel::is_valid_name;
 use crate::connections::ConnectionId;
 use crate::frame::Frame;
+use crate::metrics::HubMetrics;
 use crate::outbox::{Outbox, OutboxState, Outgoing};
 use crate::rate_limit::{RateLimit, Verdict};
 use crate::server::Shared;
@@ -107,6 +108,7 @@ where
         outbox.close();
     }
     info!(connection = %id, %peer, "connection opened");
+    HubMetrics::add(&shared.metrics.connections_total, 1);
 
     let mut session = Session {
         shared: shared.clone(),
@@ -125,6 +127,11 @@ where
     };
     session.set_grant(grant);
     let end = session.run().await;
+    match &end {
+        End::SlowConsumer => HubMetrics::add(&shared.metrics.slow_consumer_disconnects, 1),
+        End::Unauthorized(_) => HubMetrics::add(&shared.metrics.auth_failures, 1),
+        _ => {}
+    }
     session.leave_channels();
     shared.connections.remove(id);
     session.close(&end).await;
@@ -298,7 +305,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn send_now(&mut self, message: &WsMessage) -> Result<(), End> {
-        self.write_now(Message::text(message.to_json())).await
+        let text = message.to_json();
+        HubMetrics::add(&self.shared.metrics.frames_out, 1);
+        HubMetrics::add(&self.shared.metrics.bytes_out, text.len() as u64);
+        self.write_now(Message::text(text)).await
     }
 
     /// Writes everything queued in the outbox, then flushes once.
@@ -323,9 +333,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             out.extend_from_slice(Frame::text(&notice.to_json()).as_bytes());
         }
+        let frames = batch.len() + lagged.len();
         for item in batch.drain(..) {
             out.extend_from_slice(item.frame.as_bytes());
         }
+        let metrics = &self.shared.metrics;
+        HubMetrics::add(&metrics.frames_out, frames as u64);
+        HubMetrics::add(&metrics.bytes_out, out.len() as u64);
         let write = async {
             // Frames written by tungstenite (a pong it queued while reading) go first, so that
             // frames stay whole and in order; then the pre-encoded frames go out in one write.
@@ -355,6 +369,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn on_text(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        let metrics = &self.shared.metrics;
+        HubMetrics::add(&metrics.frames_in, 1);
+        HubMetrics::add(&metrics.bytes_in, text.len() as u64);
         match self.rate.check() {
             Verdict::Allow => {}
             Verdict::Refuse => {
@@ -396,6 +413,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 for channel in &channels {
                     if self.subscriptions.remove(channel.as_str()) {
                         self.shared.channels.unsubscribe(channel, self.id);
+                        HubMetrics::add_signed(&self.shared.metrics.subscriptions, -1);
                         // Nothing of it is delivered after the Unsubscribed reply.
                         self.outbox.purge(channel);
                     }
@@ -413,7 +431,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     );
                     return self.send_now(&error).await;
                 }
-                self.shared.channels.publish(&channel, data.as_raw());
+                self.shared.publish(&channel, data.as_raw());
                 Ok(())
             }
             message @ (WsMessage::PriceUpdate { .. } | WsMessage::AccountUpdate { .. }) => {
@@ -467,6 +485,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .channels
                     .subscribe(channel, self.id, &self.outbox);
                 self.subscriptions.insert(key);
+                HubMetrics::add(&self.shared.metrics.subscriptions, 1);
             }
         }
         // In effect now: a publication from anyone after this point is queued for us, and is
@@ -531,6 +550,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn leave_channels(&mut self) {
+        let left = self.subscriptions.len() as i64;
+        HubMetrics::add_signed(&self.shared.metrics.subscriptions, -left);
         for channel in self.subscriptions.drain() {
             self.shared.channels.unsubscribe(&channel, self.id);
         }
@@ -673,6 +694,7 @@ fn admit(
         }
         Err(e) => {
             warn!(reason = %e, "upgrade with a refused token");
+            HubMetrics::add(&shared.metrics.auth_failures, 1);
             Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 &format!("unauthorized: {e}"),

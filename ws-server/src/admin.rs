@@ -1,0 +1,91 @@
+//! The operators' HTTP surface on its own address (`WS_ADMIN_ADDR`), apart from the public
+//! WebSocket port (which may be TLS): `GET /health` (200 while accepting, 503 while
+//! draining) and `GET /metrics` (Prometheus text). A deliberately small HTTP/1.1 responder:
+//! one GET per connection, head bounded in size and time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info};
+
+use crate::server::Shared;
+
+/// The longest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves until the hub's token is cancelled.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(address = %addr, "admin HTTP (health, metrics) listening");
+    }
+    loop {
+        let accepted = tokio::select! {
+            () = shared.token.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        let shared = shared.clone();
+        // Bounded by READ_TIMEOUT; ends on its own.
+        shared.clone().spawn(async move {
+            if let Err(error) = answer(&shared, stream).await {
+                debug!(%peer, %error, "admin request failed");
+            }
+        });
+    }
+}
+
+async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(READ_TIMEOUT, read)
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/health") if shared.is_draining() => (
+            "503 Service Unavailable",
+            "text/plain",
+            "draining\n".to_owned(),
+        ),
+        ("GET", "/health") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            shared.render_metrics(),
+        ),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "not found: try /health or /metrics\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_owned(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
