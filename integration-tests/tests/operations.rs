@@ -70,3 +70,93 @@ async fn health_and_metrics_tell_what_the_hub_does() -> Result<()> {
     assert_eq!(value(&metrics, "ws_subscriptions"), Some(1.0), "{metrics}");
     Ok(())
 }
+
+#[tokio::test]
+async fn drain_turns_health_503_and_spreads_1012_closes_with_a_hint() -> Result<()> {
+    use std::time::Duration;
+    let server = spawn_server(
+        WebSocketServer::builder()
+            .admin_addr("127.0.0.1:0")
+            .reconnect_hint(Duration::from_millis(250)),
+    )
+    .await?;
+    let admin = server.admin_addr().context("admin address")?;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(RawClient::connect(server.local_addr()).await?);
+    }
+    eventually("all connected", || server.connection_count() == 8).await?;
+    let started = tokio::time::Instant::now();
+    let draining = {
+        let server = server.clone();
+        tokio::spawn(async move { server.drain(Duration::from_millis(800)).await })
+    };
+    eventually("draining", || server.connection_count() < 8).await?;
+    assert_eq!(
+        get(admin, "/health").await?.0,
+        503,
+        "health during the drain"
+    );
+    assert!(
+        RawClient::connect(server.local_addr()).await.is_err(),
+        "no new connections while draining"
+    );
+    let mut arrivals = Vec::new();
+    for client in &mut clients {
+        let frame = client.close_frame().await?.context("a close frame")?;
+        assert_eq!(u16::from(frame.code), ws_protocol::close::SERVICE_RESTART);
+        assert_eq!(
+            ws_protocol::close::retry_after(&frame.reason),
+            Some(Duration::from_millis(250))
+        );
+        arrivals.push(started.elapsed());
+    }
+    within("drain", draining).await??;
+    arrivals.sort();
+    let spread = arrivals[arrivals.len() - 1] - arrivals[0];
+    assert!(
+        spread >= Duration::from_millis(400),
+        "closes not spread: {arrivals:?}"
+    );
+    assert_eq!(server.connection_count(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn our_client_waits_for_the_hinted_delay_after_a_restart_close() -> Result<()> {
+    use std::time::Duration;
+    let server =
+        spawn_server(WebSocketServer::builder().reconnect_hint(Duration::from_millis(400))).await?;
+    let addr = server.local_addr();
+    let client = ws_client::WebSocketClient::builder()
+        .url(format!("ws://{addr}"))
+        .reconnect_interval(Duration::from_millis(20))
+        .build()
+        .await?;
+    let started = tokio::time::Instant::now();
+    within("drain", server.drain(Duration::from_millis(10))).await?;
+    drop(server);
+    let _server = WebSocketServer::bind(addr).await?;
+    let mut states = client.state_changes();
+    within("reconnected", async {
+        use futures_util::StreamExt;
+        while let Some(state) = states.next().await {
+            if state == ws_client::ConnectionState::Connected
+                && started.elapsed() > Duration::from_millis(50)
+            {
+                break;
+            }
+        }
+    })
+    .await?;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "reconnected after {took:?}, before the hint"
+    );
+    assert!(
+        took <= Duration::from_millis(2000),
+        "reconnected after {took:?}"
+    );
+    Ok(())
+}

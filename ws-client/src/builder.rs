@@ -363,6 +363,7 @@ impl ClientBuilder {
             batch: VecDeque::new(),
             hub: false,
             owe_pong: false,
+            retry_hint: None,
         };
         tracker.spawn(driver.run(link));
         tracker.close();

@@ -160,6 +160,8 @@ pub(crate) struct Driver {
     pub(crate) hub: bool,
     /// A hub-level `Ping` arrived and its `Pong` is still to be written.
     pub(crate) owe_pong: bool,
+    /// The server's close asked to wait this long before reconnecting ("retry after N ms").
+    pub(crate) retry_hint: Option<Duration>,
 }
 
 impl Driver {
@@ -200,8 +202,15 @@ impl Driver {
                 attempt = 0;
             }
             let mut last_error = reason;
+            let mut hint = self.retry_hint.take();
             link = loop {
-                let Some(delay) = backoff.next() else {
+                // A hinted wait (the server's 1012 close) replaces the first backoff delay,
+                // jittered over [hint, 2 × hint] so that clients come back spread out.
+                let next = match hint.take() {
+                    Some(hint) => Some(hint + hint.mul_f64(fastrand::f64())),
+                    None => backoff.next(),
+                };
+                let Some(delay) = next else {
                     return self.fail(format!(
                         "gave up after {attempt} reconnect attempts; last error: {last_error}"
                     ));
@@ -374,8 +383,14 @@ impl Driver {
                             }
                         }
                     }
-                    Some(Err(error)) => return ended_by(close_frame.as_ref(), &error.to_string()),
-                    None => return ended_by(close_frame.as_ref(), "the server closed the connection"),
+                    Some(Err(error)) => {
+                        self.retry_hint = close_frame.as_ref().and_then(|f| close::retry_after(&f.reason));
+                        return ended_by(close_frame.as_ref(), &error.to_string());
+                    }
+                    None => {
+                        self.retry_hint = close_frame.as_ref().and_then(|f| close::retry_after(&f.reason));
+                        return ended_by(close_frame.as_ref(), "the server closed the connection");
+                    }
                 },
                 () = tokio::time::sleep_until(deadline) => {
                     match heartbeat.poll(Instant::now(), expecting_data, reading) {

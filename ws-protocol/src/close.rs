@@ -25,6 +25,23 @@ pub const SERVICE_RESTART: u16 = 1012;
 /// 1013: the service is overloaded; try again later.
 pub const TRY_AGAIN_LATER: u16 = 1013;
 
+/// The words before a reconnect hint in a close reason: `"service restart; retry after 1000 ms"`.
+pub const RETRY_AFTER_PREFIX: &str = "retry after ";
+
+/// The reconnect hint in a close reason, if it has one.
+///
+/// ```
+/// use std::time::Duration;
+/// use ws_protocol::close;
+/// assert_eq!(close::retry_after("service restart; retry after 250 ms"), Some(Duration::from_millis(250)));
+/// assert_eq!(close::retry_after("server shutting down"), None);
+/// ```
+pub fn retry_after(reason: &str) -> Option<std::time::Duration> {
+    let rest = &reason[reason.find(RETRY_AFTER_PREFIX)? + RETRY_AFTER_PREFIX.len()..];
+    let millis: u64 = rest.split(" ms").next()?.trim().parse().ok()?;
+    Some(std::time::Duration::from_millis(millis))
+}
+
 /// Whether a client should reconnect (with backoff) after the server closed with `code`.
 ///
 /// Policy violations and oversized messages would only repeat, so they are not retried;

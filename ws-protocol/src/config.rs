@@ -141,6 +141,12 @@ pub struct WebSocketConfig {
     /// `WS_ADMIN_ADDR`: `host:port` of the operators' HTTP endpoints (`/health`, `/metrics`),
     /// kept off the public port. Default: unset (no admin HTTP).
     pub admin_addr: Option<String>,
+    /// `WS_DRAIN_WINDOW`: on SIGTERM or Ctrl-C the hub stops accepting, turns `/health` to
+    /// 503 and closes its clients in batches spread over this window. Default 5 s.
+    pub drain_window: Duration,
+    /// `WS_RECONNECT_HINT`: the delay the hub's 1012 close asks clients to wait before
+    /// reconnecting ("retry after N ms"). Default 1 s.
+    pub reconnect_hint: Duration,
 }
 
 impl Default for WebSocketConfig {
@@ -172,6 +178,8 @@ impl Default for WebSocketConfig {
             tls_cert: None,
             tls_key: None,
             admin_addr: None,
+            drain_window: Duration::from_secs(5),
+            reconnect_hint: Duration::from_secs(1),
         }
     }
 }
@@ -258,6 +266,8 @@ struct EnvVars {
     ws_tls_cert: Option<String>,
     ws_tls_key: Option<String>,
     ws_admin_addr: Option<String>,
+    ws_drain_window: Option<f64>,
+    ws_reconnect_hint: Option<f64>,
 }
 
 impl EnvVars {
@@ -311,6 +321,9 @@ impl EnvVars {
             tls_cert: self.ws_tls_cert,
             tls_key: self.ws_tls_key,
             admin_addr: self.ws_admin_addr,
+            drain_window: secs("WS_DRAIN_WINDOW", self.ws_drain_window)?.unwrap_or(d.drain_window),
+            reconnect_hint: secs("WS_RECONNECT_HINT", self.ws_reconnect_hint)?
+                .unwrap_or(d.reconnect_hint),
         };
         config.validate()?;
         Ok(config)

@@ -182,6 +182,12 @@ impl ServerBuilder {
         self
     }
 
+    /// The wait the hub's 1012 close asks clients for during a drain (`WS_RECONNECT_HINT`).
+    pub fn reconnect_hint(mut self, hint: Duration) -> Self {
+        self.config.reconnect_hint = hint;
+        self
+    }
+
     /// Capacity of the queue behind [`Incoming`](crate::Incoming).
     pub fn incoming_capacity(mut self, frames: usize) -> Self {
         self.incoming_capacity = frames;

@@ -59,6 +59,15 @@ impl Connections {
             .count()
     }
 
+    /// Every open connection's outbox, in id order.
+    pub(crate) fn snapshot(&self) -> Vec<Arc<Outbox>> {
+        let open = self.read();
+        let mut all: Vec<(ConnectionId, Arc<Outbox>)> =
+            open.iter().map(|(id, o)| (*id, o.clone())).collect();
+        all.sort_by_key(|(id, _)| *id);
+        all.into_iter().map(|(_, o)| o).collect()
+    }
+
     /// Closes every outbox, which wakes every connection to close (shutdown).
     pub(crate) fn close_all(&self) {
         for outbox in self.read().values() {

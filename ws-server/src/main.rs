@@ -70,7 +70,8 @@ async fn run() -> ExitCode {
         connections = server.connection_count(),
         "signal received, closing connections"
     );
-    server.shutdown().await;
+    let window = server.config().drain_window;
+    server.drain(window).await;
     ExitCode::SUCCESS
 }
 

@@ -39,6 +39,8 @@ pub(crate) enum OutboxState {
     Overflowed,
     /// The server is shutting down: the connection must close.
     Closed,
+    /// The server drains before a restart: close with 1012 and a reconnect hint.
+    Restart,
 }
 
 struct Inner {
@@ -127,9 +129,14 @@ impl Outbox {
 
     /// Closes the outbox for shutdown and wakes its connection.
     pub(crate) fn close(&self) {
+        self.close_as(OutboxState::Closed);
+    }
+
+    /// Closes the outbox with `state` (`Closed` or `Restart`) and wakes its connection.
+    pub(crate) fn close_as(&self, state: OutboxState) {
         let mut inner = self.lock();
         if inner.state == OutboxState::Open {
-            inner.state = OutboxState::Closed;
+            inner.state = state;
         }
         drop(inner);
         self.signal();

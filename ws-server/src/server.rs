@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     incoming: RwLock<Option<mpsc::Sender<(ConnectionId, WsMessage)>>>,
     incoming_capacity: usize,
     pub(crate) token: CancellationToken,
+    /// Cancelled to stop accepting (drain or shutdown); a child of `token`.
+    accepting: CancellationToken,
     tracker: TaskTracker,
     local_addr: SocketAddr,
     /// `None`: the hub is open and every connection gets [`Grant::open`].
@@ -200,6 +202,7 @@ impl WebSocketServer {
             .max_write_buffer_size(WRITE_BUFFER_SIZE + 2 * config.max_message_size)
             .max_message_size(Some(config.max_message_size))
             .max_frame_size(Some(config.max_message_size));
+        let token = CancellationToken::new();
         let shared = Arc::new(Shared {
             config,
             ws_config,
@@ -207,7 +210,8 @@ impl WebSocketServer {
             connections: Connections::default(),
             incoming: RwLock::new(None),
             incoming_capacity: incoming_capacity.max(1),
-            token: CancellationToken::new(),
+            token: token.clone(),
+            accepting: token.child_token(),
             tracker: TaskTracker::new(),
             local_addr,
             authenticator,
@@ -310,6 +314,33 @@ impl WebSocketServer {
         self.shared.channels.len()
     }
 
+    /// Drains before a restart: stops accepting, turns `/health` to 503, then closes the
+    /// clients in batches spread over `window` with close 1012 and a reconnect hint
+    /// (`WS_RECONNECT_HINT`), so that thousands of clients do not all come back in the same
+    /// second; finally [`shutdown`](Self::shutdown). Returns within about `window` + 2 s.
+    pub async fn drain(&self, window: Duration) {
+        info!(
+            ?window,
+            connections = self.connection_count(),
+            "hub draining"
+        );
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.accepting.cancel();
+        let outboxes = self.shared.connections.snapshot();
+        let batches = (window.as_millis() / 100).clamp(1, 100) as usize;
+        let per_batch = outboxes.len().div_ceil(batches).max(1);
+        let pause = window / batches as u32;
+        for (i, batch) in outboxes.chunks(per_batch).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            for outbox in batch {
+                outbox.close_as(crate::outbox::OutboxState::Restart);
+            }
+        }
+        self.shutdown().await;
+    }
+
     /// Stops accepting, sends Close 1001 to every client and waits until every connection
     /// task has ended (each gets at most about a second to complete its close handshake).
     pub async fn shutdown(&self) {
@@ -334,7 +365,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
     loop {
         let accepted = tokio::select! {
-            () = shared.token.cancelled() => break,
+            () = shared.accepting.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {

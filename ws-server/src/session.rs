@@ -50,6 +50,8 @@ enum End {
     Gone(String),
     /// The server is shutting down: close 1001.
     Shutdown,
+    /// The server drains before a restart: close 1012 with a reconnect hint.
+    Restart,
     /// The outbox overflowed under the `disconnect` policy: `Error`, then close 1008.
     SlowConsumer,
     /// A frame exceeded the maximum message size: close 1009.
@@ -264,6 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             OutboxState::Open => None,
             OutboxState::Overflowed => Some(End::SlowConsumer),
             OutboxState::Closed => Some(End::Shutdown),
+            OutboxState::Restart => Some(End::Restart),
         }
     }
 
@@ -287,6 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     OutboxState::Open => {}
                     OutboxState::Overflowed => return Poll::Ready(Err(End::SlowConsumer)),
                     OutboxState::Closed => return Poll::Ready(Err(End::Shutdown)),
+                    OutboxState::Restart => return Poll::Ready(Err(End::Restart)),
                 }
             }
             Poll::Pending
@@ -562,6 +566,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let frames: Vec<Message> = match end {
             End::Gone(_) => return,
             End::Shutdown => vec![close_frame(close::GOING_AWAY, "server shutting down")],
+            End::Restart => {
+                let hint = self.shared.config.reconnect_hint.as_millis();
+                vec![close_frame(
+                    close::SERVICE_RESTART,
+                    &format!("service restart; {}{hint} ms", close::RETRY_AFTER_PREFIX),
+                )]
+            }
             End::Idle => vec![close_frame(close::NORMAL, "idle timeout")],
             End::Unauthorized(why) => vec![
                 Message::text(WsMessage::error(codes::UNAUTHORIZED, why.clone()).to_json()),
@@ -628,6 +639,7 @@ impl std::fmt::Display for End {
         match self {
             Self::Gone(why) => f.write_str(why),
             Self::Shutdown => f.write_str("server shutting down"),
+            Self::Restart => f.write_str("server restarting"),
             Self::SlowConsumer => f.write_str("slow consumer"),
             Self::TooBig => f.write_str("message too large"),
             Self::Idle => f.write_str("idle timeout"),

@@ -27,6 +27,7 @@ fn the_hub_starts_serves_and_stops_on_sigterm() {
     let mut child = Command::new(BINARY)
         .env("WS_HOST", "127.0.0.1")
         .env("WS_PORT", "0")
+        .env("WS_DRAIN_WINDOW", "0.2")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
