@@ -160,3 +160,23 @@ async fn our_client_waits_for_the_hinted_delay_after_a_restart_close() -> Result
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_status_page_and_its_numbers() -> Result<()> {
+    let server = spawn_server(WebSocketServer::builder().admin_addr("127.0.0.1:0")).await?;
+    let admin = server.admin_addr().context("admin address")?;
+    let (status, page) = get(admin, "/").await?;
+    assert_eq!(status, 200);
+    assert!(page.contains("/status.json") && page.contains("slow-consumer cuts"));
+    let mut client = RawClient::connect(server.local_addr()).await?;
+    client.subscribe(&["x"]).await?;
+    server.publish("x", &1)?;
+    let (_, json) = get(admin, "/status.json").await?;
+    let numbers: serde_json::Value = serde_json::from_str(&json)?;
+    assert_eq!(numbers["connections"], 1);
+    assert_eq!(numbers["channels"], 1);
+    assert_eq!(numbers["subscriptions"], 1);
+    assert_eq!(numbers["publications"], 1);
+    assert_eq!(numbers["draining"], false);
+    Ok(())
+}

@@ -63,6 +63,7 @@ pub(crate) struct Shared {
     draining: AtomicBool,
     /// Where the admin HTTP listens, if it does.
     admin_addr: Option<SocketAddr>,
+    started: std::time::Instant,
 }
 
 impl Shared {
@@ -79,6 +80,21 @@ impl Shared {
 
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The numbers of the status page.
+    pub(crate) fn status_json(&self) -> String {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "connections": self.connections.len(),
+            "channels": self.channels.len(),
+            "subscriptions": get(&self.metrics.subscriptions),
+            "publications": get(&self.metrics.publications),
+            "slow_consumer_disconnects": get(&self.metrics.slow_consumer_disconnects),
+            "draining": self.is_draining(),
+            "uptime_s": self.started.elapsed().as_secs(),
+        })
+        .to_string()
     }
 
     pub(crate) fn render_metrics(&self) -> String {
@@ -219,6 +235,7 @@ impl WebSocketServer {
             metrics: HubMetrics::default(),
             draining: AtomicBool::new(false),
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
+            started: std::time::Instant::now(),
         });
         if let Some(admin) = admin {
             shared

@@ -1,6 +1,7 @@
 //! The operators' HTTP surface on its own address (`WS_ADMIN_ADDR`), apart from the public
 //! WebSocket port (which may be TLS): `GET /health` (200 while accepting, 503 while
-//! draining) and `GET /metrics` (Prometheus text). A deliberately small HTTP/1.1 responder:
+//! draining), `GET /metrics` (Prometheus text), and `GET /` a status page that updates
+//! itself from `GET /status.json`. A deliberately small HTTP/1.1 responder:
 //! one GET per connection, head bounded in size and time.
 
 use std::sync::Arc;
@@ -11,6 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
 
 use crate::server::Shared;
+
+/// The status page: live numbers from `/status.json`, refreshed every second.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// The longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -66,6 +70,8 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
             "draining\n".to_owned(),
         ),
         ("GET", "/health") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        ("GET", "/") => ("200 OK", "text/html; charset=utf-8", STATUS_PAGE.to_owned()),
+        ("GET", "/status.json") => ("200 OK", "application/json", shared.status_json()),
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4",
@@ -74,7 +80,7 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
-            "not found: try /health or /metrics\n".to_owned(),
+            "not found: try /, /health or /metrics\n".to_owned(),
         ),
         _ => (
             "405 Method Not Allowed",
