@@ -326,3 +326,39 @@ async fn es256_tokens_checked_with_a_public_key_file_from_ws_variables() -> Resu
     eventually("one connection", || server.connection_count() == 1).await?;
     Ok(())
 }
+
+/// An application's own scheme: API keys looked up in a table.
+struct ApiKeys;
+
+impl ws_server::Authenticator for ApiKeys {
+    fn authenticate(&self, token: &str) -> Result<ws_server::Grant, ws_server::AuthError> {
+        match token {
+            "key-desk-1" => Ok(ws_server::Grant::new(
+                "desk-1",
+                vec!["desk:{sub}:*".into()],
+                vec![],
+                None,
+            )),
+            _ => Err(ws_server::AuthError("unknown API key".into())),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_application_can_plug_in_its_own_check() -> Result<()> {
+    let server = spawn_server(WebSocketServer::builder().authenticator(ApiKeys)).await?;
+    let addr = server.local_addr();
+    assert_eq!(
+        refused_status(format!("ws://{addr}/?token=key-other")).await?,
+        401
+    );
+    let mut client = connect_url(format!("ws://{addr}/?token=key-desk-1")).await?;
+    client.subscribe(&["desk:desk-1:fills"]).await?;
+    client
+        .send(&WsMessage::Subscribe {
+            channels: vec!["desk:desk-2:fills".into()],
+        })
+        .await?;
+    expect_error(&mut client, codes::FORBIDDEN).await?;
+    Ok(())
+}

@@ -95,3 +95,82 @@ fn the_hub_starts_serves_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn tokens_never_reach_the_logs_even_at_trace_level() {
+    let secret = "binary-test-secret";
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 60;
+    let claims = serde_json::json!({"sub": "alice", "exp": exp, "channels": ["*"]});
+    let good = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("a token");
+    let bad = format!("{good}tampered");
+    let mut child = Command::new(BINARY)
+        .env("WS_HOST", "127.0.0.1")
+        .env("WS_PORT", "0")
+        .env("WS_JWT_SECRET", secret)
+        .env("WS_DRAIN_WINDOW", "0.1")
+        .env("RUST_LOG", "trace")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = lines.recv_timeout(WAIT).expect("the hub logs its address");
+        seen.push(line.clone());
+        if let Some(addr) = line
+            .rsplit("ws://")
+            .next()
+            .filter(|_| line.contains("hub ready"))
+        {
+            break addr.trim().to_owned();
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let accepted = tokio_tungstenite::connect_async(format!("ws://{addr}/?token={good}")).await;
+        assert!(accepted.is_ok(), "a good token is accepted");
+        let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/?token={bad}")).await;
+        assert!(refused.is_err(), "a tampered token is refused");
+    });
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(killed.expect("kill runs").success());
+    let status = child.wait().expect("the hub exits");
+    assert!(status.success(), "{status}");
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+        seen.push(line);
+    }
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr);
+    let all = seen.join("\n") + &stderr;
+    assert!(
+        all.contains("refused token"),
+        "the refusal is logged: {all}"
+    );
+    assert!(
+        !all.contains(&good[good.len() - 20..]),
+        "a token leaked into the logs"
+    );
+    assert!(!all.contains(secret), "the secret leaked into the logs");
+}
