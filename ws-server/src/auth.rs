@@ -63,12 +63,14 @@ impl Grant {
 
     /// Whether the connection may subscribe to `channel`.
     pub fn may_subscribe(&self, channel: &str) -> bool {
-        self.subscribe.iter().any(|p| matches(p, channel))
+        self.subscribe
+            .iter()
+            .any(|p| p == "*" || matches(p, channel))
     }
 
     /// Whether the connection may publish on `channel`.
     pub fn may_publish(&self, channel: &str) -> bool {
-        self.publish.iter().any(|p| matches(p, channel))
+        self.publish.iter().any(|p| p == "*" || matches(p, channel))
     }
 }
 

@@ -135,7 +135,7 @@ impl HubMetrics {
         let name = "ws_fanout_seconds";
         let _ = writeln!(
             out,
-            "# HELP {name} Time to queue one publication to every subscriber.\n# TYPE {name} histogram"
+            "# HELP {name} Time to queue one publication to every subscriber (sampled, 1 publication in 16).\n# TYPE {name} histogram"
         );
         let mut cumulative = 0;
         for (upper, bucket) in FANOUT_BUCKETS.iter().zip(&self.fanout_buckets) {

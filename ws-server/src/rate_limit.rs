@@ -35,8 +35,8 @@ impl RateLimit {
         }
     }
 
-    pub(crate) fn check(&mut self) -> Verdict {
-        let now = Instant::now();
+    /// Counts one frame that arrived at `now`.
+    pub(crate) fn check(&mut self, now: Instant) -> Verdict {
         self.tokens =
             (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
@@ -64,14 +64,18 @@ mod tests {
     async fn bursts_then_refuses_then_recovers_and_flags_abuse() {
         let mut limit = RateLimit::new(10.0, 3);
         assert_eq!(
-            [limit.check(), limit.check(), limit.check()],
+            [
+                limit.check(Instant::now()),
+                limit.check(Instant::now()),
+                limit.check(Instant::now())
+            ],
             [Verdict::Allow; 3]
         );
-        assert_eq!(limit.check(), Verdict::Refuse);
+        assert_eq!(limit.check(Instant::now()), Verdict::Refuse);
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(limit.check(), Verdict::Allow);
-        assert_eq!(limit.check(), Verdict::Refuse);
-        assert_eq!(limit.check(), Verdict::Refuse);
-        assert_eq!(limit.check(), Verdict::Abuse);
+        assert_eq!(limit.check(Instant::now()), Verdict::Allow);
+        assert_eq!(limit.check(Instant::now()), Verdict::Refuse);
+        assert_eq!(limit.check(Instant::now()), Verdict::Refuse);
+        assert_eq!(limit.check(Instant::now()), Verdict::Abuse);
     }
 }

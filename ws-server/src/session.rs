@@ -376,7 +376,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let metrics = &self.shared.metrics;
         HubMetrics::add(&metrics.frames_in, 1);
         HubMetrics::add(&metrics.bytes_in, text.len() as u64);
-        match self.rate.check() {
+        match self.rate.check(self.last_seen) {
             Verdict::Allow => {}
             Verdict::Refuse => {
                 let error = WsMessage::error(
