@@ -46,7 +46,7 @@ struct Shared {
 /// let client = WebSocketClient::connect("ws://127.0.0.1:8080").await?;
 /// client.subscribe(["prices:SOL-USDC"]).await?;
 /// while let Some(update) = client.receive::<WsMessage>().await? {
-///     println!("{update:?}");
+///     tracing::info!(?update, "received");
 /// }
 /// # Ok(()) }
 /// ```

@@ -18,7 +18,7 @@
 //! let client = WebSocketClient::connect("ws://127.0.0.1:8080").await?;
 //! client.subscribe(["prices:SOL-USDC"]).await?;
 //! while let Some(price) = client.receive::<Price>().await? {
-//!     println!("SOL-USDC {}", price.price);
+//!     tracing::info!(price = price.price, "SOL-USDC");
 //! }
 //! # Ok(()) }
 //! ```

@@ -9,6 +9,34 @@ use std::time::Duration;
 const BINARY: &str = env!("CARGO_BIN_EXE_ws-server");
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Starts the binary with `vars` and returns it with a channel of its stdout lines.
+fn spawn_hub(vars: &[(&str, &str)]) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut command = Command::new(BINARY);
+    command
+        .env("WS_HOST", "127.0.0.1")
+        .env("WS_PORT", "0")
+        .env("WS_DRAIN_WINDOW", "0.2")
+        .env("NO_COLOR", "1");
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
+}
+
 #[test]
 fn an_invalid_variable_is_rejected_naming_it() {
     let output = Command::new(BINARY)
@@ -24,25 +52,7 @@ fn an_invalid_variable_is_rejected_naming_it() {
 
 #[test]
 fn the_hub_starts_serves_and_stops_on_sigterm() {
-    let mut child = Command::new(BINARY)
-        .env("WS_HOST", "127.0.0.1")
-        .env("WS_PORT", "0")
-        .env("WS_DRAIN_WINDOW", "0.2")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines) = spawn_hub(&[("RUST_LOG", "info")]);
     let next_matching = |needle: &str| -> String {
         loop {
             let line = lines
@@ -112,26 +122,7 @@ fn tokens_never_reach_the_logs_even_at_trace_level() {
     )
     .expect("a token");
     let bad = format!("{good}tampered");
-    let mut child = Command::new(BINARY)
-        .env("WS_HOST", "127.0.0.1")
-        .env("WS_PORT", "0")
-        .env("WS_JWT_SECRET", secret)
-        .env("WS_DRAIN_WINDOW", "0.1")
-        .env("RUST_LOG", "trace")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines) = spawn_hub(&[("WS_JWT_SECRET", secret), ("RUST_LOG", "trace")]);
     let mut seen = Vec::new();
     let addr = loop {
         let line = lines.recv_timeout(WAIT).expect("the hub logs its address");
