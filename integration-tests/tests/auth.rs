@@ -362,3 +362,31 @@ async fn an_application_can_plug_in_its_own_check() -> Result<()> {
     expect_error(&mut client, codes::FORBIDDEN).await?;
     Ok(())
 }
+
+/// A 2048-bit RSA key made for this test only with `openssl genrsa` (ring cannot generate RSA
+/// keys); it protects nothing.
+const RS256_PRIVATE: &str = include_str!("../fixtures/rs256-test-only.key.pem");
+
+#[tokio::test]
+async fn rs256_tokens_checked_with_the_default_algorithm() -> Result<()> {
+    let key_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/rs256-test-only.pub.pem"
+    );
+    let config = WebSocketConfig::from_vars([("WS_JWT_PUBLIC_KEY", key_path)])?;
+    let server = spawn_server(ServerBuilder::from_config(config)).await?;
+    let claims = serde_json::json!({"sub": "dave", "exp": now() + 60, "channels": ["d"]});
+    let signed = encode(
+        &Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(RS256_PRIVATE.as_bytes())?,
+    )?;
+    let mut client = connect_url(format!("ws://{}/?token={signed}", server.local_addr())).await?;
+    client.subscribe(&["d"]).await?;
+    let hs = token("dave", now() + 60, &["d"], &[]);
+    assert_eq!(
+        refused_status(format!("ws://{}/?token={hs}", server.local_addr())).await?,
+        401
+    );
+    Ok(())
+}
