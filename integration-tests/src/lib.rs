@@ -150,11 +150,13 @@ impl RawClient {
         let channels: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
         self.send(&WsMessage::Subscribe {
             channels: channels.clone(),
+            since: Default::default(),
         })
         .await?;
         match self.recv().await? {
             WsMessage::Subscribed {
                 channels: confirmed,
+                ..
             } if confirmed == channels => Ok(()),
             other => bail!("expected Subscribed, got {other:?}"),
         }

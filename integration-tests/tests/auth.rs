@@ -73,6 +73,7 @@ async fn a_token_in_the_query_grants_exactly_its_channels() -> Result<()> {
     client
         .send(&WsMessage::Subscribe {
             channels: vec!["prices:BONK".into(), "orders:alice".into()],
+            since: Default::default(),
         })
         .await?;
     let message = expect_error(&mut client, codes::FORBIDDEN).await?;
@@ -110,6 +111,7 @@ async fn a_private_channel_is_open_only_to_its_subject_via_bearer_header() -> Re
     client
         .send(&WsMessage::Subscribe {
             channels: vec!["orders:bob".into()],
+            since: Default::default(),
         })
         .await?;
     expect_error(&mut client, codes::FORBIDDEN).await?;
@@ -149,6 +151,7 @@ async fn an_authenticate_frame_opens_a_connection_that_had_no_token() -> Result<
     client
         .send(&WsMessage::Subscribe {
             channels: vec!["prices:x".into()],
+            since: Default::default(),
         })
         .await?;
     expect_error(&mut client, codes::UNAUTHORIZED).await?;
@@ -223,6 +226,7 @@ async fn subscriptions_per_connection_are_capped() -> Result<()> {
     client
         .send(&WsMessage::Subscribe {
             channels: vec!["c".into()],
+            since: Default::default(),
         })
         .await?;
     expect_error(&mut client, codes::TOO_MANY_SUBSCRIPTIONS).await?;
@@ -357,6 +361,7 @@ async fn an_application_can_plug_in_its_own_check() -> Result<()> {
     client
         .send(&WsMessage::Subscribe {
             channels: vec!["desk:desk-2:fills".into()],
+            since: Default::default(),
         })
         .await?;
     expect_error(&mut client, codes::FORBIDDEN).await?;

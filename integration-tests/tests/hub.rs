@@ -88,10 +88,11 @@ async fn the_server_publishes_and_broadcasts() -> Result<()> {
     assert_eq!(server.broadcast(&price)?, 2);
     assert_eq!(a.recv().await?, price);
     assert_eq!(b.recv().await?, price);
+    // Nobody receives it now, but the channel's history keeps it (seq 1) for recovery.
     assert_eq!(
         server.publish("nobody-listens", &1)?,
         Published {
-            seq: 0,
+            seq: 1,
             recipients: 0
         }
     );

@@ -364,6 +364,8 @@ impl ClientBuilder {
             hub: false,
             owe_pong: false,
             retry_hint: None,
+            positions: std::collections::HashMap::new(),
+            gap: None,
         };
         tracker.spawn(driver.run(link));
         tracker.close();

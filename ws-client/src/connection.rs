@@ -7,7 +7,7 @@
 //! application stops reading, the client stops reading too (the server then sees
 //! backpressure), and the heartbeat does not take that pause for a dead connection.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use ws_protocol::{WsMessage, close};
+use ws_protocol::{ChannelPosition, Position, WsMessage, close};
 
 use crate::backoff::Backoff;
 use crate::buffer::{OutboundBuffer, Pending};
@@ -162,6 +162,10 @@ pub(crate) struct Driver {
     pub(crate) owe_pong: bool,
     /// The server's close asked to wait this long before reconnecting ("retry after N ms").
     pub(crate) retry_hint: Option<Duration>,
+    /// The last position seen per subscribed hub channel, for recovery and deduplication.
+    pub(crate) positions: HashMap<String, Position>,
+    /// A gap noticed while decoding, reported before the publication that revealed it.
+    pub(crate) gap: Option<Event>,
 }
 
 impl Driver {
@@ -373,6 +377,15 @@ impl Driver {
                     }
                     Some(Ok(frame)) => {
                         if let Some(event) = self.decode(frame, &mut heartbeat) {
+                            if let Some(gap) = self.gap.take() {
+                                let Some(p) = permit.take() else { continue };
+                                // The gap goes first; the publication waits for room.
+                                p.send(gap);
+                                match self.events.clone().reserve_owned().await {
+                                    Ok(p) => permit = Some(p),
+                                    Err(_) => return self.close(&mut ws).await,
+                                }
+                            }
                             if let Some(p) = permit.take() {
                                 p.send(event);
                             }
@@ -429,7 +442,16 @@ impl Driver {
             return Ok(());
         }
         let channels: Vec<String> = self.subscriptions.iter().cloned().collect();
-        let frame = WsMessage::Subscribe { channels }.to_json();
+        // Ask for what was missed since the last publication seen on each channel.
+        let since: BTreeMap<String, Position> = channels
+            .iter()
+            .filter_map(|c| self.positions.get(c).map(|p| (c.clone(), p.clone())))
+            .collect();
+        let frame = WsMessage::Subscribe {
+            channels,
+            since: since.clone(),
+        }
+        .to_json();
         let timeout = self.settings.connect_timeout;
         let token = self.token.clone();
         let exchange = async {
@@ -440,15 +462,18 @@ impl Driver {
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Text(text))) => {
-                        if let Ok(WsMessage::Subscribed { channels }) =
-                            WsMessage::from_json(text.as_str())
+                        if let Ok(WsMessage::Subscribed {
+                            channels,
+                            positions,
+                        }) = WsMessage::from_json(text.as_str())
                         {
-                            return Ok(channels);
+                            return Ok((channels, positions));
                         }
                         if let Some(event) = self.decode(Message::Text(text), &mut heartbeat) {
                             if stash.len() >= MAX_STASH {
                                 return Err("too many frames before Subscribed".to_owned());
                             }
+                            stash.extend(self.gap.take());
                             stash.push(event);
                         }
                     }
@@ -466,7 +491,22 @@ impl Driver {
                 Ok(Ok(confirmed)) => confirmed,
             },
         };
+        let (confirmed, positions) = confirmed;
         Counters::add(&self.counters.messages_sent, 1);
+        for (channel, position) in positions {
+            if since.contains_key(&channel) && !position.recovered {
+                warn!(%channel, "missed publications could not be recovered");
+                stash.insert(
+                    0,
+                    Event::Unrecovered {
+                        channel: channel.clone(),
+                        epoch: position.epoch.clone(),
+                        seq: position.seq,
+                    },
+                );
+            }
+            self.track(&channel, position);
+        }
         self.confirm(&confirmed);
         Ok(())
     }
@@ -481,6 +521,28 @@ impl Driver {
         ws.flush()
             .await
             .map_err(|e| Ended::Retry(format!("on-connect frames failed: {e}")))
+    }
+
+    /// Remembers where a channel stands after a `Subscribed`: a recovered position keeps
+    /// counting from what was seen (the replay follows); anything else starts from the hub's.
+    fn track(&mut self, channel: &str, position: ChannelPosition) {
+        if !self.subscriptions.contains(channel) {
+            return;
+        }
+        let keep = position.recovered
+            && self
+                .positions
+                .get(channel)
+                .is_some_and(|p| p.epoch == position.epoch);
+        if !keep {
+            self.positions.insert(
+                channel.to_owned(),
+                Position {
+                    epoch: position.epoch,
+                    seq: position.seq,
+                },
+            );
+        }
     }
 
     /// Resolves every pending `subscribe` whose channels the hub confirmed.
@@ -510,6 +572,7 @@ impl Driver {
                 self.subscriptions.extend(channels.iter().cloned());
                 let frame = WsMessage::Subscribe {
                     channels: channels.clone(),
+                    since: Default::default(),
                 }
                 .to_json();
                 self.pending.push((channels, done));
@@ -518,6 +581,7 @@ impl Driver {
             Command::Unsubscribe { channels, done } => {
                 for channel in &channels {
                     self.subscriptions.remove(channel);
+                    self.positions.remove(channel);
                 }
                 let _ = done.send(Ok(()));
                 if !self.hub {
@@ -597,10 +661,31 @@ impl Driver {
                 match WsMessage::from_json(text.as_str()) {
                     Ok(WsMessage::Publication { channel, seq, data }) => {
                         heartbeat.on_data(now);
+                        if let Some(last) = self.positions.get_mut(&channel) {
+                            if seq <= last.seq {
+                                // Seen already (replayed across a reconnect): drop it.
+                                return None;
+                            }
+                            let expected = last.seq + 1;
+                            last.seq = seq;
+                            if seq > expected {
+                                self.gap = Some(Event::Gap {
+                                    channel: channel.clone(),
+                                    expected,
+                                    received: seq,
+                                });
+                            }
+                        }
                         Some(Event::Publication { channel, seq, data })
                     }
-                    Ok(WsMessage::Subscribed { channels }) => {
+                    Ok(WsMessage::Subscribed {
+                        channels,
+                        positions,
+                    }) => {
                         heartbeat.on_frame();
+                        for (channel, position) in positions {
+                            self.track(&channel, position);
+                        }
                         self.confirm(&channels);
                         None
                     }

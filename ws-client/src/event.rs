@@ -40,6 +40,27 @@ pub enum Event {
         /// How many publications were dropped.
         missed: u64,
     },
+    /// After a reconnect the hub could not replay everything missed on `channel` (its
+    /// history no longer reaches back, or the hub restarted): take a fresh snapshot. Live
+    /// publications continue after `seq`.
+    Unrecovered {
+        /// The channel.
+        channel: String,
+        /// The channel's epoch now.
+        epoch: String,
+        /// The channel's latest `seq` when resubscribed.
+        seq: u64,
+    },
+    /// Live publications of `channel` skipped from `expected` to `received`: the ones in
+    /// between were lost (the hub dropped them for this client, see `Lagged`).
+    Gap {
+        /// The channel.
+        channel: String,
+        /// The `seq` that should have come.
+        expected: u64,
+        /// The `seq` that came.
+        received: u64,
+    },
     /// Buffered outbound frames older than the maximum buffer age were dropped, unsent.
     Expired {
         /// How many.

@@ -144,6 +144,11 @@ pub struct WebSocketConfig {
     /// `WS_DRAIN_WINDOW`: on SIGTERM or Ctrl-C the hub stops accepting, turns `/health` to
     /// 503 and closes its clients in batches spread over this window. Default 5 s.
     pub drain_window: Duration,
+    /// `WS_HISTORY_SIZE`: publications the hub keeps per channel for recovery after a
+    /// reconnect (at most `WS_SEND_QUEUE_SIZE`; 0: no history). Default 256.
+    pub history_size: usize,
+    /// `WS_HISTORY_TTL`: how long a publication stays recoverable. Default 60 s.
+    pub history_ttl: Duration,
     /// `WS_RECONNECT_HINT`: the delay the hub's 1012 close asks clients to wait before
     /// reconnecting ("retry after N ms"). Default 1 s.
     pub reconnect_hint: Duration,
@@ -179,6 +184,8 @@ impl Default for WebSocketConfig {
             tls_key: None,
             admin_addr: None,
             drain_window: Duration::from_secs(5),
+            history_size: 256,
+            history_ttl: Duration::from_secs(60),
             reconnect_hint: Duration::from_secs(1),
         }
     }
@@ -267,6 +274,8 @@ struct EnvVars {
     ws_tls_key: Option<String>,
     ws_admin_addr: Option<String>,
     ws_drain_window: Option<f64>,
+    ws_history_size: Option<usize>,
+    ws_history_ttl: Option<f64>,
     ws_reconnect_hint: Option<f64>,
 }
 
@@ -322,6 +331,8 @@ impl EnvVars {
             tls_key: self.ws_tls_key,
             admin_addr: self.ws_admin_addr,
             drain_window: secs("WS_DRAIN_WINDOW", self.ws_drain_window)?.unwrap_or(d.drain_window),
+            history_size: self.ws_history_size.unwrap_or(d.history_size),
+            history_ttl: secs("WS_HISTORY_TTL", self.ws_history_ttl)?.unwrap_or(d.history_ttl),
             reconnect_hint: secs("WS_RECONNECT_HINT", self.ws_reconnect_hint)?
                 .unwrap_or(d.reconnect_hint),
         };

@@ -14,7 +14,10 @@
 //!
 //! let frame = r#"{"type":"Subscribe","channels":["prices:SOL-USDC"]}"#;
 //! let message = WsMessage::from_json(frame)?;
-//! assert_eq!(message, WsMessage::Subscribe { channels: vec!["prices:SOL-USDC".into()] });
+//! assert_eq!(
+//!     message,
+//!     WsMessage::Subscribe { channels: vec!["prices:SOL-USDC".into()], since: Default::default() },
+//! );
 //! assert_eq!(message.to_json(), frame);
 //! # Ok::<(), ws_protocol::DecodeError>(())
 //! ```
@@ -27,5 +30,7 @@ mod payload;
 
 pub use config::{Secret, SlowConsumerPolicy, WebSocketConfig};
 pub use error::{ConfigError, DecodeError};
-pub use message::{WsMessage, codes, encode_publication, write_publication};
+pub use message::{
+    ChannelPosition, Position, WsMessage, codes, encode_publication, write_publication,
+};
 pub use payload::Payload;

@@ -1,6 +1,7 @@
 //! [`WsMessage`]: every frame of the protocol.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -32,6 +33,28 @@ pub mod codes {
     pub const RATE_LIMITED: &str = "rate_limited";
     /// The subscribe would exceed the hub's subscriptions per connection; nothing changed.
     pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
+}
+
+/// A position in a channel: which incarnation of its history (`epoch`) and which `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Changes whenever the channel's history is lost (hub restart, channel forgotten).
+    pub epoch: String,
+    /// A publication's `seq` in that epoch.
+    pub seq: u64,
+}
+
+/// A channel's position as the hub reports it in `Subscribed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelPosition {
+    /// The channel's current epoch.
+    pub epoch: String,
+    /// The channel's latest `seq` (0: nothing published yet).
+    pub seq: u64,
+    /// `true` when every publication after the requested `since` follows this frame (or no
+    /// `since` was given); `false` when the history no longer reaches back that far or the
+    /// epoch differs: take a fresh snapshot.
+    pub recovered: bool,
 }
 
 /// One frame of the protocol: a JSON object tagged by `"type"`, field names in snake_case.
@@ -72,6 +95,10 @@ pub enum WsMessage {
     Subscribe {
         /// Channel names, such as `prices:SOL-USDC`.
         channels: Vec<String>,
+        /// The last position seen per channel: the hub replays what came after it, if its
+        /// history still holds it. Empty (and not sent) for a plain subscribe.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        since: BTreeMap<String, Position>,
     },
     /// Client → hub: stop receiving these channels. Answered by `Unsubscribed`.
     Unsubscribe {
@@ -111,6 +138,10 @@ pub enum WsMessage {
     Subscribed {
         /// The channels now subscribed.
         channels: Vec<String>,
+        /// Where each channel stands: its epoch, its latest `seq`, and whether everything
+        /// after the requested `since` follows. Empty (and not sent) from hubs without it.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        positions: BTreeMap<String, ChannelPosition>,
     },
     /// Hub → client: these channels are no longer delivered.
     Unsubscribed {
@@ -258,6 +289,8 @@ struct Frame<'a> {
     lamports: Option<u64>,
     slot: Option<u64>,
     channels: Option<Vec<String>>,
+    since: Option<BTreeMap<String, Position>>,
+    positions: Option<BTreeMap<String, ChannelPosition>>,
     channel: Option<String>,
     #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
@@ -300,6 +333,7 @@ impl Frame<'_> {
             },
             "Subscribe" => WsMessage::Subscribe {
                 channels: self.channels.ok_or_else(|| need("channels"))?,
+                since: self.since.unwrap_or_default(),
             },
             "Unsubscribe" => WsMessage::Unsubscribe {
                 channels: self.channels.ok_or_else(|| need("channels"))?,
@@ -322,6 +356,7 @@ impl Frame<'_> {
             },
             "Subscribed" => WsMessage::Subscribed {
                 channels: self.channels.ok_or_else(|| need("channels"))?,
+                positions: self.positions.unwrap_or_default(),
             },
             "Unsubscribed" => WsMessage::Unsubscribed {
                 channels: self.channels.ok_or_else(|| need("channels"))?,
@@ -393,6 +428,7 @@ mod tests {
             },
             WsMessage::Subscribe {
                 channels: vec!["a".into(), "b".into()],
+                since: Default::default(),
             },
             WsMessage::Unsubscribe { channels: vec![] },
             WsMessage::Publish {
@@ -411,6 +447,7 @@ mod tests {
             },
             WsMessage::Subscribed {
                 channels: vec!["a".into()],
+                positions: Default::default(),
             },
             WsMessage::Unsubscribed {
                 channels: vec!["a".into()],
@@ -447,7 +484,8 @@ mod tests {
                 r#"{"channels":["prices:SOL-USDC"],"type":"Subscribe","extra":1}"#
             ),
             Ok(WsMessage::Subscribe {
-                channels: vec!["prices:SOL-USDC".into()]
+                channels: vec!["prices:SOL-USDC".into()],
+                since: Default::default()
             })
         );
     }

@@ -28,7 +28,7 @@ impl FanOut {
             for _ in 0..subscribers {
                 id += 1;
                 let outbox = Arc::new(Outbox::new(queue, SlowConsumerPolicy::DropOldest));
-                registry.subscribe(&format!("c{c}"), ConnectionId(id), &outbox);
+                registry.subscribe(&format!("c{c}"), ConnectionId(id), &outbox, None);
                 outboxes.push(outbox);
             }
         }

@@ -1,16 +1,25 @@
-//! [`Channels`]: named channels, their subscribers and their publication counters.
+//! [`Channels`]: named channels, their subscribers, their publication counters and their
+//! recent history.
 //!
 //! One publication takes the channel's own lock (not a global one), takes the next `seq`,
-//! encodes the `Publication` once and queues the same bytes to every subscriber without
-//! waiting, all in that one short critical section, so every subscriber sees the channel in
-//! `seq` order. A channel with no subscribers is removed and takes no memory; its `seq` then
-//! starts again from 1 with its next subscriber.
+//! encodes the `Publication` once, keeps it in the channel's bounded history and queues the
+//! same bytes to every subscriber without waiting, all in that one short critical section, so
+//! every subscriber sees the channel in `seq` order. A subscribe may name the last position
+//! its client saw: the missed publications still in the history are queued to it first, under
+//! the same lock, so nothing is missed or repeated at the seam.
+//!
+//! A channel lives while it has subscribers or history; the history is bounded by count and
+//! by age, and a channel with neither is forgotten (then its `seq` starts again from 1 in a
+//! new epoch, so clients never mistake the new sequence for the old one).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
-use ws_protocol::write_publication;
+use tokio::time::Instant;
+use ws_protocol::{ChannelPosition, Position, write_publication};
 
 use crate::connections::ConnectionId;
 use crate::frame::Frame;
@@ -27,14 +36,24 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
 /// What one publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
-    /// The publication's `seq` in its channel; 0 when the channel had no subscriber.
+    /// The publication's `seq` in its channel; 0 when nothing kept or received it.
     pub seq: u64,
     /// How many subscribers it was queued to.
     pub recipients: usize,
 }
 
+/// How much history each channel keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HistoryLimits {
+    /// Publications kept per channel (0: no history, no recovery).
+    pub(crate) size: usize,
+    /// How long a publication is kept.
+    pub(crate) ttl: Duration,
+}
+
 struct Channel {
     name: Arc<str>,
+    epoch: Arc<str>,
     state: Mutex<ChannelState>,
 }
 
@@ -43,14 +62,18 @@ struct ChannelState {
     /// A vector, iterated on every publication; `index` finds an entry to remove it.
     subscribers: Vec<(ConnectionId, Arc<Outbox>)>,
     index: HashMap<ConnectionId, usize>,
+    /// Recent publications, oldest first: `(seq, when, frame)`.
+    history: VecDeque<(u64, Instant, Frame)>,
 }
 
 impl ChannelState {
-    fn insert(&mut self, id: ConnectionId, outbox: &Arc<Outbox>) {
+    fn insert(&mut self, id: ConnectionId, outbox: &Arc<Outbox>) -> bool {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.index.entry(id) {
             slot.insert(self.subscribers.len());
             self.subscribers.push((id, outbox.clone()));
+            return true;
         }
+        false
     }
 
     fn remove(&mut self, id: ConnectionId) {
@@ -61,6 +84,24 @@ impl ChannelState {
             }
         }
     }
+
+    fn trim(&mut self, limits: HistoryLimits, now: Instant) {
+        while self.history.len() > limits.size {
+            self.history.pop_front();
+        }
+        while self
+            .history
+            .front()
+            .is_some_and(|(_, at, _)| now.duration_since(*at) > limits.ttl)
+        {
+            self.history.pop_front();
+        }
+    }
+
+    /// Forgettable: nobody listens and nothing is kept.
+    fn is_idle(&self) -> bool {
+        self.subscribers.is_empty() && self.history.is_empty()
+    }
 }
 
 impl Channel {
@@ -70,75 +111,180 @@ impl Channel {
 }
 
 /// The channel registry.
-#[derive(Default)]
 pub(crate) struct Channels {
     map: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
+    limits: HistoryLimits,
+    /// This hub's incarnation, part of every epoch: a restarted hub never repeats one.
+    hub_epoch: String,
+    generation: AtomicU64,
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Self::new(HistoryLimits {
+            size: 0,
+            ttl: Duration::ZERO,
+        })
+    }
 }
 
 impl Channels {
-    /// Adds a subscriber; returns the channel's shared name. Idempotent.
-    pub(crate) fn subscribe(&self, name: &str, id: ConnectionId, outbox: &Arc<Outbox>) -> Arc<str> {
-        {
-            // The common case: the channel exists. Holding the read lock while inserting keeps
-            // `unsubscribe` (which needs the write lock to remove an empty channel) from
-            // removing the channel under us.
-            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(channel) = map.get(name) {
-                channel.lock().insert(id, outbox);
-                return channel.name.clone();
-            }
+    pub(crate) fn new(limits: HistoryLimits) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            map: RwLock::default(),
+            limits,
+            hub_epoch: format!("{:x}{:x}", nanos, std::process::id()),
+            generation: AtomicU64::new(0),
         }
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        let channel = map.entry(Arc::from(name)).or_insert_with_key(|key| {
-            Arc::new(Channel {
-                name: key.clone(),
-                state: Mutex::new(ChannelState {
-                    seq: 0,
-                    subscribers: Vec::new(),
-                    index: HashMap::new(),
-                }),
-            })
-        });
-        channel.lock().insert(id, outbox);
-        channel.name.clone()
     }
 
-    /// Removes a subscriber, and the channel with it if it was the last.
+    fn channel(&self, name: &str) -> Option<Arc<Channel>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The channel, created if missing.
+    fn channel_or_create(&self, name: &str) -> Arc<Channel> {
+        if let Some(channel) = self.channel(name) {
+            return channel;
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(Arc::from(name))
+            .or_insert_with_key(|key| {
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+                Arc::new(Channel {
+                    name: key.clone(),
+                    epoch: Arc::from(format!("{}-{generation}", self.hub_epoch)),
+                    state: Mutex::new(ChannelState {
+                        seq: 0,
+                        subscribers: Vec::new(),
+                        index: HashMap::new(),
+                        history: VecDeque::new(),
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    /// Adds a subscriber and, when `since` is given and the history still reaches back to it,
+    /// queues the publications it missed. Returns the channel's shared name and position.
+    pub(crate) fn subscribe(
+        &self,
+        name: &str,
+        id: ConnectionId,
+        outbox: &Arc<Outbox>,
+        since: Option<&Position>,
+    ) -> (Arc<str>, ChannelPosition) {
+        loop {
+            let channel = self.channel_or_create(name);
+            let mut state = channel.lock();
+            // A sweep may have forgotten the channel between the lookup and the lock.
+            if !self.is_registered(&channel) {
+                continue;
+            }
+            state.trim(self.limits, Instant::now());
+            let newly = state.insert(id, outbox);
+            let recovered = match since {
+                None => true,
+                Some(_) if !newly => true,
+                Some(position) => {
+                    let oldest = state
+                        .history
+                        .front()
+                        .map_or(state.seq + 1, |(seq, _, _)| *seq);
+                    let reachable = *position.epoch == *channel.epoch
+                        && position.seq <= state.seq
+                        && oldest <= position.seq + 1;
+                    if reachable {
+                        for (seq, _, frame) in &state.history {
+                            if *seq > position.seq {
+                                outbox.push(Outgoing {
+                                    channel: Some(channel.name.clone()),
+                                    frame: frame.clone(),
+                                });
+                            }
+                        }
+                    }
+                    reachable
+                }
+            };
+            let position = ChannelPosition {
+                epoch: channel.epoch.to_string(),
+                seq: state.seq,
+                recovered,
+            };
+            return (channel.name.clone(), position);
+        }
+    }
+
+    fn is_registered(&self, channel: &Arc<Channel>) -> bool {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&channel.name)
+            .is_some_and(|c| Arc::ptr_eq(c, channel))
+    }
+
+    /// Removes a subscriber; the channel is forgotten once it has neither subscribers nor
+    /// history.
     pub(crate) fn unsubscribe(&self, name: &str, id: ConnectionId) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         let Some(channel) = map.get(name) else { return };
-        let empty = {
+        let idle = {
             let mut state = channel.lock();
             state.remove(id);
-            state.subscribers.is_empty()
+            state.trim(self.limits, Instant::now());
+            state.is_idle()
         };
-        if empty {
+        if idle {
             map.remove(name);
         }
     }
 
-    /// Publishes `data` on `name` to every current subscriber.
+    /// Forgets channels with no subscribers whose history has expired.
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, channel| {
+            let mut state = channel.lock();
+            state.trim(self.limits, now);
+            !state.is_idle()
+        });
+    }
+
+    /// Publishes `data` on `name` to every current subscriber, and keeps it in the history.
     pub(crate) fn publish(&self, name: &str, data: &RawValue) -> Published {
-        let channel = {
-            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-            match map.get(name) {
-                Some(channel) => channel.clone(),
-                None => {
-                    return Published {
-                        seq: 0,
-                        recipients: 0,
-                    };
-                }
+        let channel = match self.channel(name) {
+            Some(channel) => channel,
+            // Kept for late subscribers only when there is a history to keep it in.
+            None if self.limits.size > 0 => self.channel_or_create(name),
+            None => {
+                return Published {
+                    seq: 0,
+                    recipients: 0,
+                };
             }
         };
         let mut state = channel.lock();
         state.seq += 1;
         let seq = state.seq;
+        let frame = Frame::text_with(channel.name.len() + data.get().len() + 64, |buf| {
+            write_publication(buf, &channel.name, seq, data);
+        });
+        if self.limits.size > 0 {
+            let now = Instant::now();
+            state.history.push_back((seq, now, frame.clone()));
+            state.trim(self.limits, now);
+        }
         let item = Outgoing {
             channel: Some(channel.name.clone()),
-            frame: Frame::text_with(channel.name.len() + data.get().len() + 64, |buf| {
-                write_publication(buf, &channel.name, seq, data);
-            }),
+            frame,
         };
         let recipients = state
             .subscribers
@@ -150,7 +296,12 @@ impl Channels {
 
     /// How many channels have at least one subscriber.
     pub(crate) fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| !c.lock().subscribers.is_empty())
+            .count()
     }
 }
 
@@ -176,8 +327,8 @@ mod tests {
     fn publications_reach_only_subscribers_with_consecutive_seq() {
         let channels = Channels::default();
         let (a, b) = (outbox(), outbox());
-        channels.subscribe("x", ConnectionId(1), &a);
-        channels.subscribe("y", ConnectionId(2), &b);
+        channels.subscribe("x", ConnectionId(1), &a, None);
+        channels.subscribe("y", ConnectionId(2), &b, None);
         let data = Payload::from_json("1").unwrap();
         assert_eq!(
             channels.publish("x", data.as_raw()),
@@ -207,9 +358,9 @@ mod tests {
     fn the_last_unsubscribe_removes_the_channel() {
         let channels = Channels::default();
         let (a, b) = (outbox(), outbox());
-        channels.subscribe("x", ConnectionId(1), &a);
-        channels.subscribe("x", ConnectionId(2), &b);
-        channels.subscribe("x", ConnectionId(2), &b);
+        channels.subscribe("x", ConnectionId(1), &a, None);
+        channels.subscribe("x", ConnectionId(2), &b, None);
+        channels.subscribe("x", ConnectionId(2), &b, None);
         channels.unsubscribe("x", ConnectionId(1));
         assert_eq!(channels.len(), 1);
         let data = Payload::from_json("2").unwrap();
@@ -227,5 +378,53 @@ mod tests {
             }
         );
         assert_eq!(channels.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscribe_with_since_replays_exactly_what_was_missed() {
+        let channels = Channels::new(HistoryLimits {
+            size: 3,
+            ttl: Duration::from_secs(10),
+        });
+        let a = outbox();
+        let data = Payload::from_json("0").unwrap();
+        let (_, start) = channels.subscribe("x", ConnectionId(1), &a, None);
+        assert_eq!((start.seq, start.recovered), (0, true));
+        for _ in 0..5 {
+            channels.publish("x", data.as_raw());
+        }
+        texts(&a);
+        channels.unsubscribe("x", ConnectionId(1));
+        assert_eq!(channels.len(), 0, "no subscriber");
+        // History holds 3..=5: from 3 on is recoverable, from 1 is not.
+        let since = Position {
+            epoch: start.epoch.clone(),
+            seq: 2,
+        };
+        let (_, position) = channels.subscribe("x", ConnectionId(1), &a, Some(&since));
+        assert_eq!((position.seq, position.recovered), (5, true));
+        assert_eq!(texts(&a).len(), 3);
+        channels.unsubscribe("x", ConnectionId(1));
+        let too_old = Position {
+            epoch: start.epoch.clone(),
+            seq: 1,
+        };
+        let (_, position) = channels.subscribe("x", ConnectionId(1), &a, Some(&too_old));
+        assert!(!position.recovered);
+        assert!(texts(&a).is_empty());
+        channels.unsubscribe("x", ConnectionId(1));
+        let other_epoch = Position {
+            epoch: "elsewhere".into(),
+            seq: 4,
+        };
+        let (_, position) = channels.subscribe("x", ConnectionId(1), &a, Some(&other_epoch));
+        assert!(!position.recovered);
+        channels.unsubscribe("x", ConnectionId(1));
+        // Once the history expires the channel is forgotten, and a new epoch begins.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        channels.sweep();
+        let (_, fresh) = channels.subscribe("x", ConnectionId(1), &a, None);
+        assert_ne!(fresh.epoch, start.epoch);
+        assert_eq!(fresh.seq, 0);
     }
 }

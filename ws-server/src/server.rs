@@ -16,7 +16,7 @@ use ws_protocol::{Payload, WebSocketConfig, WsMessage};
 
 use crate::auth::{Authenticator, JwtAuthenticator};
 use crate::builder::ServerBuilder;
-use crate::channel::{Channels, Published, is_valid_name};
+use crate::channel::{Channels, HistoryLimits, Published, is_valid_name};
 use crate::connections::{ConnectionId, Connections};
 use crate::error::{Result, ServerError};
 use crate::frame::Frame;
@@ -226,11 +226,16 @@ impl WebSocketServer {
             .max_write_buffer_size(WRITE_BUFFER_SIZE + 2 * config.max_message_size)
             .max_message_size(Some(config.max_message_size))
             .max_frame_size(Some(config.max_message_size));
+        let history = HistoryLimits {
+            // A replay goes through the subscriber's queue: never more than it holds.
+            size: config.history_size.min(config.send_queue_size),
+            ttl: config.history_ttl,
+        };
         let token = CancellationToken::new();
         let shared = Arc::new(Shared {
             config,
             ws_config,
-            channels: Channels::default(),
+            channels: Channels::new(history),
             connections: Connections::default(),
             incoming: RwLock::new(None),
             incoming_capacity: incoming_capacity.max(1),
@@ -245,6 +250,9 @@ impl WebSocketServer {
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
             started: std::time::Instant::now(),
         });
+        if shared.config.history_size > 0 {
+            shared.tracker.spawn(sweep_loop(shared.clone()));
+        }
         if let Some(admin) = admin {
             shared
                 .tracker
@@ -456,6 +464,17 @@ async fn reject_full(shared: &Shared, stream: TcpStream) {
     };
     let handshake = tokio_tungstenite::accept_hdr_async(stream, refuse);
     let _ = tokio::time::timeout(shared.config.handshake_timeout, handshake).await;
+}
+
+/// Forgets channels whose history expired and that nobody listens to, once a second.
+async fn sweep_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shared.token.cancelled() => break,
+            _ = tick.tick() => shared.channels.sweep(),
+        }
+    }
 }
 
 /// The JWT authenticator the configuration asks for, if any.

@@ -7,7 +7,7 @@
 //! publications and are never dropped; publications are drained from the outbox in batches
 //! and written with one flush.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
 use tracing::{debug, info, warn};
-use ws_protocol::{WsMessage, close, codes};
+use ws_protocol::{Position, WsMessage, close, codes};
 
 use crate::auth::Grant;
 use crate::channel::is_valid_name;
@@ -412,7 +412,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match message {
             WsMessage::Ping => self.send_now(&WsMessage::Pong).await,
             WsMessage::Pong => Ok(()),
-            WsMessage::Subscribe { channels } => self.subscribe(channels).await,
+            WsMessage::Subscribe { channels, since } => self.subscribe(channels, since).await,
             WsMessage::Unsubscribe { channels } => {
                 for channel in &channels {
                     if self.subscriptions.remove(channel.as_str()) {
@@ -454,7 +454,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    async fn subscribe(&mut self, channels: Vec<String>) -> Result<(), End> {
+    async fn subscribe(
+        &mut self,
+        channels: Vec<String>,
+        since: BTreeMap<String, Position>,
+    ) -> Result<(), End> {
         if let Some(bad) = channels.iter().find(|c| !is_valid_name(c)) {
             return self.send_now(&invalid_channel(bad)).await;
         }
@@ -482,19 +486,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return self.send_now(&error).await;
         }
+        let mut positions = BTreeMap::new();
         for channel in &channels {
-            if !self.subscriptions.contains(channel.as_str()) {
-                let key = self
-                    .shared
+            let (key, position) =
+                self.shared
                     .channels
-                    .subscribe(channel, self.id, &self.outbox);
-                self.subscriptions.insert(key);
+                    .subscribe(channel, self.id, &self.outbox, since.get(channel));
+            if self.subscriptions.insert(key) {
                 HubMetrics::add(&self.shared.metrics.subscriptions, 1);
             }
+            positions.insert(channel.clone(), position);
         }
         // In effect now: a publication from anyone after this point is queued for us, and is
         // written after this reply.
-        self.send_now(&WsMessage::Subscribed { channels }).await
+        self.send_now(&WsMessage::Subscribed {
+            channels,
+            positions,
+        })
+        .await
     }
 
     /// Hands an application frame to the application, waiting while its queue is full.
