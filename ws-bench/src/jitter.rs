@@ -1,6 +1,7 @@
 //! Scenario S10, delivery under jitter: every client reaches the hub through its own proxy,
 //! which cuts the client's connection every ~15 s and refuses it for ~2 s; a publisher sends
-//! 2 messages a second; how much of what was published does each client receive?
+//! 2 messages a second; how much of what was published does each client receive? After the
+//! last publication the cuts stop and clients get up to 10 s to reconnect and catch up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +69,7 @@ async fn proxy(
     hub: SocketAddr,
     args: JitterArgs,
     cuts: Arc<AtomicU64>,
+    calm: CancellationToken,
     stop: CancellationToken,
 ) {
     let mut rng = fastrand::Rng::new();
@@ -78,7 +80,7 @@ async fn proxy(
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
-            () = tokio::time::sleep_until(next_cut) => {
+            () = tokio::time::sleep_until(next_cut), if !calm.is_cancelled() => {
                 if let Some(task) = live.take() {
                     task.abort();
                 }
@@ -112,6 +114,8 @@ async fn proxy(
 pub async fn run(args: &JitterArgs) -> Result<JitterReport> {
     let hub = socket_addr(&args.url)?;
     let stop = CancellationToken::new();
+    // Cancelled when publishing ends: no more cuts, so every client can catch up.
+    let calm = CancellationToken::new();
     let cuts = Arc::new(AtomicU64::new(0));
     let mut proxies = JoinSet::new();
     let mut clients = Vec::new();
@@ -125,6 +129,7 @@ pub async fn run(args: &JitterArgs) -> Result<JitterReport> {
             hub,
             args.clone(),
             cuts.clone(),
+            calm.clone(),
             stop.clone(),
         ));
         let client = WebSocketClient::builder()
@@ -181,7 +186,16 @@ pub async fn run(args: &JitterArgs) -> Result<JitterReport> {
             );
         }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Let clients cut near the end reconnect and recover (up to 10 s), without new cuts.
+    calm.cancel();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && counters
+            .iter()
+            .any(|c| c.load(Ordering::Relaxed) < published)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.cancel();
     let per_client: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     for client in &clients {
