@@ -183,11 +183,14 @@ impl Channels {
     ) -> (Arc<str>, ChannelPosition) {
         loop {
             let channel = self.channel_or_create(name);
-            let mut state = channel.lock();
-            // A sweep may have forgotten the channel between the lookup and the lock.
-            if !self.is_registered(&channel) {
+            // Locks are always taken map first, then channel (as `unsubscribe` and `sweep`
+            // do). Holding the map's read lock keeps the channel from being forgotten while
+            // the subscriber is added; if it was forgotten since the lookup, start again.
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            if !map.get(name).is_some_and(|c| Arc::ptr_eq(c, &channel)) {
                 continue;
             }
+            let mut state = channel.lock();
             state.trim(self.limits, Instant::now());
             let newly = state.insert(id, outbox);
             let recovered = match since {
@@ -221,14 +224,6 @@ impl Channels {
             };
             return (channel.name.clone(), position);
         }
-    }
-
-    fn is_registered(&self, channel: &Arc<Channel>) -> bool {
-        self.map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&channel.name)
-            .is_some_and(|c| Arc::ptr_eq(c, channel))
     }
 
     /// Removes a subscriber; the channel is forgotten once it has neither subscribers nor
