@@ -422,4 +422,47 @@ mod tests {
         assert_ne!(fresh.epoch, start.epoch);
         assert_eq!(fresh.seq, 0);
     }
+
+    #[test]
+    fn concurrent_subscribes_unsubscribes_publishes_and_sweeps_do_not_deadlock() {
+        let channels = Arc::new(Channels::new(HistoryLimits {
+            size: 8,
+            ttl: Duration::ZERO,
+        }));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let channels = channels.clone();
+                std::thread::spawn(move || {
+                    let outbox = Arc::new(Outbox::new(1 << 16, SlowConsumerPolicy::DropOldest));
+                    let data = Payload::from_json("1").unwrap();
+                    for i in 0..3000u64 {
+                        let name = format!("c{}", i % 5);
+                        match (i + t) % 4 {
+                            0 => {
+                                channels.subscribe(&name, ConnectionId(t), &outbox, None);
+                            }
+                            1 => channels.unsubscribe(&name, ConnectionId(t)),
+                            2 => {
+                                channels.publish(&name, data.as_raw());
+                            }
+                            _ => channels.sweep(),
+                        }
+                    }
+                    for c in 0..5 {
+                        channels.unsubscribe(&format!("c{c}"), ConnectionId(t));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        channels.sweep();
+        assert_eq!(channels.len(), 0);
+        assert!(
+            channels.map.read().unwrap().is_empty(),
+            "idle channels were not forgotten"
+        );
+    }
 }
