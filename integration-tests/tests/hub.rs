@@ -434,3 +434,58 @@ async fn dropping_the_last_handle_closes_every_client() -> Result<()> {
     assert_eq!(frame.code, CloseCode::Away);
     Ok(())
 }
+
+#[tokio::test]
+async fn history_is_bounded_under_a_flood_and_replays_only_what_it_holds() -> Result<()> {
+    let server =
+        spawn_server(WebSocketServer::builder().history(100, Duration::from_secs(60))).await?;
+    let mut first = RawClient::connect(server.local_addr()).await?;
+    first
+        .send(&WsMessage::Subscribe {
+            channels: vec!["flood".into()],
+            since: Default::default(),
+        })
+        .await?;
+    let epoch = match first.recv().await? {
+        WsMessage::Subscribed { positions, .. } => positions["flood"].epoch.clone(),
+        other => bail!("expected Subscribed, got {other:?}"),
+    };
+    for n in 0..10_000 {
+        server.publish("flood", &n)?;
+    }
+    let ask = |seq: u64| WsMessage::Subscribe {
+        channels: vec!["flood".into()],
+        since: [(
+            "flood".to_owned(),
+            ws_protocol::Position {
+                epoch: epoch.clone(),
+                seq,
+            },
+        )]
+        .into(),
+    };
+    // Too far back: only the last 100 are kept.
+    let mut late = RawClient::connect(server.local_addr()).await?;
+    late.send(&ask(1)).await?;
+    match late.recv().await? {
+        WsMessage::Subscribed { positions, .. } => {
+            assert_eq!(
+                (positions["flood"].seq, positions["flood"].recovered),
+                (10_000, false)
+            );
+        }
+        other => bail!("expected Subscribed, got {other:?}"),
+    }
+    // Within reach: exactly the 50 missed, in order, then live ones.
+    let mut recovering = RawClient::connect(server.local_addr()).await?;
+    recovering.send(&ask(9_950)).await?;
+    assert!(
+        matches!(recovering.recv().await?, WsMessage::Subscribed { positions, .. } if positions["flood"].recovered)
+    );
+    for seq in 9_951..=10_000 {
+        assert_eq!(publication(recovering.recv().await?)?.1, seq);
+    }
+    server.publish("flood", &"live")?;
+    assert_eq!(publication(recovering.recv().await?)?.1, 10_001);
+    Ok(())
+}

@@ -182,6 +182,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Publications kept per channel for recovery, and for how long (`WS_HISTORY_SIZE`,
+    /// `WS_HISTORY_TTL`).
+    pub fn history(mut self, size: usize, ttl: Duration) -> Self {
+        self.config.history_size = size;
+        self.config.history_ttl = ttl;
+        self
+    }
+
     /// The wait the hub's 1012 close asks clients for during a drain (`WS_RECONNECT_HINT`).
     pub fn reconnect_hint(mut self, hint: Duration) -> Self {
         self.config.reconnect_hint = hint;
