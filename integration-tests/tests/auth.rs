@@ -308,17 +308,28 @@ async fn es256_tokens_checked_with_a_public_key_file_from_ws_variables() -> Resu
     std::fs::create_dir_all(&dir)?;
     let key_path = dir.join("es256.pub.pem");
     std::fs::write(&key_path, pair.public_key_pem())?;
-    let config = WebSocketConfig::from_vars([
-        ("WS_JWT_PUBLIC_KEY", key_path.to_string_lossy().into_owned()),
-        ("WS_JWT_ALGORITHM", "ES256".to_owned()),
-    ])?;
+    let key_path = key_path.to_string_lossy().into_owned();
+    let signing = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes())?;
+    let vars = [
+        ("WS_JWT_PUBLIC_KEY", key_path.as_str()),
+        ("WS_JWT_ALGORITHM", "ES256"),
+    ];
+    public_key_tokens_are_checked(&vars, jsonwebtoken::Algorithm::ES256, &signing).await?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// A hub configured by `vars` accepts a token signed with `signing` (its channel claim
+/// included) and refuses an HS256 one.
+async fn public_key_tokens_are_checked(
+    vars: &[(&str, &str)],
+    algorithm: jsonwebtoken::Algorithm,
+    signing: &EncodingKey,
+) -> Result<()> {
+    let config = WebSocketConfig::from_vars(vars.iter().copied())?;
     let server = spawn_server(ServerBuilder::from_config(config)).await?;
     let claims = serde_json::json!({"sub": "carol", "exp": now() + 60, "channels": ["c"]});
-    let signed = encode(
-        &Header::new(jsonwebtoken::Algorithm::ES256),
-        &claims,
-        &EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes())?,
-    )?;
+    let signed = encode(&Header::new(algorithm), &claims, signing)?;
     let mut client = connect_url(format!("ws://{}/?token={signed}", server.local_addr())).await?;
     client.subscribe(&["c"]).await?;
     let hs = token("carol", now() + 60, &["c"], &[]);
@@ -326,7 +337,6 @@ async fn es256_tokens_checked_with_a_public_key_file_from_ws_variables() -> Resu
         refused_status(format!("ws://{}/?token={hs}", server.local_addr())).await?,
         401
     );
-    let _ = std::fs::remove_dir_all(dir);
     eventually("one connection", || server.connection_count() == 1).await?;
     Ok(())
 }
@@ -378,20 +388,11 @@ async fn rs256_tokens_checked_with_the_default_algorithm() -> Result<()> {
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/rs256-test-only.pub.pem"
     );
-    let config = WebSocketConfig::from_vars([("WS_JWT_PUBLIC_KEY", key_path)])?;
-    let server = spawn_server(ServerBuilder::from_config(config)).await?;
-    let claims = serde_json::json!({"sub": "dave", "exp": now() + 60, "channels": ["d"]});
-    let signed = encode(
-        &Header::new(jsonwebtoken::Algorithm::RS256),
-        &claims,
-        &EncodingKey::from_rsa_pem(RS256_PRIVATE.as_bytes())?,
-    )?;
-    let mut client = connect_url(format!("ws://{}/?token={signed}", server.local_addr())).await?;
-    client.subscribe(&["d"]).await?;
-    let hs = token("dave", now() + 60, &["d"], &[]);
-    assert_eq!(
-        refused_status(format!("ws://{}/?token={hs}", server.local_addr())).await?,
-        401
-    );
-    Ok(())
+    let signing = EncodingKey::from_rsa_pem(RS256_PRIVATE.as_bytes())?;
+    public_key_tokens_are_checked(
+        &[("WS_JWT_PUBLIC_KEY", key_path)],
+        jsonwebtoken::Algorithm::RS256,
+        &signing,
+    )
+    .await
 }

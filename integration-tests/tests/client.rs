@@ -54,6 +54,18 @@ async fn next_publication(client: &WebSocketClient) -> Result<(String, u64, ws_p
     }
 }
 
+/// A client reaching `server` through a [`TcpProxy`], with a heartbeat fast enough to notice
+/// a frozen proxy within half a second.
+async fn behind_a_proxy(server: &WebSocketServer) -> Result<(TcpProxy, WebSocketClient)> {
+    let proxy = TcpProxy::start(server.local_addr()).await?;
+    let client = fast_client(proxy.addr())
+        .ping_interval(Duration::from_millis(100))
+        .pong_timeout(Duration::from_millis(300))
+        .build()
+        .await?;
+    Ok((proxy, client))
+}
+
 #[tokio::test]
 async fn connects_and_receives_a_broadcast() -> Result<()> {
     let server = spawn_server(WebSocketServer::builder()).await?;
@@ -180,12 +192,7 @@ async fn a_full_buffer_refuses_at_once_and_gives_the_message_back() -> Result<()
 #[tokio::test]
 async fn a_frozen_proxy_is_detected_by_the_heartbeat_and_replaced() -> Result<()> {
     let server = spawn_server(WebSocketServer::builder()).await?;
-    let proxy = TcpProxy::start(server.local_addr()).await?;
-    let client = fast_client(proxy.addr())
-        .ping_interval(Duration::from_millis(100))
-        .pong_timeout(Duration::from_millis(300))
-        .build()
-        .await?;
+    let (proxy, client) = behind_a_proxy(&server).await?;
     client.subscribe(["feed"]).await?;
     proxy.freeze_existing();
     wait_for_state(&client, "reconnecting", |s| {
@@ -630,12 +637,7 @@ async fn buffered_messages_past_their_age_are_dropped_and_reported() -> Result<(
 #[tokio::test]
 async fn a_cut_connection_recovers_every_publication_exactly_once_in_order() -> Result<()> {
     let server = spawn_server(WebSocketServer::builder()).await?;
-    let proxy = TcpProxy::start(server.local_addr()).await?;
-    let client = fast_client(proxy.addr())
-        .ping_interval(Duration::from_millis(100))
-        .pong_timeout(Duration::from_millis(300))
-        .build()
-        .await?;
+    let (proxy, client) = behind_a_proxy(&server).await?;
     client.subscribe(["book"]).await?;
     // Publish 200 while the connection is frozen and replaced part-way through.
     let publisher = {

@@ -396,13 +396,13 @@ impl Driver {
                             }
                         }
                     }
-                    Some(Err(error)) => {
+                    end @ (Some(Err(_)) | None) => {
+                        let why = match end {
+                            Some(Err(error)) => error.to_string(),
+                            _ => "the server closed the connection".to_owned(),
+                        };
                         self.retry_hint = close_frame.as_ref().and_then(|f| close::retry_after(&f.reason));
-                        return ended_by(close_frame.as_ref(), &error.to_string());
-                    }
-                    None => {
-                        self.retry_hint = close_frame.as_ref().and_then(|f| close::retry_after(&f.reason));
-                        return ended_by(close_frame.as_ref(), "the server closed the connection");
+                        return ended_by(close_frame.as_ref(), &why);
                     }
                 },
                 () = tokio::time::sleep_until(deadline) => {

@@ -114,7 +114,7 @@ impl Shared {
     }
 
     /// Spawns a task the server owns (tracked, waited for at shutdown).
-    pub(crate) fn spawn(self: Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tracker.spawn(task);
     }
 

@@ -72,11 +72,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &shared.config;
-    // The upgrade checks the Origin and any token; what it decided comes out through here.
-    let mut admission = Admission::Pending;
+    // The upgrade checks the Origin and any token, and leaves the grant of an accepted one
+    // here; without one the connection must authenticate with a frame.
+    let mut grant = None;
     #[allow(clippy::result_large_err)] // tungstenite's callback signature
     let check =
-        |request: &Request, response: Response| admit(&shared, request, response, &mut admission);
+        |request: &Request, response: Response| admit(&shared, request, response, &mut grant);
     let upgrade =
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(shared.ws_config));
     let ws = tokio::select! {
@@ -94,11 +95,6 @@ where
         },
     };
 
-    let grant = match admission {
-        Admission::Granted(grant) => Some(grant),
-        // A connection without a token must authenticate with a frame.
-        Admission::Pending => None,
-    };
     let id = shared.connections.next_id();
     let outbox = Arc::new(Outbox::new(
         config.send_queue_size,
@@ -659,22 +655,15 @@ impl std::fmt::Display for End {
     }
 }
 
-/// What the upgrade decided about authentication.
-enum Admission {
-    /// No token was given: the connection must send `Authenticate`.
-    Pending,
-    /// The connection may do what the grant says.
-    Granted(Grant),
-}
-
 /// The upgrade callback: refuses foreign origins (403) and bad tokens (401), and records the
-/// grant of a good one. Tokens come from `?token=` or `Authorization: Bearer`.
+/// grant of a good one in `grant` (an open hub grants everything). Tokens come from
+/// `?token=` or `Authorization: Bearer`.
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
 fn admit(
     shared: &Shared,
     request: &Request,
     response: Response,
-    admission: &mut Admission,
+    grant: &mut Option<Grant>,
 ) -> Result<Response, ErrorResponse> {
     let refuse = |status: StatusCode, reason: &str| {
         let mut error = ErrorResponse::new(Some(reason.to_owned()));
@@ -690,7 +679,7 @@ fn admit(
         }
     }
     let Some(authenticator) = &shared.authenticator else {
-        *admission = Admission::Granted(Grant::open());
+        *grant = Some(Grant::open());
         return Ok(response);
     };
     let from_query = request.uri().query().and_then(|query| {
@@ -709,8 +698,8 @@ fn admit(
         return Ok(response);
     };
     match authenticator.authenticate(&token) {
-        Ok(grant) => {
-            *admission = Admission::Granted(grant);
+        Ok(granted) => {
+            *grant = Some(granted);
             Ok(response)
         }
         Err(e) => {

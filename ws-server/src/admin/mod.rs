@@ -34,10 +34,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         let Ok((stream, peer)) = accepted else {
             continue;
         };
-        let shared = shared.clone();
+        let request_shared = shared.clone();
         // Bounded by READ_TIMEOUT; ends on its own.
-        shared.clone().spawn(async move {
-            if let Err(error) = answer(&shared, stream).await {
+        shared.spawn(async move {
+            if let Err(error) = answer(&request_shared, stream).await {
                 debug!(%peer, %error, "admin request failed");
             }
         });
