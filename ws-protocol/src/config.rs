@@ -17,6 +17,11 @@ pub enum SlowConsumerPolicy {
     Disconnect,
     /// Drop the oldest queued publications and tell the client how many with `Lagged`.
     DropOldest,
+    /// Keep only the newest queued publication per key (the `WS_CONFLATE_KEY` field of the
+    /// publication's data, such as a price's `symbol`) and tell the client how many were
+    /// replaced with `Conflated`. A full queue with nothing to conflate (no queued
+    /// publication with the same channel and key) is cut as with `Disconnect`.
+    Conflate,
 }
 
 impl FromStr for SlowConsumerPolicy {
@@ -26,7 +31,8 @@ impl FromStr for SlowConsumerPolicy {
         match s {
             "disconnect" => Ok(Self::Disconnect),
             "drop_oldest" => Ok(Self::DropOldest),
-            _ => Err("expected `disconnect` or `drop_oldest`"),
+            "conflate" => Ok(Self::Conflate),
+            _ => Err("expected `disconnect`, `drop_oldest` or `conflate`"),
         }
     }
 }
@@ -145,13 +151,16 @@ pub struct WebSocketConfig {
     /// 503 and closes its clients in batches spread over this window. Default 5 s.
     pub drain_window: Duration,
     /// `WS_HISTORY_SIZE`: publications the hub keeps per channel for recovery after a
-    /// reconnect (at most `WS_SEND_QUEUE_SIZE`; 0: no history). Default 256.
+    /// reconnect or a gap (0: no history). Default 256.
     pub history_size: usize,
     /// `WS_HISTORY_TTL`: how long a publication stays recoverable. Default 60 s.
     pub history_ttl: Duration,
     /// `WS_RECONNECT_HINT`: the delay the hub's 1012 close asks clients to wait before
     /// reconnecting ("retry after N ms"). Default 1 s.
     pub reconnect_hint: Duration,
+    /// `WS_CONFLATE_KEY`: the top-level field of a publication's data that names what it is
+    /// about (policy `conflate` keeps the newest per channel and key). Default `symbol`.
+    pub conflate_key: String,
 }
 
 impl Default for WebSocketConfig {
@@ -187,6 +196,7 @@ impl Default for WebSocketConfig {
             history_size: 256,
             history_ttl: Duration::from_secs(60),
             reconnect_hint: Duration::from_secs(1),
+            conflate_key: "symbol".to_owned(),
         }
     }
 }
@@ -277,6 +287,7 @@ struct EnvVars {
     ws_history_size: Option<usize>,
     ws_history_ttl: Option<f64>,
     ws_reconnect_hint: Option<f64>,
+    ws_conflate_key: Option<String>,
 }
 
 impl EnvVars {
@@ -335,6 +346,7 @@ impl EnvVars {
             history_ttl: secs("WS_HISTORY_TTL", self.ws_history_ttl)?.unwrap_or(d.history_ttl),
             reconnect_hint: secs("WS_RECONNECT_HINT", self.ws_reconnect_hint)?
                 .unwrap_or(d.reconnect_hint),
+            conflate_key: self.ws_conflate_key.unwrap_or(d.conflate_key),
         };
         config.validate()?;
         Ok(config)
@@ -412,6 +424,13 @@ impl WebSocketConfig {
                 variable: "WS_RATE_LIMIT",
                 value: self.rate_limit.to_string(),
                 reason: "must be a positive number of frames per second",
+            });
+        }
+        if self.conflate_key.trim().is_empty() {
+            return Err(ConfigError::OutOfRange {
+                variable: "WS_CONFLATE_KEY",
+                value: self.conflate_key.clone(),
+                reason: "must name a field of the publications' data",
             });
         }
         if !matches!(self.jwt_algorithm.as_str(), "RS256" | "ES256") {

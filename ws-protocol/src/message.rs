@@ -173,6 +173,15 @@ pub enum WsMessage {
         /// How many were dropped.
         missed: u64,
     },
+    /// Hub → client: `skipped` queued publications of `channel` were replaced by newer ones
+    /// with the same key because this connection did not read fast enough (slow-consumer
+    /// policy `conflate`). Sent before the publications that skip over them.
+    Conflated {
+        /// The channel.
+        channel: String,
+        /// How many publications were replaced.
+        skipped: u64,
+    },
 }
 
 impl WsMessage {
@@ -212,6 +221,7 @@ impl WsMessage {
             Self::Error { .. } => "Error",
             Self::Publication { .. } => "Publication",
             Self::Lagged { .. } => "Lagged",
+            Self::Conflated { .. } => "Conflated",
         }
     }
 
@@ -300,6 +310,7 @@ struct Frame<'a> {
     message: Option<String>,
     seq: Option<u64>,
     missed: Option<u64>,
+    skipped: Option<u64>,
     token: Option<String>,
     user_id: Option<String>,
 }
@@ -374,6 +385,10 @@ impl Frame<'_> {
                 channel: self.channel.ok_or_else(|| need("channel"))?,
                 missed: self.missed.ok_or_else(|| need("missed"))?,
             },
+            "Conflated" => WsMessage::Conflated {
+                channel: self.channel.ok_or_else(|| need("channel"))?,
+                skipped: self.skipped.ok_or_else(|| need("skipped"))?,
+            },
             other => return Err(DecodeError::UnknownType(other.to_owned())),
         })
     }
@@ -396,6 +411,7 @@ const KINDS: &[&str] = &[
     "Error",
     "Publication",
     "Lagged",
+    "Conflated",
 ];
 
 #[cfg(test)]
@@ -461,6 +477,10 @@ mod tests {
             WsMessage::Lagged {
                 channel: "a".into(),
                 missed: 2,
+            },
+            WsMessage::Conflated {
+                channel: "a".into(),
+                skipped: 3,
             },
         ] {
             assert!(KINDS.contains(&message.kind()));

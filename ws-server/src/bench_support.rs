@@ -27,7 +27,7 @@ impl FanOut {
         for c in 0..channels {
             for _ in 0..subscribers {
                 id += 1;
-                let outbox = Arc::new(Outbox::new(queue, SlowConsumerPolicy::DropOldest));
+                let outbox = Arc::new(Outbox::new(queue, 0, SlowConsumerPolicy::DropOldest));
                 registry.subscribe(&format!("c{c}"), ConnectionId(id), &outbox, None);
                 outboxes.push(outbox);
             }

@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 use ws_protocol::{ChannelPosition, Position, write_publication};
 
+use crate::conflation_key::ConflationKey;
 use crate::connections::ConnectionId;
 use crate::frame::Frame;
 use crate::outbox::{Outbox, Outgoing};
@@ -114,6 +115,8 @@ impl Channel {
 pub(crate) struct Channels {
     map: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
     limits: HistoryLimits,
+    /// Reads each publication's key when the hub conflates for slow consumers.
+    conflation: Option<ConflationKey>,
     /// This hub's incarnation, part of every epoch: a restarted hub never repeats one.
     hub_epoch: String,
     generation: AtomicU64,
@@ -121,21 +124,25 @@ pub(crate) struct Channels {
 
 impl Default for Channels {
     fn default() -> Self {
-        Self::new(HistoryLimits {
-            size: 0,
-            ttl: Duration::ZERO,
-        })
+        Self::new(
+            HistoryLimits {
+                size: 0,
+                ttl: Duration::ZERO,
+            },
+            None,
+        )
     }
 }
 
 impl Channels {
-    pub(crate) fn new(limits: HistoryLimits) -> Self {
+    pub(crate) fn new(limits: HistoryLimits, conflation: Option<ConflationKey>) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         Self {
             map: RwLock::default(),
             limits,
+            conflation,
             hub_epoch: format!("{:x}{:x}", nanos, std::process::id()),
             generation: AtomicU64::new(0),
         }
@@ -192,10 +199,11 @@ impl Channels {
             }
             let mut state = channel.lock();
             state.trim(self.limits, Instant::now());
-            let newly = state.insert(id, outbox);
+            state.insert(id, outbox);
+            // With `since` (a reconnect, or a gap noticed by a client already subscribed),
+            // replay what came after it if the history still reaches back that far.
             let recovered = match since {
                 None => true,
-                Some(_) if !newly => true,
                 Some(position) => {
                     let oldest = state
                         .history
@@ -204,17 +212,17 @@ impl Channels {
                     let reachable = *position.epoch == *channel.epoch
                         && position.seq <= state.seq
                         && oldest <= position.seq + 1;
-                    if reachable {
-                        for (seq, _, frame) in &state.history {
-                            if *seq > position.seq {
-                                outbox.push(Outgoing {
-                                    channel: Some(channel.name.clone()),
-                                    frame: frame.clone(),
-                                });
-                            }
-                        }
-                    }
+                    // History seqs are consecutive, so the first one to replay is an index.
+                    let skip = usize::try_from(position.seq + 1 - oldest.min(position.seq + 1))
+                        .unwrap_or(usize::MAX);
                     reachable
+                        && outbox.push_replay(
+                            &channel.name,
+                            state
+                                .history
+                                .range(skip.min(state.history.len())..)
+                                .map(|(_, _, frame)| frame.clone()),
+                        )
                 }
             };
             let position = ChannelPosition {
@@ -277,10 +285,8 @@ impl Channels {
             state.history.push_back((seq, now, frame.clone()));
             state.trim(self.limits, now);
         }
-        let item = Outgoing {
-            channel: Some(channel.name.clone()),
-            frame,
-        };
+        let key = self.conflation.as_ref().and_then(|k| k.of(data));
+        let item = Outgoing::publication(channel.name.clone(), frame, key);
         let recipients = state
             .subscribers
             .iter()
@@ -309,7 +315,7 @@ mod tests {
     use super::*;
 
     fn outbox() -> Arc<Outbox> {
-        Arc::new(Outbox::new(16, SlowConsumerPolicy::Disconnect))
+        Arc::new(Outbox::new(16, 16, SlowConsumerPolicy::Disconnect))
     }
 
     fn texts(outbox: &Outbox) -> Vec<String> {
@@ -377,10 +383,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_subscribe_with_since_replays_exactly_what_was_missed() {
-        let channels = Channels::new(HistoryLimits {
-            size: 3,
-            ttl: Duration::from_secs(10),
-        });
+        let channels = Channels::new(
+            HistoryLimits {
+                size: 3,
+                ttl: Duration::from_secs(10),
+            },
+            None,
+        );
         let a = outbox();
         let data = Payload::from_json("0").unwrap();
         let (_, start) = channels.subscribe("x", ConnectionId(1), &a, None);
@@ -425,15 +434,22 @@ mod tests {
 
     #[test]
     fn concurrent_subscribes_unsubscribes_publishes_and_sweeps_do_not_deadlock() {
-        let channels = Arc::new(Channels::new(HistoryLimits {
-            size: 8,
-            ttl: Duration::ZERO,
-        }));
+        let channels = Arc::new(Channels::new(
+            HistoryLimits {
+                size: 8,
+                ttl: Duration::ZERO,
+            },
+            None,
+        ));
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
                 let channels = channels.clone();
                 std::thread::spawn(move || {
-                    let outbox = Arc::new(Outbox::new(1 << 16, SlowConsumerPolicy::DropOldest));
+                    let outbox = Arc::new(Outbox::new(
+                        1 << 16,
+                        1 << 16,
+                        SlowConsumerPolicy::DropOldest,
+                    ));
                     let data = Payload::from_json("1").unwrap();
                     for i in 0..3000u64 {
                         let name = format!("c{}", i % 5);

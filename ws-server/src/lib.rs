@@ -31,6 +31,7 @@ mod auth;
 pub mod bench_support;
 mod builder;
 mod channel;
+mod conflation_key;
 mod connections;
 mod error;
 mod frame;

@@ -2,11 +2,15 @@
 //! the one signal that wakes the connection's task.
 //!
 //! Publishers push without waiting (a short mutex, no await); the connection's task takes
-//! everything queued at once and writes it with a single flush. When the queue is full the
-//! connection's [`SlowConsumerPolicy`] decides: `Disconnect` marks the outbox overflowed (the
-//! connection is then cut), `DropOldest` drops the oldest entry and counts it per channel so
-//! the client can be told with `Lagged`. Shutdown closes every outbox, which wakes its task
-//! through the same signal, so the task's hot loop watches one waker and no lock.
+//! everything queued at once and writes it with a single flush. When the queue already holds
+//! `capacity` live frames the connection's [`SlowConsumerPolicy`] decides: `Disconnect` marks
+//! the outbox overflowed (the connection is then cut), `DropOldest` drops the oldest entry and
+//! counts it per channel (reported with `Lagged`), `Conflate` replaces the oldest queued
+//! publication with the same channel and key by the new one (reported with `Conflated`), or
+//! cuts like `Disconnect` when there is none. Replays of history (recovery, gap fills) are
+//! queued beside the live frames within their own bound, so a replay never pushes a live
+//! frame into the policy. Shutdown closes every outbox, which wakes its task through the
+//! same signal, so the task's hot loop watches one waker and no lock.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +32,49 @@ pub(crate) struct Outgoing {
     pub(crate) channel: Option<Arc<str>>,
     /// The encoded frame, shared with every other recipient.
     pub(crate) frame: Frame,
+    /// The publication's conflation key (a hash of its key field), when the hub conflates.
+    pub(crate) key: Option<u64>,
+    /// Queued by a replay of history rather than live.
+    pub(crate) replay: bool,
+}
+
+impl Outgoing {
+    /// A live publication on `channel`.
+    pub(crate) fn publication(channel: Arc<str>, frame: Frame, key: Option<u64>) -> Self {
+        Self {
+            channel: Some(channel),
+            frame,
+            key,
+            replay: false,
+        }
+    }
+
+    /// A broadcast or a direct send: no channel, never conflated.
+    pub(crate) fn direct(frame: Frame) -> Self {
+        Self {
+            channel: None,
+            frame,
+            key: None,
+            replay: false,
+        }
+    }
+}
+
+/// What the client must be told about publications it will not get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoticeKind {
+    /// Dropped under `DropOldest`.
+    Lagged,
+    /// Replaced by a newer one with the same key under `Conflate`.
+    Conflated,
+}
+
+/// A count of publications of one channel the client will not get, not yet reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Notice {
+    pub(crate) kind: NoticeKind,
+    pub(crate) channel: Arc<str>,
+    pub(crate) count: u64,
 }
 
 /// What [`Outbox::take`] found besides the queued frames.
@@ -35,7 +82,7 @@ pub(crate) struct Outgoing {
 pub(crate) enum OutboxState {
     /// Open; keep writing.
     Open,
-    /// The queue overflowed under the `Disconnect` policy: the connection must be cut.
+    /// The queue overflowed and the policy could not make room: the connection must be cut.
     Overflowed,
     /// The server is shutting down: the connection must close.
     Closed,
@@ -45,9 +92,57 @@ pub(crate) enum OutboxState {
 
 struct Inner {
     queue: VecDeque<Outgoing>,
-    /// Publications dropped under `DropOldest`, per channel, not yet reported.
-    lagged: Vec<(Arc<str>, u64)>,
+    /// How many entries of `queue` are replays.
+    replayed: usize,
+    notices: Vec<Notice>,
     state: OutboxState,
+}
+
+impl Inner {
+    fn note(&mut self, kind: NoticeKind, channel: Option<Arc<str>>) {
+        let channel = channel.unwrap_or_else(|| Arc::from(BROADCAST_LAG_CHANNEL));
+        match self
+            .notices
+            .iter_mut()
+            .find(|n| n.kind == kind && n.channel == channel)
+        {
+            Some(notice) => notice.count += 1,
+            None => self.notices.push(Notice {
+                kind,
+                channel,
+                count: 1,
+            }),
+        }
+    }
+
+    /// Makes room for one more live frame under `policy`; `false` if it cannot.
+    fn make_room(&mut self, policy: SlowConsumerPolicy, item: &Outgoing) -> bool {
+        match policy {
+            SlowConsumerPolicy::DropOldest => {
+                if let Some(dropped) = self.queue.pop_front() {
+                    if dropped.replay {
+                        self.replayed -= 1;
+                    }
+                    self.note(NoticeKind::Lagged, dropped.channel);
+                }
+                true
+            }
+            SlowConsumerPolicy::Conflate => {
+                let Some(key) = item.key else { return false };
+                let same = self.queue.iter().position(|queued| {
+                    !queued.replay && queued.key == Some(key) && queued.channel == item.channel
+                });
+                match same.and_then(|i| self.queue.remove(i)) {
+                    Some(replaced) => {
+                        self.note(NoticeKind::Conflated, replaced.channel);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A connection's bounded outbound queue. See the module documentation.
@@ -56,20 +151,25 @@ pub(crate) struct Outbox {
     signaled: AtomicBool,
     waker: AtomicWaker,
     capacity: usize,
+    replay_capacity: usize,
     policy: SlowConsumerPolicy,
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize, policy: SlowConsumerPolicy) -> Self {
+    /// An outbox holding up to `capacity` live frames plus up to `replay_capacity` replayed
+    /// ones.
+    pub(crate) fn new(capacity: usize, replay_capacity: usize, policy: SlowConsumerPolicy) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
-                lagged: Vec::new(),
+                replayed: 0,
+                notices: Vec::new(),
                 state: OutboxState::Open,
             }),
             signaled: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             capacity: capacity.max(1),
+            replay_capacity,
             policy,
         }
     }
@@ -94,27 +194,15 @@ impl Outbox {
         if inner.state != OutboxState::Open {
             return false;
         }
-        if inner.queue.len() >= self.capacity {
-            match self.policy {
-                SlowConsumerPolicy::DropOldest => {
-                    if let Some(dropped) = inner.queue.pop_front() {
-                        let channel = dropped
-                            .channel
-                            .unwrap_or_else(|| Arc::from(BROADCAST_LAG_CHANNEL));
-                        match inner.lagged.iter_mut().find(|(c, _)| *c == channel) {
-                            Some((_, missed)) => *missed += 1,
-                            None => inner.lagged.push((channel, 1)),
-                        }
-                    }
-                }
-                _ => {
-                    inner.state = OutboxState::Overflowed;
-                    inner.queue.clear();
-                    drop(inner);
-                    self.signal();
-                    return false;
-                }
-            }
+        if inner.queue.len() - inner.replayed >= self.capacity
+            && !inner.make_room(self.policy, &item)
+        {
+            inner.state = OutboxState::Overflowed;
+            inner.queue.clear();
+            inner.replayed = 0;
+            drop(inner);
+            self.signal();
+            return false;
         }
         let was_empty = inner.queue.is_empty();
         inner.queue.push_back(item);
@@ -122,6 +210,36 @@ impl Outbox {
         if was_empty {
             // The writer drains the whole queue whenever it wakes, so only the transition from
             // empty needs a wake-up.
+            self.signal();
+        }
+        true
+    }
+
+    /// Queues a replay of `frames` from `channel`'s history, all or nothing: `false` (and
+    /// nothing queued) if the outbox is not open or the replays already queued leave too
+    /// little room.
+    pub(crate) fn push_replay<I>(&self, channel: &Arc<str>, frames: I) -> bool
+    where
+        I: ExactSizeIterator<Item = Frame>,
+    {
+        let mut inner = self.lock();
+        if inner.state != OutboxState::Open || inner.replayed + frames.len() > self.replay_capacity
+        {
+            return false;
+        }
+        if frames.len() == 0 {
+            return true;
+        }
+        let was_empty = inner.queue.is_empty();
+        inner.replayed += frames.len();
+        inner.queue.extend(frames.map(|frame| Outgoing {
+            channel: Some(channel.clone()),
+            frame,
+            key: None,
+            replay: true,
+        }));
+        drop(inner);
+        if was_empty {
             self.signal();
         }
         true
@@ -154,18 +272,19 @@ impl Outbox {
         Poll::Pending
     }
 
-    /// Moves everything queued into `batch` and every lag count into `lagged`.
+    /// Moves everything queued into `batch` and every notice into `notices`.
     pub(crate) fn take(
         &self,
         batch: &mut VecDeque<Outgoing>,
-        lagged: &mut Vec<(Arc<str>, u64)>,
+        notices: &mut Vec<Notice>,
     ) -> OutboxState {
         let mut inner = self.lock();
         if inner.state != OutboxState::Open {
             return inner.state;
         }
         std::mem::swap(&mut inner.queue, batch);
-        lagged.append(&mut inner.lagged);
+        inner.replayed = 0;
+        notices.append(&mut inner.notices);
         OutboxState::Open
     }
 
@@ -180,7 +299,8 @@ impl Outbox {
         inner
             .queue
             .retain(|item| item.channel.as_deref() != Some(channel));
-        inner.lagged.retain(|(c, _)| &**c != channel);
+        inner.replayed = inner.queue.iter().filter(|item| item.replay).count();
+        inner.notices.retain(|n| &*n.channel != channel);
     }
 }
 
@@ -191,19 +311,24 @@ mod tests {
     use super::*;
 
     fn item(channel: &str, text: &str) -> Outgoing {
-        Outgoing {
-            channel: Some(Arc::from(channel)),
-            frame: Frame::text(text),
-        }
+        Outgoing::publication(Arc::from(channel), Frame::text(text), None)
     }
 
-    type Drained = (Vec<String>, Vec<(Arc<str>, u64)>, OutboxState);
+    fn keyed(channel: &str, key: u64, text: &str) -> Outgoing {
+        Outgoing::publication(Arc::from(channel), Frame::text(text), Some(key))
+    }
+
+    type Drained = (Vec<String>, Vec<(NoticeKind, String, u64)>, OutboxState);
 
     fn drain(outbox: &Outbox) -> Drained {
-        let (mut batch, mut lagged) = (VecDeque::new(), Vec::new());
-        let state = outbox.take(&mut batch, &mut lagged);
+        let (mut batch, mut notices) = (VecDeque::new(), Vec::new());
+        let state = outbox.take(&mut batch, &mut notices);
         let texts = batch.iter().map(|o| o.frame.payload().to_owned()).collect();
-        (texts, lagged, state)
+        let notices = notices
+            .into_iter()
+            .map(|n| (n.kind, n.channel.to_string(), n.count))
+            .collect();
+        (texts, notices, state)
     }
 
     fn ready(outbox: &Outbox) -> bool {
@@ -214,7 +339,7 @@ mod tests {
 
     #[test]
     fn disconnect_policy_cuts_when_full_and_refuses_more() {
-        let outbox = Outbox::new(2, SlowConsumerPolicy::Disconnect);
+        let outbox = Outbox::new(2, 0, SlowConsumerPolicy::Disconnect);
         assert!(outbox.push(item("a", "1")));
         assert!(outbox.push(item("a", "2")));
         assert!(ready(&outbox));
@@ -227,25 +352,83 @@ mod tests {
 
     #[test]
     fn drop_oldest_policy_keeps_the_newest_and_counts_per_channel() {
-        let outbox = Outbox::new(2, SlowConsumerPolicy::DropOldest);
+        let outbox = Outbox::new(2, 0, SlowConsumerPolicy::DropOldest);
         for (channel, text) in [("a", "1"), ("b", "2"), ("a", "3"), ("a", "4")] {
             assert!(outbox.push(item(channel, text)));
         }
-        assert!(outbox.push(Outgoing {
-            channel: None,
-            frame: Frame::text("5")
-        }));
-        let (texts, lagged, state) = drain(&outbox);
+        assert!(outbox.push(Outgoing::direct(Frame::text("5"))));
+        let (texts, notices, state) = drain(&outbox);
         assert_eq!(state, OutboxState::Open);
         assert_eq!(texts, ["4", "5"]);
-        assert_eq!(lagged, vec![(Arc::from("a"), 2), (Arc::from("b"), 1)]);
-        let (texts, lagged, _) = drain(&outbox);
-        assert!(texts.is_empty() && lagged.is_empty());
+        assert_eq!(
+            notices,
+            vec![
+                (NoticeKind::Lagged, "a".to_owned(), 2),
+                (NoticeKind::Lagged, "b".to_owned(), 1)
+            ]
+        );
+        let (texts, notices, _) = drain(&outbox);
+        assert!(texts.is_empty() && notices.is_empty());
+    }
+
+    #[test]
+    fn conflate_policy_keeps_the_newest_per_channel_and_key_in_seq_order() {
+        let outbox = Outbox::new(3, 0, SlowConsumerPolicy::Conflate);
+        for (channel, key, text) in [("p", 1, "sol-1"), ("p", 2, "btc-2"), ("q", 1, "q-3")] {
+            assert!(outbox.push(keyed(channel, key, text)));
+        }
+        // Full: the newest SOL replaces the queued SOL of the same channel, at the end.
+        assert!(outbox.push(keyed("p", 1, "sol-4")));
+        assert!(outbox.push(keyed("p", 1, "sol-5")));
+        let (texts, notices, state) = drain(&outbox);
+        assert_eq!(state, OutboxState::Open);
+        assert_eq!(texts, ["btc-2", "q-3", "sol-5"]);
+        assert_eq!(notices, vec![(NoticeKind::Conflated, "p".to_owned(), 2)]);
+        // Nothing with the same key queued, or no key at all: cut like Disconnect.
+        for (key, text) in [(1, "a"), (2, "b"), (3, "c")] {
+            assert!(outbox.push(keyed("p", key, text)));
+        }
+        assert!(!outbox.push(keyed("p", 4, "d")));
+        assert_eq!(outbox.state(), OutboxState::Overflowed);
+        let unkeyed = Outbox::new(1, 0, SlowConsumerPolicy::Conflate);
+        assert!(unkeyed.push(item("p", "1")));
+        assert!(!unkeyed.push(item("p", "2")));
+    }
+
+    #[test]
+    fn replays_have_their_own_bound_and_do_not_trigger_the_policy() {
+        let outbox = Outbox::new(2, 3, SlowConsumerPolicy::Disconnect);
+        let channel: Arc<str> = Arc::from("a");
+        let frames = |texts: &[&str]| {
+            texts
+                .iter()
+                .map(|t| Frame::text(t))
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        assert!(outbox.push_replay(&channel, frames(&["1", "2", "3"])));
+        assert!(
+            !outbox.push_replay(&channel, frames(&["1"])),
+            "replay bound"
+        );
+        assert!(outbox.push(item("a", "4")));
+        assert!(outbox.push(item("a", "5")));
+        assert_eq!(outbox.state(), OutboxState::Open);
+        assert_eq!(drain(&outbox).0, ["1", "2", "3", "4", "5"]);
+        assert!(
+            outbox.push_replay(&channel, frames(&["6", "7", "8"])),
+            "bound freed by take"
+        );
+        outbox.purge("a");
+        assert!(
+            outbox.push_replay(&channel, frames(&["9"])),
+            "bound freed by purge"
+        );
     }
 
     #[test]
     fn only_the_first_push_into_an_empty_queue_signals() {
-        let outbox = Outbox::new(4, SlowConsumerPolicy::Disconnect);
+        let outbox = Outbox::new(4, 0, SlowConsumerPolicy::Disconnect);
         assert!(!ready(&outbox));
         assert!(outbox.push(item("a", "1")));
         assert!(outbox.push(item("a", "2")));
@@ -258,7 +441,7 @@ mod tests {
 
     #[test]
     fn close_and_purge() {
-        let outbox = Outbox::new(4, SlowConsumerPolicy::Disconnect);
+        let outbox = Outbox::new(4, 0, SlowConsumerPolicy::Disconnect);
         assert!(outbox.push(item("a", "1")));
         assert!(outbox.push(item("b", "2")));
         outbox.purge("a");

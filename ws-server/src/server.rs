@@ -12,11 +12,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as TungsteniteConf
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use ws_protocol::{Payload, WebSocketConfig, WsMessage};
+use ws_protocol::{Payload, SlowConsumerPolicy, WebSocketConfig, WsMessage};
 
 use crate::auth::{Authenticator, JwtAuthenticator};
 use crate::builder::ServerBuilder;
 use crate::channel::{Channels, HistoryLimits, Published, is_valid_name};
+use crate::conflation_key::ConflationKey;
 use crate::connections::{ConnectionId, Connections};
 use crate::error::{Result, ServerError};
 use crate::frame::Frame;
@@ -227,15 +228,16 @@ impl WebSocketServer {
             .max_message_size(Some(config.max_message_size))
             .max_frame_size(Some(config.max_message_size));
         let history = HistoryLimits {
-            // A replay goes through the subscriber's queue: never more than it holds.
-            size: config.history_size.min(config.send_queue_size),
+            size: config.history_size,
             ttl: config.history_ttl,
         };
+        let conflation = (config.slow_consumer_policy == SlowConsumerPolicy::Conflate)
+            .then(|| ConflationKey::new(config.conflate_key.clone()));
         let token = CancellationToken::new();
         let shared = Arc::new(Shared {
             config,
             ws_config,
-            channels: Channels::new(history),
+            channels: Channels::new(history, conflation),
             connections: Connections::default(),
             incoming: RwLock::new(None),
             incoming_capacity: incoming_capacity.max(1),
@@ -288,10 +290,7 @@ impl WebSocketServer {
     /// # Errors
     /// [`ServerError::Encode`] if `message` cannot be serialized; nothing was sent.
     pub fn broadcast<T: Serialize + ?Sized>(&self, message: &T) -> Result<usize> {
-        let item = Outgoing {
-            channel: None,
-            frame: Frame::text(&serde_json::to_string(message)?),
-        };
+        let item = Outgoing::direct(Frame::text(&serde_json::to_string(message)?));
         Ok(self.shared.connections.broadcast(&item))
     }
 
@@ -315,10 +314,7 @@ impl WebSocketServer {
     /// [`ServerError::UnknownConnection`] if it is not open (or is being cut as a slow
     /// consumer); [`ServerError::Encode`] if `message` cannot be serialized.
     pub fn send_to<T: Serialize + ?Sized>(&self, id: ConnectionId, message: &T) -> Result<()> {
-        let item = Outgoing {
-            channel: None,
-            frame: Frame::text(&serde_json::to_string(message)?),
-        };
+        let item = Outgoing::direct(Frame::text(&serde_json::to_string(message)?));
         match self.shared.connections.send_to(id, item) {
             Some(true) => Ok(()),
             _ => Err(ServerError::UnknownConnection(id)),

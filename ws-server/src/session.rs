@@ -31,7 +31,7 @@ use crate::channel::is_valid_name;
 use crate::connections::ConnectionId;
 use crate::frame::Frame;
 use crate::metrics::HubMetrics;
-use crate::outbox::{Outbox, OutboxState, Outgoing};
+use crate::outbox::{Notice, NoticeKind, Outbox, OutboxState, Outgoing};
 use crate::rate_limit::{RateLimit, Verdict};
 use crate::server::Shared;
 
@@ -98,6 +98,7 @@ where
     let id = shared.connections.next_id();
     let outbox = Arc::new(Outbox::new(
         config.send_queue_size,
+        config.history_size,
         config.slow_consumer_policy,
     ));
     shared.connections.insert(id, outbox.clone());
@@ -115,7 +116,7 @@ where
         outbox,
         subscriptions: HashSet::new(),
         batch: VecDeque::new(),
-        lagged: Vec::new(),
+        notices: Vec::new(),
         last_seen: Instant::now(),
         signal_pending: false,
         out: Vec::new(),
@@ -158,7 +159,7 @@ struct Session<S> {
     outbox: Arc<Outbox>,
     subscriptions: HashSet<Arc<str>>,
     batch: VecDeque<Outgoing>,
-    lagged: Vec<(Arc<str>, u64)>,
+    notices: Vec<Notice>,
     last_seen: Instant,
     /// The outbox signalled while a write was in progress: drain it next.
     signal_pending: bool,
@@ -313,27 +314,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Writes everything queued in the outbox, then flushes once.
     async fn write_queued(&mut self) -> Result<(), End> {
-        if self.outbox.take(&mut self.batch, &mut self.lagged) != OutboxState::Open {
+        if self.outbox.take(&mut self.batch, &mut self.notices) != OutboxState::Open {
             return Err(self.outbox_end().unwrap_or(End::Shutdown));
         }
         let Self {
             ws,
             outbox,
             batch,
-            lagged,
+            notices,
             signal_pending,
             out,
             ..
         } = self;
         out.clear();
-        for (channel, missed) in lagged.drain(..) {
-            let notice = WsMessage::Lagged {
-                channel: channel.to_string(),
-                missed,
+        let frames = batch.len() + notices.len();
+        for notice in notices.drain(..) {
+            let channel = notice.channel.to_string();
+            let notice = match notice.kind {
+                NoticeKind::Lagged => WsMessage::Lagged {
+                    channel,
+                    missed: notice.count,
+                },
+                NoticeKind::Conflated => WsMessage::Conflated {
+                    channel,
+                    skipped: notice.count,
+                },
             };
             out.extend_from_slice(Frame::text(&notice.to_json()).as_bytes());
         }
-        let frames = batch.len() + lagged.len();
         for item in batch.drain(..) {
             out.extend_from_slice(item.frame.as_bytes());
         }
