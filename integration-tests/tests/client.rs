@@ -556,7 +556,7 @@ async fn a_stale_feed_is_replaced() -> Result<()> {
             .await?
             .expect("an event")
         {
-            Event::Disconnected { reason } => {
+            Event::Disconnected { reason, .. } => {
                 assert!(reason.contains("stale"), "{reason}");
                 break;
             }

@@ -1,22 +1,24 @@
 //! [`ClientBuilder`]: every setting of the client, then `build().await`.
 
-use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ws_protocol::WebSocketConfig;
 
 use crate::buffer::OutboundBuffer;
-use crate::client::WebSocketClient;
-use crate::connection::{Driver, open};
+use crate::client::{Inbox, WebSocketClient};
+use crate::combined_state::CombinedState;
+use crate::driver::{Driver, DriverParts};
 use crate::error::{Error, Result};
+use crate::link::open;
 use crate::metrics::Counters;
+use crate::sequencer::{DEFAULT_GAP_TIMEOUT, Sequencer};
 use crate::settings::{ServerProtocol, Settings};
 use crate::state::ConnectionState;
 use crate::tls;
@@ -58,7 +60,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 #[derive(Debug)]
 #[must_use]
 pub struct ClientBuilder {
-    url: Option<String>,
+    urls: Vec<String>,
+    redundancy: Option<usize>,
+    max_connection_age: Option<Duration>,
+    gap_timeout: Duration,
     headers: Vec<(String, String)>,
     auto_reconnect: bool,
     reconnect_interval: Duration,
@@ -91,7 +96,10 @@ impl ClientBuilder {
     /// `WS_CONNECT_TIMEOUT` and `WS_MESSAGE_BUFFER_SIZE`.
     pub fn from_config(config: &WebSocketConfig) -> Self {
         Self {
-            url: None,
+            urls: Vec::new(),
+            redundancy: None,
+            max_connection_age: None,
+            gap_timeout: DEFAULT_GAP_TIMEOUT,
             headers: Vec::new(),
             auto_reconnect: true,
             reconnect_interval: config.reconnect_interval,
@@ -116,7 +124,10 @@ impl ClientBuilder {
     /// Takes every client setting of `config`, keeping the URL, headers and TLS roots.
     pub fn config(self, config: &WebSocketConfig) -> Self {
         Self {
-            url: self.url,
+            urls: self.urls,
+            redundancy: self.redundancy,
+            max_connection_age: self.max_connection_age,
+            gap_timeout: self.gap_timeout,
             headers: self.headers,
             roots: self.roots,
             on_connect: self.on_connect,
@@ -128,7 +139,49 @@ impl ClientBuilder {
 
     /// The server: `ws://host:port/path` or `wss://…`.
     pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.url = Some(url.into());
+        self.urls = vec![url.into()];
+        self
+    }
+
+    /// Several servers, for redundant connections: hubs that share their channels (a
+    /// cluster), so that a channel's `seq` is the same on each. Connection `i` goes to
+    /// `urls[i % urls.len()]`; without [`redundancy`](Self::redundancy) there is one
+    /// connection per URL.
+    pub fn urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Keep `n` connections open at once (default: one per URL) and deliver each hub
+    /// publication once, from whichever connection brings it first; later copies are
+    /// dropped by `(channel, seq)`. Each connection reconnects on its own, and the client
+    /// delivers as long as one is up. [`Metrics::wins`](crate::Metrics::wins) shows which
+    /// connection won how often. Deduplication needs the hub protocol: with a plain server
+    /// every connection's messages are delivered.
+    pub fn redundancy(mut self, n: usize) -> Self {
+        self.redundancy = Some(n);
+        self
+    }
+
+    /// Replace each connection once it has been up this long (venues force this, say every
+    /// 24 hours), make-before-break: a new connection is opened and resubscribed with
+    /// recovery, and the old one is closed once the new one has caught up, so the
+    /// application sees no gap and no duplicate. Default: never.
+    pub fn max_connection_age(mut self, age: impl Into<Option<Duration>>) -> Self {
+        self.max_connection_age = age.into();
+        self
+    }
+
+    /// How long a gap in a channel's publications is held open, waiting for the hub's
+    /// history or another connection to fill it, before the application gets
+    /// [`Event::Gap`](crate::Event::Gap) and delivery goes on (default
+    /// [`DEFAULT_GAP_TIMEOUT`]).
+    pub fn gap_timeout(mut self, timeout: Duration) -> Self {
+        self.gap_timeout = timeout;
         self
     }
 
@@ -259,26 +312,44 @@ impl ClientBuilder {
         self
     }
 
-    fn settings(self) -> Result<Settings> {
-        if let Some(error) = self.deferred {
+    fn settings(&mut self) -> Result<Settings> {
+        if let Some(error) = self.deferred.take() {
             return Err(error);
         }
-        let url = self
-            .url
-            .ok_or_else(|| Error::InvalidConfig("no URL given".to_owned()))?;
-        let parsed = url::Url::parse(&url)
-            .map_err(|e| Error::InvalidConfig(format!("invalid URL {url:?}: {e}")))?;
-        let tls = match parsed.scheme() {
-            "ws" => None,
-            "wss" => Some(tls::client_config(&self.roots)?),
-            other => {
-                return Err(Error::InvalidConfig(format!(
-                    "unsupported URL scheme {other:?} in {url:?}: use ws:// or wss://"
-                )));
+        if self.urls.is_empty() {
+            return Err(Error::InvalidConfig("no URL given".to_owned()));
+        }
+        let mut secure = false;
+        for url in &self.urls {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| Error::InvalidConfig(format!("invalid URL {url:?}: {e}")))?;
+            match parsed.scheme() {
+                "ws" => {}
+                "wss" => secure = true,
+                other => {
+                    return Err(Error::InvalidConfig(format!(
+                        "unsupported URL scheme {other:?} in {url:?}: use ws:// or wss://"
+                    )));
+                }
             }
+        }
+        let tls = if secure {
+            Some(tls::client_config(&self.roots)?)
+        } else {
+            None
         };
+        if self.redundancy == Some(0) {
+            return Err(Error::InvalidConfig(
+                "redundancy must be at least 1".to_owned(),
+            ));
+        }
+        if self.max_connection_age.is_some_and(|d| d.is_zero()) || self.gap_timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "max_connection_age and gap_timeout must be greater than 0".to_owned(),
+            ));
+        }
         let mut headers = Vec::with_capacity(self.headers.len());
-        for (name, value) in self.headers {
+        for (name, value) in std::mem::take(&mut self.headers) {
             let name = HeaderName::try_from(name.as_str())
                 .map_err(|e| Error::InvalidConfig(format!("invalid header name {name:?}: {e}")))?;
             let value = HeaderValue::try_from(value.as_str()).map_err(|e| {
@@ -305,8 +376,8 @@ impl ClientBuilder {
             ));
         }
         Ok(Settings {
-            url,
             headers,
+            max_connection_age: self.max_connection_age,
             auto_reconnect: self.auto_reconnect,
             reconnect_interval: self.reconnect_interval,
             max_reconnect_delay: self.max_reconnect_delay,
@@ -322,61 +393,76 @@ impl ClientBuilder {
                 ServerProtocol::Auto if !self.on_connect.is_empty() => ServerProtocol::Raw,
                 protocol => protocol,
             },
-            on_connect: self.on_connect,
+            on_connect: std::mem::take(&mut self.on_connect),
             tls,
         })
     }
 
-    /// Connects, then returns the client; from then on it reconnects by itself.
+    /// Connects, then returns the client; from then on it reconnects by itself. With several
+    /// connections it returns once one is up; the others keep trying in the background.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a bad URL, header or setting; [`Error::Connect`] if the
-    /// first connection fails (refused, timed out, TLS, upgrade, or a `Hub` server that does
-    /// not greet with `Connected`).
-    pub async fn build(self) -> Result<WebSocketClient> {
-        let buffer_size = self.message_buffer_size;
-        let max_age = self.max_buffer_age;
+    /// [`Error::InvalidConfig`] for a bad URL, header or setting; [`Error::Connect`] if no
+    /// first connection succeeds (refused, timed out, TLS, upgrade, or a `Hub` server that
+    /// does not greet with `Connected`).
+    pub async fn build(mut self) -> Result<WebSocketClient> {
         let settings = Arc::new(self.settings()?);
-        let (state, state_rx) = watch::channel(ConnectionState::Connecting);
-        let link = open(&settings).await.map_err(|reason| Error::Connect {
-            url: settings.url.clone(),
-            reason,
-        })?;
-        // Nothing to restore on a first connection: it is in effect now.
-        state.send_replace(ConnectionState::Connected);
-        let (commands_tx, commands) = mpsc::channel(64);
-        let (events, events_rx) = mpsc::channel(settings.event_capacity);
-        let buffer = Arc::new(OutboundBuffer::new(buffer_size, max_age));
-        let counters = Arc::new(Counters::default());
+        let legs = self.redundancy.unwrap_or(self.urls.len());
+        let urls: Vec<String> = (0..legs)
+            .map(|i| self.urls[i % self.urls.len()].clone())
+            .collect();
+        let opened =
+            futures_util::future::join_all(urls.iter().map(|url| open(&settings, url))).await;
+        if let Some(reason) = opened
+            .iter()
+            .all(std::result::Result::is_err)
+            .then(|| opened.iter().find_map(|r| r.as_ref().err()).cloned())
+            .flatten()
+        {
+            return Err(Error::Connect {
+                url: urls[0].clone(),
+                reason,
+            });
+        }
+        let (state, state_rx) = CombinedState::new(legs);
+        let state = Arc::new(state);
+        let (arrivals_tx, arrivals) = mpsc::channel(settings.event_capacity);
+        let buffer = Arc::new(OutboundBuffer::new(
+            self.message_buffer_size,
+            self.max_buffer_age,
+        ));
+        let counters = Arc::new(Counters::new(legs));
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let driver = Driver {
-            settings,
-            commands,
-            buffer: buffer.clone(),
-            events,
-            state,
-            counters: counters.clone(),
-            token: token.clone(),
-            subscriptions: BTreeSet::new(),
-            pending: Vec::new(),
-            batch: VecDeque::new(),
-            hub: false,
-            owe_pong: false,
-            retry_hint: None,
-            positions: std::collections::HashMap::new(),
-            gap: None,
-        };
-        tracker.spawn(driver.run(link));
+        let mut commands = Vec::with_capacity(legs);
+        for (leg, (url, first)) in urls.into_iter().zip(opened).enumerate() {
+            // Nothing to restore on a first connection: it is in effect now.
+            if first.is_ok() {
+                state.set(leg, ConnectionState::Connected);
+            }
+            let (commands_tx, commands_rx) = mpsc::channel(64);
+            commands.push(commands_tx);
+            let driver = Driver::new(DriverParts {
+                leg,
+                url,
+                settings: settings.clone(),
+                commands: commands_rx,
+                buffer: buffer.clone(),
+                arrivals: arrivals_tx.clone(),
+                state: state.clone(),
+                counters: counters.clone(),
+                token: token.child_token(),
+            });
+            tracker.spawn(driver.run(first));
+        }
         tracker.close();
+        let inbox = Inbox {
+            arrivals,
+            sequencer: Sequencer::new(self.gap_timeout, counters.clone()),
+            finished: false,
+        };
         Ok(WebSocketClient::new(
-            commands_tx,
-            events_rx,
-            buffer,
-            state_rx,
-            counters,
-            token,
-            tracker,
+            commands, inbox, buffer, state_rx, counters, token, tracker,
         ))
     }
 }

@@ -2,28 +2,43 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::buffer::OutboundBuffer;
 use crate::builder::ClientBuilder;
-use crate::connection::Command;
+use crate::driver::Command;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::metrics::{Counters, Metrics};
+use crate::sequencer::{Arrival, Sequencer};
 use crate::state::{ConnectionState, StateChanges};
 
 /// The longest channel name the hub accepts, in bytes.
 const MAX_CHANNEL_NAME_LEN: usize = 256;
 
+/// The application's side of the arrival queue: the sequencer runs here, in `next_event`.
+pub(crate) struct Inbox {
+    pub(crate) arrivals: mpsc::Receiver<Arrival>,
+    pub(crate) sequencer: Sequencer,
+    /// Every connection has ended and what was held has been let go.
+    pub(crate) finished: bool,
+}
+
 struct Shared {
-    commands: mpsc::Sender<Command>,
-    events: Mutex<mpsc::Receiver<Event>>,
+    /// One command queue per connection.
+    legs: Vec<mpsc::Sender<Command>>,
+    inbox: Mutex<Inbox>,
+    /// Channels unsubscribed since the sequencer last looked, for it to forget.
+    forgotten: std::sync::Mutex<Vec<String>>,
     buffer: Arc<OutboundBuffer>,
     state: watch::Receiver<ConnectionState>,
     counters: Arc<Counters>,
@@ -65,8 +80,8 @@ impl std::fmt::Debug for WebSocketClient {
 
 impl WebSocketClient {
     pub(crate) fn new(
-        commands: mpsc::Sender<Command>,
-        events: mpsc::Receiver<Event>,
+        legs: Vec<mpsc::Sender<Command>>,
+        inbox: Inbox,
         buffer: Arc<OutboundBuffer>,
         state: watch::Receiver<ConnectionState>,
         counters: Arc<Counters>,
@@ -75,8 +90,9 @@ impl WebSocketClient {
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
-                commands,
-                events: Mutex::new(events),
+                legs,
+                inbox: Mutex::new(inbox),
+                forgotten: std::sync::Mutex::new(Vec::new()),
                 buffer,
                 state,
                 counters,
@@ -126,7 +142,7 @@ impl WebSocketClient {
         if let ConnectionState::Failed { reason } = &*self.shared.state.borrow() {
             return Err(Error::Failed(reason.clone()));
         }
-        if self.shared.commands.is_closed() {
+        if self.shared.legs.iter().all(mpsc::Sender::is_closed) {
             return Err(Error::Closed);
         }
         Ok(())
@@ -203,9 +219,30 @@ impl WebSocketClient {
                 "invalid channel name {bad:?}: must be 1 to {MAX_CHANNEL_NAME_LEN} bytes"
             )));
         }
-        let (done, reply) = oneshot::channel();
-        self.command(Command::Subscribe { channels, done }, reply)
-            .await
+        self.usable()?;
+        // Every connection subscribes; the first confirmation means publications flow.
+        let mut replies = FuturesUnordered::new();
+        for leg in &self.shared.legs {
+            let (done, reply) = oneshot::channel();
+            let command = Command::Subscribe {
+                channels: channels.clone(),
+                done,
+            };
+            if leg.send(command).await.is_ok() {
+                replies.push(reply);
+            }
+        }
+        let mut refused = None;
+        while let Some(reply) = replies.next().await {
+            match reply {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) => {
+                    refused.get_or_insert(error);
+                }
+                Err(_) => {}
+            }
+        }
+        Err(refused.unwrap_or_else(|| self.ended_error()))
     }
 
     /// Unsubscribes from hub channels; they are no longer restored after a reconnect.
@@ -217,18 +254,28 @@ impl WebSocketClient {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let channels = channels.into_iter().map(Into::into).collect();
-        let (done, reply) = oneshot::channel();
-        self.command(Command::Unsubscribe { channels, done }, reply)
-            .await
-    }
-
-    async fn command(&self, command: Command, reply: oneshot::Receiver<Result<()>>) -> Result<()> {
+        let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
         self.usable()?;
-        if self.shared.commands.send(command).await.is_err() {
+        let mut sent = false;
+        for leg in &self.shared.legs {
+            let (done, reply) = oneshot::channel();
+            let command = Command::Unsubscribe {
+                channels: channels.clone(),
+                done,
+            };
+            if leg.send(command).await.is_ok() && matches!(reply.await, Ok(Ok(()))) {
+                sent = true;
+            }
+        }
+        if !sent {
             return Err(self.ended_error());
         }
-        reply.await.unwrap_or_else(|_| Err(self.ended_error()))
+        self.shared
+            .forgotten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(channels);
+        Ok(())
     }
 
     fn ended_error(&self) -> Error {
@@ -241,7 +288,60 @@ impl WebSocketClient {
     /// The next event: publications, other messages, connection changes, lag and expiry
     /// reports. `None` once the client has ended and every event was taken.
     pub async fn next_event(&self) -> Option<Event> {
-        self.shared.events.lock().await.recv().await
+        let mut inbox = self.shared.inbox.lock().await;
+        let Inbox {
+            arrivals,
+            sequencer,
+            finished,
+        } = &mut *inbox;
+        loop {
+            let forgotten = std::mem::take(
+                &mut *self
+                    .shared
+                    .forgotten
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            for channel in forgotten {
+                sequencer.forget(&channel);
+            }
+            for fill in sequencer.take_fills() {
+                self.ask_fill(fill);
+            }
+            if let Some(event) = sequencer.pop() {
+                return Some(event);
+            }
+            if *finished {
+                return None;
+            }
+            let deadline = sequencer.deadline();
+            tokio::select! {
+                arrival = arrivals.recv() => match arrival {
+                    Some(arrival) => sequencer.accept(arrival, Instant::now()),
+                    None => {
+                        sequencer.finish();
+                        *finished = true;
+                    }
+                },
+                () = sleep_until_some(deadline) => sequencer.expire(Instant::now()),
+            }
+        }
+    }
+
+    /// Asks the connection that saw a gap, or failing that any other, to have it filled.
+    fn ask_fill(&self, fill: crate::sequencer::FillRequest) {
+        let legs = &self.shared.legs;
+        let order = (0..legs.len()).map(|i| (fill.leg + i) % legs.len());
+        for leg in order {
+            let command = Command::Fill {
+                channel: fill.channel.clone(),
+                since: fill.since.clone(),
+            };
+            if legs[leg].try_send(command).is_ok() {
+                return;
+            }
+        }
+        tracing::debug!(channel = %fill.channel, "no connection could take a gap fill now");
     }
 
     /// The next message decoded as `T`: the `data` of a publication, or a whole text frame
@@ -275,20 +375,28 @@ impl WebSocketClient {
         }
     }
 
-    /// Sends Close 1000, waits for the connection task to end, and ends every task of the
+    /// Sends Close 1000 on every connection, waits for their tasks to end, and ends every task of the
     /// client. Frames still buffered are not sent. Every clone sees the client closed.
     pub async fn close(&self) {
-        let (done, reply) = oneshot::channel();
-        if self
-            .shared
-            .commands
-            .send(Command::Close { done })
-            .await
-            .is_ok()
-        {
+        let mut replies = Vec::new();
+        for leg in &self.shared.legs {
+            let (done, reply) = oneshot::channel();
+            if leg.send(Command::Close { done }).await.is_ok() {
+                replies.push(reply);
+            }
+        }
+        for reply in replies {
             let _ = reply.await;
         }
         self.shared.tracker.wait().await;
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

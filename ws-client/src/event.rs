@@ -22,6 +22,9 @@ pub enum Event {
     Binary(Vec<u8>),
     /// A connection is established (and, on a hub, every subscription is in effect again).
     Connected {
+        /// Which of the client's connections (0 unless it has several, see
+        /// [`redundancy`](crate::ClientBuilder::redundancy)).
+        connection: usize,
         /// The hub's id for this connection; `None` on a server that is not our hub.
         connection_id: Option<u64>,
         /// `true` when this replaced a lost connection.
@@ -29,11 +32,14 @@ pub enum Event {
     },
     /// The connection was lost; the client reconnects unless it says otherwise.
     Disconnected {
+        /// Which of the client's connections.
+        connection: usize,
         /// Why, for logs and people.
         reason: String,
     },
     /// The hub dropped `missed` publications of `channel` because this client read too slowly
-    /// (hub policy `drop_oldest`).
+    /// (hub policy `drop_oldest`). The client asks the hub's history for them; a
+    /// [`Gap`](Self::Gap) follows if they cannot be had.
     Lagged {
         /// The channel.
         channel: String,
@@ -41,8 +47,8 @@ pub enum Event {
         missed: u64,
     },
     /// After a reconnect the hub could not replay everything missed on `channel` (its
-    /// history no longer reaches back, or the hub restarted): take a fresh snapshot. Live
-    /// publications continue after `seq`.
+    /// history no longer reaches back, or the hub restarted and the channel is in a new
+    /// epoch): take a fresh snapshot. Live publications continue after `seq`.
     Unrecovered {
         /// The channel.
         channel: String,
@@ -51,8 +57,9 @@ pub enum Event {
         /// The channel's latest `seq` when resubscribed.
         seq: u64,
     },
-    /// Live publications of `channel` skipped from `expected` to `received`: the ones in
-    /// between were lost (the hub dropped them for this client, see `Lagged`).
+    /// Publications of `channel` from `expected` to `received - 1` could not be had: they
+    /// were missing from the live stream, and neither the hub's history nor another
+    /// connection supplied them within the gap timeout. Delivery goes on with `received`.
     Gap {
         /// The channel.
         channel: String,
@@ -60,6 +67,16 @@ pub enum Event {
         expected: u64,
         /// The `seq` that came.
         received: u64,
+    },
+    /// The hub replaced `skipped` publications of `channel` queued for this client by newer
+    /// ones with the same key, because the client read too slowly (hub policy `conflate`):
+    /// the application gets the newest value per key, and the `seq`s in between are skipped
+    /// on purpose (not a [`Gap`](Self::Gap)).
+    Conflated {
+        /// The channel.
+        channel: String,
+        /// How many publications were replaced.
+        skipped: u64,
     },
     /// Buffered outbound frames older than the maximum buffer age were dropped, unsent.
     Expired {

@@ -7,6 +7,13 @@
 //! protocol ([`ws_protocol`]) and, with the same resilience, plain JSON servers such as an
 //! exchange's feed ([`ServerProtocol::Raw`]).
 //!
+//! On a hub nothing is lost silently: each channel's publications reach the application in
+//! `seq` order and exactly once, across reconnects (the hub replays what was missed from its
+//! history) and live gaps (asked for again); what cannot be recovered is reported as an
+//! [`Event`]. [`ClientBuilder::redundancy`] races several connections (to one hub or several
+//! clustered hubs) and delivers whichever copy arrives first, and
+//! [`ClientBuilder::max_connection_age`] replaces old connections make-before-break.
+//!
 //! ```no_run
 //! use serde::Deserialize;
 //! use ws_client::WebSocketClient;
@@ -27,11 +34,15 @@ mod backoff;
 mod buffer;
 mod builder;
 mod client;
-mod connection;
+mod combined_state;
+mod driver;
 mod error;
 mod event;
 mod heartbeat;
+mod link;
 mod metrics;
+mod rotation;
+mod sequencer;
 mod settings;
 mod state;
 mod tls;
@@ -44,6 +55,7 @@ pub use client::WebSocketClient;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use metrics::Metrics;
+pub use sequencer::DEFAULT_GAP_TIMEOUT;
 pub use settings::ServerProtocol;
 pub use state::{ConnectionState, StateChanges};
 pub use ws_protocol::{self, WsMessage};

@@ -28,15 +28,25 @@ pub struct Metrics {
     pub buffered: usize,
     /// Round trip of the last answered protocol ping.
     pub last_rtt: Option<Duration>,
-    /// How long the current connection has been up; `None` while not connected.
+    /// How long the client has had a connection up without a break; `None` while none is.
     pub connected_for: Option<Duration>,
     /// Total time connected since the client was built.
     pub total_connected: Duration,
+    /// Per connection (one, or [`redundancy`](crate::ClientBuilder::redundancy) of them):
+    /// how many publications it delivered first. Copies that lost the race are dropped.
+    pub wins: Vec<u64>,
+    /// Connections replaced by make-before-break rotation
+    /// ([`max_connection_age`](crate::ClientBuilder::max_connection_age)).
+    pub rotations: u64,
+    /// Connections up now.
+    pub connections_up: usize,
 }
 
 /// The live counters behind [`Metrics`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    pub(crate) rotations: AtomicU64,
+    wins: Vec<AtomicU64>,
     pub(crate) messages_sent: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) messages_received: AtomicU64,
@@ -51,24 +61,47 @@ pub(crate) struct Counters {
 
 #[derive(Debug, Default)]
 struct Times {
+    /// Connections up now; "connected" below means at least one.
+    up: usize,
     connected_at: Option<Instant>,
     total: Duration,
 }
 
 impl Counters {
+    /// Counters for a client of `connections` connections.
+    pub(crate) fn new(connections: usize) -> Self {
+        Self {
+            wins: (0..connections).map(|_| AtomicU64::new(0)).collect(),
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Connection `leg` delivered a publication first.
+    pub(crate) fn won(&self, leg: usize) {
+        if let Some(wins) = self.wins.get(leg) {
+            wins.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn connected(&self) {
         let mut times = self.times.lock().unwrap_or_else(|p| p.into_inner());
-        times.connected_at = Some(Instant::now());
+        times.up += 1;
+        if times.up == 1 {
+            times.connected_at = Some(Instant::now());
+        }
     }
 
     pub(crate) fn disconnected(&self) {
         let mut times = self.times.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = times.connected_at.take() {
-            times.total += at.elapsed();
+        times.up = times.up.saturating_sub(1);
+        if times.up == 0 {
+            if let Some(at) = times.connected_at.take() {
+                times.total += at.elapsed();
+            }
         }
     }
 
@@ -93,6 +126,13 @@ impl Counters {
             last_rtt: (rtt > 0).then(|| Duration::from_micros(rtt)),
             connected_for,
             total_connected: times.total + connected_for.unwrap_or_default(),
+            wins: self
+                .wins
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed))
+                .collect(),
+            rotations: self.rotations.load(Ordering::Relaxed),
+            connections_up: times.up,
         }
     }
 }

@@ -24,7 +24,7 @@ pub enum ServerProtocol {
 
 #[derive(Debug)]
 pub(crate) struct Settings {
-    pub(crate) url: String,
+    pub(crate) max_connection_age: Option<Duration>,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) auto_reconnect: bool,
     pub(crate) reconnect_interval: Duration,

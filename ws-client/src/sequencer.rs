@@ -1,0 +1,588 @@
+//! [`Sequencer`]: turns what every connection of the client received into one stream for the
+//! application: each channel's publications in `seq` order, each exactly once, with gaps
+//! filled from the hub's history or reported.
+//!
+//! Every connection (one, or several with redundancy, or two during a rotation) hands its
+//! arrivals to one bounded queue; the sequencer runs on the application's side of that queue
+//! (inside `next_event`), so it needs no task and no lock of its own. Per channel it keeps
+//! the epoch, the last `seq` delivered and, while a gap is open, the publications that came
+//! after it (bounded in number and in time). The first copy of a publication wins; later
+//! copies are dropped by `(channel, seq)`, so deduplication costs one integer per channel.
+//!
+//! A gap (a publication beyond the next expected `seq`) is held open while the hub is asked
+//! for the missing ones (`Subscribe` with `since`, answered from its history); another
+//! connection may deliver them first. When the hub cannot replay them, or nothing fills the
+//! gap within the gap timeout, the application is told with [`Event::Gap`] and delivery goes
+//! on after it. A connection that resumed in another epoch (the hub lost its history) ends
+//! in [`Event::Unrecovered`]. Publications the hub conflated on purpose (`Conflated`) are not
+//! gaps.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::warn;
+use ws_protocol::{ChannelPosition, Payload, Position};
+
+use crate::event::Event;
+use crate::metrics::Counters;
+
+/// Default for [`ClientBuilder::gap_timeout`](crate::ClientBuilder::gap_timeout).
+pub const DEFAULT_GAP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most publications held back behind gaps, over all channels.
+pub(crate) const MAX_HELD: usize = 16_384;
+
+/// What a subscribe that produced a position asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// A new subscription: no `since`.
+    Fresh,
+    /// A resubscribe after a reconnect or for a rotation, with the connection's own position.
+    Resumed,
+    /// A request to fill a gap, with the sequencer's position.
+    Fill,
+}
+
+/// One thing a connection received, for the sequencer.
+#[derive(Debug)]
+pub(crate) enum Arrival {
+    /// A hub publication, with the epoch the connection subscribed in.
+    Publication {
+        leg: usize,
+        epoch: Option<Arc<str>>,
+        channel: String,
+        seq: u64,
+        data: Payload,
+    },
+    /// A channel's position from a `Subscribed`.
+    Position {
+        leg: usize,
+        channel: String,
+        position: ChannelPosition,
+        asked: Asked,
+    },
+    /// The hub replaced `skipped` queued publications of `channel` on this connection.
+    Conflated {
+        leg: usize,
+        channel: String,
+        skipped: u64,
+    },
+    /// Anything else, for the application as it is.
+    Event(Event),
+}
+
+/// A request to a connection to ask the hub for the publications after `since`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FillRequest {
+    pub(crate) leg: usize,
+    pub(crate) channel: String,
+    pub(crate) since: Position,
+}
+
+struct Track {
+    epoch: String,
+    delivered: u64,
+    /// Publications after a gap, by `seq`, with the connection that brought them.
+    held: BTreeMap<u64, (Payload, usize)>,
+    /// Per connection: publications the hub said it conflated and not yet skipped over.
+    conflated: Vec<u64>,
+    /// When the open gap was noticed.
+    gap_since: Option<Instant>,
+}
+
+impl Track {
+    fn new(epoch: String, delivered: u64) -> Self {
+        Self {
+            epoch,
+            delivered,
+            held: BTreeMap::new(),
+            conflated: Vec::new(),
+            gap_since: None,
+        }
+    }
+
+    /// Whether a jump from the last delivered `seq` to `seq` on `leg` is covered by what the
+    /// hub conflated there; if so, the cover is used up.
+    fn conflated_over(&mut self, leg: usize, seq: u64) -> bool {
+        let jump = seq - self.delivered - 1;
+        match self.conflated.get_mut(leg) {
+            Some(budget) if *budget >= jump => {
+                *budget -= jump;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The ordering, deduplicating, gap-filling stage. See the module documentation.
+pub(crate) struct Sequencer {
+    tracks: HashMap<String, Track>,
+    held: usize,
+    gap_timeout: Duration,
+    ready: VecDeque<Event>,
+    fills: Vec<FillRequest>,
+    counters: Arc<Counters>,
+}
+
+impl Sequencer {
+    pub(crate) fn new(gap_timeout: Duration, counters: Arc<Counters>) -> Self {
+        Self {
+            tracks: HashMap::new(),
+            held: 0,
+            gap_timeout,
+            ready: VecDeque::new(),
+            fills: Vec::new(),
+            counters,
+        }
+    }
+
+    /// The next event for the application, if one is ready.
+    pub(crate) fn pop(&mut self) -> Option<Event> {
+        self.ready.pop_front()
+    }
+
+    /// The gap fills to ask for now.
+    pub(crate) fn take_fills(&mut self) -> Vec<FillRequest> {
+        std::mem::take(&mut self.fills)
+    }
+
+    /// When the oldest open gap times out.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        if self.held == 0 && !self.tracks.values().any(|t| t.gap_since.is_some()) {
+            return None;
+        }
+        self.tracks
+            .values()
+            .filter_map(|t| t.gap_since)
+            .min()
+            .map(|at| at + self.gap_timeout)
+    }
+
+    /// Stops tracking `channel` (the application unsubscribed).
+    pub(crate) fn forget(&mut self, channel: &str) {
+        if let Some(track) = self.tracks.remove(channel) {
+            self.held -= track.held.len();
+        }
+    }
+
+    /// Takes in one arrival.
+    pub(crate) fn accept(&mut self, arrival: Arrival, now: Instant) {
+        match arrival {
+            Arrival::Publication {
+                leg,
+                epoch,
+                channel,
+                seq,
+                data,
+            } => self.publication(leg, epoch.as_deref(), channel, seq, data, now),
+            Arrival::Position {
+                leg,
+                channel,
+                position,
+                asked,
+            } => self.position(leg, channel, position, asked, now),
+            Arrival::Conflated {
+                leg,
+                channel,
+                skipped,
+            } => {
+                if let Some(track) = self.tracks.get_mut(&channel) {
+                    if track.conflated.len() <= leg {
+                        track.conflated.resize(leg + 1, 0);
+                    }
+                    track.conflated[leg] += skipped;
+                }
+                self.ready.push_back(Event::Conflated {
+                    channel: channel.clone(),
+                    skipped,
+                });
+                self.release(&channel);
+            }
+            Arrival::Event(event) => self.ready.push_back(event),
+        }
+    }
+
+    /// Gives up on every gap open longer than the gap timeout.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.gap_since.is_some_and(|at| now >= at + self.gap_timeout))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in expired {
+            warn!(%channel, timeout = ?self.gap_timeout, "gap not filled in time");
+            self.give_up(&channel);
+        }
+    }
+
+    /// Every connection has ended: deliver whatever is held, reporting its gaps.
+    pub(crate) fn finish(&mut self) {
+        let channels: Vec<String> = self.tracks.keys().cloned().collect();
+        for channel in channels {
+            self.give_up(&channel);
+        }
+    }
+
+    fn deliver(&mut self, leg: usize, channel: String, seq: u64, data: Payload) {
+        self.counters.won(leg);
+        self.ready
+            .push_back(Event::Publication { channel, seq, data });
+    }
+
+    fn publication(
+        &mut self,
+        leg: usize,
+        epoch: Option<&str>,
+        channel: String,
+        seq: u64,
+        data: Payload,
+        now: Instant,
+    ) {
+        let Some(track) = self.tracks.get_mut(&channel) else {
+            // Not tracked (no Subscribed seen, or unsubscribed meanwhile): as it comes.
+            return self.deliver(leg, channel, seq, data);
+        };
+        if epoch.is_some_and(|e| e != track.epoch)
+            || seq <= track.delivered
+            || track.held.contains_key(&seq)
+        {
+            // Another incarnation of the channel, or a copy already delivered or held.
+            return;
+        }
+        if seq == track.delivered + 1 || (track.held.is_empty() && track.conflated_over(leg, seq)) {
+            track.delivered = seq;
+            if track.held.is_empty() {
+                return self.deliver(leg, channel, seq, data);
+            }
+            // It filled a gap: what was held behind it may follow.
+            self.deliver(leg, channel.clone(), seq, data);
+            return self.release(&channel);
+        }
+        track.held.insert(seq, (data, leg));
+        self.held += 1;
+        if track.gap_since.is_none() {
+            track.gap_since = Some(now);
+            self.fills.push(FillRequest {
+                leg,
+                channel: channel.clone(),
+                since: Position {
+                    epoch: track.epoch.clone(),
+                    seq: track.delivered,
+                },
+            });
+        }
+        if self.held > MAX_HELD {
+            warn!(%channel, held = self.held, "too many publications held behind a gap");
+            self.give_up(&channel);
+        }
+    }
+
+    fn position(
+        &mut self,
+        leg: usize,
+        channel: String,
+        position: ChannelPosition,
+        asked: Asked,
+        now: Instant,
+    ) {
+        let Some(track) = self.tracks.get_mut(&channel) else {
+            self.tracks
+                .insert(channel, Track::new(position.epoch, position.seq));
+            return;
+        };
+        if track.epoch != position.epoch {
+            // The channel's history was lost (hub restart, or it expired): what was held
+            // belongs to the old sequence; start again from the hub's position.
+            warn!(%channel, "missed publications could not be recovered (new epoch)");
+            self.held -= track.held.len();
+            *track = Track::new(position.epoch.clone(), position.seq);
+            self.ready.push_back(Event::Unrecovered {
+                channel,
+                epoch: position.epoch,
+                seq: position.seq,
+            });
+            return;
+        }
+        match (asked, position.recovered) {
+            (Asked::Resumed, _) if track.gap_since.is_some() => {
+                // A gap is open and this connection is back: ask it too.
+                self.fills.push(FillRequest {
+                    leg,
+                    since: Position {
+                        epoch: track.epoch.clone(),
+                        seq: track.delivered,
+                    },
+                    channel,
+                });
+            }
+            (Asked::Resumed, false) if position.seq > track.delivered => {
+                // This connection cannot replay from its own position, but what the
+                // application has seen may be older and still in the history: ask for that.
+                track.gap_since = Some(now);
+                self.fills.push(FillRequest {
+                    leg,
+                    since: Position {
+                        epoch: track.epoch.clone(),
+                        seq: track.delivered,
+                    },
+                    channel,
+                });
+            }
+            (Asked::Fill, false) => {
+                if track.held.is_empty() && position.seq > track.delivered {
+                    warn!(%channel, "missed publications could not be recovered");
+                    track.delivered = position.seq;
+                    track.gap_since = None;
+                    self.ready.push_back(Event::Unrecovered {
+                        channel,
+                        epoch: position.epoch,
+                        seq: position.seq,
+                    });
+                } else {
+                    self.give_up(&channel);
+                }
+            }
+            // Recovered: the replay follows. Fresh on a known channel: nothing changes.
+            _ => {}
+        }
+    }
+
+    /// Delivers held publications that have become next in line.
+    fn release(&mut self, channel: &str) {
+        let Some(track) = self.tracks.get_mut(channel) else {
+            return;
+        };
+        let mut released = Vec::new();
+        while let Some((&seq, &(_, leg))) = track.held.first_key_value() {
+            if seq != track.delivered + 1 && !track.conflated_over(leg, seq) {
+                break;
+            }
+            let Some((seq, (data, leg))) = track.held.pop_first() else {
+                break;
+            };
+            track.delivered = seq;
+            released.push((leg, seq, data));
+        }
+        if track.held.is_empty() {
+            track.gap_since = None;
+        }
+        self.held -= released.len();
+        for (leg, seq, data) in released {
+            self.deliver(leg, channel.to_owned(), seq, data);
+        }
+    }
+
+    /// Reports every hole before the held publications and delivers them.
+    fn give_up(&mut self, channel: &str) {
+        loop {
+            self.release(channel);
+            let Some(track) = self.tracks.get_mut(channel) else {
+                return;
+            };
+            track.gap_since = None;
+            let Some(&next) = track.held.keys().next() else {
+                return;
+            };
+            let expected = track.delivered + 1;
+            track.delivered = next - 1;
+            self.ready.push_back(Event::Gap {
+                channel: channel.to_owned(),
+                expected,
+                received: next,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sequencer() -> Sequencer {
+        Sequencer::new(Duration::from_secs(1), Arc::new(Counters::new(3)))
+    }
+
+    fn publication(leg: usize, seq: u64) -> Arrival {
+        Arrival::Publication {
+            leg,
+            epoch: Some(Arc::from("e")),
+            channel: "c".into(),
+            seq,
+            data: Payload::from_json(seq.to_string()).unwrap(),
+        }
+    }
+
+    fn position(leg: usize, epoch: &str, seq: u64, recovered: bool, asked: Asked) -> Arrival {
+        Arrival::Position {
+            leg,
+            channel: "c".into(),
+            position: ChannelPosition {
+                epoch: epoch.into(),
+                seq,
+                recovered,
+            },
+            asked,
+        }
+    }
+
+    /// Drains the ready events as short strings.
+    fn out(s: &mut Sequencer) -> Vec<String> {
+        std::iter::from_fn(|| s.pop())
+            .map(|e| match e {
+                Event::Publication { seq, .. } => seq.to_string(),
+                Event::Gap {
+                    expected, received, ..
+                } => format!("gap {expected}..{received}"),
+                Event::Unrecovered { epoch, seq, .. } => format!("unrecovered {epoch}@{seq}"),
+                Event::Conflated { skipped, .. } => format!("conflated {skipped}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn copies_from_several_connections_are_delivered_once_in_order() {
+        let mut s = sequencer();
+        let now = Instant::now();
+        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
+        s.accept(position(1, "e", 0, true, Asked::Fresh), now);
+        for (leg, seq) in [(0, 1), (1, 1), (1, 2), (0, 2), (0, 3), (1, 3), (1, 4)] {
+            s.accept(publication(leg, seq), now);
+        }
+        assert_eq!(out(&mut s), ["1", "2", "3", "4"]);
+        assert!(s.take_fills().is_empty());
+        let metrics = s.counters.snapshot(0);
+        assert_eq!(metrics.wins, [2, 2, 0]);
+    }
+
+    #[test]
+    fn a_gap_is_held_asked_for_and_filled() {
+        let mut s = sequencer();
+        let now = Instant::now();
+        s.accept(position(0, "e", 10, true, Asked::Fresh), now);
+        s.accept(publication(0, 11), now);
+        s.accept(publication(0, 14), now);
+        s.accept(publication(0, 15), now);
+        assert_eq!(out(&mut s), ["11"]);
+        let fills = s.take_fills();
+        assert_eq!(
+            fills,
+            [FillRequest {
+                leg: 0,
+                channel: "c".into(),
+                since: Position {
+                    epoch: "e".into(),
+                    seq: 11
+                }
+            }]
+        );
+        s.accept(position(0, "e", 15, true, Asked::Fill), now);
+        for seq in 12..=15 {
+            s.accept(publication(0, seq), now);
+        }
+        s.accept(publication(0, 16), now);
+        assert_eq!(out(&mut s), ["12", "13", "14", "15", "16"]);
+        assert_eq!(s.deadline(), None);
+    }
+
+    #[test]
+    fn a_gap_the_hub_cannot_fill_is_reported_then_delivery_goes_on() {
+        let mut s = sequencer();
+        let now = Instant::now();
+        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
+        s.accept(publication(0, 1), now);
+        s.accept(publication(0, 5), now);
+        s.accept(publication(0, 7), now);
+        s.accept(position(0, "e", 7, false, Asked::Fill), now);
+        assert_eq!(out(&mut s), ["1", "gap 2..5", "5", "gap 6..7", "7"]);
+    }
+
+    #[test]
+    fn a_gap_nobody_fills_times_out() {
+        let mut s = sequencer();
+        let now = Instant::now();
+        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
+        s.accept(publication(0, 3), now);
+        assert!(out(&mut s).is_empty());
+        assert_eq!(s.deadline(), Some(now + Duration::from_secs(1)));
+        s.expire(now + Duration::from_millis(999));
+        assert!(out(&mut s).is_empty());
+        s.expire(now + Duration::from_secs(1));
+        assert_eq!(out(&mut s), ["gap 1..3", "3"]);
+        assert_eq!(s.deadline(), None);
+    }
+
+    #[test]
+    fn a_new_epoch_is_unrecovered_and_old_copies_are_dropped() {
+        let mut s = sequencer();
+        let now = Instant::now();
+        s.accept(position(0, "e", 5, true, Asked::Fresh), now);
+        s.accept(position(0, "f", 2, false, Asked::Resumed), now);
+        s.accept(publication(1, 6), now); // a connection still in epoch "e"
+        s.accept(
+            Arrival::Publication {
+                leg: 0,
+                epoch: Some(Arc::from("f")),
+                channel: "c".into(),
+                seq: 3,
+                data: Payload::from_json("3").unwrap(),
+            },
+            now,
+        );
+        assert_eq!(out(&mut s), ["unrecovered f@2", "3"]);
+    }
+
+    #[test]
+    fn a_resume_that_cannot_replay_asks_from_what_was_delivered() {
+        let mut s = sequencer();
+        let now = Instant::now();
+        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
+        s.accept(publication(1, 1), now);
+        // Connection 0 comes back unable to replay from its own (older) position.
+        s.accept(position(0, "e", 9, false, Asked::Resumed), now);
+        assert_eq!(s.take_fills()[0].since.seq, 1);
+        s.accept(position(0, "e", 9, false, Asked::Fill), now);
+        assert_eq!(out(&mut s), ["1", "unrecovered e@9"]);
+        s.accept(publication(0, 10), now);
+        assert_eq!(out(&mut s), ["10"]);
+    }
+
+    #[test]
+    fn conflated_publications_are_not_gaps() {
+        let mut s = sequencer();
+        let now = Instant::now();
+        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
+        s.accept(publication(0, 1), now);
+        s.accept(
+            Arrival::Conflated {
+                leg: 0,
+                channel: "c".into(),
+                skipped: 2,
+            },
+            now,
+        );
+        s.accept(publication(0, 3), now);
+        s.accept(publication(0, 5), now);
+        assert_eq!(out(&mut s), ["1", "conflated 2", "3", "5"]);
+        assert!(s.take_fills().is_empty());
+        s.accept(publication(0, 7), now);
+        assert!(out(&mut s).is_empty(), "the cover is used up: 6 is a gap");
+    }
+
+    #[test]
+    fn held_publications_are_bounded() {
+        let mut s = sequencer();
+        let now = Instant::now();
+        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
+        for seq in 2..=(MAX_HELD as u64 + 2) {
+            s.accept(publication(0, seq), now);
+        }
+        let events = out(&mut s);
+        assert_eq!(events[0], "gap 1..2");
+        assert_eq!(events.len(), MAX_HELD + 2);
+        assert_eq!(s.held, 0);
+    }
+}
