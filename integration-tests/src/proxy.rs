@@ -1,5 +1,6 @@
 //! [`TcpProxy`]: a TCP relay between a client and a server that can stop forwarding on the
-//! connections it holds without closing them: a frozen proxy, a half-open network.
+//! connections it holds without closing them (a frozen proxy, a half-open network), or cut
+//! them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// A TCP relay on `127.0.0.1:0`; see the module documentation. Dropping it stops it.
@@ -15,6 +17,7 @@ pub struct TcpProxy {
     addr: SocketAddr,
     next_id: Arc<AtomicU64>,
     frozen_below: Arc<AtomicU64>,
+    cut_below: watch::Sender<u64>,
     _tasks: JoinSet<()>,
 }
 
@@ -28,6 +31,7 @@ impl TcpProxy {
         let addr = listener.local_addr()?;
         let next_id = Arc::new(AtomicU64::new(0));
         let frozen_below = Arc::new(AtomicU64::new(0));
+        let (cut_below, cut) = watch::channel(0);
         let mut tasks = JoinSet::new();
         let (ids, frozen) = (next_id.clone(), frozen_below.clone());
         tasks.spawn(async move {
@@ -39,14 +43,29 @@ impl TcpProxy {
                 };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                relays.spawn(relay(client_read, server_write, id, frozen.clone()));
-                relays.spawn(relay(server_read, client_write, id, frozen.clone()));
+                let cut_client = cut_when(cut.clone(), id);
+                let cut_server = cut_when(cut.clone(), id);
+                let upstream = relay(client_read, server_write, id, frozen.clone());
+                let downstream = relay(server_read, client_write, id, frozen.clone());
+                relays.spawn(async move {
+                    tokio::select! {
+                        () = upstream => {}
+                        () = cut_client => {}
+                    }
+                });
+                relays.spawn(async move {
+                    tokio::select! {
+                        () = downstream => {}
+                        () = cut_server => {}
+                    }
+                });
             }
         });
         Ok(Self {
             addr,
             next_id,
             frozen_below,
+            cut_below,
             _tasks: tasks,
         })
     }
@@ -63,10 +82,22 @@ impl TcpProxy {
             .store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
+    /// Closes every connection open now (both sides see the TCP connection drop); later
+    /// connections are relayed normally.
+    pub fn cut_existing(&self) {
+        self.cut_below
+            .send_replace(self.next_id.load(Ordering::SeqCst));
+    }
+
     /// How many connections the proxy has accepted.
     pub fn connections(&self) -> u64 {
         self.next_id.load(Ordering::SeqCst)
     }
+}
+
+/// Resolves once connection `id` is to be cut.
+async fn cut_when(mut cut_below: watch::Receiver<u64>, id: u64) {
+    let _ = cut_below.wait_for(|below| id < *below).await;
 }
 
 async fn relay(

@@ -487,5 +487,22 @@ async fn history_is_bounded_under_a_flood_and_replays_only_what_it_holds() -> Re
     }
     server.publish("flood", &"live")?;
     assert_eq!(publication(recovering.recv().await?)?.1, 10_001);
+    // Already subscribed, a client that noticed a gap asks again: the hub replays from
+    // there (the client drops what it already has), and the subscription stays one.
+    let subscriptions = server.subscription_count();
+    recovering.send(&ask(9_990)).await?;
+    match recovering.recv().await? {
+        WsMessage::Subscribed { positions, .. } => {
+            assert_eq!(
+                (positions["flood"].seq, positions["flood"].recovered),
+                (10_001, true)
+            );
+        }
+        other => bail!("expected Subscribed, got {other:?}"),
+    }
+    for seq in 9_991..=10_001 {
+        assert_eq!(publication(recovering.recv().await?)?.1, seq);
+    }
+    assert_eq!(server.subscription_count(), subscriptions);
     Ok(())
 }

@@ -3,9 +3,10 @@
 //!
 //! It `select!`s over the client's cancellation token, commands from the handles, the shared
 //! outbound buffer, room in the arrival queue, inbound frames, the rotation and the heartbeat
-//! deadline. It reads from the socket only while the arrival queue has room for what it
-//! reads: when the application stops reading, the client stops reading too (the server then
-//! sees backpressure), and the heartbeat does not take that pause for a dead connection.
+//! deadline. It reads from the socket only while little of what it read is still waiting for
+//! room in the arrival queue: when the application stops reading, the client soon stops
+//! reading too (the server then sees backpressure), and the heartbeat does not take that
+//! pause for a dead connection.
 //! What it reads goes to the [`Sequencer`](crate::sequencer::Sequencer), which orders and
 //! deduplicates across connections.
 
@@ -41,6 +42,11 @@ use crate::state::ConnectionState;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most frames decoded ahead of the arrival queue while resubscribing.
 const MAX_STASH: usize = 4096;
+/// The most arrivals decoded ahead of room in the arrival queue while serving. A little
+/// read-ahead lets control replies (such as the `Subscribed` a `subscribe` call waits for)
+/// through while the application is not reading yet; beyond it the socket is not read, so
+/// the server sees backpressure.
+const READ_AHEAD: usize = 64;
 
 /// A request from a handle (or the sequencer) to a connection task.
 pub(crate) enum Command {
@@ -352,7 +358,7 @@ impl Driver {
                 continue;
             }
             let expecting_data = !self.hub || !self.subscriptions.is_empty();
-            let reading = permit.is_some();
+            let reading = self.out.len() < READ_AHEAD;
             let deadline = heartbeat.deadline(expecting_data, reading);
             tokio::select! {
                 biased;

@@ -115,6 +115,13 @@ impl ServerBuilder {
         self
     }
 
+    /// The field of a publication's data that names what it is about, for the `conflate`
+    /// slow-consumer policy (`WS_CONFLATE_KEY`, default `symbol`).
+    pub fn conflate_key(mut self, field: impl Into<String>) -> Self {
+        self.config.conflate_key = field.into();
+        self
+    }
+
     /// How often the hub pings each client.
     pub fn ping_interval(mut self, interval: Duration) -> Self {
         self.config.ping_interval = interval;

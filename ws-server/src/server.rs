@@ -338,6 +338,14 @@ impl WebSocketServer {
         self.shared.connections.len()
     }
 
+    /// How many subscriptions (connection × channel) are in effect.
+    pub fn subscription_count(&self) -> u64 {
+        self.shared
+            .metrics
+            .subscriptions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many channels have at least one subscriber.
     pub fn channel_count(&self) -> usize {
         self.shared.channels.len()
