@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
-SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5 S6 S7 S8 S9 S10 SWEEP"}
+SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5 S6 S7 S8 S9 S10 S11 SWEEP"}
 DURATION=${DURATION:-5}
 OUT=${OUT:-docs/bench/results}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -97,6 +97,10 @@ for scenario in $SCENARIOS; do
                --json "$OUT/S10-hub-1.json" 1>&2 2>/dev/null
              stop_server
            fi ;;
+      S11) start_server hub
+           taskset -c "$BENCH_CPU" "$BENCH" redundancy --url ws://127.0.0.1:$PORT --legs 1,2,3 --duration 10 \
+             --json "$OUT/S11-hub-$run.json" >&2
+           stop_server ;;
     esac
   done
 done

@@ -101,6 +101,17 @@ for s, title, keys in [
     lines.append(f"| hub ({len(reports)} runs) | " + " | ".join(cells) + " |")
     lines.append("")
 
+s11 = runs.get(("S11", "hub"), [])
+if s11:
+    lines.append("| S11: redundant connections over delaying paths | p50 µs | p99 µs | p99.9 µs | max µs | wins |")
+    lines.append("|---|---|---|---|---|---|")
+    for legs in sorted({r["legs"] for report in s11 for r in report["runs"]}):
+        rows = [r for report in s11 for r in report["runs"] if r["legs"] == legs]
+        cells = [fmt(med([r[k] for r in rows])) for k in ["p50_us", "p99_us", "p999_us", "max_us"]]
+        wins = " / ".join(str(w) for w in rows[0]["wins"])
+        lines.append(f"| {legs} connection(s) ({len(rows)} runs) | " + " | ".join(cells) + f" | {wins} |")
+    lines.append("")
+
 os.makedirs(out, exist_ok=True)
 with open(os.path.join(out, "summary.md"), "w") as f:
     f.write("\n".join(lines) + "\n")

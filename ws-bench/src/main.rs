@@ -15,6 +15,7 @@ mod load;
 mod payload;
 mod process;
 mod publisher;
+mod redundancy;
 mod stats;
 mod storm;
 mod subscriber;
@@ -44,6 +45,8 @@ enum Command {
     Storm(storm::StormArgs),
     /// Delivery while each client's connection is cut now and then (scenario S10).
     Jitter(jitter::JitterArgs),
+    /// Latency with 1, 2 or 3 redundant connections over delaying paths (scenario S11).
+    Redundancy(redundancy::RedundancyArgs),
     /// Runs a baseline server.
     Serve {
         /// Which baseline.
@@ -111,6 +114,17 @@ fn main() -> Result<()> {
                     "== S10 delivery under jitter\n{} clients, {} published, {} cuts: {:.2} % delivered (worst client {:.1} %)",
                     report.clients, report.published, report.cuts, report.delivered_percent, report.worst_client_percent
                 );
+                write_json(args.json.as_deref(), &report)?;
+            }
+            Command::Redundancy(args) => {
+                let report = redundancy::run(&args).await?;
+                println!("== S11 redundancy\nconnections  p50 µs  p99 µs  p99.9 µs  max µs  wins");
+                for run in &report.runs {
+                    println!(
+                        "{:>11}  {:>6}  {:>6}  {:>8}  {:>6}  {:?}",
+                        run.legs, run.p50_us, run.p99_us, run.p999_us, run.max_us, run.wins
+                    );
+                }
                 write_json(args.json.as_deref(), &report)?;
             }
             Command::Serve { kind, addr } => {

@@ -407,7 +407,7 @@ impl Driver {
                         return ended_by(close_frame.as_ref(), &why);
                     }
                 },
-                step = rotation.next(reading) => {
+                step = rotation.next(reading), if rotation.is_on() => {
                     if let Some(successor) = self.rotate(step, &mut rotation).await {
                         let mut old = std::mem::replace(&mut ws, successor);
                         // The new connection has caught up: the old one may go.

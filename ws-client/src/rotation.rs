@@ -78,6 +78,11 @@ impl Rotation {
         }
     }
 
+    /// Whether connections are rotated at all.
+    pub(crate) fn is_on(&self) -> bool {
+        !matches!(self, Self::Off)
+    }
+
     /// Resolves when the rotation needs attention. The new connection is read only while
     /// `reading` (the application keeps up).
     pub(crate) async fn next(&mut self, reading: bool) -> Step {
