@@ -78,13 +78,17 @@ fn publish_ticks(
     })
 }
 
-#[tokio::test]
-async fn a_live_gap_is_detected_and_filled_from_the_history() -> Result<()> {
-    // A tiny queue that drops the oldest when full, and a history that reaches back further.
+/// A hub with a tiny queue under `policy`, and a client subscribed to `channel` that keeps
+/// one event at a time, so that it stops reading while the application does not.
+async fn slow_reader(
+    queue: usize,
+    policy: SlowConsumerPolicy,
+    channel: &str,
+) -> Result<(WebSocketServer, WebSocketClient)> {
     let server = spawn_server(
         WebSocketServer::builder()
-            .send_queue_size(8)
-            .slow_consumer_policy(SlowConsumerPolicy::DropOldest)
+            .send_queue_size(queue)
+            .slow_consumer_policy(policy)
             .history(10_000, Duration::from_secs(60)),
     )
     .await?;
@@ -93,7 +97,14 @@ async fn a_live_gap_is_detected_and_filled_from_the_history() -> Result<()> {
         .event_capacity(1)
         .build()
         .await?;
-    client.subscribe(["book"]).await?;
+    client.subscribe([channel]).await?;
+    Ok((server, client))
+}
+
+#[tokio::test]
+async fn a_live_gap_is_detected_and_filled_from_the_history() -> Result<()> {
+    // A tiny queue that drops the oldest when full, and a history that reaches back further.
+    let (server, client) = slow_reader(8, SlowConsumerPolicy::DropOldest, "book").await?;
     // The application does not read while 20 MB are published: the socket buffers fill,
     // then the hub's queue, which drops publications for this client.
     const COUNT: u64 = 5_000;
@@ -182,19 +193,8 @@ async fn rotation_replaces_old_connections_without_gap_or_duplicate() -> Result<
 
 #[tokio::test]
 async fn conflation_delivers_the_newest_per_key_and_accounts_for_every_publication() -> Result<()> {
-    let server = spawn_server(
-        WebSocketServer::builder()
-            .send_queue_size(16)
-            .slow_consumer_policy(SlowConsumerPolicy::Conflate)
-            .conflate_key("symbol"),
-    )
-    .await?;
-    let client = WebSocketClient::builder()
-        .url(format!("ws://{}", server.local_addr()))
-        .event_capacity(1)
-        .build()
-        .await?;
-    client.subscribe(["quotes"]).await?;
+    // The key field is `symbol` by default (`WS_CONFLATE_KEY`).
+    let (server, client) = slow_reader(16, SlowConsumerPolicy::Conflate, "quotes").await?;
     const COUNT: u64 = 5_000;
     let symbols = ["SOL-USDC", "BTC-USDC", "ETH-USDC"];
     let mut newest = HashMap::new();

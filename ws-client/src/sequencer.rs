@@ -428,6 +428,13 @@ mod tests {
         }
     }
 
+    /// Takes in every arrival at `now`.
+    fn feed(s: &mut Sequencer, now: Instant, arrivals: impl IntoIterator<Item = Arrival>) {
+        for arrival in arrivals {
+            s.accept(arrival, now);
+        }
+    }
+
     /// Drains the ready events as short strings.
     fn out(s: &mut Sequencer) -> Vec<String> {
         std::iter::from_fn(|| s.pop())
@@ -447,8 +454,14 @@ mod tests {
     fn copies_from_several_connections_are_delivered_once_in_order() {
         let mut s = sequencer();
         let now = Instant::now();
-        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
-        s.accept(position(1, "e", 0, true, Asked::Fresh), now);
+        feed(
+            &mut s,
+            now,
+            [
+                position(0, "e", 0, true, Asked::Fresh),
+                position(1, "e", 0, true, Asked::Fresh),
+            ],
+        );
         for (leg, seq) in [(0, 1), (1, 1), (1, 2), (0, 2), (0, 3), (1, 3), (1, 4)] {
             s.accept(publication(leg, seq), now);
         }
@@ -462,10 +475,16 @@ mod tests {
     fn a_gap_is_held_asked_for_and_filled() {
         let mut s = sequencer();
         let now = Instant::now();
-        s.accept(position(0, "e", 10, true, Asked::Fresh), now);
-        s.accept(publication(0, 11), now);
-        s.accept(publication(0, 14), now);
-        s.accept(publication(0, 15), now);
+        feed(
+            &mut s,
+            now,
+            [
+                position(0, "e", 10, true, Asked::Fresh),
+                publication(0, 11),
+                publication(0, 14),
+                publication(0, 15),
+            ],
+        );
         assert_eq!(out(&mut s), ["11"]);
         let fills = s.take_fills();
         assert_eq!(
@@ -492,11 +511,17 @@ mod tests {
     fn a_gap_the_hub_cannot_fill_is_reported_then_delivery_goes_on() {
         let mut s = sequencer();
         let now = Instant::now();
-        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
-        s.accept(publication(0, 1), now);
-        s.accept(publication(0, 5), now);
-        s.accept(publication(0, 7), now);
-        s.accept(position(0, "e", 7, false, Asked::Fill), now);
+        feed(
+            &mut s,
+            now,
+            [
+                position(0, "e", 0, true, Asked::Fresh),
+                publication(0, 1),
+                publication(0, 5),
+                publication(0, 7),
+                position(0, "e", 7, false, Asked::Fill),
+            ],
+        );
         assert_eq!(out(&mut s), ["1", "gap 2..5", "5", "gap 6..7", "7"]);
     }
 
@@ -504,8 +529,11 @@ mod tests {
     fn a_gap_nobody_fills_times_out() {
         let mut s = sequencer();
         let now = Instant::now();
-        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
-        s.accept(publication(0, 3), now);
+        feed(
+            &mut s,
+            now,
+            [position(0, "e", 0, true, Asked::Fresh), publication(0, 3)],
+        );
         assert!(out(&mut s).is_empty());
         assert_eq!(s.deadline(), Some(now + Duration::from_secs(1)));
         s.expire(now + Duration::from_millis(999));
@@ -519,8 +547,14 @@ mod tests {
     fn a_new_epoch_is_unrecovered_and_old_copies_are_dropped() {
         let mut s = sequencer();
         let now = Instant::now();
-        s.accept(position(0, "e", 5, true, Asked::Fresh), now);
-        s.accept(position(0, "f", 2, false, Asked::Resumed), now);
+        feed(
+            &mut s,
+            now,
+            [
+                position(0, "e", 5, true, Asked::Fresh),
+                position(0, "f", 2, false, Asked::Resumed),
+            ],
+        );
         s.accept(publication(1, 6), now); // a connection still in epoch "e"
         s.accept(
             Arrival::Publication {
@@ -539,8 +573,11 @@ mod tests {
     fn a_resume_that_cannot_replay_asks_from_what_was_delivered() {
         let mut s = sequencer();
         let now = Instant::now();
-        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
-        s.accept(publication(1, 1), now);
+        feed(
+            &mut s,
+            now,
+            [position(0, "e", 0, true, Asked::Fresh), publication(1, 1)],
+        );
         // Connection 0 comes back unable to replay from its own (older) position.
         s.accept(position(0, "e", 9, false, Asked::Resumed), now);
         assert_eq!(s.take_fills()[0].since.seq, 1);
@@ -554,8 +591,11 @@ mod tests {
     fn conflated_publications_are_not_gaps() {
         let mut s = sequencer();
         let now = Instant::now();
-        s.accept(position(0, "e", 0, true, Asked::Fresh), now);
-        s.accept(publication(0, 1), now);
+        feed(
+            &mut s,
+            now,
+            [position(0, "e", 0, true, Asked::Fresh), publication(0, 1)],
+        );
         s.accept(
             Arrival::Conflated {
                 leg: 0,
@@ -564,8 +604,7 @@ mod tests {
             },
             now,
         );
-        s.accept(publication(0, 3), now);
-        s.accept(publication(0, 5), now);
+        feed(&mut s, now, [publication(0, 3), publication(0, 5)]);
         assert_eq!(out(&mut s), ["1", "conflated 2", "3", "5"]);
         assert!(s.take_fills().is_empty());
         s.accept(publication(0, 7), now);
