@@ -34,8 +34,11 @@ async fn main() -> Result<()> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tick.tick() => {
                     let update = prices.next_update();
-                    let published = server.publish(SOL_USDC_CHANNEL, &update)?;
-                    println!("seq {:>6} to {} subscriber(s): {}", published.seq, published.recipients, update.to_json());
+                    let published = server.publish(SOL_USDC_CHANNEL, &update).await?;
+                    let recipients = published
+                        .recipients
+                        .map_or_else(|| "every hub's".to_owned(), |n| n.to_string());
+                    println!("seq {:>6} to {recipients} subscriber(s): {}", published.seq, update.to_json());
                 }
             }
         }

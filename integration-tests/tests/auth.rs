@@ -252,7 +252,7 @@ async fn a_flood_is_rate_limited_then_cut_while_a_neighbour_receives_everything(
     }
     let _ = abuser.ws.flush().await;
     for n in 0..100 {
-        server.publish("feed", &n)?;
+        server.publish("feed", &n).await?;
     }
     let (mut pongs, mut limited) = (0, 0);
     let close = loop {

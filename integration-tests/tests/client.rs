@@ -87,7 +87,10 @@ async fn subscribes_and_receives_publications_in_order() -> Result<()> {
     within("subscribe", client.subscribe(["ticks"])).await??;
     // Subscribed means in effect: a publish right now reaches us.
     for n in 0..100 {
-        assert_eq!(server.publish("ticks", &Tick { n })?.recipients, 1);
+        assert_eq!(
+            server.publish("ticks", &Tick { n }).await?.recipients,
+            Some(1)
+        );
     }
     for n in 0..100 {
         let (channel, seq, data) = next_publication(&client).await?;
@@ -138,7 +141,7 @@ async fn reconnects_after_server_restart_resubscribes_and_flushes_the_buffer_in_
     }
     // The subscription came back by itself.
     eventually("resubscribed", || server.channel_count() == 1).await?;
-    server.publish("prices", &Tick { n: 1 })?;
+    server.publish("prices", &Tick { n: 1 }).await?;
     // A restarted hub has lost its history: the client says so before the new publications.
     let mut unrecovered = false;
     let data = loop {
@@ -210,7 +213,7 @@ async fn a_frozen_proxy_is_detected_by_the_heartbeat_and_replaced() -> Result<()
         server.channel_count() == 1
     })
     .await?;
-    server.publish("feed", &Tick { n: 9 })?;
+    server.publish("feed", &Tick { n: 9 }).await?;
     assert_eq!(
         within("receive", client.receive::<Tick>()).await??,
         Some(Tick { n: 9 })
@@ -566,7 +569,7 @@ async fn a_stale_feed_is_replaced() -> Result<()> {
     }
     // After the replacement the subscription is back and data flows.
     eventually("resubscribed", || server.channel_count() == 1).await?;
-    server.publish("quiet", &Tick { n: 1 })?;
+    server.publish("quiet", &Tick { n: 1 }).await?;
     assert_eq!(
         within("receive", client.receive::<Tick>()).await??,
         Some(Tick { n: 1 })
@@ -644,7 +647,7 @@ async fn a_cut_connection_recovers_every_publication_exactly_once_in_order() -> 
         let server = server.clone();
         tokio::spawn(async move {
             for n in 0..200u64 {
-                server.publish("book", &Tick { n })?;
+                server.publish("book", &Tick { n }).await?;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             anyhow::Ok(())

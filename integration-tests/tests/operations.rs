@@ -170,7 +170,7 @@ async fn the_status_page_and_its_numbers() -> Result<()> {
     assert!(page.contains("/status.json") && page.contains("slow-consumer cuts"));
     let mut client = RawClient::connect(server.local_addr()).await?;
     client.subscribe(&["x"]).await?;
-    server.publish("x", &1)?;
+    server.publish("x", &1).await?;
     let (_, json) = get(admin, "/status.json").await?;
     let numbers: serde_json::Value = serde_json::from_str(&json)?;
     assert_eq!(numbers["connections"], 1);

@@ -71,7 +71,7 @@ fn publish_ticks(
     let server = server.clone();
     tokio::spawn(async move {
         for n in 1..=count {
-            server.publish(channel, &tick(n, 0))?;
+            server.publish(channel, &tick(n, 0)).await?;
             tokio::time::sleep(every).await;
         }
         Ok(())
@@ -109,7 +109,7 @@ async fn a_live_gap_is_detected_and_filled_from_the_history() -> Result<()> {
     // then the hub's queue, which drops publications for this client.
     const COUNT: u64 = 5_000;
     for n in 1..=COUNT {
-        server.publish("book", &tick(n, 4096))?;
+        server.publish("book", &tick(n, 4096)).await?;
     }
     let seen = read_all_in_order(&client, COUNT).await?;
     ensure!(
@@ -205,7 +205,7 @@ async fn conflation_delivers_the_newest_per_key_and_accounts_for_every_publicati
             n,
             pad: "x".repeat(4096),
         };
-        server.publish("quotes", &quote)?;
+        server.publish("quotes", &quote).await?;
         newest.insert(symbol, n);
     }
     let (mut received, mut skipped, mut last_seq) = (0u64, 0u64, 0u64);

@@ -36,7 +36,9 @@ async fn the_hub_serves_wss_and_our_client_trusts_a_private_root() -> Result<()>
         .build()
         .await?;
     client.subscribe(["secure"]).await?;
-    server.publish("secure", &serde_json::json!({"ok": true}))?;
+    server
+        .publish("secure", &serde_json::json!({"ok": true}))
+        .await?;
     let got: serde_json::Value = within("receive", client.receive())
         .await??
         .expect("a message");

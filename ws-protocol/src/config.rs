@@ -161,6 +161,10 @@ pub struct WebSocketConfig {
     /// `WS_CONFLATE_KEY`: the top-level field of a publication's data that names what it is
     /// about (policy `conflate` keeps the newest per channel and key). Default `symbol`.
     pub conflate_key: String,
+    /// `WS_REDIS_URL`: `redis://host:port/db` of the Redis that hubs share channels through
+    /// (publications, `seq`, history). Default: unset (the hub's embedded broker; nothing
+    /// about Redis is needed).
+    pub redis_url: Option<String>,
 }
 
 impl Default for WebSocketConfig {
@@ -197,6 +201,7 @@ impl Default for WebSocketConfig {
             history_ttl: Duration::from_secs(60),
             reconnect_hint: Duration::from_secs(1),
             conflate_key: "symbol".to_owned(),
+            redis_url: None,
         }
     }
 }
@@ -288,6 +293,7 @@ struct EnvVars {
     ws_history_ttl: Option<f64>,
     ws_reconnect_hint: Option<f64>,
     ws_conflate_key: Option<String>,
+    ws_redis_url: Option<String>,
 }
 
 impl EnvVars {
@@ -347,6 +353,7 @@ impl EnvVars {
             reconnect_hint: secs("WS_RECONNECT_HINT", self.ws_reconnect_hint)?
                 .unwrap_or(d.reconnect_hint),
             conflate_key: self.ws_conflate_key.unwrap_or(d.conflate_key),
+            redis_url: self.ws_redis_url.filter(|url| !url.trim().is_empty()),
         };
         config.validate()?;
         Ok(config)
@@ -425,6 +432,15 @@ impl WebSocketConfig {
                 value: self.rate_limit.to_string(),
                 reason: "must be a positive number of frames per second",
             });
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::OutOfRange {
+                    variable: "WS_REDIS_URL",
+                    value: url.clone(),
+                    reason: "must be a redis:// URL",
+                });
+            }
         }
         if self.conflate_key.trim().is_empty() {
             return Err(ConfigError::OutOfRange {

@@ -33,6 +33,9 @@ pub mod codes {
     pub const RATE_LIMITED: &str = "rate_limited";
     /// The subscribe would exceed the hub's subscriptions per connection; nothing changed.
     pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
+    /// The hub cannot reach the broker its hubs share (Redis): the publish or subscribe was
+    /// not done; retry later.
+    pub const UNAVAILABLE: &str = "unavailable";
 }
 
 /// A position in a channel: which incarnation of its history (`epoch`) and which `seq`.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use tokio::time::Instant;
-use ws_protocol::{ChannelPosition, Position, write_publication};
+use ws_protocol::{ChannelPosition, Position, WsMessage, write_publication};
 
 use crate::conflation_key::ConflationKey;
 use crate::connections::ConnectionId;
@@ -39,8 +39,9 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
 pub struct Published {
     /// The publication's `seq` in its channel; 0 when nothing kept or received it.
     pub seq: u64,
-    /// How many subscribers it was queued to.
-    pub recipients: usize,
+    /// How many subscribers on this hub it was queued to; `None` with the Redis broker, where
+    /// every hub delivers it as it reads it back from Redis.
+    pub recipients: Option<usize>,
 }
 
 /// How much history each channel keeps.
@@ -54,11 +55,13 @@ pub(crate) struct HistoryLimits {
 
 struct Channel {
     name: Arc<str>,
-    epoch: Arc<str>,
     state: Mutex<ChannelState>,
 }
 
 struct ChannelState {
+    /// The incarnation of the channel's sequence: this hub's (embedded broker) or the
+    /// cluster's (Redis broker).
+    epoch: Arc<str>,
     seq: u64,
     /// A vector, iterated on every publication; `index` finds an entry to remove it.
     subscribers: Vec<(ConnectionId, Arc<Outbox>)>,
@@ -167,8 +170,8 @@ impl Channels {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed);
                 Arc::new(Channel {
                     name: key.clone(),
-                    epoch: Arc::from(format!("{}-{generation}", self.hub_epoch)),
                     state: Mutex::new(ChannelState {
+                        epoch: Arc::from(format!("{}-{generation}", self.hub_epoch)),
                         seq: 0,
                         subscribers: Vec::new(),
                         index: HashMap::new(),
@@ -209,7 +212,7 @@ impl Channels {
                         .history
                         .front()
                         .map_or(state.seq + 1, |(seq, _, _)| *seq);
-                    let reachable = *position.epoch == *channel.epoch
+                    let reachable = *position.epoch == *state.epoch
                         && position.seq <= state.seq
                         && oldest <= position.seq + 1;
                     // History seqs are consecutive, so the first one to replay is an index.
@@ -226,7 +229,7 @@ impl Channels {
                 }
             };
             let position = ChannelPosition {
-                epoch: channel.epoch.to_string(),
+                epoch: state.epoch.to_string(),
                 seq: state.seq,
                 recovered,
             };
@@ -270,16 +273,123 @@ impl Channels {
             None => {
                 return Published {
                     seq: 0,
-                    recipients: 0,
+                    recipients: Some(0),
                 };
             }
         };
         let mut state = channel.lock();
         state.seq += 1;
         let seq = state.seq;
-        let frame = Frame::text_with(channel.name.len() + data.get().len() + 64, |buf| {
-            write_publication(buf, &channel.name, seq, data);
-        });
+        let recipients = Some(self.fan_out(&channel, &mut state, seq, data));
+        Published { seq, recipients }
+    }
+
+    /// Delivers a publication sequenced elsewhere (the Redis broker): `seq` in `epoch`,
+    /// already in order. A copy at or below the channel's `seq` is dropped. A new epoch (the
+    /// cluster lost the channel's history) restarts the channel there and tells every
+    /// subscriber with an unsolicited `Subscribed` (`recovered: false`) before the
+    /// publication. Returns how many subscribers it was queued to; `None` if the channel is
+    /// unknown here (nobody subscribes on this hub).
+    pub(crate) fn deliver(
+        &self,
+        name: &str,
+        epoch: &str,
+        seq: u64,
+        data: &RawValue,
+    ) -> Option<usize> {
+        let channel = self.channel(name)?;
+        let mut state = channel.lock();
+        if *state.epoch != *epoch {
+            state.epoch = Arc::from(epoch);
+            state.seq = seq.saturating_sub(1);
+            state.history.clear();
+            let notice = WsMessage::Subscribed {
+                channels: vec![name.to_owned()],
+                positions: [(
+                    name.to_owned(),
+                    ChannelPosition {
+                        epoch: epoch.to_owned(),
+                        seq: state.seq,
+                        recovered: false,
+                    },
+                )]
+                .into(),
+            };
+            let frame = Frame::text(&notice.to_json());
+            for (_, outbox) in &state.subscribers {
+                outbox.push(Outgoing::direct(frame.clone()));
+            }
+        }
+        if seq <= state.seq {
+            return Some(0);
+        }
+        state.seq = seq;
+        Some(self.fan_out(&channel, &mut state, seq, data))
+    }
+
+    /// Starts (or restarts) a channel mirrored from elsewhere at `epoch`/`seq` with the
+    /// recent publications `history` (`(seq, age, data)`, oldest first), unless it already
+    /// stands there or further.
+    pub(crate) fn seed(
+        &self,
+        name: &str,
+        epoch: &str,
+        seq: u64,
+        history: Vec<(u64, Duration, Box<RawValue>)>,
+    ) {
+        let channel = self.channel_or_create(name);
+        let mut state = channel.lock();
+        if *state.epoch == *epoch && state.seq >= seq {
+            return;
+        }
+        state.epoch = Arc::from(epoch);
+        state.seq = seq;
+        state.history.clear();
+        let now = Instant::now();
+        for (seq, age, data) in history {
+            let frame = Self::encode(&channel.name, seq, &data);
+            state
+                .history
+                .push_back((seq, now.checked_sub(age).unwrap_or(now), frame));
+        }
+        state.trim(self.limits, now);
+    }
+
+    /// Drops a channel's history and position (it is no longer mirrored here) unless it has
+    /// subscribers; returns whether it had none.
+    pub(crate) fn forget_if_unused(&self, name: &str) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let unused = map
+            .get(name)
+            .is_none_or(|channel| channel.lock().subscribers.is_empty());
+        if unused {
+            map.remove(name);
+        }
+        unused
+    }
+
+    /// The epoch and `seq` a channel stands at here, if it is known.
+    pub(crate) fn position(&self, name: &str) -> Option<(Arc<str>, u64)> {
+        let channel = self.channel(name)?;
+        let state = channel.lock();
+        Some((state.epoch.clone(), state.seq))
+    }
+
+    fn encode(name: &str, seq: u64, data: &RawValue) -> Frame {
+        Frame::text_with(name.len() + data.get().len() + 64, |buf| {
+            write_publication(buf, name, seq, data);
+        })
+    }
+
+    /// Encodes publication `seq`, keeps it in the history and queues it to every subscriber.
+    fn fan_out(
+        &self,
+        channel: &Channel,
+        state: &mut ChannelState,
+        seq: u64,
+        data: &RawValue,
+    ) -> usize {
+        let frame = Self::encode(&channel.name, seq, data);
         if self.limits.size > 0 {
             let now = Instant::now();
             state.history.push_back((seq, now, frame.clone()));
@@ -287,12 +397,11 @@ impl Channels {
         }
         let key = self.conflation.as_ref().and_then(|k| k.of(data));
         let item = Outgoing::publication(channel.name.clone(), frame, key);
-        let recipients = state
+        state
             .subscribers
             .iter()
             .filter(|(_, outbox)| outbox.push(item.clone()))
-            .count();
-        Published { seq, recipients }
+            .count()
     }
 
     /// How many channels have at least one subscriber.
@@ -335,14 +444,14 @@ mod tests {
             channels.publish("x", data.as_raw()),
             Published {
                 seq: 1,
-                recipients: 1
+                recipients: Some(1)
             }
         );
         assert_eq!(
             channels.publish("x", data.as_raw()),
             Published {
                 seq: 2,
-                recipients: 1
+                recipients: Some(1)
             }
         );
         assert_eq!(
@@ -365,7 +474,7 @@ mod tests {
         channels.unsubscribe("x", ConnectionId(1));
         assert_eq!(channels.len(), 1);
         let data = Payload::from_json("2").unwrap();
-        assert_eq!(channels.publish("x", data.as_raw()).recipients, 1);
+        assert_eq!(channels.publish("x", data.as_raw()).recipients, Some(1));
         assert!(texts(&a).is_empty());
         assert_eq!(texts(&b).len(), 1);
         channels.unsubscribe("x", ConnectionId(2));
@@ -375,7 +484,7 @@ mod tests {
             channels.publish("x", data.as_raw()),
             Published {
                 seq: 0,
-                recipients: 0
+                recipients: Some(0)
             }
         );
         assert_eq!(channels.len(), 0);

@@ -25,6 +25,9 @@ pub enum ServerError {
     /// The TLS certificate or key cannot be used. Fatal.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The shared broker (Redis) cannot be reached: nothing was published.
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
     /// The channel name is empty or longer than the hub accepts.
     #[error("invalid channel name {0:?}: must be 1 to 256 bytes")]
     InvalidChannel(String),

@@ -19,7 +19,7 @@
 //! let mut incoming = server.incoming();
 //! while let Some((connection, message)) = incoming.recv().await {
 //!     // Fan every price a client sends out to the subscribers of one channel.
-//!     server.publish("prices:all", &message)?;
+//!     server.publish("prices:all", &message).await?;
 //!     tracing::info!(%connection, "re-published a {}", message.kind());
 //! }
 //! # Ok(()) }
@@ -29,6 +29,7 @@ mod admin;
 mod auth;
 #[doc(hidden)]
 pub mod bench_support;
+mod broker;
 mod builder;
 mod channel;
 mod conflation_key;
@@ -44,6 +45,7 @@ mod session;
 mod tls;
 
 pub use auth::{AuthError, Authenticator, Grant, JwtAuthenticator};
+pub use broker::BrokerError;
 pub use builder::{DEFAULT_INCOMING_CAPACITY, ServerBuilder};
 pub use channel::{MAX_CHANNEL_NAME_LEN, Published};
 pub use connections::ConnectionId;

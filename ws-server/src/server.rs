@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use ws_protocol::{Payload, SlowConsumerPolicy, WebSocketConfig, WsMessage};
 
 use crate::auth::{Authenticator, JwtAuthenticator};
+use crate::broker::{Broker, BrokerFuture, EmbeddedBroker, RedisBroker};
 use crate::builder::ServerBuilder;
 use crate::channel::{Channels, HistoryLimits, Published, is_valid_name};
 use crate::conflation_key::ConflationKey;
@@ -41,14 +42,13 @@ const MAX_PENDING_REJECTIONS: usize = 64;
 /// descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// One publication in this many has its fan-out time recorded (a power of two).
-const FANOUT_SAMPLE: u64 = 16;
-
 /// State shared by the handle, the accept loop and every connection task.
 pub(crate) struct Shared {
     pub(crate) config: WebSocketConfig,
     pub(crate) ws_config: TungsteniteConfig,
-    pub(crate) channels: Channels,
+    pub(crate) channels: Arc<Channels>,
+    /// Where publications get their `seq` and how they reach every hub.
+    pub(crate) broker: Arc<dyn Broker>,
     pub(crate) connections: Connections,
     incoming: RwLock<Option<mpsc::Sender<(ConnectionId, WsMessage)>>>,
     incoming_capacity: usize,
@@ -71,20 +71,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Publishes and records the fan-out in the metrics.
-    pub(crate) fn publish(&self, channel: &str, data: &serde_json::value::RawValue) -> Published {
-        // The fan-out time is sampled (1 publication in 16): reading the clock twice on every
-        // publication would cost a publisher at a million frames a second.
-        let n = self.metrics.publications.fetch_add(1, Ordering::Relaxed);
-        if n & (FANOUT_SAMPLE - 1) != 0 {
-            return self.channels.publish(channel, data);
-        }
-        let started = std::time::Instant::now();
-        let published = self.channels.publish(channel, data);
-        if published.recipients > 0 {
-            self.metrics.observe_fanout(started.elapsed());
-        }
-        published
+    /// Publishes through the broker.
+    pub(crate) fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        data: &'a serde_json::value::RawValue,
+    ) -> BrokerFuture<'a, Published> {
+        self.broker
+            .publish(&self.channels, &self.metrics, channel, data)
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -101,17 +95,28 @@ impl Shared {
             "publications": get(&self.metrics.publications),
             "slow_consumer_disconnects": get(&self.metrics.slow_consumer_disconnects),
             "draining": self.is_draining(),
+            "broker": self.broker.status().kind,
+            "broker_up": self.broker.status().up,
             "uptime_s": self.started.elapsed().as_secs(),
         })
         .to_string()
     }
 
     pub(crate) fn render_metrics(&self) -> String {
-        self.metrics.render(
+        let mut text = self.metrics.render(
             self.connections.len(),
             self.channels.len(),
             self.is_draining(),
-        )
+        );
+        let broker = self.broker.status();
+        text.push_str(&format!(
+            "# HELP ws_broker_up 1 while the broker ({}) can be used.\n# TYPE ws_broker_up gauge\nws_broker_up {}\n\
+             # HELP ws_broker_outages_total Times the broker was lost.\n# TYPE ws_broker_outages_total counter\nws_broker_outages_total {}\n",
+            broker.kind,
+            u8::from(broker.up),
+            broker.outages
+        ));
+        text
     }
 
     /// Spawns a task the server owns (tracked, waited for at shutdown).
@@ -139,7 +144,7 @@ impl Shared {
 ///
 /// # async fn demo() -> Result<(), ws_server::ServerError> {
 /// let server = WebSocketServer::bind("127.0.0.1:8080").await?;
-/// server.publish("prices:SOL-USDC", &serde_json::json!({ "price": 101.5 }))?;
+/// server.publish("prices:SOL-USDC", &serde_json::json!({ "price": 101.5 })).await?;
 /// server.shutdown().await;
 /// # Ok(()) }
 /// ```
@@ -234,10 +239,19 @@ impl WebSocketServer {
         let conflation = (config.slow_consumer_policy == SlowConsumerPolicy::Conflate)
             .then(|| ConflationKey::new(config.conflate_key.clone()));
         let token = CancellationToken::new();
+        let redis = match &config.redis_url {
+            Some(url) => Some(Arc::new(RedisBroker::new(url, history)?)),
+            None => None,
+        };
+        let broker: Arc<dyn Broker> = match &redis {
+            Some(redis) => redis.clone(),
+            None => Arc::new(EmbeddedBroker),
+        };
         let shared = Arc::new(Shared {
             config,
             ws_config,
-            channels: Channels::new(history, conflation),
+            channels: Arc::new(Channels::new(history, conflation)),
+            broker,
             connections: Connections::default(),
             incoming: RwLock::new(None),
             incoming_capacity: incoming_capacity.max(1),
@@ -252,8 +266,14 @@ impl WebSocketServer {
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
             started: std::time::Instant::now(),
         });
-        if shared.config.history_size > 0 {
+        if shared.config.history_size > 0 || redis.is_some() {
             shared.tracker.spawn(sweep_loop(shared.clone()));
+        }
+        if let Some(redis) = redis {
+            info!("sharing channels through Redis (WS_REDIS_URL)");
+            shared
+                .tracker
+                .spawn(redis.run(shared.channels.clone(), shared.token.clone()));
         }
         if let Some(admin) = admin {
             shared
@@ -297,15 +317,24 @@ impl WebSocketServer {
     /// Publishes `data` on `channel`: every subscriber receives
     /// `{"type":"Publication","channel":..,"seq":..,"data":..}`, encoded once for all of them.
     ///
+    /// With the embedded broker it is queued to every subscriber before this returns; with
+    /// Redis (`WS_REDIS_URL`) it returns once Redis has sequenced and kept it, and every hub
+    /// with subscribers, this one included, delivers it as it reads it back.
+    ///
     /// # Errors
     /// [`ServerError::Encode`] if `data` cannot be serialized, [`ServerError::InvalidChannel`]
-    /// if the channel name is empty or too long; nothing was sent.
-    pub fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<Published> {
+    /// if the channel name is empty or too long, [`ServerError::Broker`] if Redis cannot be
+    /// reached; nothing was published.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        data: &T,
+    ) -> Result<Published> {
         if !is_valid_name(channel) {
             return Err(ServerError::InvalidChannel(channel.to_owned()));
         }
         let payload = Payload::from_value(data)?;
-        Ok(self.shared.publish(channel, payload.as_raw()))
+        Ok(self.shared.publish(channel, payload.as_raw()).await?)
     }
 
     /// Sends `message` as it is to one connection, queued like a broadcast.
@@ -476,7 +505,7 @@ async fn sweep_loop(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             () = shared.token.cancelled() => break,
-            _ = tick.tick() => shared.channels.sweep(),
+            _ = tick.tick() => shared.broker.sweep(&shared.channels),
         }
     }
 }

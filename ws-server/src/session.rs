@@ -439,8 +439,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     );
                     return self.send_now(&error).await;
                 }
-                self.shared.publish(&channel, data.as_raw());
-                Ok(())
+                match self.shared.publish(&channel, data.as_raw()).await {
+                    Ok(_) => Ok(()),
+                    Err(error) => {
+                        let error = WsMessage::error(
+                            codes::UNAVAILABLE,
+                            format!("not published on {channel:?}: {error}"),
+                        );
+                        self.send_now(&error).await
+                    }
+                }
             }
             message @ (WsMessage::PriceUpdate { .. } | WsMessage::AccountUpdate { .. }) => {
                 self.forward(message).await
@@ -489,6 +497,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 format!("at most {limit} subscriptions per connection; nothing changed"),
             );
             return self.send_now(&error).await;
+        }
+        // With Redis, a channel new to this hub is attached first: its position and recent
+        // history come from Redis, so the subscribe below recovers as on one hub.
+        for channel in &channels {
+            let shared = &self.shared;
+            if let Err(error) = shared.broker.attach(&shared.channels, channel).await {
+                let error = WsMessage::error(
+                    codes::UNAVAILABLE,
+                    format!("not subscribed to {channel:?}: {error}; nothing changed"),
+                );
+                return self.send_now(&error).await;
+            }
         }
         let mut positions = BTreeMap::new();
         for channel in &channels {

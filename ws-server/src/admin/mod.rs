@@ -1,6 +1,6 @@
 //! The operators' HTTP surface on its own address (`WS_ADMIN_ADDR`), apart from the public
 //! WebSocket port (which may be TLS): `GET /health` (200 while accepting, 503 while
-//! draining), `GET /metrics` (Prometheus text), and `GET /` a status page that updates
+//! draining or while the shared broker, Redis, is unreachable), `GET /metrics` (Prometheus text), and `GET /` a status page that updates
 //! itself from `GET /status.json`. A deliberately small HTTP/1.1 responder:
 //! one GET per connection, head bounded in size and time.
 
@@ -68,6 +68,11 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
             "503 Service Unavailable",
             "text/plain",
             "draining\n".to_owned(),
+        ),
+        ("GET", "/health") if !shared.broker.status().up => (
+            "503 Service Unavailable",
+            "text/plain",
+            "redis unavailable\n".to_owned(),
         ),
         ("GET", "/health") => ("200 OK", "text/plain", "ok\n".to_owned()),
         ("GET", "/") => ("200 OK", "text/html; charset=utf-8", STATUS_PAGE.to_owned()),

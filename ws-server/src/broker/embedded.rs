@@ -1,0 +1,60 @@
+//! [`EmbeddedBroker`]: the hub alone, in process: a publication is sequenced and fanned out
+//! under its channel's lock, at once.
+
+use std::future::ready;
+
+use futures_util::future::Either;
+use serde_json::value::RawValue;
+
+use super::{Broker, BrokerFuture, BrokerStatus};
+use crate::channel::{Channels, Published};
+use crate::metrics::HubMetrics;
+
+/// One publication in this many has its fan-out timed for the metrics: reading the clock
+/// twice on every publication would cost a publisher at a million frames a second.
+const FANOUT_SAMPLE: u64 = 16;
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub(crate) struct EmbeddedBroker;
+
+impl Broker for EmbeddedBroker {
+    fn publish<'a>(
+        &'a self,
+        channels: &'a Channels,
+        metrics: &'a HubMetrics,
+        channel: &'a str,
+        data: &'a RawValue,
+    ) -> BrokerFuture<'a, Published> {
+        let n = metrics
+            .publications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let published = if n & (FANOUT_SAMPLE - 1) != 0 {
+            channels.publish(channel, data)
+        } else {
+            let started = std::time::Instant::now();
+            let published = channels.publish(channel, data);
+            if published.recipients.is_some_and(|r| r > 0) {
+                metrics.observe_fanout(started.elapsed());
+            }
+            published
+        };
+        Either::Left(ready(Ok(published)))
+    }
+
+    fn attach<'a>(&'a self, _channels: &'a Channels, _channel: &'a str) -> BrokerFuture<'a, ()> {
+        Either::Left(ready(Ok(())))
+    }
+
+    fn sweep(&self, channels: &Channels) {
+        channels.sweep();
+    }
+
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus {
+            kind: "embedded",
+            up: true,
+            outages: 0,
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! [`RedisBroker`]: hubs share channels through Redis.
+//!
+//! Per channel, three keys (hash-tagged so they live together in a Redis Cluster):
+//! `ws:{channel}:epoch` (the incarnation of the channel's sequence), `ws:{channel}:seq` and
+//! `ws:{channel}:stream`, a stream capped at `WS_HISTORY_SIZE` whose entry IDs are `0-<seq>`
+//! and whose fields are the epoch `e`, Redis's time `t` (ms) and the data `d`.
+//!
+//! - A publication runs one script: take the next `seq`, append to the stream, refresh the
+//!   keys' expiry; so `seq` is assigned once for the whole cluster and the stream holds the
+//!   channel in `seq` order. The hub answers the publisher when Redis has it: a publication
+//!   accepted is never lost by a hub that drops its Redis connection afterwards.
+//! - A hub mirrors only the channels it has subscribers for. Attaching a channel reads its
+//!   epoch, `seq` and the stream's tail in one script and seeds the local channel (so a client
+//!   that moves between hubs recovers by `seq` from the local history, under the local lock);
+//!   one reader task then follows every mirrored stream with `XREAD BLOCK` from the last
+//!   `seq` delivered, and fans each entry out locally. Reading a stream from a position (not
+//!   pub/sub) means nothing is lost while a hub's connection is down: it reads on from where
+//!   it stopped. Channels without local subscribers are dropped from the mirror by the sweep.
+//! - When Redis is lost the hub reports it (`/health` 503, `ws_broker_up 0`), refuses
+//!   publishes and subscribes with `Error { code: "unavailable" }`, and reconnects with
+//!   backoff; then it checks each mirrored channel's epoch: if Redis lost the channel (a
+//!   restart without persistence), the local channel starts over in the new epoch and its
+//!   subscribers are told (`Subscribed` with `recovered: false`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::Either;
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamReadReply;
+use redis::{AsyncConnectionConfig, Script, Value};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Broker, BrokerError, BrokerFuture, BrokerStatus};
+use crate::channel::{Channels, HistoryLimits, Published};
+use crate::metrics::HubMetrics;
+
+/// Keys of a channel idle this long expire (a later publication starts a new epoch).
+const IDLE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+/// How often the expiry of mirrored channels is refreshed.
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
+/// How long one `XREAD` waits for new entries; also how soon a newly attached channel is
+/// followed (its history is seeded at once, so nothing is missed meanwhile).
+const BLOCK: Duration = Duration::from_millis(100);
+/// The most entries one `XREAD` returns per stream.
+const READ_COUNT: usize = 1024;
+/// A channel attached this recently is not swept (its subscriber is about to be added).
+const ATTACH_GRACE: Duration = Duration::from_secs(2);
+/// Reconnect delays.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Takes the next `seq`, appends the publication, refreshes the expiry.
+/// KEYS: epoch, seq, stream. ARGV: data, epoch if none yet, history size, expiry ms.
+const PUBLISH: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+local seq = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '0-' .. seq, 'e', epoch, 't', ms, 'd', ARGV[1])
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return {epoch, seq}
+";
+
+/// The channel's epoch (created if none), `seq`, Redis's time and the stream's tail,
+/// newest first as `id, t, d` triples. KEYS: epoch, seq, stream. ARGV: epoch if none yet,
+/// history size, expiry ms.
+const ATTACH: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local now = redis.call('TIME')
+local out = {epoch, seq, now[1] * 1000 + math.floor(now[2] / 1000)}
+if tonumber(ARGV[2]) > 0 then
+  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[2])) do
+    local fields = entry[2]
+    local t, d = '0', nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' then t = fields[i + 1] elseif fields[i] == 'd' then d = fields[i + 1] end
+    end
+    table.insert(out, entry[1]); table.insert(out, t); table.insert(out, d)
+  end
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+return out
+";
+
+fn key(channel: &str, part: &str) -> String {
+    format!("ws:{{{channel}}}:{part}")
+}
+
+/// A fresh epoch name, for a channel Redis does not know.
+fn new_epoch() -> String {
+    format!("r{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
+}
+
+/// Where this hub stands in a mirrored channel.
+struct Mirror {
+    epoch: String,
+    /// The last `seq` read from the stream.
+    last: u64,
+    attached_at: Instant,
+}
+
+/// See the module documentation.
+pub(crate) struct RedisBroker {
+    client: redis::Client,
+    commands: RwLock<Option<MultiplexedConnection>>,
+    mirrors: Mutex<HashMap<String, Mirror>>,
+    limits: HistoryLimits,
+    publish: Script,
+    attach: Script,
+    up: AtomicBool,
+    outages: AtomicU64,
+}
+
+impl RedisBroker {
+    /// A broker for `url`; it connects in [`run`](Self::run).
+    ///
+    /// # Errors
+    /// If `url` is not a Redis URL.
+    pub(crate) fn new(url: &str, limits: HistoryLimits) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| BrokerError::Unavailable(format!("invalid WS_REDIS_URL: {e}")))?;
+        Ok(Self {
+            client,
+            commands: RwLock::new(None),
+            mirrors: Mutex::new(HashMap::new()),
+            limits,
+            publish: Script::new(PUBLISH),
+            attach: Script::new(ATTACH),
+            up: AtomicBool::new(false),
+            outages: AtomicU64::new(0),
+        })
+    }
+
+    fn mirrors(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mirror>> {
+        self.mirrors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+        self.commands
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| BrokerError::Unavailable("not connected to Redis".to_owned()))
+    }
+
+    fn expiry_ms(&self) -> u64 {
+        u64::try_from(IDLE_EXPIRY.max(self.limits.ttl).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lost(&self, error: &redis::RedisError) -> BrokerError {
+        BrokerError::Unavailable(error.to_string())
+    }
+
+    /// Reads a channel's epoch, `seq` and recent history from Redis.
+    async fn read_channel(
+        &self,
+        channel: &str,
+    ) -> Result<(String, u64, Vec<(u64, Duration, Box<RawValue>)>), BrokerError> {
+        let mut connection = self.connection()?;
+        let reply: Vec<Value> = self
+            .attach
+            .key(key(channel, "epoch"))
+            .key(key(channel, "seq"))
+            .key(key(channel, "stream"))
+            .arg(new_epoch())
+            .arg(self.limits.size)
+            .arg(self.expiry_ms())
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| self.lost(&e))?;
+        let bad = || BrokerError::Unavailable(format!("unexpected attach reply for {channel}"));
+        let mut fields = reply.into_iter();
+        let epoch: String = fields.next().and_then(|v| text(&v)).ok_or_else(bad)?;
+        let seq = fields.next().and_then(|v| number(&v)).ok_or_else(bad)?;
+        let now_ms = fields.next().and_then(|v| number(&v)).ok_or_else(bad)?;
+        let mut history = Vec::new();
+        while let (Some(id), Some(t), Some(d)) = (fields.next(), fields.next(), fields.next()) {
+            let (Some(seq), Some(t), Some(data)) = (
+                text(&id).and_then(|id| entry_seq(&id)),
+                number(&t),
+                text(&d).and_then(|d| RawValue::from_string(d).ok()),
+            ) else {
+                continue;
+            };
+            let age = Duration::from_millis(now_ms.saturating_sub(t));
+            if age <= self.limits.ttl {
+                history.push((seq, age, data));
+            }
+        }
+        history.reverse();
+        Ok((epoch, seq, history))
+    }
+
+    /// Follows every mirrored channel until `token` is cancelled, reconnecting whenever
+    /// Redis is lost. Owned by the server's task tracker.
+    pub(crate) async fn run(self: Arc<Self>, channels: Arc<Channels>, token: CancellationToken) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let connected = tokio::select! {
+                () = token.cancelled() => return,
+                connected = self.connect() => connected,
+            };
+            match connected {
+                Ok(reader) => {
+                    backoff = MIN_BACKOFF;
+                    let why = tokio::select! {
+                        () = token.cancelled() => return,
+                        why = self.follow(reader, &channels) => why,
+                    };
+                    self.up.store(false, Ordering::Relaxed);
+                    self.outages.fetch_add(1, Ordering::Relaxed);
+                    *self.commands.write().unwrap_or_else(|p| p.into_inner()) = None;
+                    warn!(error = %why, "lost Redis; publishing and subscribing are refused until it is back");
+                }
+                Err(error) => debug!(%error, ?backoff, "cannot reach Redis yet"),
+            }
+            let delay = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Opens the command and reader connections, then checks the mirrored channels' epochs.
+    async fn connect(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let commands = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| self.lost(&e))?;
+        let reader = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| self.lost(&e))?;
+        *self.commands.write().unwrap_or_else(|p| p.into_inner()) = Some(commands);
+        // A channel Redis lost meanwhile (restart without persistence) starts over.
+        let names: Vec<String> = self.mirrors().keys().cloned().collect();
+        for name in names {
+            let (epoch, _, _) = self.read_channel(&name).await?;
+            if let Some(mirror) = self.mirrors().get_mut(&name) {
+                if mirror.epoch != epoch {
+                    warn!(channel = %name, "Redis lost the channel's history: it starts over in a new epoch");
+                    mirror.epoch = epoch;
+                    mirror.last = 0;
+                }
+            }
+        }
+        self.up.store(true, Ordering::Relaxed);
+        info!("connected to Redis");
+        Ok(reader)
+    }
+
+    /// Reads every mirrored stream from where it stopped and fans entries out, until Redis
+    /// fails; returns why.
+    async fn follow(&self, mut reader: MultiplexedConnection, channels: &Channels) -> BrokerError {
+        let mut refreshed = Instant::now();
+        loop {
+            let (keys, ids): (Vec<String>, Vec<String>) = self
+                .mirrors()
+                .iter()
+                .map(|(name, m)| (key(name, "stream"), format!("0-{}", m.last)))
+                .unzip();
+            if keys.is_empty() {
+                tokio::time::sleep(BLOCK).await;
+                continue;
+            }
+            let read: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(100))
+                .arg("STREAMS")
+                .arg(&keys)
+                .arg(&ids)
+                .query_async(&mut reader)
+                .await;
+            let reply = match read {
+                Ok(reply) => reply,
+                Err(error) => return self.lost(&error),
+            };
+            for stream in reply.map(|r| r.keys).unwrap_or_default() {
+                let Some(name) = stream
+                    .key
+                    .strip_prefix("ws:{")
+                    .and_then(|k| k.strip_suffix("}:stream"))
+                else {
+                    continue;
+                };
+                for entry in stream.ids {
+                    let Some(seq) = entry_seq(&entry.id) else {
+                        continue;
+                    };
+                    let epoch = entry.map.get("e").and_then(text);
+                    let data = entry
+                        .map
+                        .get("d")
+                        .and_then(text)
+                        .and_then(|d| RawValue::from_string(d).ok());
+                    let (Some(epoch), Some(data)) = (epoch, data) else {
+                        warn!(channel = %name, seq, "malformed stream entry skipped");
+                        continue;
+                    };
+                    {
+                        let mut mirrors = self.mirrors();
+                        let Some(mirror) = mirrors.get_mut(name) else {
+                            break;
+                        };
+                        mirror.last = mirror.last.max(seq);
+                        mirror.epoch.clone_from(&epoch);
+                    }
+                    channels.deliver(name, &epoch, seq, &data);
+                }
+            }
+            if refreshed.elapsed() >= REFRESH_EVERY {
+                refreshed = Instant::now();
+                if let Err(error) = self.refresh(&mut reader).await {
+                    return error;
+                }
+            }
+        }
+    }
+
+    /// Keeps mirrored channels' keys from expiring while they have subscribers here.
+    async fn refresh(&self, connection: &mut MultiplexedConnection) -> Result<(), BrokerError> {
+        let names: Vec<String> = self.mirrors().keys().cloned().collect();
+        let mut pipe = redis::pipe();
+        for name in &names {
+            for part in ["epoch", "seq", "stream"] {
+                pipe.cmd("PEXPIRE")
+                    .arg(key(name, part))
+                    .arg(self.expiry_ms())
+                    .ignore();
+            }
+        }
+        pipe.query_async::<()>(connection)
+            .await
+            .map_err(|e| self.lost(&e))
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish<'a>(
+        &'a self,
+        _channels: &'a Channels,
+        metrics: &'a HubMetrics,
+        channel: &'a str,
+        data: &'a RawValue,
+    ) -> BrokerFuture<'a, Published> {
+        Either::Right(
+            async move {
+                let mut connection = self.connection()?;
+                let (_epoch, seq): (String, u64) = self
+                    .publish
+                    .key(key(channel, "epoch"))
+                    .key(key(channel, "seq"))
+                    .key(key(channel, "stream"))
+                    .arg(data.get())
+                    .arg(new_epoch())
+                    .arg(self.limits.size)
+                    .arg(self.expiry_ms())
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(|e| self.lost(&e))?;
+                metrics.publications.fetch_add(1, Ordering::Relaxed);
+                // Every hub with subscribers, this one included, delivers it when it reads
+                // the channel's stream.
+                Ok(Published {
+                    seq,
+                    recipients: None,
+                })
+            }
+            .boxed(),
+        )
+    }
+
+    fn attach<'a>(&'a self, channels: &'a Channels, channel: &'a str) -> BrokerFuture<'a, ()> {
+        let known = channels.position(channel).is_some();
+        if let Some(mirror) = self.mirrors().get_mut(channel) {
+            if known {
+                mirror.attached_at = Instant::now();
+                return Either::Left(std::future::ready(Ok(())));
+            }
+        }
+        Either::Right(
+            async move {
+                let (epoch, seq, history) = self.read_channel(channel).await?;
+                channels.seed(channel, &epoch, seq, history);
+                let mut mirrors = self.mirrors();
+                let mirror = mirrors.entry(channel.to_owned()).or_insert(Mirror {
+                    epoch: epoch.clone(),
+                    last: seq,
+                    attached_at: Instant::now(),
+                });
+                mirror.attached_at = Instant::now();
+                if mirror.epoch != epoch || mirror.last < seq {
+                    mirror.epoch = epoch;
+                    mirror.last = seq;
+                }
+                Ok(())
+            }
+            .boxed(),
+        )
+    }
+
+    fn sweep(&self, channels: &Channels) {
+        channels.sweep();
+        let now = Instant::now();
+        self.mirrors().retain(|name, mirror| {
+            now.duration_since(mirror.attached_at) < ATTACH_GRACE
+                || !channels.forget_if_unused(name)
+        });
+    }
+
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus {
+            kind: "redis",
+            up: self.up.load(Ordering::Relaxed),
+            outages: self.outages.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The `seq` of a stream entry ID `0-<seq>`.
+fn entry_seq(id: &str) -> Option<u64> {
+    id.strip_prefix("0-")?.parse().ok()
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn number(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_hash_tag_and_entry_ids_carry_the_seq() {
+        assert_eq!(key("prices:SOL", "seq"), "ws:{prices:SOL}:seq");
+        assert_eq!(entry_seq("0-42"), Some(42));
+        assert_eq!(entry_seq("1700000000000-0"), None);
+        assert_ne!(new_epoch(), new_epoch());
+    }
+}
