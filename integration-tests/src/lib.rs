@@ -2,6 +2,7 @@
 //! client that speaks the protocol frame by frame, so the hub is tested apart from our client.
 
 pub mod proxy;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;

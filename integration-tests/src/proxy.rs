@@ -18,6 +18,7 @@ pub struct TcpProxy {
     next_id: Arc<AtomicU64>,
     frozen_below: Arc<AtomicU64>,
     cut_below: watch::Sender<u64>,
+    upstream: Arc<std::sync::Mutex<SocketAddr>>,
     _tasks: JoinSet<()>,
 }
 
@@ -32,13 +33,15 @@ impl TcpProxy {
         let next_id = Arc::new(AtomicU64::new(0));
         let frozen_below = Arc::new(AtomicU64::new(0));
         let (cut_below, cut) = watch::channel(0);
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
         let mut tasks = JoinSet::new();
-        let (ids, frozen) = (next_id.clone(), frozen_below.clone());
+        let (ids, frozen, target) = (next_id.clone(), frozen_below.clone(), upstream.clone());
         tasks.spawn(async move {
             let mut relays = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 let id = ids.fetch_add(1, Ordering::SeqCst);
-                let Ok(server) = TcpStream::connect(upstream).await else {
+                let to = *target.lock().unwrap_or_else(|p| p.into_inner());
+                let Ok(server) = TcpStream::connect(to).await else {
                     continue;
                 };
                 let (client_read, client_write) = client.into_split();
@@ -66,6 +69,7 @@ impl TcpProxy {
             next_id,
             frozen_below,
             cut_below,
+            upstream,
             _tasks: tasks,
         })
     }
@@ -87,6 +91,12 @@ impl TcpProxy {
     pub fn cut_existing(&self) {
         self.cut_below
             .send_replace(self.next_id.load(Ordering::SeqCst));
+    }
+
+    /// Relays later connections to `upstream` instead (a load balancer sending a client to
+    /// another hub); connections open now are left as they are.
+    pub fn redirect(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = upstream;
     }
 
     /// How many connections the proxy has accepted.

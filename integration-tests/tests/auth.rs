@@ -59,7 +59,9 @@ async fn connect_url(url: String) -> Result<RawClient> {
 
 async fn expect_error(client: &mut RawClient, code: &str) -> Result<String> {
     match client.recv().await? {
-        WsMessage::Error { code: got, message } if got == code => Ok(message),
+        WsMessage::Error {
+            code: got, message, ..
+        } if got == code => Ok(message),
         other => bail!("expected Error {code}, got {other:?}"),
     }
 }
@@ -395,4 +397,25 @@ async fn rs256_tokens_checked_with_the_default_algorithm() -> Result<()> {
         &signing,
     )
     .await
+}
+
+#[tokio::test]
+async fn our_client_learns_at_once_that_a_subscribe_was_refused() -> Result<()> {
+    let server = spawn_server(secured()).await?;
+    let t = token("alice", now() + 60, &["orders:{sub}"], &[]);
+    let client = ws_client::WebSocketClient::builder()
+        .url(format!("ws://{}/?token={t}", server.local_addr()))
+        .build()
+        .await?;
+    within("allowed", client.subscribe(["orders:alice"])).await??;
+    match within("refused", client.subscribe(["orders:alice", "orders:bob"])).await? {
+        Err(ws_client::Error::Subscribe(reason)) => {
+            assert!(reason.contains("forbidden") && reason.contains("orders:bob"), "{reason}");
+        }
+        other => bail!("expected a refusal, got {other:?}"),
+    }
+    // The refused channel is not kept (nor restored after a reconnect); the allowed one is.
+    assert_eq!(server.subscription_count(), 1);
+    within("allowed again", client.subscribe(["orders:alice"])).await??;
+    Ok(())
 }

@@ -142,7 +142,9 @@ async fn bad_frames_get_errors_and_the_connection_lives_on() -> Result<()> {
     ] {
         client.send_text(frame).await?;
         match client.recv().await? {
-            WsMessage::Error { code: got, message } => {
+            WsMessage::Error {
+                code: got, message, ..
+            } => {
                 assert_eq!(got, code, "{frame}: {message}");
                 assert!(message.contains(names), "{frame}: {message}");
             }

@@ -78,6 +78,14 @@ enum Ended {
     Fatal(String),
 }
 
+/// A `subscribe` call waiting for the hub's `Subscribed` (or its refusal).
+struct PendingSubscribe {
+    channels: Vec<String>,
+    /// The channels it added to the subscriptions (not subscribed before).
+    added: Vec<String>,
+    done: oneshot::Sender<Result<()>>,
+}
+
 /// Where this connection stands in a channel: the epoch it subscribed in and the highest
 /// `seq` it received.
 struct LegPosition {
@@ -97,7 +105,7 @@ pub(crate) struct Driver {
     counters: Arc<Counters>,
     token: CancellationToken,
     subscriptions: BTreeSet<String>,
-    pending: Vec<(Vec<String>, oneshot::Sender<Result<()>>)>,
+    pending: Vec<PendingSubscribe>,
     batch: VecDeque<Pending>,
     /// Decoded, waiting for room in the arrival queue.
     out: VecDeque<Arrival>,
@@ -273,8 +281,7 @@ impl Driver {
                             let _ = done.send(Err(not_a_hub()));
                             continue;
                         }
-                        self.subscriptions.extend(channels.iter().cloned());
-                        self.pending.push((channels, done));
+                        self.add_pending(channels, done);
                     }
                     Some(Command::Unsubscribe { channels, done }) => {
                         for channel in &channels {
@@ -308,8 +315,8 @@ impl Driver {
     }
 
     fn finish(mut self, state: ConnectionState, error: Error) {
-        for (_, done) in self.pending.drain(..) {
-            let _ = done.send(Err(clone_error(&error)));
+        for pending in self.pending.drain(..) {
+            let _ = pending.done.send(Err(clone_error(&error)));
         }
         self.set_state(state);
     }
@@ -592,12 +599,22 @@ impl Driver {
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Text(text))) => {
-                        if let Ok(WsMessage::Subscribed {
-                            channels,
-                            positions,
-                        }) = WsMessage::from_json(text.as_str())
-                        {
-                            return Ok((channels, positions));
+                        match WsMessage::from_json(text.as_str()) {
+                            Ok(WsMessage::Subscribed {
+                                channels,
+                                positions,
+                            }) => return Ok((channels, positions)),
+                            Ok(WsMessage::Error {
+                                code,
+                                message,
+                                channels,
+                            }) if !channels.is_empty() => {
+                                self.refused(&channels, &code, &message);
+                                return Err(format!(
+                                    "the hub refused the resubscribe: {code}: {message}"
+                                ));
+                            }
+                            _ => {}
                         }
                         if self.out.len() >= MAX_STASH {
                             return Err("too many frames before Subscribed".to_owned());
@@ -668,13 +685,56 @@ impl Driver {
         self.confirm(channels);
     }
 
+    /// Remembers a `subscribe` call until the hub answers it.
+    fn add_pending(&mut self, channels: Vec<String>, done: oneshot::Sender<Result<()>>) {
+        let added = channels
+            .iter()
+            .filter(|c| !self.subscriptions.contains(*c))
+            .cloned()
+            .collect();
+        self.subscriptions.extend(channels.iter().cloned());
+        self.pending.push(PendingSubscribe {
+            channels,
+            added,
+            done,
+        });
+    }
+
+    /// The hub refused a `Subscribe` of `channels`: the `subscribe` calls it answers fail with
+    /// the hub's reason, and the channels they added are dropped.
+    fn refused(&mut self, channels: &[String], code: &str, message: &str) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            if !self.pending[i]
+                .channels
+                .iter()
+                .any(|c| channels.contains(c))
+            {
+                i += 1;
+                continue;
+            }
+            let pending = self.pending.remove(i);
+            for channel in &pending.added {
+                self.subscriptions.remove(channel);
+                self.positions.remove(channel);
+                self.asked.remove(channel);
+            }
+            let reason = format!("the hub refused: {code}: {message}");
+            let _ = pending.done.send(Err(Error::Subscribe(reason)));
+        }
+    }
+
     /// Resolves every pending `subscribe` whose channels the hub confirmed.
     fn confirm(&mut self, confirmed: &[String]) {
         let mut i = 0;
         while i < self.pending.len() {
-            if self.pending[i].0.iter().all(|c| confirmed.contains(c)) {
-                let (_, done) = self.pending.swap_remove(i);
-                let _ = done.send(Ok(()));
+            if self.pending[i]
+                .channels
+                .iter()
+                .all(|c| confirmed.contains(c))
+            {
+                let pending = self.pending.remove(i);
+                let _ = pending.done.send(Ok(()));
             } else {
                 i += 1;
             }
@@ -692,7 +752,6 @@ impl Driver {
                     let _ = done.send(Err(not_a_hub()));
                     return Ok(());
                 }
-                self.subscriptions.extend(channels.iter().cloned());
                 for channel in &channels {
                     self.asked.insert(channel.clone(), Asked::Fresh);
                 }
@@ -701,7 +760,7 @@ impl Driver {
                     since: BTreeMap::new(),
                 }
                 .to_json();
-                self.pending.push((channels, done));
+                self.add_pending(channels, done);
                 self.write_now(ws, frame).await
             }
             Command::Unsubscribe { channels, done } => {
@@ -833,10 +892,17 @@ impl Driver {
                             skipped,
                         }
                     }
-                    Ok(WsMessage::Error { code, message }) => {
+                    Ok(WsMessage::Error {
+                        code,
+                        message,
+                        channels,
+                    }) => {
                         heartbeat.on_frame();
                         Counters::add(&self.counters.errors, 1);
                         warn!(%code, %message, "server error");
+                        if !channels.is_empty() {
+                            self.refused(&channels, &code, &message);
+                        }
                         Arrival::Event(Event::ServerError { code, message })
                     }
                     Ok(WsMessage::Ping) => {

@@ -158,6 +158,10 @@ pub enum WsMessage {
         code: String,
         /// A human-readable explanation naming the problem.
         message: String,
+        /// When it refuses a `Subscribe`: that frame's channels, none of which was
+        /// subscribed. Empty (and absent on the wire) otherwise.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        channels: Vec<String>,
     },
     /// Hub → client: one message published on a channel the client subscribed to.
     Publication {
@@ -233,6 +237,16 @@ impl WsMessage {
         Self::Error {
             code: code.to_owned(),
             message: message.into(),
+            channels: Vec::new(),
+        }
+    }
+
+    /// An `Error` frame refusing a `Subscribe` of `channels`.
+    pub fn subscribe_refused(code: &str, message: impl Into<String>, channels: &[String]) -> Self {
+        Self::Error {
+            code: code.to_owned(),
+            message: message.into(),
+            channels: channels.to_vec(),
         }
     }
 }
@@ -378,6 +392,7 @@ impl Frame<'_> {
             "Error" => WsMessage::Error {
                 code: self.code.ok_or_else(|| need("code"))?,
                 message: self.message.ok_or_else(|| need("message"))?,
+                channels: self.channels.unwrap_or_default(),
             },
             "Publication" => WsMessage::Publication {
                 channel: self.channel.ok_or_else(|| need("channel"))?,

@@ -122,6 +122,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Share channels with other hubs through the Redis at `url` (`WS_REDIS_URL`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.config.redis_url = Some(url.into());
+        self
+    }
+
     /// How often the hub pings each client.
     pub fn ping_interval(mut self, interval: Duration) -> Self {
         self.config.ping_interval = interval;

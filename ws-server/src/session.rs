@@ -471,44 +471,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         channels: Vec<String>,
         since: BTreeMap<String, Position>,
     ) -> Result<(), End> {
-        if let Some(bad) = channels.iter().find(|c| !is_valid_name(c)) {
-            return self.send_now(&invalid_channel(bad)).await;
-        }
-        let grant = self.grant.as_ref();
-        if let Some(bad) = channels
-            .iter()
-            .find(|c| !grant.is_some_and(|g| g.may_subscribe(c)))
-        {
-            let error = WsMessage::error(
-                codes::FORBIDDEN,
-                format!("not allowed to subscribe to {bad:?}"),
-            );
+        if let Some((code, message)) = self.refusal(&channels).await {
+            let error = WsMessage::subscribe_refused(code, message, &channels);
             return self.send_now(&error).await;
-        }
-        let new: HashSet<&str> = channels
-            .iter()
-            .map(String::as_str)
-            .filter(|c| !self.subscriptions.contains(*c))
-            .collect();
-        let limit = self.shared.config.max_subscriptions;
-        if self.subscriptions.len() + new.len() > limit {
-            let error = WsMessage::error(
-                codes::TOO_MANY_SUBSCRIPTIONS,
-                format!("at most {limit} subscriptions per connection; nothing changed"),
-            );
-            return self.send_now(&error).await;
-        }
-        // With Redis, a channel new to this hub is attached first: its position and recent
-        // history come from Redis, so the subscribe below recovers as on one hub.
-        for channel in &channels {
-            let shared = &self.shared;
-            if let Err(error) = shared.broker.attach(&shared.channels, channel).await {
-                let error = WsMessage::error(
-                    codes::UNAVAILABLE,
-                    format!("not subscribed to {channel:?}: {error}; nothing changed"),
-                );
-                return self.send_now(&error).await;
-            }
         }
         let mut positions = BTreeMap::new();
         for channel in &channels {
@@ -528,6 +493,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             positions,
         })
         .await
+    }
+
+    /// Why a `Subscribe` of `channels` is refused, if it is; with Redis, the channels new to
+    /// this hub are attached meanwhile (their position and recent history come from Redis,
+    /// so the subscribe recovers as on one hub).
+    async fn refusal(&mut self, channels: &[String]) -> Option<(&'static str, String)> {
+        if let Some(bad) = channels.iter().find(|c| !is_valid_name(c)) {
+            let message = format!(
+                "invalid channel name {bad:?}: must be 1 to {} bytes",
+                crate::channel::MAX_CHANNEL_NAME_LEN
+            );
+            return Some((codes::INVALID_CHANNEL, message));
+        }
+        let grant = self.grant.as_ref();
+        if let Some(bad) = channels
+            .iter()
+            .find(|c| !grant.is_some_and(|g| g.may_subscribe(c)))
+        {
+            let message = format!("not allowed to subscribe to {bad:?}");
+            return Some((codes::FORBIDDEN, message));
+        }
+        let new = channels
+            .iter()
+            .filter(|c| !self.subscriptions.contains(c.as_str()))
+            .collect::<HashSet<_>>()
+            .len();
+        let limit = self.shared.config.max_subscriptions;
+        if self.subscriptions.len() + new > limit {
+            let message = format!("at most {limit} subscriptions per connection; nothing changed");
+            return Some((codes::TOO_MANY_SUBSCRIPTIONS, message));
+        }
+        for channel in channels {
+            let shared = &self.shared;
+            if let Err(error) = shared.broker.attach(&shared.channels, channel).await {
+                let message = format!("not subscribed to {channel:?}: {error}; nothing changed");
+                return Some((codes::UNAVAILABLE, message));
+            }
+        }
+        None
     }
 
     /// Hands an application frame to the application, waiting while its queue is full.

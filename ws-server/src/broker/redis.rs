@@ -52,6 +52,8 @@ const BLOCK: Duration = Duration::from_millis(100);
 const READ_COUNT: usize = 1024;
 /// A channel attached this recently is not swept (its subscriber is about to be added).
 const ATTACH_GRACE: Duration = Duration::from_secs(2);
+/// How long a publish or subscribe waits for Redis to come (back) before it is refused.
+const WAIT_FOR_REDIS: Duration = Duration::from_secs(2);
 /// Reconnect delays.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -128,6 +130,10 @@ pub(crate) struct RedisBroker {
     publish: Script,
     attach: Script,
     up: AtomicBool,
+    /// A command failed on a dead connection: the reader reconnects at once.
+    broken: tokio::sync::Notify,
+    /// Tells waiting publishes and subscribes when Redis is (back) up.
+    up_changes: tokio::sync::watch::Sender<bool>,
     outages: AtomicU64,
 }
 
@@ -147,6 +153,8 @@ impl RedisBroker {
             publish: Script::new(PUBLISH),
             attach: Script::new(ATTACH),
             up: AtomicBool::new(false),
+            up_changes: tokio::sync::watch::Sender::new(false),
+            broken: tokio::sync::Notify::new(),
             outages: AtomicU64::new(0),
         })
     }
@@ -155,12 +163,28 @@ impl RedisBroker {
         self.mirrors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
-        self.commands
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| BrokerError::Unavailable("not connected to Redis".to_owned()))
+    /// The command connection, waiting up to [`WAIT_FOR_REDIS`] for one (at start, or
+    /// during a short outage).
+    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let current = || {
+            self.commands
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        if let Some(connection) = current() {
+            return Ok(connection);
+        }
+        let mut changes = self.up_changes.subscribe();
+        let _ = tokio::time::timeout(WAIT_FOR_REDIS, changes.wait_for(|up| *up)).await;
+        current().ok_or_else(|| {
+            BrokerError::Unavailable(format!("no connection to Redis for {WAIT_FOR_REDIS:?}"))
+        })
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        self.up_changes.send_replace(up);
     }
 
     fn expiry_ms(&self) -> u64 {
@@ -168,6 +192,13 @@ impl RedisBroker {
     }
 
     fn lost(&self, error: &redis::RedisError) -> BrokerError {
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+        {
+            self.broken.notify_one();
+        }
         BrokerError::Unavailable(error.to_string())
     }
 
@@ -176,7 +207,7 @@ impl RedisBroker {
         &self,
         channel: &str,
     ) -> Result<(String, u64, Vec<(u64, Duration, Box<RawValue>)>), BrokerError> {
-        let mut connection = self.connection()?;
+        let mut connection = self.connection().await?;
         let reply: Vec<Value> = self
             .attach
             .key(key(channel, "epoch"))
@@ -223,13 +254,18 @@ impl RedisBroker {
             match connected {
                 Ok(reader) => {
                     backoff = MIN_BACKOFF;
+                    // A failure noticed before this connection says nothing about it.
+                    let _ = self.broken.notified().now_or_never();
                     let why = tokio::select! {
                         () = token.cancelled() => return,
+                        () = self.broken.notified() => {
+                            BrokerError::Unavailable("a command found the connection dead".to_owned())
+                        }
                         why = self.follow(reader, &channels) => why,
                     };
-                    self.up.store(false, Ordering::Relaxed);
-                    self.outages.fetch_add(1, Ordering::Relaxed);
                     *self.commands.write().unwrap_or_else(|p| p.into_inner()) = None;
+                    self.set_up(false);
+                    self.outages.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %why, "lost Redis; publishing and subscribing are refused until it is back");
                 }
                 Err(error) => debug!(%error, ?backoff, "cannot reach Redis yet"),
@@ -271,7 +307,7 @@ impl RedisBroker {
                 }
             }
         }
-        self.up.store(true, Ordering::Relaxed);
+        self.set_up(true);
         info!("connected to Redis");
         Ok(reader)
     }
@@ -287,6 +323,10 @@ impl RedisBroker {
                 .map(|(name, m)| (key(name, "stream"), format!("0-{}", m.last)))
                 .unzip();
             if keys.is_empty() {
+                // Nothing to follow: still notice a lost Redis.
+                if let Err(error) = redis::cmd("PING").query_async::<()>(&mut reader).await {
+                    return self.lost(&error);
+                }
                 tokio::time::sleep(BLOCK).await;
                 continue;
             }
@@ -374,7 +414,7 @@ impl Broker for RedisBroker {
     ) -> BrokerFuture<'a, Published> {
         Either::Right(
             async move {
-                let mut connection = self.connection()?;
+                let mut connection = self.connection().await?;
                 let (_epoch, seq): (String, u64) = self
                     .publish
                     .key(key(channel, "epoch"))

@@ -1,0 +1,125 @@
+//! [`RedisServer`]: a real `redis-server` on a free loopback port, for the tests of hubs that
+//! share channels through Redis.
+//!
+//! Without `redis-server` installed, [`RedisServer::start`] returns `None` after printing why
+//! (the test then passes without testing anything), unless `WS_REQUIRE_REDIS=1` (as CI sets),
+//! which makes it a failure.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::within;
+
+/// A `redis-server` child process without persistence; killed when dropped.
+pub struct RedisServer {
+    addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port of 127.0.0.1.
+    ///
+    /// # Errors
+    /// If it does not start, or is not installed while `WS_REQUIRE_REDIS=1`.
+    pub async fn start() -> Result<Option<Self>> {
+        let installed = std::process::Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            if std::env::var("WS_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
+                bail!(
+                    "redis-server is not installed and WS_REQUIRE_REDIS=1: apt-get install -y redis-server"
+                );
+            }
+            eprintln!(
+                "SKIPPED: redis-server is not installed (apt-get install -y redis-server); \
+                 set WS_REQUIRE_REDIS=1 to make this a failure"
+            );
+            return Ok(None);
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut server = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+        };
+        server.spawn().await?;
+        Ok(Some(server))
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.addr.port().to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server")?;
+        self.child = Some(child);
+        within("redis-server to answer PING", async {
+            loop {
+                if self.ping().await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(self.addr).await else {
+            return false;
+        };
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").await.is_ok()
+            && stream.read_exact(&mut reply).await.is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    /// Kills the server (its data is gone: no persistence).
+    ///
+    /// # Errors
+    /// If the process cannot be killed.
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same port, empty.
+    ///
+    /// # Errors
+    /// If it does not start.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.spawn().await
+    }
+}

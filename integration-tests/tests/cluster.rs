@@ -1,0 +1,277 @@
+//! Several hubs sharing channels through a real Redis (`WS_REDIS_URL`).
+
+use std::time::Duration;
+
+use anyhow::{Result, bail, ensure};
+use integration_tests::proxy::TcpProxy;
+use integration_tests::redis::RedisServer;
+use integration_tests::{RawClient, eventually, spawn_server, within};
+use ws_client::{Event, WebSocketClient};
+use ws_protocol::WsMessage;
+use ws_server::WebSocketServer;
+
+async fn hub(redis_url: &str) -> Result<WebSocketServer> {
+    spawn_server(
+        WebSocketServer::builder()
+            .redis_url(redis_url)
+            .admin_addr("127.0.0.1:0")
+            .history(1000, Duration::from_secs(60)),
+    )
+    .await
+}
+
+/// `(seq, n)` of the next publication a raw client receives.
+async fn next_publication(client: &mut RawClient) -> Result<(u64, u64)> {
+    loop {
+        match client.recv().await? {
+            WsMessage::Publication { seq, data, .. } => return Ok((seq, data.decode()?)),
+            WsMessage::Subscribed { .. } => {}
+            other => bail!("expected a publication, got {other:?}"),
+        }
+    }
+}
+
+/// Publishes `n` on `hub`, retrying while Redis is unreachable; how many tries it took.
+async fn publish_retrying(hub: &WebSocketServer, channel: &str, n: u64) -> Result<u32> {
+    within("a publish accepted", async {
+        let mut tries = 1;
+        while hub.publish(channel, &n).await.is_err() {
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tries
+    })
+    .await
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+#[tokio::test]
+async fn a_publication_on_one_hub_reaches_the_others_in_one_order() -> Result<()> {
+    let Some(redis) = RedisServer::start().await? else {
+        return Ok(());
+    };
+    let (a, b, c) = (
+        hub(&redis.url()).await?,
+        hub(&redis.url()).await?,
+        hub(&redis.url()).await?,
+    );
+    let mut on_b = RawClient::connect(b.local_addr()).await?;
+    let mut on_c = RawClient::connect(c.local_addr()).await?;
+    on_b.subscribe(&["book"]).await?;
+    on_c.subscribe(&["book"]).await?;
+    // Publishers on two hubs at once: one order for everyone, decided by Redis.
+    let mut on_a = RawClient::connect(a.local_addr()).await?;
+    for n in 0..100u64 {
+        on_a.publish("book", &n.to_string()).await?;
+        ensure!(b.publish("book", &(1000 + n)).await?.seq > 0);
+    }
+    let mut seen_b = Vec::new();
+    let mut seen_c = Vec::new();
+    for expected in 1..=200u64 {
+        let (seq_b, n_b) = within("hub B", next_publication(&mut on_b)).await??;
+        let (seq_c, n_c) = within("hub C", next_publication(&mut on_c)).await??;
+        ensure!(
+            seq_b == expected && seq_c == expected,
+            "seq {seq_b}/{seq_c}, expected {expected}"
+        );
+        seen_b.push(n_b);
+        seen_c.push(n_c);
+    }
+    ensure!(seen_b == seen_c, "hubs B and C delivered different orders");
+    let from_a: Vec<u64> = seen_b.iter().copied().filter(|n| *n < 1000).collect();
+    ensure!(
+        from_a == (0..100).collect::<Vec<_>>(),
+        "A's publications out of order"
+    );
+    // Hub A has no subscriber for `book`: it does not follow the channel.
+    ensure!(a.channel_count() == 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_moving_from_hub_a_to_hub_b_recovers_every_publication() -> Result<()> {
+    let Some(redis) = RedisServer::start().await? else {
+        return Ok(());
+    };
+    let (a, b) = (hub(&redis.url()).await?, hub(&redis.url()).await?);
+    // The "load balancer": sends the client to A, later to B.
+    let balancer = TcpProxy::start(a.local_addr()).await?;
+    let client = WebSocketClient::builder()
+        .url(format!("ws://{}", balancer.addr()))
+        .reconnect_interval(Duration::from_millis(50))
+        .max_reconnect_delay(Duration::from_millis(200))
+        .build()
+        .await?;
+    client.subscribe(["book"]).await?;
+    const COUNT: u64 = 300;
+    let publisher = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            for n in 1..=COUNT {
+                b.publish("book", &n).await?;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    balancer.redirect(b.local_addr());
+    balancer.cut_existing();
+    let mut next = 1u64;
+    while next <= COUNT {
+        match within("event", client.next_event()).await? {
+            Some(Event::Publication { seq, data, .. }) => {
+                ensure!(seq == next, "expected {next}, got {seq}");
+                ensure!(data.decode::<u64>()? == next);
+                next += 1;
+            }
+            Some(Event::Connected { .. } | Event::Disconnected { .. }) => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    within("publisher", publisher).await???;
+    ensure!(client.metrics().reconnects >= 1, "the client never moved");
+    eventually("hub A forgets the channel", || a.channel_count() == 0).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dropped_redis_connection_loses_no_accepted_publication() -> Result<()> {
+    let Some(redis) = RedisServer::start().await? else {
+        return Ok(());
+    };
+    // Hub B reaches Redis through a proxy that drops its connections now and then.
+    let link = TcpProxy::start(redis.addr()).await?;
+    let a = hub(&redis.url()).await?;
+    let b = hub(&format!("redis://{}", link.addr())).await?;
+    let mut on_b = RawClient::connect(b.local_addr()).await?;
+    on_b.subscribe(&["ticks"]).await?;
+    const COUNT: u64 = 500;
+    let publisher = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for n in 1..=COUNT {
+                a.publish("ticks", &n).await?;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        link.cut_existing();
+    }
+    for expected in 1..=COUNT {
+        let (seq, n) = within("publication on B", next_publication(&mut on_b)).await??;
+        ensure!(
+            (seq, n) == (expected, expected),
+            "got {seq}/{n}, expected {expected}"
+        );
+    }
+    within("publisher", publisher).await???;
+    let metrics = http_get(b.admin_addr().expect("admin"), "/metrics").await?;
+    ensure!(
+        !metrics.contains("ws_broker_outages_total 0\n"),
+        "the dropped connections were not counted: {metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redis_restart_is_reported_survived_and_told_to_clients() -> Result<()> {
+    let Some(mut redis) = RedisServer::start().await? else {
+        return Ok(());
+    };
+    let (a, b) = (hub(&redis.url()).await?, hub(&redis.url()).await?);
+    let client = WebSocketClient::connect(format!("ws://{}", b.local_addr())).await?;
+    client.subscribe(["ticks"]).await?;
+    for n in 1..=50u64 {
+        a.publish("ticks", &n).await?;
+    }
+    let mut n = 1u64;
+    while n <= 50 {
+        match within("event", client.next_event()).await? {
+            Some(Event::Publication { seq, .. }) => {
+                ensure!(seq == n);
+                n += 1;
+            }
+            Some(Event::Connected { .. }) => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    let admin = b.admin_addr().expect("admin");
+    ensure!(
+        http_get(admin, "/health")
+            .await?
+            .starts_with("HTTP/1.1 200")
+    );
+
+    redis.stop().await?;
+    eventually("a publish is refused while Redis is down", || {
+        futures_util::FutureExt::now_or_never(a.publish("ticks", &0u64)).is_none_or(|r| r.is_err())
+    })
+    .await?;
+    within("/health turns 503", async {
+        while !http_get(admin, "/health")
+            .await
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 503") && r.contains("redis unavailable"))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    ensure!(
+        a.publish("ticks", &0u64).await.is_err(),
+        "published without Redis"
+    );
+
+    // Redis comes back empty (no persistence): the channel starts over in a new epoch.
+    redis.restart().await?;
+    let tries = publish_retrying(&a, "ticks", 51).await?;
+    for n in 52..=60u64 {
+        a.publish("ticks", &n).await?;
+    }
+    let mut unrecovered = false;
+    let mut next = 51u64;
+    while next <= 60 {
+        match within("event", client.next_event()).await? {
+            Some(Event::Unrecovered { channel, .. }) => {
+                ensure!(channel == "ticks");
+                unrecovered = true;
+            }
+            Some(Event::Publication { data, .. }) => {
+                ensure!(
+                    unrecovered,
+                    "a new-epoch publication came before Unrecovered"
+                );
+                ensure!(data.decode::<u64>()? == next);
+                next += 1;
+            }
+            Some(Event::Connected { .. } | Event::Disconnected { .. }) => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    ensure!(
+        http_get(admin, "/health")
+            .await?
+            .starts_with("HTTP/1.1 200")
+    );
+    let metrics = http_get(admin, "/metrics").await?;
+    ensure!(metrics.contains("ws_broker_up 1\n"), "{metrics}");
+    ensure!(
+        !metrics.contains("ws_broker_outages_total 0\n"),
+        "{metrics}"
+    );
+    eprintln!("the first publish after the restart took {tries} tries");
+    Ok(())
+}
