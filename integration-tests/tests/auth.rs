@@ -410,7 +410,10 @@ async fn our_client_learns_at_once_that_a_subscribe_was_refused() -> Result<()> 
     within("allowed", client.subscribe(["orders:alice"])).await??;
     match within("refused", client.subscribe(["orders:alice", "orders:bob"])).await? {
         Err(ws_client::Error::Subscribe(reason)) => {
-            assert!(reason.contains("forbidden") && reason.contains("orders:bob"), "{reason}");
+            assert!(
+                reason.contains("forbidden") && reason.contains("orders:bob"),
+                "{reason}"
+            );
         }
         other => bail!("expected a refusal, got {other:?}"),
     }

@@ -26,6 +26,9 @@ pub struct LoadArgs {
     /// What the server speaks.
     #[arg(long, value_enum, default_value = "hub")]
     pub protocol: Protocol,
+    /// Where publishers connect, when not to `--url` (another hub of a cluster).
+    #[arg(long)]
+    pub publish_url: Option<String>,
     /// Subscribers that read.
     #[arg(long, default_value_t = 10)]
     pub subscribers: usize,
@@ -186,12 +189,16 @@ pub async fn run(args: &LoadArgs) -> Result<Report> {
         (None, true) => None,
         (None, false) => Some(100),
     };
+    let publish_addr = match &args.publish_url {
+        Some(url) => socket_addr(url)?,
+        None => addr,
+    };
     let mut publisher_tasks = JoinSet::new();
     if args.publishers > 0 {
         for id in 0..args.publishers {
             let publisher = Publisher {
                 id: id as u32,
-                addr,
+                addr: publish_addr,
                 protocol: args.protocol,
                 channel: args.channel.clone(),
                 size: args.size,
