@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use ws_protocol::{Payload, SlowConsumerPolicy, WebSocketConfig, WsMessage};
 
 use crate::auth::{Authenticator, JwtAuthenticator};
-use crate::broker::{Broker, BrokerFuture, EmbeddedBroker, RedisBroker};
+use crate::broker::{Broker, BrokerError, BrokerFuture, EmbeddedBroker, RedisBroker, Submission};
 use crate::builder::ServerBuilder;
 use crate::channel::{Channels, HistoryLimits, Published, is_valid_name};
 use crate::conflation_key::ConflationKey;
@@ -62,7 +62,7 @@ pub(crate) struct Shared {
     /// `Some`: connections speak TLS (`wss://`).
     tls: Option<TlsAcceptor>,
     /// Counters for `GET /metrics`.
-    pub(crate) metrics: HubMetrics,
+    pub(crate) metrics: Arc<HubMetrics>,
     /// Set when shutdown begins: `/health` answers 503.
     draining: AtomicBool,
     /// Where the admin HTTP listens, if it does.
@@ -71,14 +71,25 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Publishes through the broker.
-    pub(crate) fn publish<'a>(
+    /// Publishes through the broker and waits until it is done.
+    pub(crate) async fn publish(
+        &self,
+        channel: &str,
+        data: &serde_json::value::RawValue,
+    ) -> std::result::Result<Published, BrokerError> {
+        self.broker
+            .publish(&self.channels, &self.metrics, channel, data)
+            .await
+    }
+
+    /// Hands a publication to the broker without waiting for it to be done.
+    pub(crate) fn submit<'a>(
         &'a self,
         channel: &'a str,
         data: &'a serde_json::value::RawValue,
-    ) -> BrokerFuture<'a, Published> {
+    ) -> BrokerFuture<'a, Submission> {
         self.broker
-            .publish(&self.channels, &self.metrics, channel, data)
+            .submit(&self.channels, &self.metrics, channel, data)
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -261,7 +272,7 @@ impl WebSocketServer {
             local_addr,
             authenticator,
             tls,
-            metrics: HubMetrics::default(),
+            metrics: Arc::new(HubMetrics::default()),
             draining: AtomicBool::new(false),
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
             started: std::time::Instant::now(),
@@ -271,9 +282,14 @@ impl WebSocketServer {
         }
         if let Some(redis) = redis {
             info!("sharing channels through Redis (WS_REDIS_URL)");
+            shared.tracker.spawn(
+                redis
+                    .clone()
+                    .run(shared.channels.clone(), shared.token.clone()),
+            );
             shared
                 .tracker
-                .spawn(redis.run(shared.channels.clone(), shared.token.clone()));
+                .spawn(redis.publish_loop(shared.metrics.clone(), shared.token.clone()));
         }
         if let Some(admin) = admin {
             shared

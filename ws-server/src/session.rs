@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -27,6 +28,8 @@ use tracing::{debug, info, warn};
 use ws_protocol::{Position, WsMessage, close, codes};
 
 use crate::auth::Grant;
+use crate::broker::{BrokerError, Submission};
+use crate::channel::Published;
 use crate::channel::is_valid_name;
 use crate::connections::ConnectionId;
 use crate::frame::Frame;
@@ -34,6 +37,10 @@ use crate::metrics::HubMetrics;
 use crate::outbox::{Notice, NoticeKind, Outbox, OutboxState, Outgoing};
 use crate::rate_limit::{RateLimit, Verdict};
 use crate::server::Shared;
+
+/// Publications of one connection that may travel to the broker at once (pipelined); the
+/// next waits for the oldest.
+const MAX_PUBLISHING: usize = 256;
 
 /// How long the hub tries to deliver its close frame and wait for the client's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -119,6 +126,7 @@ where
         notices: Vec::new(),
         last_seen: Instant::now(),
         signal_pending: false,
+        publishing: VecDeque::new(),
         out: Vec::new(),
         deadline: None,
         rate: RateLimit::new(config.rate_limit, config.rate_limit_burst),
@@ -149,6 +157,8 @@ enum Wake {
     Idle,
     /// The authentication deadline or the token's expiry passed.
     Deadline,
+    /// The oldest pipelined publication is done (or refused).
+    Published(Result<Result<Published, BrokerError>, oneshot::error::RecvError>),
 }
 
 struct Session<S> {
@@ -163,6 +173,8 @@ struct Session<S> {
     last_seen: Instant,
     /// The outbox signalled while a write was in progress: drain it next.
     signal_pending: bool,
+    /// Publications handed to the broker and not yet done, oldest first (Redis broker).
+    publishing: VecDeque<(String, oneshot::Receiver<Result<Published, BrokerError>>)>,
     /// The bytes of one batch of queued frames, written with one call.
     out: Vec<u8>,
     /// When the connection must have authenticated, or when its token expires. Allocated
@@ -199,7 +211,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             } else {
                 output_first = !output_first;
                 let (outbox, ws, deadline) = (&self.outbox, &mut self.ws, &mut self.deadline);
+                let publishing = &mut self.publishing;
                 std::future::poll_fn(|cx| {
+                    if let Some((_, reply)) = publishing.front_mut() {
+                        if let Poll::Ready(outcome) = Pin::new(reply).poll(cx) {
+                            return Poll::Ready(Wake::Published(outcome));
+                        }
+                    }
                     if output_first && outbox.poll_ready(cx).is_ready() {
                         return Poll::Ready(Wake::Outbox);
                     }
@@ -235,6 +253,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     tokio::task::consume_budget().await;
                     step
                 }
+                Wake::Published(outcome) => match self.publishing.pop_front() {
+                    Some((channel, _)) => self.published(channel, outcome).await,
+                    None => Ok(()),
+                },
                 Wake::Frame(Some(Err(error))) => Err(read_error(error)),
                 Wake::Frame(None) => Err(End::Gone("connection closed by client".to_owned())),
                 Wake::Ping => self.write_now(Message::Ping(Default::default())).await,
@@ -439,15 +461,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     );
                     return self.send_now(&error).await;
                 }
-                match self.shared.publish(&channel, data.as_raw()).await {
-                    Ok(_) => Ok(()),
-                    Err(error) => {
-                        let error = WsMessage::error(
-                            codes::UNAVAILABLE,
-                            format!("not published on {channel:?}: {error}"),
-                        );
-                        self.send_now(&error).await
+                match self.shared.submit(&channel, data.as_raw()).await {
+                    Ok(Submission::Done(_)) => Ok(()),
+                    Ok(Submission::Queued(reply)) => {
+                        // Pipelined: the next frame is read while this one travels; the
+                        // outcome is looked at when it arrives, in order.
+                        self.publishing.push_back((channel, reply));
+                        if self.publishing.len() > MAX_PUBLISHING {
+                            if let Some((channel, reply)) = self.publishing.pop_front() {
+                                return self.published(channel, reply.await).await;
+                            }
+                        }
+                        Ok(())
                     }
+                    Err(error) => self.published(channel, Ok(Err(error))).await,
                 }
             }
             message @ (WsMessage::PriceUpdate { .. } | WsMessage::AccountUpdate { .. }) => {
@@ -493,6 +520,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             positions,
         })
         .await
+    }
+
+    /// Reports a publication the broker refused.
+    async fn published(
+        &mut self,
+        channel: String,
+        outcome: Result<Result<Published, BrokerError>, oneshot::error::RecvError>,
+    ) -> Result<(), End> {
+        let error = match outcome {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "the broker stopped".to_owned(),
+        };
+        let error = WsMessage::error(
+            codes::UNAVAILABLE,
+            format!("not published on {channel:?}: {error}"),
+        );
+        self.send_now(&error).await
     }
 
     /// Why a `Subscribe` of `channels` is refused, if it is; with Redis, the channels new to

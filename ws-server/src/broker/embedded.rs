@@ -6,8 +6,8 @@ use std::future::ready;
 use futures_util::future::Either;
 use serde_json::value::RawValue;
 
-use super::{Broker, BrokerFuture, BrokerStatus};
-use crate::channel::{Channels, Published};
+use super::{Broker, BrokerFuture, BrokerStatus, Submission};
+use crate::channel::Channels;
 use crate::metrics::HubMetrics;
 
 /// One publication in this many has its fan-out timed for the metrics: reading the clock
@@ -19,13 +19,13 @@ const FANOUT_SAMPLE: u64 = 16;
 pub(crate) struct EmbeddedBroker;
 
 impl Broker for EmbeddedBroker {
-    fn publish<'a>(
+    fn submit<'a>(
         &'a self,
         channels: &'a Channels,
         metrics: &'a HubMetrics,
         channel: &'a str,
         data: &'a RawValue,
-    ) -> BrokerFuture<'a, Published> {
+    ) -> BrokerFuture<'a, Submission> {
         let n = metrics
             .publications
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -39,7 +39,7 @@ impl Broker for EmbeddedBroker {
             }
             published
         };
-        Either::Left(ready(Ok(published)))
+        Either::Left(ready(Ok(Submission::Done(published))))
     }
 
     fn attach<'a>(&'a self, _channels: &'a Channels, _channel: &'a str) -> BrokerFuture<'a, ()> {

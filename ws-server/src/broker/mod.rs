@@ -15,6 +15,7 @@ use std::future::Ready;
 
 use futures_util::future::{BoxFuture, Either};
 use serde_json::value::RawValue;
+use tokio::sync::oneshot;
 
 pub(crate) use self::embedded::EmbeddedBroker;
 pub(crate) use self::redis::RedisBroker;
@@ -27,7 +28,7 @@ pub(crate) type BrokerFuture<'a, T> =
     Either<Ready<Result<T, BrokerError>>, BoxFuture<'a, Result<T, BrokerError>>>;
 
 /// Why a broker call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// The shared broker cannot be reached; nothing was done.
     #[error("the broker is unavailable: {0}")]
@@ -45,16 +46,44 @@ pub(crate) struct BrokerStatus {
     pub(crate) outages: u64,
 }
 
+/// A publication handed to the broker.
+pub(crate) enum Submission {
+    /// Published already (embedded broker).
+    Done(Published),
+    /// Queued, in the order submitted; the result follows.
+    Queued(oneshot::Receiver<Result<Published, BrokerError>>),
+}
+
 /// See the module documentation.
 pub(crate) trait Broker: Send + Sync {
-    /// Publishes `data` on `channel`.
+    /// Hands `data` on `channel` to the broker. A connection's publications are published in
+    /// the order it submits them; it need not wait for one to be done before submitting the
+    /// next (so a publisher's frames travel to Redis pipelined).
+    fn submit<'a>(
+        &'a self,
+        channels: &'a Channels,
+        metrics: &'a HubMetrics,
+        channel: &'a str,
+        data: &'a RawValue,
+    ) -> BrokerFuture<'a, Submission>;
+
+    /// Publishes `data` on `channel` and waits until it is done.
     fn publish<'a>(
         &'a self,
         channels: &'a Channels,
         metrics: &'a HubMetrics,
         channel: &'a str,
         data: &'a RawValue,
-    ) -> BrokerFuture<'a, Published>;
+    ) -> BoxFuture<'a, Result<Published, BrokerError>> {
+        Box::pin(async move {
+            match self.submit(channels, metrics, channel, data).await? {
+                Submission::Done(published) => Ok(published),
+                Submission::Queued(reply) => reply.await.unwrap_or_else(|_| {
+                    Err(BrokerError::Unavailable("the broker stopped".to_owned()))
+                }),
+            }
+        })
+    }
 
     /// Makes sure `channel`'s publications reach this hub, with its recent history, before a
     /// connection here subscribes to it.

@@ -33,11 +33,12 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
 use redis::{AsyncConnectionConfig, Script, Value};
 use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Broker, BrokerError, BrokerFuture, BrokerStatus};
+use super::{Broker, BrokerError, BrokerFuture, BrokerStatus, Submission};
 use crate::channel::{Channels, HistoryLimits, Published};
 use crate::metrics::HubMetrics;
 
@@ -54,6 +55,11 @@ const READ_COUNT: usize = 1024;
 const ATTACH_GRACE: Duration = Duration::from_secs(2);
 /// How long a publish or subscribe waits for Redis to come (back) before it is refused.
 const WAIT_FOR_REDIS: Duration = Duration::from_secs(2);
+/// Publications waiting for Redis, over all connections of this hub; a full queue makes
+/// publishers wait (TCP backpressure).
+const PUBLISH_QUEUE: usize = 4096;
+/// The most publications sent to Redis in one pipeline.
+const PIPELINE_MAX: usize = 256;
 /// Reconnect delays.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -113,6 +119,13 @@ fn new_epoch() -> String {
     format!("r{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
 }
 
+/// A publication waiting to be sent to Redis.
+struct PublishRequest {
+    channel: String,
+    data: Box<RawValue>,
+    reply: oneshot::Sender<Result<Published, BrokerError>>,
+}
+
 /// Where this hub stands in a mirrored channel.
 struct Mirror {
     epoch: String,
@@ -127,8 +140,12 @@ pub(crate) struct RedisBroker {
     commands: RwLock<Option<MultiplexedConnection>>,
     mirrors: Mutex<HashMap<String, Mirror>>,
     limits: HistoryLimits,
+    /// Run with `EVALSHA` from the publish pipeline.
     publish: Script,
     attach: Script,
+    queue: mpsc::Sender<PublishRequest>,
+    /// Taken by [`publish_loop`](RedisBroker::publish_loop).
+    queued: Mutex<Option<mpsc::Receiver<PublishRequest>>>,
     up: AtomicBool,
     /// A command failed on a dead connection: the reader reconnects at once.
     broken: tokio::sync::Notify,
@@ -145,7 +162,10 @@ impl RedisBroker {
     pub(crate) fn new(url: &str, limits: HistoryLimits) -> Result<Self, BrokerError> {
         let client = redis::Client::open(url)
             .map_err(|e| BrokerError::Unavailable(format!("invalid WS_REDIS_URL: {e}")))?;
+        let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
         Ok(Self {
+            queue,
+            queued: Mutex::new(Some(queued)),
             client,
             commands: RwLock::new(None),
             mirrors: Mutex::new(HashMap::new()),
@@ -294,6 +314,7 @@ impl RedisBroker {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| self.lost(&e))?;
+        self.load_scripts(&mut commands.clone()).await?;
         *self.commands.write().unwrap_or_else(|p| p.into_inner()) = Some(commands);
         // A channel Redis lost meanwhile (restart without persistence) starts over.
         let names: Vec<String> = self.mirrors().keys().cloned().collect();
@@ -386,6 +407,113 @@ impl RedisBroker {
         }
     }
 
+    /// Loads the scripts, so that pipelined `EVALSHA`s find them.
+    async fn load_scripts(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<(), BrokerError> {
+        for code in [PUBLISH, ATTACH] {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(code)
+                .query_async::<String>(connection)
+                .await
+                .map_err(|e| self.lost(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Sends queued publications to Redis in order, many per round trip, and answers each.
+    /// Owned by the server's task tracker.
+    pub(crate) async fn publish_loop(
+        self: Arc<Self>,
+        metrics: Arc<HubMetrics>,
+        token: CancellationToken,
+    ) {
+        let Some(mut queued) = self.queued.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(PIPELINE_MAX);
+        loop {
+            let first = tokio::select! {
+                () = token.cancelled() => return,
+                request = queued.recv() => match request {
+                    Some(request) => request,
+                    None => return,
+                },
+            };
+            batch.push(first);
+            while batch.len() < PIPELINE_MAX {
+                match queued.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let mut sent = self.send_batch(&batch).await;
+            if matches!(&sent, Err(Retry::NoScript)) {
+                // Someone flushed the scripts: load them and send once more.
+                if let Ok(mut connection) = self.connection().await {
+                    if self.load_scripts(&mut connection).await.is_ok() {
+                        sent = self.send_batch(&batch).await;
+                    }
+                }
+            }
+            match sent {
+                Ok(seqs) => {
+                    metrics
+                        .publications
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for (request, seq) in batch.drain(..).zip(seqs) {
+                        let _ = request.reply.send(Ok(Published {
+                            seq,
+                            recipients: None,
+                        }));
+                    }
+                }
+                Err(Retry::NoScript) | Err(Retry::Failed(_)) => {
+                    let error = match sent {
+                        Err(Retry::Failed(error)) => error,
+                        _ => BrokerError::Unavailable("Redis lost the publish script".to_owned()),
+                    };
+                    warn!(%error, refused = batch.len(), "publications refused");
+                    for request in batch.drain(..) {
+                        let _ = request.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `batch` as one pipeline; the `seq` each got.
+    async fn send_batch(&self, batch: &[PublishRequest]) -> Result<Vec<u64>, Retry> {
+        let mut connection = self.connection().await.map_err(Retry::Failed)?;
+        let mut pipe = redis::pipe();
+        for request in batch {
+            pipe.cmd("EVALSHA")
+                .arg(self.publish.get_hash())
+                .arg(3)
+                .arg(key(&request.channel, "epoch"))
+                .arg(key(&request.channel, "seq"))
+                .arg(key(&request.channel, "stream"))
+                .arg(request.data.get())
+                .arg(new_epoch())
+                .arg(self.limits.size)
+                .arg(self.expiry_ms());
+        }
+        match pipe
+            .query_async::<Vec<(String, u64)>>(&mut connection)
+            .await
+        {
+            Ok(replies) => Ok(replies.into_iter().map(|(_, seq)| seq).collect()),
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                Err(Retry::NoScript)
+            }
+            Err(error) => Err(Retry::Failed(self.lost(&error))),
+        }
+    }
+
     /// Keeps mirrored channels' keys from expiring while they have subscribers here.
     async fn refresh(&self, connection: &mut MultiplexedConnection) -> Result<(), BrokerError> {
         let names: Vec<String> = self.mirrors().keys().cloned().collect();
@@ -405,35 +533,32 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    fn publish<'a>(
+    fn submit<'a>(
         &'a self,
         _channels: &'a Channels,
-        metrics: &'a HubMetrics,
+        _metrics: &'a HubMetrics,
         channel: &'a str,
         data: &'a RawValue,
-    ) -> BrokerFuture<'a, Published> {
+    ) -> BrokerFuture<'a, Submission> {
         Either::Right(
             async move {
-                let mut connection = self.connection().await?;
-                let (_epoch, seq): (String, u64) = self
-                    .publish
-                    .key(key(channel, "epoch"))
-                    .key(key(channel, "seq"))
-                    .key(key(channel, "stream"))
-                    .arg(data.get())
-                    .arg(new_epoch())
-                    .arg(self.limits.size)
-                    .arg(self.expiry_ms())
-                    .invoke_async(&mut connection)
+                if !self.up.load(Ordering::Relaxed) {
+                    // Wait a little for Redis (at start, or a short outage) before refusing.
+                    self.connection().await?;
+                }
+                let (reply, result) = oneshot::channel();
+                let request = PublishRequest {
+                    channel: channel.to_owned(),
+                    data: data.to_owned(),
+                    reply,
+                };
+                self.queue
+                    .send(request)
                     .await
-                    .map_err(|e| self.lost(&e))?;
-                metrics.publications.fetch_add(1, Ordering::Relaxed);
+                    .map_err(|_| BrokerError::Unavailable("the hub is stopping".to_owned()))?;
                 // Every hub with subscribers, this one included, delivers it when it reads
                 // the channel's stream.
-                Ok(Published {
-                    seq,
-                    recipients: None,
-                })
+                Ok(Submission::Queued(result))
             }
             .boxed(),
         )
@@ -484,6 +609,13 @@ impl Broker for RedisBroker {
             outages: self.outages.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Why a pipeline of publications failed.
+enum Retry {
+    /// Redis does not have the script (it was flushed): load it and try again.
+    NoScript,
+    Failed(BrokerError),
 }
 
 /// The `seq` of a stream entry ID `0-<seq>`.
