@@ -13,10 +13,26 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// What a waiting frame carries.
+#[derive(Debug, Clone)]
+pub(crate) enum Outbound {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Outbound {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Text(text) => text.len(),
+            Self::Binary(bytes) => bytes.len(),
+        }
+    }
+}
+
 /// One frame waiting to be written.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    pub(crate) text: String,
+    pub(crate) frame: Outbound,
     pub(crate) queued_at: Instant,
 }
 
@@ -43,15 +59,24 @@ impl OutboundBuffer {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `text`, or gives it back if the buffer is full.
+    /// Queues a text frame, or gives it back if the buffer is full.
     pub(crate) fn push(&self, text: String) -> Result<(), String> {
+        self.push_frame(Outbound::Text(text))
+            .map_err(|frame| match frame {
+                Outbound::Text(text) => text,
+                Outbound::Binary(_) => String::new(),
+            })
+    }
+
+    /// Queues `frame`, or gives it back if the buffer is full.
+    pub(crate) fn push_frame(&self, frame: Outbound) -> Result<(), Outbound> {
         let mut queue = self.lock();
         if queue.len() >= self.capacity {
-            return Err(text);
+            return Err(frame);
         }
         let was_empty = queue.is_empty();
         queue.push_back(Pending {
-            text,
+            frame,
             queued_at: Instant::now(),
         });
         drop(queue);
@@ -106,7 +131,13 @@ mod tests {
     use super::*;
 
     fn texts(batch: &VecDeque<Pending>) -> Vec<&str> {
-        batch.iter().map(|p| p.text.as_str()).collect()
+        batch
+            .iter()
+            .map(|p| match &p.frame {
+                Outbound::Text(text) => text.as_str(),
+                Outbound::Binary(_) => "<binary>",
+            })
+            .collect()
     }
 
     #[test]

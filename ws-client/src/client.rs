@@ -173,6 +173,23 @@ impl WebSocketClient {
             .map_err(Error::BufferFull)
     }
 
+    /// Queues one binary frame, like [`send`](Self::send) (for servers that are not our hub;
+    /// the hub answers binary frames with an error).
+    ///
+    /// # Errors
+    /// [`Error::BufferFullBinary`] at once when the buffer is full (the frame is given back);
+    /// [`Error::Failed`] or [`Error::Closed`] when the client has ended.
+    pub async fn send_binary(&self, bytes: impl Into<Vec<u8>>) -> Result<()> {
+        self.usable()?;
+        self.shared
+            .buffer
+            .push_frame(crate::buffer::Outbound::Binary(bytes.into()))
+            .map_err(|frame| match frame {
+                crate::buffer::Outbound::Binary(bytes) => Error::BufferFullBinary(bytes),
+                crate::buffer::Outbound::Text(text) => Error::BufferFull(text),
+            })
+    }
+
     /// Publishes `data` on a hub channel (a `Publish` frame), queued like [`send`](Self::send).
     ///
     /// # Errors

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use ws_protocol::{ChannelPosition, Position, WsMessage, close};
 
 use crate::backoff::Backoff;
-use crate::buffer::{OutboundBuffer, Pending};
+use crate::buffer::{Outbound, OutboundBuffer, Pending};
 use crate::combined_state::CombinedState;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -821,8 +821,12 @@ impl Driver {
         let batch = &mut self.batch;
         let write = async {
             while let Some(pending) = batch.pop_front() {
-                let len = pending.text.len() as u64;
-                if let Err(e) = ws.feed(Message::text(pending.text.clone())).await {
+                let len = pending.frame.len() as u64;
+                let message = match &pending.frame {
+                    Outbound::Text(text) => Message::text(text.clone()),
+                    Outbound::Binary(bytes) => Message::binary(bytes.clone()),
+                };
+                if let Err(e) = ws.feed(message).await {
                     batch.push_front(pending);
                     return Err(e);
                 }

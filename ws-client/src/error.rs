@@ -22,6 +22,9 @@ pub enum Error {
     /// once the client reconnects and drains its buffer.
     #[error("outbound buffer full ({} bytes given back)", .0.len())]
     BufferFull(String),
+    /// The outbound buffer is full: the binary frame was not queued and is given back.
+    #[error("the outbound buffer is full; the binary frame was not queued")]
+    BufferFullBinary(Vec<u8>),
     /// The client gave up (reconnect attempts used up, or the server refused for good).
     /// Fatal: build a new client.
     #[error("client failed: {0}")]

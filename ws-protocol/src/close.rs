@@ -16,6 +16,10 @@ pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
 /// 1008: the peer broke a policy (slow consumer, forbidden action).
 pub const POLICY_VIOLATION: u16 = 1008;
+/// The peer broke the WebSocket protocol (a bad frame).
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// A text frame was not valid UTF-8.
+pub const INVALID_PAYLOAD: u16 = 1007;
 /// 1009: a message was larger than the receiver accepts.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// 1011: the server met an unexpected condition.

@@ -69,6 +69,7 @@ pub struct ServerBuilder {
     config: WebSocketConfig,
     incoming_capacity: usize,
     authenticator: Option<Arc<dyn Authenticator>>,
+    echo: bool,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -77,6 +78,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("config", &self.config)
             .field("incoming_capacity", &self.incoming_capacity)
             .field("custom_authenticator", &self.authenticator.is_some())
+            .field("echo", &self.echo)
             .finish()
     }
 }
@@ -94,6 +96,7 @@ impl ServerBuilder {
             config,
             incoming_capacity: DEFAULT_INCOMING_CAPACITY,
             authenticator: None,
+            echo: false,
         }
     }
 
@@ -125,6 +128,14 @@ impl ServerBuilder {
     /// Share channels with other hubs through the Redis at `url` (`WS_REDIS_URL`).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.config.redis_url = Some(url.into());
+        self
+    }
+
+    /// For protocol-conformance testing only (the Autobahn cases): every text or binary frame
+    /// is sent back as it came, through the same upgrade, read loop, limits and write path as
+    /// the hub's; the hub protocol is not spoken.
+    pub fn echo(mut self, enabled: bool) -> Self {
+        self.echo = enabled;
         self
     }
 
@@ -246,6 +257,7 @@ impl ServerBuilder {
             listener,
             self.incoming_capacity,
             self.authenticator,
+            self.echo,
         )
     }
 }

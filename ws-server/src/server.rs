@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) config: WebSocketConfig,
     pub(crate) ws_config: TungsteniteConfig,
     pub(crate) channels: Arc<Channels>,
+    /// Conformance testing: echo data frames instead of speaking the hub protocol.
+    pub(crate) echo: bool,
     /// Where publications get their `seq` and how they reach every hub.
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) connections: Connections,
@@ -205,6 +207,7 @@ impl WebSocketServer {
         listener: TcpListener,
         incoming_capacity: usize,
         authenticator: Option<Arc<dyn Authenticator>>,
+        echo: bool,
     ) -> Result<Self> {
         config.validate()?;
         let authenticator = match authenticator {
@@ -262,6 +265,7 @@ impl WebSocketServer {
             config,
             ws_config,
             channels: Arc::new(Channels::new(history, conflation)),
+            echo,
             broker,
             connections: Connections::default(),
             incoming: RwLock::new(None),

@@ -71,6 +71,8 @@ enum End {
     Expired,
     /// The connection kept sending past its rate limit: close 1008.
     Abuse,
+    /// The client broke the WebSocket protocol: close 1002 (1007 for invalid UTF-8).
+    Protocol { code: u16, why: String },
 }
 
 /// Upgrades `stream` and runs the connection to its end. Errors are logged, never returned.
@@ -192,8 +194,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             connection_id: self.id.0,
             server_time: crate::server::unix_millis(),
         };
-        if let Err(end) = self.send_now(&connected).await {
-            return end;
+        // (An echo server for conformance testing speaks only when spoken to.)
+        if !self.shared.echo {
+            if let Err(end) = self.send_now(&connected).await {
+                return end;
+            }
         }
         let config = &self.shared.config;
         let (ping_every, idle_after) = (config.ping_interval, config.idle_timeout);
@@ -384,6 +389,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn on_frame(&mut self, message: Message) -> Result<(), End> {
+        if self.shared.echo {
+            // Conformance testing: data frames go back as they came.
+            return match message {
+                message @ (Message::Text(_) | Message::Binary(_)) => self.write_now(message).await,
+                _ => Ok(()),
+            };
+        }
         match message {
             Message::Text(text) => self.on_text(text).await,
             Message::Binary(_) => {
@@ -662,6 +674,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ],
             End::Expired => vec![close_frame(close::POLICY_VIOLATION, "token expired")],
             End::Abuse => vec![close_frame(close::POLICY_VIOLATION, "rate limit exceeded")],
+            End::Protocol { code, why } => vec![close_frame(*code, why)],
             End::TooBig => {
                 let limit = self.shared.config.max_message_size;
                 vec![close_frame(
@@ -728,6 +741,7 @@ impl std::fmt::Display for End {
             Self::Unauthorized(why) => write!(f, "unauthorized: {why}"),
             Self::Expired => f.write_str("token expired"),
             Self::Abuse => f.write_str("rate limit exceeded"),
+            Self::Protocol { code, why } => write!(f, "protocol error ({code}): {why}"),
         }
     }
 }
@@ -810,10 +824,15 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A close frame; the reason is cut to the 123 bytes a close frame can carry.
 fn close_frame(code: u16, reason: &str) -> Message {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     Message::Close(Some(CloseFrame {
         code: CloseCode::from(code),
-        reason: reason.into(),
+        reason: reason[..end].into(),
     }))
 }
 
@@ -833,6 +852,14 @@ fn read_error(error: WsError) -> End {
             warn!(size, max_size, "frame over the maximum message size");
             End::TooBig
         }
+        WsError::Protocol(error) => End::Protocol {
+            code: close::PROTOCOL_ERROR,
+            why: error.to_string(),
+        },
+        WsError::Utf8(error) => End::Protocol {
+            code: close::INVALID_PAYLOAD,
+            why: format!("invalid UTF-8: {error}"),
+        },
         other => End::Gone(format!("read failed: {other}")),
     }
 }

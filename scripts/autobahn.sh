@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The Autobahn WebSocket conformance cases (run by kosoku, a Python 3 runner of the same case
+# files) against the hub's connection handling (examples/autobahn_server) and against
+# ws-client (examples/autobahn_client). Compression cases (12.*, 13.*) are excluded: the
+# toolkit does not negotiate permessage-deflate. Fails when any case is neither OK nor an
+# accepted NON-STRICT / INFORMATIONAL. Reports: target/autobahn/{servers,clients}/index.html.
+#   scripts/autobahn.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=target/autobahn
+VENV=target/autobahn-venv
+SERVER_PORT=${SERVER_PORT:-9311}
+CLIENT_PORT=${CLIENT_PORT:-9312}
+
+if [ ! -x "$VENV/bin/kosoku" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q kosoku
+fi
+cargo build --release -q -p examples --example autobahn_server --example autobahn_client
+rm -rf "$OUT"
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+echo "== the hub's connection handling (fuzzingclient -> autobahn_server)"
+RUST_LOG=error target/release/examples/autobahn_server "$SERVER_PORT" >/dev/null &
+pids+=($!)
+wait_port "$SERVER_PORT"
+timeout 600 "$VENV/bin/kosoku" -m fuzzingclient -p 8 -x '12.*' -x '13.*' \
+  -o "$OUT/servers" "127.0.0.1:$SERVER_PORT" | tail -n 2
+
+echo "== ws-client (autobahn_client -> fuzzingserver)"
+timeout 600 "$VENV/bin/kosoku" -m fuzzingserver -x '12.*' -x '13.*' \
+  -o "$OUT/clients" "127.0.0.1:$CLIENT_PORT" >"$OUT.fuzzingserver.log" 2>&1 &
+pids+=($!)
+wait_port "$CLIENT_PORT"
+RUST_LOG=error timeout 600 target/release/examples/autobahn_client "ws://127.0.0.1:$CLIENT_PORT"
+for _ in $(seq 1 100); do [ -f "$OUT/clients/index.json" ] && break; sleep 0.1; done
+
+python3 - "$OUT/servers/index.json" "$OUT/clients/index.json" <<'PY'
+import collections, json, sys
+accepted = {"OK", "NON-STRICT", "INFORMATIONAL"}
+failed = False
+for title, path in zip(["hub (autobahn_server)", "ws-client (autobahn_client)"], sys.argv[1:]):
+    report = json.load(open(path))
+    cases = next(iter(report.values()))
+    counts = collections.Counter(c["behavior"] for c in cases.values())
+    bad = sorted(k for k, c in cases.items() if c["behavior"] not in accepted)
+    print(f"| {title} | {len(cases)} | " + " | ".join(str(counts.get(b, 0)) for b in
+          ["OK", "NON-STRICT", "INFORMATIONAL", "FAILED"]) + " |")
+    others = sorted(k for k, c in cases.items() if c["behavior"] != "OK")
+    listed = ", ".join(k + " " + cases[k]["behavior"] for k in others) or "none"
+    print(f"    not OK: {listed}")
+    if bad:
+        failed = True
+        print(f"    FAILED cases: {', '.join(bad)}", file=sys.stderr)
+sys.exit(1 if failed else 0)
+PY
+echo "autobahn passed"
