@@ -1,0 +1,65 @@
+"""A third-party client against the hub: Python's `websockets` library.
+
+Subscribes, publishes, receives in `seq` order, recovers with `since`, and sees clear errors
+for bad input; exits non-zero on any mismatch. Run by scripts/python-client-test.sh.
+    python hub_client.py ws://127.0.0.1:PORT
+"""
+
+import asyncio
+import json
+import sys
+
+import websockets
+
+URL = sys.argv[1]
+
+
+async def next_of(ws, kind):
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if message["type"] == kind:
+            return message
+
+
+async def main():
+    subscriber = await websockets.connect(URL)
+    hello = await next_of(subscriber, "Connected")
+    assert isinstance(hello["connection_id"], int), hello
+    await subscriber.send(json.dumps({"type": "Subscribe", "channels": ["py:ticks"]}))
+    subscribed = await next_of(subscriber, "Subscribed")
+    epoch = subscribed["positions"]["py:ticks"]["epoch"]
+
+    publisher = await websockets.connect(URL)
+    await next_of(publisher, "Connected")
+    for n in range(1, 51):
+        await publisher.send(json.dumps({"type": "Publish", "channel": "py:ticks", "data": {"n": n}}))
+    for n in range(1, 51):
+        publication = await next_of(subscriber, "Publication")
+        assert (publication["seq"], publication["data"]["n"]) == (n, n), publication
+
+    # A late client recovers what it missed after seq 40.
+    late = await websockets.connect(URL)
+    await next_of(late, "Connected")
+    since = {"py:ticks": {"epoch": epoch, "seq": 40}}
+    await late.send(json.dumps({"type": "Subscribe", "channels": ["py:ticks"], "since": since}))
+    position = (await next_of(late, "Subscribed"))["positions"]["py:ticks"]
+    assert position["recovered"] and position["seq"] == 50, position
+    replayed = [(await next_of(late, "Publication"))["seq"] for _ in range(10)]
+    assert replayed == list(range(41, 51)), replayed
+
+    # Bad input gets an error naming the problem, and the connection goes on.
+    await publisher.send("{not json")
+    error = await next_of(publisher, "Error")
+    assert error["code"] == "bad_request", error
+    await publisher.send(json.dumps({"type": "Teleport"}))
+    error = await next_of(publisher, "Error")
+    assert error["code"] == "unknown_type" and "Teleport" in error["message"], error
+    await publisher.send(json.dumps({"type": "Publish", "channel": "py:ticks", "data": {"n": 51}}))
+    assert (await next_of(subscriber, "Publication"))["seq"] == 51
+
+    for ws in (subscriber, publisher, late):
+        await ws.close()
+    print("python websockets client: subscribe, publish, recovery and errors OK")
+
+
+asyncio.run(main())
