@@ -56,3 +56,98 @@ impl FanOut {
         }
     }
 }
+
+/// Drives the channel registry (subscribe with and without `since`, publish, unsubscribe,
+/// sweep, drain) through the operations `data` encodes, checking on the way that queues stay
+/// within their bounds and each channel's `seq` rises one by one. For the `channels` fuzz
+/// target; panics on a broken invariant.
+pub fn exercise_channels(data: &[u8]) {
+    use std::time::Duration;
+
+    use ws_protocol::Position;
+
+    use crate::channel::HistoryLimits;
+    use crate::conflation_key::ConflationKey;
+    use crate::outbox::Notice;
+
+    const QUEUE: usize = 4;
+    const HISTORY: usize = 8;
+    let policy = match data.first().map_or(0, |b| b % 3) {
+        0 => SlowConsumerPolicy::Disconnect,
+        1 => SlowConsumerPolicy::DropOldest,
+        _ => SlowConsumerPolicy::Conflate,
+    };
+    let channels = Channels::new(
+        HistoryLimits {
+            size: HISTORY,
+            ttl: Duration::from_secs(60),
+        },
+        Some(ConflationKey::new("symbol")),
+    );
+    let outboxes: Vec<Arc<Outbox>> = (0..4)
+        .map(|_| Arc::new(Outbox::new(QUEUE, HISTORY, policy)))
+        .collect();
+    let names = ["a", "b", "c"];
+    let mut last_seq = [0u64; 3];
+    let (mut batch, mut notices) = (VecDeque::new(), Vec::<Notice>::new());
+    for op in data.chunks_exact(4) {
+        let (conn, ch, arg) = (usize::from(op[1] % 4), usize::from(op[2] % 3), op[3]);
+        let id = ConnectionId(conn as u64);
+        match op[0] % 6 {
+            0 => {
+                let json = format!(r#"{{"symbol":"s{}","n":{arg}}}"#, arg % 3);
+                let Ok(raw) = RawValue::from_string(json) else {
+                    continue;
+                };
+                let published = channels.publish(names[ch], &raw);
+                if published.seq != 0 {
+                    assert!(
+                        published.seq == last_seq[ch] + 1 || published.seq == 1,
+                        "seq {} after {}",
+                        published.seq,
+                        last_seq[ch]
+                    );
+                    last_seq[ch] = published.seq;
+                }
+            }
+            1 => {
+                channels.subscribe(names[ch], id, &outboxes[conn], None);
+            }
+            2 => {
+                let epoch = match channels.position(names[ch]) {
+                    Some((epoch, _)) if arg & 1 == 0 => epoch.to_string(),
+                    _ => "elsewhere".to_owned(),
+                };
+                let since = Position {
+                    epoch,
+                    seq: u64::from(arg / 2),
+                };
+                let (_, position) =
+                    channels.subscribe(names[ch], id, &outboxes[conn], Some(&since));
+                if position.recovered {
+                    assert!(since.seq <= position.seq);
+                }
+            }
+            3 => channels.unsubscribe(names[ch], id),
+            4 => channels.sweep(),
+            _ => {
+                batch.clear();
+                outboxes[conn].take(&mut batch, &mut notices);
+                assert!(batch.len() <= QUEUE + HISTORY, "{} queued", batch.len());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_channel_registry_keeps_its_invariants_under_random_operations() {
+        // The fuzz target's check, on seeded random inputs, for every `cargo test`.
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2_000 {
+            let data: Vec<u8> = (0..rng.usize(0..256)).map(|_| rng.u8(..)).collect();
+            super::exercise_channels(&data);
+        }
+    }
+}

@@ -119,10 +119,10 @@ impl Inner {
     fn make_room(&mut self, policy: SlowConsumerPolicy, item: &Outgoing) -> bool {
         match policy {
             SlowConsumerPolicy::DropOldest => {
-                if let Some(dropped) = self.queue.pop_front() {
-                    if dropped.replay {
-                        self.replayed -= 1;
-                    }
+                // The oldest live frame goes; replays the client asked for stay, so that the
+                // live frames never exceed their bound (found by the `channels` fuzz target).
+                let oldest_live = self.queue.iter().position(|queued| !queued.replay);
+                if let Some(dropped) = oldest_live.and_then(|i| self.queue.remove(i)) {
                     self.note(NoticeKind::Lagged, dropped.channel);
                 }
                 true
