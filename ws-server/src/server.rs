@@ -79,9 +79,12 @@ impl Shared {
         channel: &str,
         data: &serde_json::value::RawValue,
     ) -> std::result::Result<Published, BrokerError> {
-        self.broker
-            .publish(&self.channels, &self.metrics, channel, data)
-            .await
+        match self.submit(channel, data).await? {
+            Submission::Done(published) => Ok(published),
+            Submission::Queued(reply) => reply
+                .await
+                .unwrap_or_else(|_| Err(BrokerError::Unavailable("the broker stopped".to_owned()))),
+        }
     }
 
     /// Hands a publication to the broker without waiting for it to be done.

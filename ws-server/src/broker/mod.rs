@@ -67,24 +67,6 @@ pub(crate) trait Broker: Send + Sync {
         data: &'a RawValue,
     ) -> BrokerFuture<'a, Submission>;
 
-    /// Publishes `data` on `channel` and waits until it is done.
-    fn publish<'a>(
-        &'a self,
-        channels: &'a Channels,
-        metrics: &'a HubMetrics,
-        channel: &'a str,
-        data: &'a RawValue,
-    ) -> BoxFuture<'a, Result<Published, BrokerError>> {
-        Box::pin(async move {
-            match self.submit(channels, metrics, channel, data).await? {
-                Submission::Done(published) => Ok(published),
-                Submission::Queued(reply) => reply.await.unwrap_or_else(|_| {
-                    Err(BrokerError::Unavailable("the broker stopped".to_owned()))
-                }),
-            }
-        })
-    }
-
     /// Makes sure `channel`'s publications reach this hub, with its recent history, before a
     /// connection here subscribes to it.
     fn attach<'a>(&'a self, channels: &'a Channels, channel: &'a str) -> BrokerFuture<'a, ()>;

@@ -64,35 +64,43 @@ const PIPELINE_MAX: usize = 256;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Takes the next `seq`, appends the publication, refreshes the expiry.
-/// KEYS: epoch, seq, stream. ARGV: data, epoch if none yet, history size, expiry ms.
-const PUBLISH: &str = r"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('SET', KEYS[1], epoch)
-  redis.call('DEL', KEYS[2], KEYS[3])
-end
-local seq = redis.call('INCR', KEYS[2])
-local now = redis.call('TIME')
-local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-if tonumber(ARGV[3]) > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '0-' .. seq, 'e', epoch, 't', ms, 'd', ARGV[1])
-end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-return {epoch, seq}
-";
-
-/// The channel's epoch (created if none), `seq`, Redis's time and the stream's tail,
-/// newest first as `id, t, d` triples. KEYS: epoch, seq, stream. ARGV: epoch if none yet,
-/// history size, expiry ms.
-const ATTACH: &str = r"
+/// The start of both scripts: the channel's epoch, created (with a fresh sequence and stream)
+/// if Redis does not know the channel. KEYS: epoch, seq, stream; ARGV[1]: the new epoch.
+macro_rules! epoch_or_new {
+    () => {
+        r"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
   redis.call('DEL', KEYS[2], KEYS[3])
 end
+"
+    };
+}
+
+/// Takes the next `seq`, appends the publication, refreshes the expiry.
+/// KEYS: epoch, seq, stream. ARGV: epoch if none yet, data, history size, expiry ms.
+const PUBLISH: &str = concat!(
+    epoch_or_new!(),
+    r"
+local seq = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '0-' .. seq, 'e', epoch, 't', ms, 'd', ARGV[2])
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return {epoch, seq}
+"
+);
+
+/// The channel's epoch (created if none), `seq`, Redis's time and the stream's tail,
+/// newest first as `id, t, d` triples. KEYS: epoch, seq, stream. ARGV: epoch if none yet,
+/// history size, expiry ms.
+const ATTACH: &str = concat!(
+    epoch_or_new!(),
+    r"
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local now = redis.call('TIME')
 local out = {epoch, seq, now[1] * 1000 + math.floor(now[2] / 1000)}
@@ -108,7 +116,8 @@ if tonumber(ARGV[2]) > 0 then
 end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return out
-";
+"
+);
 
 fn key(channel: &str, part: &str) -> String {
     format!("ws:{{{channel}}}:{part}")
@@ -495,8 +504,8 @@ impl RedisBroker {
                 .arg(key(&request.channel, "epoch"))
                 .arg(key(&request.channel, "seq"))
                 .arg(key(&request.channel, "stream"))
-                .arg(request.data.get())
                 .arg(new_epoch())
+                .arg(request.data.get())
                 .arg(self.limits.size)
                 .arg(self.expiry_ms());
         }
