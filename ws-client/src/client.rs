@@ -39,6 +39,8 @@ struct Shared {
     inbox: Mutex<Inbox>,
     /// Channels unsubscribed since the sequencer last looked, for it to forget.
     forgotten: std::sync::Mutex<Vec<String>>,
+    /// Whether `forgotten` may hold something, so `next_event` takes no lock per event.
+    any_forgotten: std::sync::atomic::AtomicBool,
     buffer: Arc<OutboundBuffer>,
     state: watch::Receiver<ConnectionState>,
     counters: Arc<Counters>,
@@ -93,6 +95,7 @@ impl WebSocketClient {
                 legs,
                 inbox: Mutex::new(inbox),
                 forgotten: std::sync::Mutex::new(Vec::new()),
+                any_forgotten: std::sync::atomic::AtomicBool::new(false),
                 buffer,
                 state,
                 counters,
@@ -292,6 +295,9 @@ impl WebSocketClient {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(channels);
+        self.shared
+            .any_forgotten
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -312,15 +318,17 @@ impl WebSocketClient {
             finished,
         } = &mut *inbox;
         loop {
-            let forgotten = std::mem::take(
-                &mut *self
-                    .shared
-                    .forgotten
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            for channel in forgotten {
-                sequencer.forget(&channel);
+            let shared = &self.shared;
+            if shared
+                .any_forgotten
+                .swap(false, std::sync::atomic::Ordering::Acquire)
+            {
+                let forgotten = std::mem::take(
+                    &mut *shared.forgotten.lock().unwrap_or_else(|p| p.into_inner()),
+                );
+                for channel in forgotten {
+                    sequencer.forget(&channel);
+                }
             }
             for fill in sequencer.take_fills() {
                 self.ask_fill(fill);

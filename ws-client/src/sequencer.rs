@@ -120,6 +120,8 @@ impl Track {
 pub(crate) struct Sequencer {
     tracks: HashMap<String, Track>,
     held: usize,
+    /// Set when a gap opens; cleared by `deadline` once none is left open.
+    gaps_opened: bool,
     gap_timeout: Duration,
     ready: VecDeque<Event>,
     fills: Vec<FillRequest>,
@@ -131,6 +133,7 @@ impl Sequencer {
         Self {
             tracks: HashMap::new(),
             held: 0,
+            gaps_opened: false,
             gap_timeout,
             ready: VecDeque::new(),
             fills: Vec::new(),
@@ -148,16 +151,15 @@ impl Sequencer {
         std::mem::take(&mut self.fills)
     }
 
-    /// When the oldest open gap times out.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        if self.held == 0 && !self.tracks.values().any(|t| t.gap_since.is_some()) {
+    /// When the oldest open gap times out. Asked before every wait, so without a gap it
+    /// answers without looking at any channel.
+    pub(crate) fn deadline(&mut self) -> Option<Instant> {
+        if !self.gaps_opened {
             return None;
         }
-        self.tracks
-            .values()
-            .filter_map(|t| t.gap_since)
-            .min()
-            .map(|at| at + self.gap_timeout)
+        let oldest = self.tracks.values().filter_map(|t| t.gap_since).min();
+        self.gaps_opened = oldest.is_some();
+        oldest.map(|at| at + self.gap_timeout)
     }
 
     /// Stops tracking `channel` (the application unsubscribed).
@@ -265,6 +267,7 @@ impl Sequencer {
         self.held += 1;
         if track.gap_since.is_none() {
             track.gap_since = Some(now);
+            self.gaps_opened = true;
             self.fills.push(FillRequest {
                 leg,
                 channel: channel.clone(),
@@ -322,6 +325,7 @@ impl Sequencer {
                 // This connection cannot replay from its own position, but what the
                 // application has seen may be older and still in the history: ask for that.
                 track.gap_since = Some(now);
+                self.gaps_opened = true;
                 self.fills.push(FillRequest {
                     leg,
                     since: Position {
