@@ -473,23 +473,30 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
                 let shared2 = shared.clone();
-                shared.tracker.spawn(async move {
-                    match shared2.tls.clone() {
-                        None => session::run(shared2, stream, peer).await,
-                        Some(tls) => {
+                // Two task types: a plain connection's task does not carry the size of a TLS
+                // session (rustls' state is kilobytes) in every idle connection.
+                match shared.tls.clone() {
+                    None => {
+                        shared.tracker.spawn(async move {
+                            session::run(shared2, stream, peer).await;
+                            drop(slot);
+                        });
+                    }
+                    Some(tls) => {
+                        shared.tracker.spawn(async move {
                             let handshake = tokio::time::timeout(
                                 shared2.config.handshake_timeout,
                                 tls.accept(stream),
                             );
-                            match handshake.await {
+                            match Box::pin(handshake).await {
                                 Ok(Ok(stream)) => session::run(shared2, stream, peer).await,
                                 Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                                 Err(_) => debug!(%peer, "TLS handshake timed out"),
                             }
-                        }
+                            drop(slot);
+                        });
                     }
-                    drop(slot);
-                });
+                }
             }
             Err(_) => match rejections.clone().try_acquire_owned() {
                 Ok(permit) => {

@@ -89,9 +89,12 @@ where
         |request: &Request, response: Response| admit(&shared, request, response, &mut grant);
     let upgrade =
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(shared.ws_config));
+    // Boxed: the handshake's state is large and only lives until the upgrade, so it is not
+    // kept in every idle connection's task.
+    let upgrade = Box::pin(tokio::time::timeout(config.handshake_timeout, upgrade));
     let ws = tokio::select! {
         () = shared.token.cancelled() => return,
-        result = tokio::time::timeout(config.handshake_timeout, upgrade) => match result {
+        result = upgrade => match result {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 debug!(%peer, error = %e, "WebSocket upgrade failed");
@@ -143,7 +146,8 @@ where
     }
     session.leave_channels();
     shared.connections.remove(id);
-    session.close(&end).await;
+    // Boxed like the upgrade: only an ending connection needs the close's state.
+    Box::pin(session.close(&end)).await;
     info!(connection = %id, %peer, reason = %end, "connection closed");
 }
 
@@ -196,7 +200,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         // (An echo server for conformance testing speaks only when spoken to.)
         if !self.shared.echo {
-            if let Err(end) = self.send_now(&connected).await {
+            if let Err(end) = Box::pin(self.send_now(&connected)).await {
                 return end;
             }
         }
@@ -438,7 +442,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         if let WsMessage::Authenticate { token } = &message {
-            return self.authenticate(token).await;
+            return Box::pin(self.authenticate(token)).await;
         }
         if self.grant.is_none() && !matches!(message, WsMessage::Ping | WsMessage::Pong) {
             let error = WsMessage::error(
@@ -450,7 +454,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match message {
             WsMessage::Ping => self.send_now(&WsMessage::Pong).await,
             WsMessage::Pong => Ok(()),
-            WsMessage::Subscribe { channels, since } => self.subscribe(channels, since).await,
+            // Boxed (here and for the other rare commands) so that the state of their awaits
+            // is allocated while they run, not carried by every idle connection's task.
+            WsMessage::Subscribe { channels, since } => {
+                Box::pin(self.subscribe(channels, since)).await
+            }
             WsMessage::Unsubscribe { channels } => {
                 for channel in &channels {
                     if self.subscriptions.remove(channel.as_str()) {
@@ -490,7 +498,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
             message @ (WsMessage::PriceUpdate { .. } | WsMessage::AccountUpdate { .. }) => {
-                self.forward(message).await
+                Box::pin(self.forward(message)).await
             }
             other => {
                 let error = WsMessage::error(
