@@ -129,12 +129,24 @@ pub struct WebSocketConfig {
     pub auth_timeout: Duration,
     /// `WS_MAX_SUBSCRIPTIONS`: channels one connection may subscribe to. Default 100.
     pub max_subscriptions: usize,
-    /// `WS_RATE_LIMIT`: frames per second one connection may send, on average. Default 1000.
+    /// `WS_RATE_LIMIT`: control frames (everything but `Publish`: subscribes, unsubscribes,
+    /// pings, authentication, malformed frames) per second one connection may send, on
+    /// average. Default 1000.
     pub rate_limit: f64,
-    /// `WS_RATE_LIMIT_BURST`: frames a connection may send at once above the rate. Excess
-    /// frames get `Error { code: "rate_limited" }`; a burst's worth of them in a row closes
-    /// the connection with 1008. Default 2000.
+    /// `WS_RATE_LIMIT_BURST`: control frames a connection may send at once above the rate.
+    /// Excess frames get `Error { code: "rate_limited" }`; a burst's worth of them in a row
+    /// closes the connection with 1008. Default 2000.
     pub rate_limit_burst: u32,
+    /// `WS_PUBLISH_RATE_LIMIT`: `Publish` frames per second one connection may send, on
+    /// average; 0 means no limit. Default 0: a publisher at market rates is never refused,
+    /// because what a publication costs the hub is already bounded (each connection gets a
+    /// fair share of the runtime, each subscriber a bounded queue, each channel a bounded
+    /// history).
+    pub publish_rate_limit: f64,
+    /// `WS_PUBLISH_RATE_LIMIT_BURST`: publications above `WS_PUBLISH_RATE_LIMIT` accepted at
+    /// once; refused ones get `rate_limited`, a burst's worth in a row closes with 1008.
+    /// Default 0: twice the rate.
+    pub publish_rate_limit_burst: u32,
     /// `WS_ALLOWED_ORIGINS`: comma-separated `Origin`s whose browsers may connect (others get
     /// HTTP 403); clients that send no `Origin` (not browsers) are not affected. Default:
     /// empty, any origin.
@@ -192,6 +204,8 @@ impl Default for WebSocketConfig {
             max_subscriptions: 100,
             rate_limit: 1000.0,
             rate_limit_burst: 2000,
+            publish_rate_limit: 0.0,
+            publish_rate_limit_burst: 0,
             allowed_origins: Vec::new(),
             tls_cert: None,
             tls_key: None,
@@ -252,10 +266,166 @@ impl WebSocketConfig {
                 pairs.push((name, value));
             }
         }
+        for (name, value) in &pairs {
+            check_number(name, value)?;
+        }
         let env: EnvVars =
             envy::from_iter(pairs).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         env.into_config()
     }
+}
+
+/// What kind of value a numeric variable takes, for an error that says what was expected.
+#[derive(Clone, Copy)]
+enum Number {
+    /// A TCP port.
+    Port,
+    /// A duration in seconds, with an optional fraction.
+    Seconds,
+    /// A whole number (bytes, messages, connections, ...).
+    Count,
+    /// A non-negative number per second, with an optional fraction.
+    PerSecond,
+}
+
+/// Every variable the toolkit reads, and the kind of number it takes (`None`: text).
+const VARIABLES: &[(&str, Option<Number>)] = &[
+    ("WS_HOST", None),
+    ("WS_PORT", Some(Number::Port)),
+    ("WS_RECONNECT_INTERVAL", Some(Number::Seconds)),
+    ("WS_MAX_RECONNECT_DELAY", Some(Number::Seconds)),
+    ("WS_MAX_RECONNECT_ATTEMPTS", Some(Number::Count)),
+    ("WS_PING_INTERVAL", Some(Number::Seconds)),
+    ("WS_PONG_TIMEOUT", Some(Number::Seconds)),
+    ("WS_CONNECT_TIMEOUT", Some(Number::Seconds)),
+    ("WS_MESSAGE_BUFFER_SIZE", Some(Number::Count)),
+    ("WS_IDLE_TIMEOUT", Some(Number::Seconds)),
+    ("WS_HANDSHAKE_TIMEOUT", Some(Number::Seconds)),
+    ("WS_MAX_MESSAGE_SIZE", Some(Number::Count)),
+    ("WS_SEND_QUEUE_SIZE", Some(Number::Count)),
+    ("WS_SLOW_CONSUMER_POLICY", None),
+    ("WS_MAX_CONNECTIONS", Some(Number::Count)),
+    ("WS_JWT_SECRET", None),
+    ("WS_JWT_PUBLIC_KEY", None),
+    ("WS_JWT_ALGORITHM", None),
+    ("WS_AUTH_TIMEOUT", Some(Number::Seconds)),
+    ("WS_MAX_SUBSCRIPTIONS", Some(Number::Count)),
+    ("WS_RATE_LIMIT", Some(Number::PerSecond)),
+    ("WS_RATE_LIMIT_BURST", Some(Number::Count)),
+    ("WS_PUBLISH_RATE_LIMIT", Some(Number::PerSecond)),
+    ("WS_PUBLISH_RATE_LIMIT_BURST", Some(Number::Count)),
+    ("WS_ALLOWED_ORIGINS", None),
+    ("WS_TLS_CERT", None),
+    ("WS_TLS_KEY", None),
+    ("WS_ADMIN_ADDR", None),
+    ("WS_DRAIN_WINDOW", Some(Number::Seconds)),
+    ("WS_HISTORY_SIZE", Some(Number::Count)),
+    ("WS_HISTORY_TTL", Some(Number::Seconds)),
+    ("WS_RECONNECT_HINT", Some(Number::Seconds)),
+    ("WS_CONFLATE_KEY", None),
+    ("WS_REDIS_URL", None),
+];
+
+/// Checks that a numeric variable holds a number of its kind, so that the error names the
+/// variable, the value and what was expected (rather than the parser's "invalid digit").
+fn check_number(name: &str, value: &str) -> Result<(), ConfigError> {
+    let Some((variable, Some(kind))) = VARIABLES.iter().find(|(known, _)| *known == name) else {
+        return Ok(());
+    };
+    let value = value.trim();
+    let (ok, reason) = match kind {
+        Number::Port => (
+            value.parse::<u16>().is_ok(),
+            "expected a port number from 0 to 65535",
+        ),
+        Number::Count => (
+            value.parse::<u32>().is_ok() || value.parse::<usize>().is_ok(),
+            "expected a whole number (0 or more, no unit)",
+        ),
+        Number::Seconds => (
+            value.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0),
+            "expected a number of seconds (0 or more, a fraction allowed, no unit)",
+        ),
+        Number::PerSecond => (
+            value.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0),
+            "expected a number per second (0 or more, a fraction allowed)",
+        ),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            variable,
+            value: value.to_owned(),
+            reason,
+        })
+    }
+}
+
+impl WebSocketConfig {
+    /// The `WS_*` names among `names` that the toolkit does not read (a misspelling such as
+    /// `WS_PROT`), each with the known name it most resembles, if one is close.
+    ///
+    /// ```
+    /// use ws_protocol::WebSocketConfig;
+    ///
+    /// let unknown = WebSocketConfig::unknown_variables(["WS_PROT", "WS_PORT", "PATH"]);
+    /// assert_eq!(unknown, [("WS_PROT".to_owned(), Some("WS_PORT"))]);
+    /// ```
+    pub fn unknown_variables<I, K>(names: I) -> Vec<(String, Option<&'static str>)>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        let mut unknown: Vec<(String, Option<&'static str>)> = Vec::new();
+        for name in names {
+            let name = name.into();
+            if !name.starts_with("WS_")
+                || VARIABLES.iter().any(|(known, _)| *known == name)
+                || unknown.iter().any(|(seen, _)| *seen == name)
+            {
+                continue;
+            }
+            let closest = VARIABLES
+                .iter()
+                .map(|(known, _)| (edit_distance(&name, known), *known))
+                .min()
+                .filter(|(distance, _)| *distance <= 3)
+                .map(|(_, known)| known);
+            unknown.push((name, closest));
+        }
+        unknown
+    }
+
+    /// The `WS_*` names in the environment and `.env` that the toolkit does not read; see
+    /// [`Self::unknown_variables`].
+    pub fn unknown_variables_in_env() -> Vec<(String, Option<&'static str>)> {
+        let mut names: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .collect();
+        if let Ok(iter) = dotenvy::dotenv_iter() {
+            names.extend(iter.filter_map(Result::ok).map(|(name, _)| name));
+        }
+        Self::unknown_variables(names)
+    }
+}
+
+/// Levenshtein distance between two short ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The variables as envy sees them. envy names a variable that fails to parse by its full
@@ -284,6 +454,8 @@ struct EnvVars {
     ws_max_subscriptions: Option<usize>,
     ws_rate_limit: Option<f64>,
     ws_rate_limit_burst: Option<u32>,
+    ws_publish_rate_limit: Option<f64>,
+    ws_publish_rate_limit_burst: Option<u32>,
     ws_allowed_origins: Option<String>,
     ws_tls_cert: Option<String>,
     ws_tls_key: Option<String>,
@@ -334,6 +506,10 @@ impl EnvVars {
             max_subscriptions: self.ws_max_subscriptions.unwrap_or(d.max_subscriptions),
             rate_limit: self.ws_rate_limit.unwrap_or(d.rate_limit),
             rate_limit_burst: self.ws_rate_limit_burst.unwrap_or(d.rate_limit_burst),
+            publish_rate_limit: self.ws_publish_rate_limit.unwrap_or(d.publish_rate_limit),
+            publish_rate_limit_burst: self
+                .ws_publish_rate_limit_burst
+                .unwrap_or(d.publish_rate_limit_burst),
             allowed_origins: self
                 .ws_allowed_origins
                 .map(|list| {
@@ -431,6 +607,13 @@ impl WebSocketConfig {
                 variable: "WS_RATE_LIMIT",
                 value: self.rate_limit.to_string(),
                 reason: "must be a positive number of frames per second",
+            });
+        }
+        if !(self.publish_rate_limit.is_finite() && self.publish_rate_limit >= 0.0) {
+            return Err(ConfigError::OutOfRange {
+                variable: "WS_PUBLISH_RATE_LIMIT",
+                value: self.publish_rate_limit.to_string(),
+                reason: "must be 0 (no limit) or a positive number of publications per second",
             });
         }
         if let Some(url) = &self.redis_url {
@@ -587,6 +770,58 @@ mod tests {
                 error.contains(value.trim_start_matches('-')),
                 "{name}={value}: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn invalid_numbers_say_what_was_expected() {
+        let error = WebSocketConfig::from_vars([("WS_PORT", "80a")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("WS_PORT=80a"), "{error}");
+        assert!(error.contains("0 to 65535"), "{error}");
+        assert!(!error.contains("invalid digit"), "{error}");
+        let error = WebSocketConfig::from_vars([("WS_PING_INTERVAL", "30s")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("number of seconds"), "{error}");
+        let error = WebSocketConfig::from_vars([("WS_SEND_QUEUE_SIZE", "1k")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("whole number"), "{error}");
+    }
+
+    #[test]
+    fn misspelled_variables_are_found_with_a_suggestion() {
+        let unknown = WebSocketConfig::unknown_variables([
+            "WS_PROT",
+            "WS_HISTORY_SIZE",
+            "WS_COMPLETELY_DIFFERENT_THING",
+            "HOME",
+            "WS_PROT",
+        ]);
+        assert_eq!(
+            unknown,
+            [
+                ("WS_PROT".to_owned(), Some("WS_PORT")),
+                ("WS_COMPLETELY_DIFFERENT_THING".to_owned(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_documented_variable_is_known() {
+        let example = include_str!("../../.env.example");
+        for line in example.lines() {
+            let line = line.trim_start_matches("# ").trim();
+            if let Some((name, _)) = line.split_once('=') {
+                if name.starts_with("WS_") {
+                    assert!(
+                        WebSocketConfig::unknown_variables([name]).is_empty(),
+                        "{name} is in .env.example but not known"
+                    );
+                }
+            }
         }
     }
 

@@ -40,6 +40,7 @@ mod incoming;
 mod metrics;
 mod outbox;
 mod rate_limit;
+mod read_ahead;
 mod server;
 mod session;
 mod tls;

@@ -35,8 +35,21 @@ impl RateLimit {
         }
     }
 
+    /// A limit on `rate` frames per second with `burst` at once; a `rate` of 0 allows
+    /// everything, and a `burst` of 0 means twice the rate.
+    pub(crate) fn new_or_unlimited(rate: f64, burst: u32) -> Self {
+        let burst = match burst {
+            0 => (rate * 2.0).clamp(1.0, f64::from(u32::MAX)) as u32,
+            burst => burst,
+        };
+        Self::new(rate, burst)
+    }
+
     /// Counts one frame that arrived at `now`.
     pub(crate) fn check(&mut self, now: Instant) -> Verdict {
+        if self.rate <= 0.0 {
+            return Verdict::Allow;
+        }
         self.tokens =
             (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
@@ -77,5 +90,18 @@ mod tests {
         assert_eq!(limit.check(Instant::now()), Verdict::Refuse);
         assert_eq!(limit.check(Instant::now()), Verdict::Refuse);
         assert_eq!(limit.check(Instant::now()), Verdict::Abuse);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_of_zero_allows_everything_and_burst_zero_is_twice_the_rate() {
+        let mut unlimited = RateLimit::new_or_unlimited(0.0, 0);
+        for _ in 0..100_000 {
+            assert_eq!(unlimited.check(Instant::now()), Verdict::Allow);
+        }
+        let mut limited = RateLimit::new_or_unlimited(5.0, 0);
+        let allowed = (0..20)
+            .filter(|_| limited.check(Instant::now()) == Verdict::Allow)
+            .count();
+        assert_eq!(allowed, 10);
     }
 }

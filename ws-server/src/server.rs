@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use ws_protocol::{Payload, SlowConsumerPolicy, WebSocketConfig, WsMessage};
 
-use crate::auth::{Authenticator, JwtAuthenticator};
+use crate::auth::{Authenticator, Grant, JwtAuthenticator};
 use crate::broker::{Broker, BrokerError, BrokerFuture, EmbeddedBroker, RedisBroker, Submission};
 use crate::builder::ServerBuilder;
 use crate::channel::{Channels, HistoryLimits, Published, is_valid_name};
@@ -28,11 +28,13 @@ use crate::outbox::Outgoing;
 use crate::session;
 use tokio_rustls::TlsAcceptor;
 
-/// Read buffer per connection, allocated up front, and the most read per system call.
-/// Market-data frames are small; a larger frame is still read (the buffer grows for it).
-/// 2 KiB keeps an idle connection near 5.5 KiB of hub memory while costing a publisher at
-/// 1M frames/s about 2 % (measured; docs/BENCHMARKS.md).
-const READ_BUFFER_SIZE: usize = 2048;
+/// tungstenite's read buffer per connection, allocated up front and kept. Small, because the
+/// socket is read in large chunks through a scratch buffer per thread ([`ReadAhead`]), so
+/// this size no longer sets how many system calls a publisher costs; a larger frame is still
+/// read (the buffer grows for it).
+///
+/// [`ReadAhead`]: crate::read_ahead::ReadAhead
+const READ_BUFFER_SIZE: usize = 512;
 /// Bytes tungstenite collects before writing to the socket; a batch is always flushed whole.
 const WRITE_BUFFER_SIZE: usize = 16 * 1024;
 /// At most this many over-limit upgrades are answered with HTTP 503 at once; beyond that the
@@ -61,6 +63,8 @@ pub(crate) struct Shared {
     local_addr: SocketAddr,
     /// `None`: the hub is open and every connection gets [`Grant::open`].
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
+    /// The grant of every connection to an open hub, shared.
+    pub(crate) open_grant: Arc<Grant>,
     /// `Some`: connections speak TLS (`wss://`).
     tls: Option<TlsAcceptor>,
     /// Counters for `GET /metrics`.
@@ -278,6 +282,7 @@ impl WebSocketServer {
             tracker: TaskTracker::new(),
             local_addr,
             authenticator,
+            open_grant: Arc::new(Grant::open()),
             tls,
             metrics: Arc::new(HubMetrics::default()),
             draining: AtomicBool::new(false),

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
-use tokio::time::{Instant, MissedTickBehavior, Sleep};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -25,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
 use tracing::{debug, info, warn};
-use ws_protocol::{Position, WsMessage, close, codes};
+use ws_protocol::{Payload, Position, WsMessage, close, codes};
 
 use crate::auth::Grant;
 use crate::broker::{BrokerError, Submission};
@@ -36,6 +37,7 @@ use crate::frame::Frame;
 use crate::metrics::HubMetrics;
 use crate::outbox::{Notice, NoticeKind, Outbox, OutboxState, Outgoing};
 use crate::rate_limit::{RateLimit, Verdict};
+use crate::read_ahead::ReadAhead;
 use crate::server::Shared;
 
 /// Publications of one connection that may travel to the broker at once (pipelined); the
@@ -81,6 +83,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &shared.config;
+    let stream = ReadAhead::new(stream);
     // The upgrade checks the Origin and any token, and leaves the grant of an accepted one
     // here; without one the connection must authenticate with a frame.
     let mut grant = None;
@@ -134,7 +137,13 @@ where
         publishing: VecDeque::new(),
         out: Vec::new(),
         deadline: None,
+        next_ping: Instant::now() + config.ping_interval,
+        idle_check: Instant::now() + config.idle_timeout,
         rate: RateLimit::new(config.rate_limit, config.rate_limit_burst),
+        publish_rate: RateLimit::new_or_unlimited(
+            config.publish_rate_limit,
+            config.publish_rate_limit_burst,
+        ),
         grant: None,
     };
     session.set_grant(grant);
@@ -151,18 +160,41 @@ where
     info!(connection = %id, %peer, reason = %end, "connection closed");
 }
 
+/// What a client's frame calls for, decided without I/O by [`Session::on_frame`].
+enum Next {
+    /// Nothing to write.
+    Nothing,
+    /// Write this reply (JSON) at once.
+    Reply(String),
+    /// Conformance testing: write the frame back.
+    Echo(Message),
+    /// Hand a publication to the broker.
+    Publish { channel: String, data: Payload },
+    /// A rare command whose work awaits; its state is boxed while it runs.
+    Slow(Slow),
+}
+
+/// The rare commands of [`Next::Slow`].
+enum Slow {
+    /// Subscribe (through the broker, which may have to attach the channels first).
+    Subscribe {
+        channels: Vec<String>,
+        since: BTreeMap<String, Position>,
+    },
+    /// Check a token sent in an `Authenticate` frame.
+    Authenticate(String),
+    /// Hand an application frame to the embedding application.
+    Forward(WsMessage),
+}
+
 /// What woke the connection's task.
 enum Wake {
     /// The outbox has frames, or was closed or overflowed.
     Outbox,
     /// A frame (or the end) from the client.
     Frame(Option<Result<Message, WsError>>),
-    /// Time to ping the client.
-    Ping,
-    /// The idle deadline passed.
-    Idle,
-    /// The authentication deadline or the token's expiry passed.
-    Deadline,
+    /// The ping, idle or deadline timer fired.
+    Timer,
     /// The oldest pipelined publication is done (or refused).
     Published(Result<Result<Published, BrokerError>, oneshot::error::RecvError>),
 }
@@ -183,33 +215,37 @@ struct Session<S> {
     publishing: VecDeque<(String, oneshot::Receiver<Result<Published, BrokerError>>)>,
     /// The bytes of one batch of queued frames, written with one call.
     out: Vec<u8>,
-    /// When the connection must have authenticated, or when its token expires. Allocated
-    /// only when the hub requires authentication.
-    deadline: Option<Pin<Box<Sleep>>>,
-    /// Inbound frames allowed.
+    /// When the connection must have authenticated, or when its token expires.
+    deadline: Option<Instant>,
+    /// When to ping the client next.
+    next_ping: Instant,
+    /// When to look whether the connection has been silent for the idle timeout.
+    idle_check: Instant,
+    /// Control frames allowed (everything but publications).
     rate: RateLimit,
-    /// What the connection may do; `None` until it authenticates.
-    grant: Option<Grant>,
+    /// Publications allowed.
+    publish_rate: RateLimit,
+    /// What the connection may do; `None` until it authenticates. Shared: the open hub's
+    /// grant is one for every connection.
+    grant: Option<Arc<Grant>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn run(&mut self) -> End {
-        let connected = WsMessage::Connected {
-            connection_id: self.id.0,
-            server_time: crate::server::unix_millis(),
-        };
         // (An echo server for conformance testing speaks only when spoken to.)
         if !self.shared.echo {
-            if let Err(end) = Box::pin(self.send_now(&connected)).await {
+            let connected = WsMessage::Connected {
+                connection_id: self.id.0,
+                server_time: crate::server::unix_millis(),
+            };
+            if let Err(end) = self.send_text(connected.to_json()).await {
                 return end;
             }
         }
-        let config = &self.shared.config;
-        let (ping_every, idle_after) = (config.ping_interval, config.idle_timeout);
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let idle = tokio::time::sleep(idle_after);
-        tokio::pin!(idle);
+        // One timer for the ping, the idle check and the authentication or expiry deadline:
+        // it is set to whichever comes first.
+        let timer = tokio::time::sleep_until(self.next_wake());
+        tokio::pin!(timer);
         // Alternates which of queued output and inbound frames is looked at first, so that
         // neither can starve the other.
         let mut output_first = true;
@@ -219,8 +255,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Wake::Outbox
             } else {
                 output_first = !output_first;
-                let (outbox, ws, deadline) = (&self.outbox, &mut self.ws, &mut self.deadline);
+                let (outbox, ws) = (&self.outbox, &mut self.ws);
                 let publishing = &mut self.publishing;
+                let mut timer = timer.as_mut();
                 std::future::poll_fn(|cx| {
                     if let Some((_, reply)) = publishing.front_mut() {
                         if let Poll::Ready(outcome) = Pin::new(reply).poll(cx) {
@@ -236,16 +273,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     if !output_first && outbox.poll_ready(cx).is_ready() {
                         return Poll::Ready(Wake::Outbox);
                     }
-                    if ping.poll_tick(cx).is_ready() {
-                        return Poll::Ready(Wake::Ping);
-                    }
-                    if idle.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wake::Idle);
-                    }
-                    if let Some(deadline) = deadline {
-                        if deadline.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Wake::Deadline);
-                        }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Timer);
                     }
                     Poll::Pending
                 })
@@ -255,7 +284,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Wake::Outbox => self.write_queued().await,
                 Wake::Frame(Some(Ok(message))) => {
                     self.last_seen = Instant::now();
-                    let step = self.on_frame(message).await;
+                    // Each arm has one await, so that the task's state is the largest of them
+                    // rather than their sum.
+                    let step = match self.on_frame(message) {
+                        Ok(Next::Nothing) => Ok(()),
+                        Ok(Next::Reply(text)) => self.send_text(text).await,
+                        Ok(Next::Echo(message)) => self.write_now(message).await,
+                        Ok(Next::Publish { channel, data }) => {
+                            match self.publish(channel, data).await {
+                                Some(refusal) => self.send_text(refusal).await,
+                                None => Ok(()),
+                            }
+                        }
+                        Ok(Next::Slow(command)) => Box::pin(self.slow(command)).await,
+                        Err(end) => Err(end),
+                    };
                     // Frames already buffered are read without touching the socket, so a
                     // publisher's burst would never yield: spend the task's cooperative
                     // budget so that subscribers get to drain between its publications.
@@ -263,29 +306,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     step
                 }
                 Wake::Published(outcome) => match self.publishing.pop_front() {
-                    Some((channel, _)) => self.published(channel, outcome).await,
+                    Some((channel, _)) => match refusal_of_publication(&channel, outcome) {
+                        Some(text) => self.send_text(text).await,
+                        None => Ok(()),
+                    },
                     None => Ok(()),
                 },
                 Wake::Frame(Some(Err(error))) => Err(read_error(error)),
                 Wake::Frame(None) => Err(End::Gone("connection closed by client".to_owned())),
-                Wake::Ping => self.write_now(Message::Ping(Default::default())).await,
-                Wake::Deadline => Err(match self.grant {
-                    None => End::Unauthorized("no Authenticate frame in time".to_owned()),
-                    Some(_) => End::Expired,
-                }),
-                Wake::Idle => {
-                    if self.last_seen.elapsed() >= idle_after {
-                        Err(End::Idle)
-                    } else {
-                        idle.as_mut().reset(self.last_seen + idle_after);
-                        Ok(())
-                    }
-                }
+                Wake::Timer => self.on_timer().await,
             };
             if let Err(end) = step {
                 return end;
             }
+            // A new grant may have moved the deadline.
+            let wake_at = self.next_wake();
+            if timer.deadline() != wake_at {
+                timer.as_mut().reset(wake_at);
+            }
         }
+    }
+
+    /// When the connection's one timer must fire next.
+    fn next_wake(&self) -> Instant {
+        let at = self.next_ping.min(self.idle_check);
+        self.deadline.map_or(at, |deadline| deadline.min(at))
+    }
+
+    /// The timer fired: end at a passed deadline or after silence, or ping the client.
+    async fn on_timer(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|deadline| deadline <= now) {
+            return Err(match self.grant {
+                None => End::Unauthorized("no Authenticate frame in time".to_owned()),
+                Some(_) => End::Expired,
+            });
+        }
+        let config = &self.shared.config;
+        if self.idle_check <= now {
+            let idle_after = config.idle_timeout;
+            if now.duration_since(self.last_seen) >= idle_after {
+                return Err(End::Idle);
+            }
+            self.idle_check = self.last_seen + idle_after;
+        }
+        if self.next_ping <= now {
+            self.next_ping = now + config.ping_interval;
+            return self.write_now(Message::Ping(Default::default())).await;
+        }
+        Ok(())
     }
 
     /// Why the outbox stopped the connection, if it did.
@@ -336,8 +405,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Self::guarded(outbox, signal_pending, ws.send(message)).await
     }
 
-    async fn send_now(&mut self, message: &WsMessage) -> Result<(), End> {
-        let text = message.to_json();
+    /// Writes one reply (JSON) at once, ahead of queued publications.
+    async fn send_text(&mut self, text: String) -> Result<(), End> {
         HubMetrics::add(&self.shared.metrics.frames_out, 1);
         HubMetrics::add(&self.shared.metrics.bytes_out, text.len() as u64);
         self.write_now(Message::text(text)).await
@@ -392,72 +461,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         result
     }
 
-    async fn on_frame(&mut self, message: Message) -> Result<(), End> {
+    /// Decides what a client's frame calls for, without I/O.
+    fn on_frame(&mut self, message: Message) -> Result<Next, End> {
         if self.shared.echo {
             // Conformance testing: data frames go back as they came.
-            return match message {
-                message @ (Message::Text(_) | Message::Binary(_)) => self.write_now(message).await,
-                _ => Ok(()),
-            };
+            return Ok(match message {
+                message @ (Message::Text(_) | Message::Binary(_)) => Next::Echo(message),
+                _ => Next::Nothing,
+            });
         }
         match message {
-            Message::Text(text) => self.on_text(text).await,
-            Message::Binary(_) => {
-                let error = WsMessage::error(
-                    codes::BAD_REQUEST,
-                    "binary frames are not supported; send JSON text frames",
-                );
-                self.send_now(&error).await
-            }
+            Message::Text(text) => self.on_text(&text),
+            Message::Binary(_) => Ok(reply(WsMessage::error(
+                codes::BAD_REQUEST,
+                "binary frames are not supported; send JSON text frames",
+            ))),
             // tungstenite answers pings itself; pongs and close handshakes need nothing here.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                Ok(Next::Nothing)
+            }
         }
     }
 
-    async fn on_text(&mut self, text: Utf8Bytes) -> Result<(), End> {
+    fn on_text(&mut self, text: &Utf8Bytes) -> Result<Next, End> {
         let metrics = &self.shared.metrics;
         HubMetrics::add(&metrics.frames_in, 1);
         HubMetrics::add(&metrics.bytes_in, text.len() as u64);
-        match self.rate.check(self.last_seen) {
+        let decoded = WsMessage::from_json(text.as_str());
+        // Publications and everything else (subscribe churn, pings, malformed frames) draw on
+        // separate budgets, so that a publisher at market rates is never refused because of
+        // a limit meant for control traffic.
+        let (budget, limit, what) = match &decoded {
+            Ok(WsMessage::Publish { .. }) => (
+                &mut self.publish_rate,
+                self.shared.config.publish_rate_limit,
+                "publications",
+            ),
+            _ => (
+                &mut self.rate,
+                self.shared.config.rate_limit,
+                "control frames",
+            ),
+        };
+        match budget.check(self.last_seen) {
             Verdict::Allow => {}
             Verdict::Refuse => {
-                let error = WsMessage::error(
+                return Ok(reply(WsMessage::error(
                     codes::RATE_LIMITED,
-                    format!(
-                        "more than {} frames per second; this frame was not acted on",
-                        self.shared.config.rate_limit
-                    ),
-                );
-                return self.send_now(&error).await;
+                    format!("more than {limit} {what} per second; this frame was not acted on"),
+                )));
             }
             Verdict::Abuse => return Err(End::Abuse),
         }
-        let message = match WsMessage::from_json(text.as_str()) {
+        let message = match decoded {
             Ok(message) => message,
             Err(error) => {
                 debug!(connection = %self.id, %error, "rejected frame");
-                return self
-                    .send_now(&WsMessage::error(error.code(), error.to_string()))
-                    .await;
+                return Ok(reply(WsMessage::error(
+                    error.code(),
+                    error.to_string(),
+                )));
             }
         };
-        if let WsMessage::Authenticate { token } = &message {
-            return Box::pin(self.authenticate(token)).await;
+        if let WsMessage::Authenticate { token } = message {
+            return Ok(Next::Slow(Slow::Authenticate(token)));
         }
         if self.grant.is_none() && !matches!(message, WsMessage::Ping | WsMessage::Pong) {
-            let error = WsMessage::error(
+            return Ok(reply(WsMessage::error(
                 codes::UNAUTHORIZED,
                 "authenticate first: send {\"type\":\"Authenticate\",\"token\":\"...\"}",
-            );
-            return self.send_now(&error).await;
+            )));
         }
-        match message {
-            WsMessage::Ping => self.send_now(&WsMessage::Pong).await,
-            WsMessage::Pong => Ok(()),
-            // Boxed (here and for the other rare commands) so that the state of their awaits
-            // is allocated while they run, not carried by every idle connection's task.
+        Ok(match message {
+            WsMessage::Ping => reply(WsMessage::Pong),
+            WsMessage::Pong => Next::Nothing,
             WsMessage::Subscribe { channels, since } => {
-                Box::pin(self.subscribe(channels, since)).await
+                Next::Slow(Slow::Subscribe { channels, since })
             }
             WsMessage::Unsubscribe { channels } => {
                 for channel in &channels {
@@ -468,48 +547,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         self.outbox.purge(channel);
                     }
                 }
-                self.send_now(&WsMessage::Unsubscribed { channels }).await
+                reply(WsMessage::Unsubscribed { channels })
             }
             WsMessage::Publish { channel, data } => {
                 if !is_valid_name(&channel) {
-                    return self.send_now(&invalid_channel(&channel)).await;
-                }
-                if !self.grant.as_ref().is_some_and(|g| g.may_publish(&channel)) {
-                    let error = WsMessage::error(
+                    reply(invalid_channel(&channel))
+                } else if !self.grant.as_ref().is_some_and(|g| g.may_publish(&channel)) {
+                    reply(WsMessage::error(
                         codes::FORBIDDEN,
                         format!("not allowed to publish on {channel:?}"),
-                    );
-                    return self.send_now(&error).await;
-                }
-                match self.shared.submit(&channel, data.as_raw()).await {
-                    Ok(Submission::Done(_)) => Ok(()),
-                    Ok(Submission::Queued(reply)) => {
-                        // Pipelined: the next frame is read while this one travels; the
-                        // outcome is looked at when it arrives, in order.
-                        self.publishing.push_back((channel, reply));
-                        if self.publishing.len() > MAX_PUBLISHING {
-                            if let Some((channel, reply)) = self.publishing.pop_front() {
-                                return self.published(channel, reply.await).await;
-                            }
-                        }
-                        Ok(())
-                    }
-                    Err(error) => self.published(channel, Ok(Err(error))).await,
+                    ))
+                } else {
+                    Next::Publish { channel, data }
                 }
             }
             message @ (WsMessage::PriceUpdate { .. } | WsMessage::AccountUpdate { .. }) => {
-                Box::pin(self.forward(message)).await
+                Next::Slow(Slow::Forward(message))
             }
-            other => {
-                let error = WsMessage::error(
-                    codes::UNSUPPORTED,
-                    format!(
-                        "{} frames are sent by the hub, not by clients",
-                        other.kind()
-                    ),
-                );
-                self.send_now(&error).await
+            other => reply(WsMessage::error(
+                codes::UNSUPPORTED,
+                format!(
+                    "{} frames are sent by the hub, not by clients",
+                    other.kind()
+                ),
+            )),
+        })
+    }
+
+    /// Runs a rare command; boxed by the caller so that the state of its awaits is allocated
+    /// while it runs, not carried by every idle connection's task.
+    async fn slow(&mut self, command: Slow) -> Result<(), End> {
+        match command {
+            Slow::Subscribe { channels, since } => self.subscribe(channels, since).await,
+            Slow::Authenticate(token) => self.authenticate(token).await,
+            Slow::Forward(message) => self.forward(message).await,
+        }
+    }
+
+    /// Hands a publication to the broker, and returns the `Error` to write if it was refused.
+    /// The embedded broker publishes at once; with Redis a publication travels pipelined and
+    /// its outcome is looked at when it arrives, in order.
+    async fn publish(&mut self, channel: String, data: Payload) -> Option<String> {
+        let submitted = match self.shared.submit(&channel, data.as_raw()) {
+            Either::Left(done) => done.into_inner(),
+            Either::Right(later) => later.await,
+        };
+        drop(data);
+        match submitted {
+            Ok(Submission::Done(_)) => None,
+            Ok(Submission::Queued(reply)) => {
+                self.publishing.push_back((channel, reply));
+                if self.publishing.len() <= MAX_PUBLISHING {
+                    return None;
+                }
+                let (channel, reply) = self.publishing.pop_front()?;
+                refusal_of_publication(&channel, reply.await)
             }
+            Err(error) => refusal_of_publication(&channel, Ok(Err(error))),
         }
     }
 
@@ -520,7 +614,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<(), End> {
         if let Some((code, message)) = self.refusal(&channels).await {
             let error = WsMessage::subscribe_refused(code, message, &channels);
-            return self.send_now(&error).await;
+            return self.send_text(error.to_json()).await;
         }
         let mut positions = BTreeMap::new();
         for channel in &channels {
@@ -535,29 +629,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         // In effect now: a publication from anyone after this point is queued for us, and is
         // written after this reply.
-        self.send_now(&WsMessage::Subscribed {
+        let subscribed = WsMessage::Subscribed {
             channels,
             positions,
-        })
-        .await
-    }
-
-    /// Reports a publication the broker refused.
-    async fn published(
-        &mut self,
-        channel: String,
-        outcome: Result<Result<Published, BrokerError>, oneshot::error::RecvError>,
-    ) -> Result<(), End> {
-        let error = match outcome {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "the broker stopped".to_owned(),
         };
-        let error = WsMessage::error(
-            codes::UNAVAILABLE,
-            format!("not published on {channel:?}: {error}"),
-        );
-        self.send_now(&error).await
+        self.send_text(subscribed.to_json()).await
     }
 
     /// Why a `Subscribe` of `channels` is refused, if it is; with Redis, the channels new to
@@ -615,13 +691,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 codes::UNSUPPORTED,
                 format!("this hub has no application reading {kind} frames; use Publish"),
             );
-            return self.send_now(&error).await;
+            return self.send_text(error.to_json()).await;
         }
         Ok(())
     }
 
     /// Takes a new grant (or none, before authentication) and sets the deadline it implies.
-    fn set_grant(&mut self, grant: Option<Grant>) {
+    fn set_grant(&mut self, grant: Option<Arc<Grant>>) {
         let config = &self.shared.config;
         let at = match &grant {
             None => Some(Instant::now() + config.auth_timeout),
@@ -630,26 +706,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Instant::now() + left
             }),
         };
-        self.deadline = at.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self.deadline = at;
         self.grant = grant;
     }
 
     /// Checks a token sent in an `Authenticate` frame.
-    async fn authenticate(&mut self, token: &str) -> Result<(), End> {
+    async fn authenticate(&mut self, token: String) -> Result<(), End> {
         let Some(authenticator) = self.shared.authenticator.clone() else {
             // An open hub: there is nothing to check, the connection may already do anything.
             return self
-                .send_now(&WsMessage::Authenticated {
-                    user_id: String::new(),
-                })
+                .send_text(
+                    WsMessage::Authenticated {
+                        user_id: String::new(),
+                    }
+                    .to_json(),
+                )
                 .await;
         };
-        match authenticator.authenticate(token) {
+        match authenticator.authenticate(&token) {
             Ok(grant) => {
                 let user_id = grant.user_id.clone().unwrap_or_default();
                 info!(connection = %self.id, %user_id, "authenticated");
-                self.set_grant(Some(grant));
-                self.send_now(&WsMessage::Authenticated { user_id }).await
+                self.set_grant(Some(Arc::new(grant)));
+                self.send_text(WsMessage::Authenticated { user_id }.to_json())
+                    .await
             }
             Err(e) => Err(End::Unauthorized(e.to_string())),
         }
@@ -762,7 +842,7 @@ fn admit(
     shared: &Shared,
     request: &Request,
     response: Response,
-    grant: &mut Option<Grant>,
+    grant: &mut Option<Arc<Grant>>,
 ) -> Result<Response, ErrorResponse> {
     let refuse = |status: StatusCode, reason: &str| {
         let mut error = ErrorResponse::new(Some(reason.to_owned()));
@@ -778,7 +858,7 @@ fn admit(
         }
     }
     let Some(authenticator) = &shared.authenticator else {
-        *grant = Some(Grant::open());
+        *grant = Some(shared.open_grant.clone());
         return Ok(response);
     };
     let from_query = request.uri().query().and_then(|query| {
@@ -798,7 +878,7 @@ fn admit(
     };
     match authenticator.authenticate(&token) {
         Ok(granted) => {
-            *grant = Some(granted);
+            *grant = Some(Arc::new(granted));
             Ok(response)
         }
         Err(e) => {
@@ -810,6 +890,28 @@ fn admit(
             ))
         }
     }
+}
+
+/// A reply, as the JSON to write.
+fn reply(message: WsMessage) -> Next {
+    Next::Reply(message.to_json())
+}
+
+/// The `Error` frame (as JSON) reporting a publication the broker refused, if it was.
+fn refusal_of_publication(
+    channel: &str,
+    outcome: Result<Result<Published, BrokerError>, oneshot::error::RecvError>,
+) -> Option<String> {
+    let error = match outcome {
+        Ok(Ok(_)) => return None,
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "the broker stopped".to_owned(),
+    };
+    let error = WsMessage::error(
+        codes::UNAVAILABLE,
+        format!("not published on {channel:?}: {error}"),
+    );
+    Some(error.to_json())
 }
 
 /// Decodes `%XX` escapes of a query parameter (JWTs rarely need them, but clients may escape).
