@@ -36,10 +36,10 @@ async fn main() -> Result<()> {
         let (client2, tx, hub) = (client.clone(), merged_tx.clone(), hub.clone());
         sources.spawn(async move {
             while let Some(event) = client2.next_event().await {
-                if let Event::Publication { channel, data, .. } = event {
-                    if tx.send((format!("{hub} {channel}"), data)).await.is_err() {
-                        break;
-                    }
+                if let Event::Publication { channel, data, .. } = event
+                    && tx.send((format!("{hub} {channel}"), data)).await.is_err()
+                {
+                    break;
                 }
             }
         });

@@ -6,6 +6,8 @@
 //!     cargo run --example price_feed -- --embedded --rate 10
 //! Ctrl-C stops it.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use examples::{SOL_USDC_CHANNEL, SyntheticPrices, arg, init_logging, period};
 use ws_client::{Error, WebSocketClient};
@@ -48,7 +50,14 @@ async fn main() -> Result<()> {
     }
 
     let hub = arg("--hub").unwrap_or_else(|| examples::DEFAULT_HUB.to_owned());
-    let client = WebSocketClient::builder().url(&hub).build().await?;
+    // Prices buffered while the hub is unreachable are worth sending only while they are
+    // fresh: older than 2 s, they are dropped (and counted in the metrics), never delivered
+    // late to strategies.
+    let client = WebSocketClient::builder()
+        .url(&hub)
+        .max_buffer_age(Duration::from_secs(2))
+        .build()
+        .await?;
     println!("price_feed: connected to {hub}, publishing {SOL_USDC_CHANNEL} at {rate}/s");
     loop {
         tokio::select! {

@@ -5,6 +5,7 @@
 //! (the test then passes without testing anything), unless `WS_REQUIRE_REDIS=1` (as CI sets),
 //! which makes it a failure.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::Stdio;
 use std::time::Duration;
@@ -39,9 +40,13 @@ impl RedisServer {
                     "redis-server is not installed and WS_REQUIRE_REDIS=1: apt-get install -y redis-server"
                 );
             }
-            eprintln!(
-                "SKIPPED: redis-server is not installed (apt-get install -y redis-server); \
-                 set WS_REQUIRE_REDIS=1 to make this a failure"
+            // Written to the process's stderr itself, not through `eprintln!`, which the test
+            // harness captures: a skip must show in the normal `cargo test` output.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {}: redis-server is not installed (apt-get install -y redis-server); \
+                 set WS_REQUIRE_REDIS=1 to make this a failure",
+                std::thread::current().name().unwrap_or("a Redis test")
             );
             return Ok(None);
         }

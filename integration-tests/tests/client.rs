@@ -304,6 +304,65 @@ async fn jittered_reconnect_delays_differ_between_clients_and_stay_within_bounds
 }
 
 #[tokio::test]
+async fn an_established_connection_that_drops_is_retried_within_the_first_retry_window()
+-> Result<()> {
+    let server = spawn_server(WebSocketServer::builder()).await?;
+    let addr = server.local_addr();
+    // The backoff alone would wait 2.5 to 5 s before the first retry.
+    let client = WebSocketClient::builder()
+        .url(format!("ws://{addr}"))
+        .reconnect_interval(Duration::from_secs(5))
+        .backoff_reset_after(Duration::from_millis(100))
+        .build()
+        .await?;
+    eventually("connected", || server.connection_count() == 1).await?;
+    tokio::time::sleep(Duration::from_millis(150)).await; // established: up past 100 ms
+    let before = tokio::time::Instant::now();
+    within("shutdown", server.shutdown()).await?;
+    drop(server);
+    let listener = TcpListener::bind(addr).await?;
+    within("first retry", listener.accept()).await??;
+    let waited = before.elapsed();
+    assert!(
+        waited < Duration::from_millis(250 + 1000),
+        "first retry after {waited:?}, not within the 250 ms window"
+    );
+    drop(client);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_strategy_skips_foreign_payloads_and_keeps_receiving_prices() -> Result<()> {
+    let server = spawn_server(WebSocketServer::builder()).await?;
+    let client = WebSocketClient::connect(format!("ws://{}", server.local_addr())).await?;
+    client.subscribe(["prices:SOL-USDC"]).await?;
+    // Anyone may publish on the channel, such as the README's Python snippet: no `type`.
+    server
+        .publish("prices:SOL-USDC", &serde_json::json!({ "price": 187.42 }))
+        .await?;
+    let price: WsMessage = serde_json::from_str(
+        r#"{"type":"PriceUpdate","input_mint":"SOL","output_mint":"USDC","price":187.5,"volume":3,"timestamp":1}"#,
+    )?;
+    server.publish("prices:SOL-USDC", &price).await?;
+    // The README's strategy loop.
+    let mut skipped = 0;
+    let received = within("a price after a foreign payload", async {
+        loop {
+            match client.receive::<WsMessage>().await {
+                Ok(Some(WsMessage::PriceUpdate { price, .. })) => return Ok(price),
+                Ok(other) => bail!("unexpected {other:?}"),
+                Err(Error::Decode { .. }) => skipped += 1,
+                Err(fatal) => return Err(fatal.into()),
+            }
+        }
+    })
+    .await??;
+    assert_eq!(received, 187.5);
+    assert_eq!(skipped, 1);
+    Ok(())
+}
+
+#[tokio::test]
 async fn two_tasks_share_one_client() -> Result<()> {
     let server = spawn_server(WebSocketServer::builder()).await?;
     let client = WebSocketClient::connect(format!("ws://{}", server.local_addr())).await?;

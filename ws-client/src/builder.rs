@@ -25,6 +25,8 @@ use crate::tls;
 
 /// Default for [`ClientBuilder::backoff_reset_after`].
 pub const DEFAULT_BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// Default for [`ClientBuilder::first_retry_window`].
+pub const DEFAULT_FIRST_RETRY_WINDOW: Duration = Duration::from_millis(250);
 /// Default for [`ClientBuilder::max_buffer_age`].
 pub const DEFAULT_MAX_BUFFER_AGE: Duration = Duration::from_secs(30);
 /// Default for [`ClientBuilder::event_capacity`].
@@ -34,8 +36,11 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 /// Builds a [`WebSocketClient`]; start from [`WebSocketClient::builder`].
 ///
-/// Defaults come from [`WebSocketConfig::default`] (the `WS_*` defaults); [`config`](Self::config)
-/// takes them from a loaded configuration instead.
+/// Defaults come from the `WS_*` environment variables (and a `.env` file), read by
+/// [`WebSocketConfig::from_env`], with the documented default for each one unset; a setter
+/// called on the builder wins over the environment. An invalid variable makes
+/// [`build`](Self::build) fail with [`Error::InvalidConfig`] naming it.
+/// [`from_config`](Self::from_config) starts from a given configuration instead.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -70,6 +75,7 @@ pub struct ClientBuilder {
     max_reconnect_delay: Duration,
     max_reconnect_attempts: Option<u32>,
     backoff_reset_after: Duration,
+    first_retry_window: Duration,
     ping_interval: Duration,
     pong_timeout: Duration,
     stale_timeout: Option<Duration>,
@@ -85,8 +91,16 @@ pub struct ClientBuilder {
 }
 
 impl Default for ClientBuilder {
+    /// The builder of [`WebSocketClient::builder`]: settings from the `WS_*` environment.
     fn default() -> Self {
-        Self::from_config(&WebSocketConfig::default())
+        match WebSocketConfig::from_env() {
+            Ok(config) => Self::from_config(&config),
+            Err(error) => {
+                let mut builder = Self::from_config(&WebSocketConfig::default());
+                builder.deferred = Some(Error::InvalidConfig(error.to_string()));
+                builder
+            }
+        }
     }
 }
 
@@ -106,6 +120,7 @@ impl ClientBuilder {
             max_reconnect_delay: config.max_reconnect_delay,
             max_reconnect_attempts: config.max_reconnect_attempts,
             backoff_reset_after: DEFAULT_BACKOFF_RESET_AFTER,
+            first_retry_window: DEFAULT_FIRST_RETRY_WINDOW,
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
             stale_timeout: None,
@@ -216,6 +231,16 @@ impl ClientBuilder {
     /// delay (default 10 s), so a server that accepts and drops at once is not hammered.
     pub fn backoff_reset_after(mut self, healthy: Duration) -> Self {
         self.backoff_reset_after = healthy;
+        self
+    }
+
+    /// How soon the first retry comes after a connection that had been up for
+    /// [`backoff_reset_after`](Self::backoff_reset_after) drops: a random delay in
+    /// `[window/4, window]` (default 250 ms), spread so that the clients of a restarted hub do
+    /// not all return at once. The exponential backoff from `reconnect_interval` applies to
+    /// the attempts after it. A hub's 1012 close with a retry hint uses the hint instead.
+    pub fn first_retry_window(mut self, window: Duration) -> Self {
+        self.first_retry_window = window;
         self
     }
 
@@ -383,6 +408,7 @@ impl ClientBuilder {
             max_reconnect_delay: self.max_reconnect_delay,
             max_reconnect_attempts: self.max_reconnect_attempts,
             healthy_after: self.backoff_reset_after,
+            first_retry_window: self.first_retry_window,
             ping_interval: self.ping_interval,
             pong_timeout: self.pong_timeout,
             stale_timeout: self.stale_timeout,
@@ -464,5 +490,72 @@ impl ClientBuilder {
         Ok(WebSocketClient::new(
             commands, inbox, buffer, state_rx, counters, token, tracker,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `test` of this binary in a child process with `vars` set, and returns its output.
+    fn in_child(test: &str, vars: &[(&str, &str)]) -> String {
+        let exe = std::env::current_exe().unwrap();
+        let mut command = std::process::Command::new(exe);
+        command.args([test, "--exact", "--ignored", "--nocapture"]);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    #[test]
+    #[ignore = "run by the_builder_reads_ws_variables_and_setters_win in a child process"]
+    fn child_prints_its_builder() {
+        let builder = ClientBuilder::default();
+        println!("DEFAULT {builder:?}");
+        let explicit = ClientBuilder::default().ping_interval(Duration::from_secs(3));
+        println!("EXPLICIT {explicit:?}");
+    }
+
+    #[test]
+    fn the_builder_reads_ws_variables_and_setters_win() {
+        let out = in_child(
+            "builder::tests::child_prints_its_builder",
+            &[("WS_PING_INTERVAL", "7"), ("WS_MESSAGE_BUFFER_SIZE", "12")],
+        );
+        let default = out.lines().find(|l| l.starts_with("DEFAULT")).unwrap();
+        assert!(default.contains("ping_interval: 7s"), "{default}");
+        assert!(default.contains("message_buffer_size: 12"), "{default}");
+        let explicit = out.lines().find(|l| l.starts_with("EXPLICIT")).unwrap();
+        assert!(explicit.contains("ping_interval: 3s"), "{explicit}");
+    }
+
+    #[test]
+    #[ignore = "run by an_invalid_ws_variable_fails_the_build_naming_it in a child process"]
+    fn child_builds_a_client() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let built = runtime.block_on(ClientBuilder::default().url("ws://127.0.0.1:9").build());
+        println!("BUILT {:?}", built.err());
+    }
+
+    #[test]
+    fn an_invalid_ws_variable_fails_the_build_naming_it() {
+        let out = in_child(
+            "builder::tests::child_builds_a_client",
+            &[("WS_PING_INTERVAL", "soon")],
+        );
+        assert!(
+            out.contains("WS_PING_INTERVAL") && out.contains("soon"),
+            "{out}"
+        );
     }
 }

@@ -196,6 +196,7 @@ impl Driver {
         };
         loop {
             let mut hint = None;
+            let mut quick = false;
             if let Some(opened) = link.take() {
                 let connected_at = Instant::now();
                 let ended = self.serve(opened, reconnected).await;
@@ -219,8 +220,10 @@ impl Driver {
                     reason: reason.clone(),
                 });
                 if connected_at.elapsed() >= self.settings.healthy_after {
+                    // An established connection dropped: retry soon, then back off.
                     backoff = self.new_backoff();
                     attempt = 0;
+                    quick = true;
                 }
                 last_error = reason;
                 hint = self.retry_hint.take();
@@ -229,6 +232,10 @@ impl Driver {
             // jittered over [hint, 2 × hint] so that clients come back spread out.
             let next = match hint {
                 Some(hint) => Some(hint + hint.mul_f64(fastrand::f64())),
+                None if quick => {
+                    let window = self.settings.first_retry_window;
+                    Some(window / 4 + (window - window / 4).mul_f64(fastrand::f64()))
+                }
                 None => backoff.next(),
             };
             let Some(delay) = next else {
@@ -399,11 +406,10 @@ impl Driver {
                     }
                     Some(Ok(frame)) => {
                         self.decode(frame, &mut heartbeat);
-                        if std::mem::take(&mut self.owe_pong) {
-                            if let Err(ended) = self.write_now(&mut ws, WsMessage::Pong.to_json()).await {
+                        if std::mem::take(&mut self.owe_pong)
+                            && let Err(ended) = self.write_now(&mut ws, WsMessage::Pong.to_json()).await {
                                 return ended;
                             }
-                        }
                     }
                     end @ (Some(Err(_)) | None) => {
                         let why = match end {

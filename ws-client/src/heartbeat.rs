@@ -112,15 +112,15 @@ impl Heartbeat {
         expecting_data: bool,
         reading: bool,
     ) -> Option<Beat> {
-        if let (true, Some((sent, _))) = (reading, self.awaiting) {
-            if now >= sent + self.timeout {
-                return Some(Beat::Dead);
-            }
+        if let (true, Some((sent, _))) = (reading, self.awaiting)
+            && now >= sent + self.timeout
+        {
+            return Some(Beat::Dead);
         }
-        if let (true, true, Some(stale)) = (reading, expecting_data, self.stale_after) {
-            if now >= self.last_data + stale {
-                return Some(Beat::Stale);
-            }
+        if let (true, true, Some(stale)) = (reading, expecting_data, self.stale_after)
+            && now >= self.last_data + stale
+        {
+            return Some(Beat::Stale);
         }
         if now >= self.next_ping {
             self.next_ping = now + self.interval;

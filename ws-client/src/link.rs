@@ -67,15 +67,14 @@ pub(crate) async fn open(settings: &Settings, url: &str) -> std::result::Result<
             Ok(None) => return Err("the server closed the connection at once".to_owned()),
         }
     };
-    if let Some(Message::Text(text)) = &first {
-        if let Ok(WsMessage::Connected { connection_id, .. }) = WsMessage::from_json(text.as_str())
-        {
-            return Ok(Link {
-                ws,
-                hub: Some(connection_id),
-                early: None,
-            });
-        }
+    if let Some(Message::Text(text)) = &first
+        && let Ok(WsMessage::Connected { connection_id, .. }) = WsMessage::from_json(text.as_str())
+    {
+        return Ok(Link {
+            ws,
+            hub: Some(connection_id),
+            early: None,
+        });
     }
     match settings.protocol {
         ServerProtocol::Hub => Err(format!(

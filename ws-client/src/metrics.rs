@@ -98,10 +98,10 @@ impl Counters {
     pub(crate) fn disconnected(&self) {
         let mut times = self.times.lock().unwrap_or_else(|p| p.into_inner());
         times.up = times.up.saturating_sub(1);
-        if times.up == 0 {
-            if let Some(at) = times.connected_at.take() {
-                times.total += at.elapsed();
-            }
+        if times.up == 0
+            && let Some(at) = times.connected_at.take()
+        {
+            times.total += at.elapsed();
         }
     }
 

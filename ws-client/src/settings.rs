@@ -31,6 +31,7 @@ pub(crate) struct Settings {
     pub(crate) max_reconnect_delay: Duration,
     pub(crate) max_reconnect_attempts: Option<u32>,
     pub(crate) healthy_after: Duration,
+    pub(crate) first_retry_window: Duration,
     pub(crate) ping_interval: Duration,
     pub(crate) pong_timeout: Duration,
     pub(crate) stale_timeout: Option<Duration>,

@@ -4,11 +4,14 @@
 //! |---|---|---|---|
 //! | 1000 | [`NORMAL`] | the peer closes on purpose, or the hub closes an idle connection | reconnect only if it still wants data |
 //! | 1001 | [`GOING_AWAY`] | the hub shuts down | reconnect with backoff |
-//! | 1008 | [`POLICY_VIOLATION`] | slow consumer, forbidden action | do not retry blindly |
+//! | 1002 | [`PROTOCOL_ERROR`] | the peer broke the WebSocket protocol (a bad frame) | fix the sender |
+//! | 1007 | [`INVALID_PAYLOAD`] | a text frame was not valid UTF-8 | fix the sender |
+//! | 1008 | [`POLICY_VIOLATION`] | slow consumer, authentication, rate-limit flood | do not retry blindly |
 //! | 1009 | [`MESSAGE_TOO_BIG`] | a frame exceeded the hub's maximum message size | fix the sender |
-//! | 1011 | [`INTERNAL_ERROR`] | the hub failed unexpectedly | reconnect with backoff |
 //! | 1012 | [`SERVICE_RESTART`] | the hub restarts | reconnect with backoff |
-//! | 1013 | [`TRY_AGAIN_LATER`] | the hub is overloaded | reconnect with backoff |
+//!
+//! [`INTERNAL_ERROR`] (1011) and [`TRY_AGAIN_LATER`] (1013) are never sent by the hub; they are
+//! named for clients of other servers that send them.
 
 /// 1000: normal closure.
 pub const NORMAL: u16 = 1000;
@@ -16,17 +19,17 @@ pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
 /// 1008: the peer broke a policy (slow consumer, forbidden action).
 pub const POLICY_VIOLATION: u16 = 1008;
-/// The peer broke the WebSocket protocol (a bad frame).
+/// 1002: the peer broke the WebSocket protocol (a bad frame).
 pub const PROTOCOL_ERROR: u16 = 1002;
-/// A text frame was not valid UTF-8.
+/// 1007: a text frame was not valid UTF-8.
 pub const INVALID_PAYLOAD: u16 = 1007;
 /// 1009: a message was larger than the receiver accepts.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
-/// 1011: the server met an unexpected condition.
+/// 1011: the server met an unexpected condition. Not sent by the hub.
 pub const INTERNAL_ERROR: u16 = 1011;
 /// 1012: the service is restarting.
 pub const SERVICE_RESTART: u16 = 1012;
-/// 1013: the service is overloaded; try again later.
+/// 1013: the service is overloaded; try again later. Not sent by the hub.
 pub const TRY_AGAIN_LATER: u16 = 1013;
 
 /// The words before a reconnect hint in a close reason: `"service restart; retry after 1000 ms"`.

@@ -84,7 +84,8 @@ pub struct WebSocketConfig {
     pub host: String,
     /// `WS_PORT`: the port the hub listens on (0 picks a free one). Default `8080`.
     pub port: u16,
-    /// `WS_RECONNECT_INTERVAL`: the client's first reconnect delay. Default 5 s.
+    /// `WS_RECONNECT_INTERVAL`: the first delay of the client's exponential backoff (after
+    /// the quick first retry that follows a drop of an established connection). Default 1 s.
     pub reconnect_interval: Duration,
     /// `WS_MAX_RECONNECT_DELAY`: the cap of the client's doubling reconnect delay. Default 60 s.
     pub max_reconnect_delay: Duration,
@@ -112,10 +113,12 @@ pub struct WebSocketConfig {
     /// `WS_SEND_QUEUE_SIZE`: messages the hub queues for one connection before the slow-consumer
     /// policy applies. Default 1024.
     pub send_queue_size: usize,
-    /// `WS_SLOW_CONSUMER_POLICY`: `disconnect` (default) or `drop_oldest`.
+    /// `WS_SLOW_CONSUMER_POLICY`: `disconnect` (default), `drop_oldest` or `conflate`; see
+    /// [`SlowConsumerPolicy`].
     pub slow_consumer_policy: SlowConsumerPolicy,
     /// `WS_MAX_CONNECTIONS`: connections the hub holds at once; further upgrades get HTTP 503.
-    /// Default 10000.
+    /// Default 0: as many as the process may open files (the hub raises its open-file limit
+    /// to the hard limit and keeps 64 descriptors for itself), said in the log at start.
     pub max_connections: usize,
     /// `WS_JWT_SECRET`: HS256 secret for JWTs. With neither this nor `WS_JWT_PUBLIC_KEY`, the
     /// hub runs open (anyone may do anything). Default: unset.
@@ -184,7 +187,7 @@ impl Default for WebSocketConfig {
         Self {
             host: "0.0.0.0".to_owned(),
             port: 8080,
-            reconnect_interval: Duration::from_secs(5),
+            reconnect_interval: Duration::from_secs(1),
             max_reconnect_delay: Duration::from_secs(60),
             max_reconnect_attempts: None,
             ping_interval: Duration::from_secs(30),
@@ -196,7 +199,7 @@ impl Default for WebSocketConfig {
             max_message_size: 64 * 1024,
             send_queue_size: 1024,
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
-            max_connections: 10_000,
+            max_connections: 0,
             jwt_secret: None,
             jwt_public_key: None,
             jwt_algorithm: "RS256".to_owned(),
@@ -343,11 +346,15 @@ fn check_number(name: &str, value: &str) -> Result<(), ConfigError> {
             "expected a whole number (0 or more, no unit)",
         ),
         Number::Seconds => (
-            value.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0),
+            value
+                .parse::<f64>()
+                .is_ok_and(|v| v.is_finite() && v >= 0.0),
             "expected a number of seconds (0 or more, a fraction allowed, no unit)",
         ),
         Number::PerSecond => (
-            value.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0),
+            value
+                .parse::<f64>()
+                .is_ok_and(|v| v.is_finite() && v >= 0.0),
             "expected a number per second (0 or more, a fraction allowed)",
         ),
     };
@@ -569,12 +576,6 @@ impl WebSocketConfig {
                 "must be at least 1",
             ),
             (
-                "WS_MAX_CONNECTIONS",
-                self.max_connections,
-                1,
-                "must be at least 1",
-            ),
-            (
                 "WS_MAX_SUBSCRIPTIONS",
                 self.max_subscriptions,
                 1,
@@ -616,14 +617,14 @@ impl WebSocketConfig {
                 reason: "must be 0 (no limit) or a positive number of publications per second",
             });
         }
-        if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(ConfigError::OutOfRange {
-                    variable: "WS_REDIS_URL",
-                    value: url.clone(),
-                    reason: "must be a redis:// URL",
-                });
-            }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::OutOfRange {
+                variable: "WS_REDIS_URL",
+                value: url.clone(),
+                reason: "must be a redis:// URL",
+            });
         }
         if self.conflate_key.trim().is_empty() {
             return Err(ConfigError::OutOfRange {
@@ -675,7 +676,7 @@ mod tests {
         let config = WebSocketConfig::from_vars(Vec::<(String, String)>::new()).unwrap();
         assert_eq!(config, WebSocketConfig::default());
         assert_eq!(config.bind_address(), "0.0.0.0:8080");
-        assert_eq!(config.reconnect_interval, Duration::from_secs(5));
+        assert_eq!(config.reconnect_interval, Duration::from_secs(1));
         assert_eq!(config.ping_interval, Duration::from_secs(30));
         assert_eq!(config.message_buffer_size, 1000);
         assert_eq!(config.max_reconnect_attempts, None);
@@ -814,13 +815,13 @@ mod tests {
         let example = include_str!("../../.env.example");
         for line in example.lines() {
             let line = line.trim_start_matches("# ").trim();
-            if let Some((name, _)) = line.split_once('=') {
-                if name.starts_with("WS_") {
-                    assert!(
-                        WebSocketConfig::unknown_variables([name]).is_empty(),
-                        "{name} is in .env.example but not known"
-                    );
-                }
+            if let Some((name, _)) = line.split_once('=')
+                && name.starts_with("WS_")
+            {
+                assert!(
+                    WebSocketConfig::unknown_variables([name]).is_empty(),
+                    "{name} is in .env.example but not known"
+                );
             }
         }
     }

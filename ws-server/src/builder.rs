@@ -243,7 +243,11 @@ impl ServerBuilder {
     /// As [`bind`](Self::bind).
     pub async fn bind_configured(self) -> Result<WebSocketServer> {
         let addr = self.config.bind_address();
-        self.bind(addr).await
+        self.config.validate()?;
+        let listener = listen(addr.as_str())
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{addr} (WS_HOST:WS_PORT): {e}")))?;
+        self.serve(listener)
     }
 
     /// Starts accepting on an already bound listener. Must be called within a Tokio runtime.

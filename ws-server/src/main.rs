@@ -8,7 +8,47 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use ws_server::{ServerBuilder, WebSocketConfig};
 
+/// What `--help` prints.
+const HELP: &str = "\
+ws-server: the fan-out hub of the ws toolkit.
+
+Usage: ws-server [--check | --help | --version]
+
+  (no option)  run the hub; Ctrl-C or SIGTERM drains and stops it
+  --check      load and validate the configuration, print it, and exit
+               (0: valid, 2: invalid)
+  --help       print this help
+  --version    print the version
+
+Configuration comes from WS_* environment variables and a .env file in the current
+directory (the environment wins); every variable and its default is in .env.example and
+the README. Without WS_JWT_SECRET or WS_JWT_PUBLIC_KEY the hub is open to anyone.
+Logs go to stderr; RUST_LOG sets the level (default info).
+";
+
+/// What the command line asks for.
+enum Mode {
+    Run,
+    Check,
+}
+
 fn main() -> ExitCode {
+    let mode = match std::env::args().nth(1).as_deref() {
+        None => Mode::Run,
+        Some("--check") => Mode::Check,
+        Some("--help" | "-h") => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Some("--version" | "-V") => {
+            println!("ws-server {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("ws-server: unknown argument {other:?}\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
     // One core (a pinned hub): a single-threaded scheduler, no work-stealing machinery.
     // Otherwise one worker per core; TOKIO_WORKER_THREADS overrides the count.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -22,7 +62,7 @@ fn main() -> ExitCode {
             .build()
     };
     match runtime {
-        Ok(runtime) => runtime.block_on(run()),
+        Ok(runtime) => runtime.block_on(run(mode)),
         Err(e) => {
             eprintln!("cannot start the Tokio runtime: {e}");
             ExitCode::FAILURE
@@ -30,14 +70,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run() -> ExitCode {
+async fn run(mode: Mode) -> ExitCode {
     tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
 
+    for (name, closest) in WebSocketConfig::unknown_variables_in_env() {
+        match closest {
+            Some(known) => warn!("{name} is not a variable the hub reads (did you mean {known}?)"),
+            None => warn!("{name} is not a variable the hub reads; see .env.example"),
+        }
+    }
     let config = match WebSocketConfig::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -45,17 +92,24 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    info!(?config, "configuration loaded");
-    // Every connection is a file descriptor: take the whole hard limit.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if (limit as usize) < config.max_connections + 64 => warn!(
-            limit,
-            max_connections = config.max_connections,
-            "the open-file limit is below WS_MAX_CONNECTIONS; raise the hard limit (ulimit -Hn)"
-        ),
-        Ok(limit) => info!(limit, "open-file limit"),
-        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    info!("configuration:\n{}", describe(&config));
+    if let Mode::Check = mode {
+        println!("configuration valid");
+        return ExitCode::SUCCESS;
     }
+    if config.max_connections > 0 {
+        // Every connection is a file descriptor: take the whole hard limit.
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) if (limit as usize) < config.max_connections + 64 => warn!(
+                limit,
+                max_connections = config.max_connections,
+                "the open-file limit is below WS_MAX_CONNECTIONS; raise the hard limit (ulimit -Hn)"
+            ),
+            Ok(limit) => info!(limit, "open-file limit"),
+            Err(e) => warn!("cannot raise the open-file limit: {e}"),
+        }
+    }
+    let tls = config.tls_cert.is_some();
     let server = match ServerBuilder::from_config(config).bind_configured().await {
         Ok(server) => server,
         Err(e) => {
@@ -63,7 +117,8 @@ async fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    info!("hub ready on ws://{}", server.local_addr());
+    let scheme = if tls { "wss" } else { "ws" };
+    info!("hub ready on {scheme}://{}", server.local_addr());
 
     wait_for_signal().await;
     info!(
@@ -73,6 +128,20 @@ async fn run() -> ExitCode {
     let window = server.config().drain_window;
     server.drain(window).await;
     ExitCode::SUCCESS
+}
+
+/// The configuration, one `WS_*` variable per line (secrets hidden).
+fn describe(config: &WebSocketConfig) -> String {
+    let text = format!("{config:#?}");
+    // `{:#?}` gives one field per line; keep those and indent them.
+    text.lines()
+        .filter(|line| line.starts_with("    ") && !line.starts_with("        "))
+        .filter_map(|line| {
+            let (field, value) = line.trim().trim_end_matches(',').split_once(": ")?;
+            Some(format!("  WS_{} = {value}", field.to_uppercase()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Resolves on Ctrl-C, or on SIGTERM where there is one.

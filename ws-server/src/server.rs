@@ -217,6 +217,10 @@ impl WebSocketServer {
         echo: bool,
     ) -> Result<Self> {
         config.validate()?;
+        let mut config = config;
+        if config.max_connections == 0 {
+            config.max_connections = connections_the_process_may_open();
+        }
         let authenticator = match authenticator {
             Some(custom) => Some(custom),
             None => jwt_from_config(&config)?,
@@ -517,6 +521,31 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         }
     }
     debug!("accept loop ended");
+}
+
+/// Descriptors kept for the hub's own files (listeners, Redis, admin, logs) when the
+/// connection limit follows the open-file limit.
+const RESERVED_FILES: u64 = 64;
+
+/// The connection limit when `WS_MAX_CONNECTIONS` is unset: the open-file limit, raised to
+/// its hard limit, less what the hub keeps for itself.
+fn connections_the_process_may_open() -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            warn!(%error, "cannot raise the open-file limit; using the current one");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let connections =
+        usize::try_from(limit.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX);
+    info!(
+        connections,
+        open_file_limit = limit,
+        "accepting up to {connections} connections: WS_MAX_CONNECTIONS is unset, so the limit \
+         follows the open-file limit ({limit}) less {RESERVED_FILES} kept for the hub's own files"
+    );
+    connections
 }
 
 /// Answers an upgrade beyond the connection limit with HTTP 503.

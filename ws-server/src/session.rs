@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use ws_protocol::{Payload, Position, WsMessage, close, codes};
 
 use crate::auth::Grant;
@@ -121,7 +121,7 @@ where
         // Shutdown began while this connection was upgrading: close it like the others.
         outbox.close();
     }
-    info!(connection = %id, %peer, "connection opened");
+    debug!(connection = %id, %peer, "connection opened");
     HubMetrics::add(&shared.metrics.connections_total, 1);
 
     let mut session = Session {
@@ -157,7 +157,11 @@ where
     shared.connections.remove(id);
     // Boxed like the upgrade: only an ending connection needs the close's state.
     Box::pin(session.close(&end)).await;
-    info!(connection = %id, %peer, reason = %end, "connection closed");
+    if matches!(end, End::SlowConsumer) {
+        warn!(connection = %id, %peer, "slow consumer cut: its queue of {} messages was full (WS_SEND_QUEUE_SIZE)", shared.config.send_queue_size);
+    } else {
+        debug!(connection = %id, %peer, reason = %end, "connection closed");
+    }
 }
 
 /// What a client's frame calls for, decided without I/O by [`Session::on_frame`].
@@ -259,10 +263,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let publishing = &mut self.publishing;
                 let mut timer = timer.as_mut();
                 std::future::poll_fn(|cx| {
-                    if let Some((_, reply)) = publishing.front_mut() {
-                        if let Poll::Ready(outcome) = Pin::new(reply).poll(cx) {
-                            return Poll::Ready(Wake::Published(outcome));
-                        }
+                    if let Some((_, reply)) = publishing.front_mut()
+                        && let Poll::Ready(outcome) = Pin::new(reply).poll(cx)
+                    {
+                        return Poll::Ready(Wake::Published(outcome));
                     }
                     if output_first && outbox.poll_ready(cx).is_ready() {
                         return Poll::Ready(Wake::Outbox);
@@ -517,10 +521,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(message) => message,
             Err(error) => {
                 debug!(connection = %self.id, %error, "rejected frame");
-                return Ok(reply(WsMessage::error(
-                    error.code(),
-                    error.to_string(),
-                )));
+                return Ok(reply(WsMessage::error(error.code(), error.to_string())));
             }
         };
         if let WsMessage::Authenticate { token } = message {
@@ -726,7 +727,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match authenticator.authenticate(&token) {
             Ok(grant) => {
                 let user_id = grant.user_id.clone().unwrap_or_default();
-                info!(connection = %self.id, %user_id, "authenticated");
+                debug!(connection = %self.id, %user_id, "authenticated");
                 self.set_grant(Some(Arc::new(grant)));
                 self.send_text(WsMessage::Authenticated { user_id }.to_json())
                     .await

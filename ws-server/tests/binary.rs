@@ -9,7 +9,7 @@ use std::time::Duration;
 const BINARY: &str = env!("CARGO_BIN_EXE_ws-server");
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Starts the binary with `vars` and returns it with a channel of its stdout lines.
+/// Starts the binary with `vars` and returns it with a channel of its log lines (stderr).
 fn spawn_hub(vars: &[(&str, &str)]) -> (std::process::Child, mpsc::Receiver<String>) {
     let mut command = Command::new(BINARY);
     command
@@ -25,10 +25,10 @@ fn spawn_hub(vars: &[(&str, &str)]) -> (std::process::Child, mpsc::Receiver<Stri
         .stderr(Stdio::piped())
         .spawn()
         .expect("the binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
+    let logs = child.stderr.take().expect("piped stderr");
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(logs).lines().map_while(Result::ok) {
             if lines_tx.send(line).is_err() {
                 break;
             }
@@ -52,7 +52,7 @@ fn an_invalid_variable_is_rejected_naming_it() {
 
 #[test]
 fn the_hub_starts_serves_and_stops_on_sigterm() {
-    let (mut child, lines) = spawn_hub(&[("RUST_LOG", "info")]);
+    let (mut child, lines) = spawn_hub(&[("RUST_LOG", "info,ws_server::session=debug")]);
     let next_matching = |needle: &str| -> String {
         loop {
             let line = lines
@@ -152,9 +152,7 @@ fn tokens_never_reach_the_logs_even_at_trace_level() {
     while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
         seen.push(line);
     }
-    let mut stderr = String::new();
-    let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr);
-    let all = seen.join("\n") + &stderr;
+    let all = seen.join("\n");
     assert!(
         all.contains("refused token"),
         "the refusal is logged: {all}"
@@ -164,4 +162,70 @@ fn tokens_never_reach_the_logs_even_at_trace_level() {
         "a token leaked into the logs"
     );
     assert!(!all.contains(secret), "the secret leaked into the logs");
+}
+
+/// Runs the binary to its end with `args` and `vars`; returns its exit code, stdout and stderr.
+fn run_to_end(args: &[&str], vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(BINARY);
+    command.args(args).env("NO_COLOR", "1").env("WS_PORT", "0");
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    let output = command.output().expect("the binary runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_and_version_print_and_exit_without_starting_a_hub() {
+    let (code, stdout, _) = run_to_end(&["--help"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("--check") && stdout.contains("WS_"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run_to_end(&["--version"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
+    let (code, _, stderr) = run_to_end(&["--serve-forever"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown argument"), "{stderr}");
+}
+
+#[test]
+fn check_validates_the_configuration_and_warns_about_unknown_variables() {
+    let (code, stdout, stderr) = run_to_end(&["--check"], &[("WS_PROT", "9001")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("configuration valid"), "{stdout}");
+    assert!(
+        stderr.contains("WS_PROT") && stderr.contains("did you mean WS_PORT"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("WS_SEND_QUEUE_SIZE = 1024"),
+        "one variable per line: {stderr}"
+    );
+    let (code, stdout, stderr) = run_to_end(&["--check"], &[("WS_PING_INTERVAL", "30s")]);
+    assert_eq!(code, Some(2));
+    assert!(!stdout.contains("valid"), "{stdout}");
+    assert!(
+        stderr.contains("WS_PING_INTERVAL=30s") && stderr.contains("number of seconds"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_address_in_use_names_the_address_and_the_variables() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = taken.local_addr().expect("an address").port().to_string();
+    let (code, _, stderr) =
+        run_to_end(&[], &[("WS_HOST", "127.0.0.1"), ("WS_PORT", port.as_str())]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("WS_PORT"),
+        "{stderr}"
+    );
 }

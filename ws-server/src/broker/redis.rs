@@ -329,12 +329,12 @@ impl RedisBroker {
         let names: Vec<String> = self.mirrors().keys().cloned().collect();
         for name in names {
             let (epoch, _, _) = self.read_channel(&name).await?;
-            if let Some(mirror) = self.mirrors().get_mut(&name) {
-                if mirror.epoch != epoch {
-                    warn!(channel = %name, "Redis lost the channel's history: it starts over in a new epoch");
-                    mirror.epoch = epoch;
-                    mirror.last = 0;
-                }
+            if let Some(mirror) = self.mirrors().get_mut(&name)
+                && mirror.epoch != epoch
+            {
+                warn!(channel = %name, "Redis lost the channel's history: it starts over in a new epoch");
+                mirror.epoch = epoch;
+                mirror.last = 0;
             }
         }
         self.set_up(true);
@@ -461,10 +461,10 @@ impl RedisBroker {
             let mut sent = self.send_batch(&batch).await;
             if matches!(&sent, Err(Retry::NoScript)) {
                 // Someone flushed the scripts: load them and send once more.
-                if let Ok(mut connection) = self.connection().await {
-                    if self.load_scripts(&mut connection).await.is_ok() {
-                        sent = self.send_batch(&batch).await;
-                    }
+                if let Ok(mut connection) = self.connection().await
+                    && self.load_scripts(&mut connection).await.is_ok()
+                {
+                    sent = self.send_batch(&batch).await;
                 }
             }
             match sent {
@@ -575,11 +575,11 @@ impl Broker for RedisBroker {
 
     fn attach<'a>(&'a self, channels: &'a Channels, channel: &'a str) -> BrokerFuture<'a, ()> {
         let known = channels.position(channel).is_some();
-        if let Some(mirror) = self.mirrors().get_mut(channel) {
-            if known {
-                mirror.attached_at = Instant::now();
-                return Either::Left(std::future::ready(Ok(())));
-            }
+        if let Some(mirror) = self.mirrors().get_mut(channel)
+            && known
+        {
+            mirror.attached_at = Instant::now();
+            return Either::Left(std::future::ready(Ok(())));
         }
         Either::Right(
             async move {
