@@ -810,6 +810,47 @@ mod tests {
         );
     }
 
+    /// The field names of [`EnvVars`], as serde sees them.
+    fn env_var_fields() -> &'static [&'static str] {
+        use serde::de::{self, Deserializer, Visitor};
+        struct Fields(&'static [&'static str]);
+        impl<'de> Deserializer<'de> for &mut Fields {
+            type Error = de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom("only structs"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0 = fields;
+                Err(de::Error::custom("fields recorded"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 u8 u16 u32 u64 f32 f64 char str string bytes byte_buf
+                option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+                identifier ignored_any
+            }
+        }
+        let mut fields = Fields(&[]);
+        let _ = EnvVars::deserialize(&mut fields);
+        fields.0
+    }
+
+    #[test]
+    fn every_variable_read_is_known_and_every_known_one_is_read() {
+        let read: Vec<String> = env_var_fields().iter().map(|f| f.to_uppercase()).collect();
+        assert_eq!(read.len(), VARIABLES.len());
+        for name in &read {
+            assert!(
+                VARIABLES.iter().any(|(known, _)| known == name),
+                "{name} is read but missing from VARIABLES (the hub would warn it is unknown)"
+            );
+        }
+    }
+
     #[test]
     fn every_documented_variable_is_known() {
         let example = include_str!("../../.env.example");

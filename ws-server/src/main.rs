@@ -97,18 +97,6 @@ async fn run(mode: Mode) -> ExitCode {
         println!("configuration valid");
         return ExitCode::SUCCESS;
     }
-    if config.max_connections > 0 {
-        // Every connection is a file descriptor: take the whole hard limit.
-        match rlimit::increase_nofile_limit(u64::MAX) {
-            Ok(limit) if (limit as usize) < config.max_connections + 64 => warn!(
-                limit,
-                max_connections = config.max_connections,
-                "the open-file limit is below WS_MAX_CONNECTIONS; raise the hard limit (ulimit -Hn)"
-            ),
-            Ok(limit) => info!(limit, "open-file limit"),
-            Err(e) => warn!("cannot raise the open-file limit: {e}"),
-        }
-    }
     let tls = config.tls_cert.is_some();
     let server = match ServerBuilder::from_config(config).bind_configured().await {
         Ok(server) => server,

@@ -218,9 +218,7 @@ impl WebSocketServer {
     ) -> Result<Self> {
         config.validate()?;
         let mut config = config;
-        if config.max_connections == 0 {
-            config.max_connections = connections_the_process_may_open();
-        }
+        config.max_connections = connection_limit(config.max_connections);
         let authenticator = match authenticator {
             Some(custom) => Some(custom),
             None => jwt_from_config(&config)?,
@@ -527,9 +525,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 /// connection limit follows the open-file limit.
 const RESERVED_FILES: u64 = 64;
 
-/// The connection limit when `WS_MAX_CONNECTIONS` is unset: the open-file limit, raised to
-/// its hard limit, less what the hub keeps for itself.
-fn connections_the_process_may_open() -> usize {
+/// The connection limit for `WS_MAX_CONNECTIONS` (`configured`, 0 when unset). Every
+/// connection is a file descriptor, so the open-file limit is first raised to its hard limit;
+/// unset, the limit follows it (less what the hub keeps for itself), and a configured limit
+/// above it is warned about.
+fn connection_limit(configured: usize) -> usize {
     let limit = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
         Err(error) => {
@@ -537,15 +537,25 @@ fn connections_the_process_may_open() -> usize {
             rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
         }
     };
-    let connections =
+    let may_open =
         usize::try_from(limit.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX);
-    info!(
-        connections,
-        open_file_limit = limit,
-        "accepting up to {connections} connections: WS_MAX_CONNECTIONS is unset, so the limit \
-         follows the open-file limit ({limit}) less {RESERVED_FILES} kept for the hub's own files"
-    );
-    connections
+    if configured == 0 {
+        info!(
+            connections = may_open,
+            open_file_limit = limit,
+            "accepting up to {may_open} connections: WS_MAX_CONNECTIONS is unset, so the limit \
+             follows the open-file limit ({limit}) less {RESERVED_FILES} kept for the hub's own files"
+        );
+        return may_open;
+    }
+    if configured > may_open {
+        warn!(
+            open_file_limit = limit,
+            max_connections = configured,
+            "the open-file limit is below WS_MAX_CONNECTIONS; raise the hard limit (ulimit -Hn)"
+        );
+    }
+    configured
 }
 
 /// Answers an upgrade beyond the connection limit with HTTP 503.
