@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use integration_tests::{RawClient, eventually, spawn_server, within};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -280,6 +280,91 @@ async fn a_flood_is_rate_limited_then_cut_while_a_neighbour_receives_everything(
             other => bail!("neighbour got {other:?}"),
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn publications_are_not_refused_by_default_and_a_token_can_set_its_own_rate() -> Result<()> {
+    let burst = 5_000u64;
+    // Defaults: a publisher's burst far above WS_RATE_LIMIT_BURST (2,000) is all published.
+    let open = spawn_server(WebSocketServer::builder()).await?;
+    let mut subscriber = RawClient::connect(open.local_addr()).await?;
+    subscriber.subscribe(&["feed"]).await?;
+    let mut publisher = RawClient::connect(open.local_addr()).await?;
+    for n in 0..burst {
+        let frame = format!(r#"{{"type":"Publish","channel":"feed","data":{n}}}"#);
+        publisher.ws.feed(Message::text(frame)).await?;
+    }
+    publisher.ws.flush().await?;
+    for n in 1..=burst {
+        match subscriber.recv().await? {
+            WsMessage::Publication { seq, .. } => assert_eq!(seq, n),
+            other => bail!("after {n}: {other:?}"),
+        }
+    }
+
+    // A hub limiting publications to 10/s: a token without the claim is refused past the
+    // burst, one with `publish_rate: 0` is not.
+    let mut config = WebSocketConfig::default();
+    config.publish_rate_limit = 10.0;
+    let limited = spawn_server(
+        ServerBuilder::from_config(config).authenticator(JwtAuthenticator::hs256(SECRET)),
+    )
+    .await?;
+    let refused_of = |claims: serde_json::Value| {
+        let addr = limited.local_addr();
+        async move {
+            let token = encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(SECRET),
+            )?;
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async(format!("ws://{addr}/?token={token}")).await?;
+            for _ in 0..100 {
+                ws.feed(Message::text(
+                    r#"{"type":"Publish","channel":"p","data":1}"#,
+                ))
+                .await?;
+            }
+            ws.feed(Message::text(r#"{"type":"Ping"}"#)).await?;
+            ws.flush().await?;
+            // (refused, answered the Ping): a flood of refusals ends in close 1008 instead.
+            let mut refused = 0;
+            within("the pong or the close", async {
+                while let Some(frame) = ws.next().await {
+                    match frame? {
+                        Message::Text(text) => match WsMessage::from_json(text.as_str())? {
+                            WsMessage::Pong => return Ok::<_, anyhow::Error>((refused, true)),
+                            WsMessage::Error { code, .. } if code == codes::RATE_LIMITED => {
+                                refused += 1
+                            }
+                            _ => {}
+                        },
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+                Ok((refused, false))
+            })
+            .await?
+        }
+    };
+    let exp = now() + 60;
+    let plain = refused_of(serde_json::json!({"sub": "u", "exp": exp, "publish": ["*"]})).await?;
+    assert!(
+        plain.0 >= 1,
+        "the hub's 10/s limit refuses a burst of 100: {plain:?}"
+    );
+    let trusted = refused_of(
+        serde_json::json!({"sub": "feed", "exp": exp, "publish": ["*"], "publish_rate": 0}),
+    )
+    .await?;
+    assert_eq!(
+        trusted,
+        (0, true),
+        "the token's publish_rate 0 lifts the limit"
+    );
     Ok(())
 }
 

@@ -242,6 +242,58 @@ async fn a_slow_consumer_is_cut_while_a_fast_one_receives_everything() -> Result
 }
 
 #[tokio::test]
+async fn a_cut_slow_consumer_that_reads_again_gets_whole_frames_then_the_error_and_1008()
+-> Result<()> {
+    let server = spawn_server(WebSocketServer::builder().send_queue_size(8)).await?;
+    let mut slow = RawClient::connect_with_small_receive_buffer(server.local_addr()).await?;
+    slow.subscribe(&["feed"]).await?;
+    // Fill its socket and its queue while it does not read, until the hub cuts it.
+    let payload = "x".repeat(3000);
+    within("the cut", async {
+        for _ in 0..100_000 {
+            if server.connection_count() == 0 {
+                return Ok(());
+            }
+            server.publish("feed", &payload).await?;
+            tokio::task::yield_now().await;
+        }
+        bail!("never cut")
+    })
+    .await??;
+    // Reading again within the hub's close timeout: every frame arrives whole (the hub
+    // finishes a frame it had half written), in order, then the error and the close.
+    let (mut expected_seq, mut error_seen) = (1u64, false);
+    let close = within("the goodbye", async {
+        loop {
+            match slow.ws.next().await {
+                Some(Ok(Message::Text(text))) => match WsMessage::from_json(text.as_str())? {
+                    WsMessage::Publication { seq, .. } if !error_seen => {
+                        assert_eq!(seq, expected_seq);
+                        expected_seq += 1;
+                    }
+                    WsMessage::Error { code, .. } => {
+                        assert_eq!(code, codes::SLOW_CONSUMER);
+                        error_seen = true;
+                    }
+                    other => bail!("unexpected {other:?}"),
+                },
+                Some(Ok(Message::Close(frame))) => return Ok(frame),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("the stream broke after seq {expected_seq}: {e}"),
+                None => bail!("no close frame"),
+            }
+        }
+    })
+    .await??;
+    assert!(error_seen, "the slow_consumer error came first");
+    assert_eq!(
+        close.map(|f| u16::from(f.code)),
+        Some(close::POLICY_VIOLATION)
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn drop_oldest_tells_the_client_how_many_it_missed() -> Result<()> {
     let server = spawn_server(
         WebSocketServer::builder()

@@ -25,6 +25,11 @@ pub struct Grant {
     publish: Vec<String>,
     /// When the grant ends (the token's expiry); the connection is closed then.
     pub expires_at: Option<SystemTime>,
+    /// `Publish` frames per second this connection may send, replacing the hub's
+    /// `WS_PUBLISH_RATE_LIMIT` for it (0: no limit); `None`: the hub's limit applies. From a
+    /// JWT's `publish_rate` claim, so that a hub open to untrusted publishers can still let a
+    /// data utility's token publish at full speed.
+    pub publish_rate: Option<u32>,
 }
 
 impl Grant {
@@ -35,6 +40,7 @@ impl Grant {
             subscribe: vec!["*".to_owned()],
             publish: vec!["*".to_owned()],
             expires_at: None,
+            publish_rate: None,
         }
     }
 
@@ -58,7 +64,15 @@ impl Grant {
             publish: expand(publish),
             user_id: Some(user_id),
             expires_at,
+            publish_rate: None,
         }
+    }
+
+    /// The same grant with its own publication rate (see [`Grant::publish_rate`]).
+    #[must_use]
+    pub fn with_publish_rate(mut self, per_second: Option<u32>) -> Self {
+        self.publish_rate = per_second;
+        self
     }
 
     /// Whether the connection may subscribe to `channel`.
@@ -115,6 +129,9 @@ struct Claims {
     channels: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    /// Publications per second for this token (0: no limit), replacing the hub's default.
+    #[serde(default)]
+    publish_rate: Option<u32>,
 }
 
 /// JWTs signed with HS256 (a shared secret) or RS256/ES256 (a public key); `exp` required.
@@ -191,7 +208,8 @@ impl Authenticator for JwtAuthenticator {
             claims.channels,
             claims.publish,
             Some(expires_at),
-        ))
+        )
+        .with_publish_rate(claims.publish_rate))
     }
 }
 

@@ -136,6 +136,7 @@ where
         signal_pending: false,
         publishing: VecDeque::new(),
         out: Vec::new(),
+        out_sent: 0,
         deadline: None,
         next_ping: Instant::now() + config.ping_interval,
         idle_check: Instant::now() + config.idle_timeout,
@@ -219,6 +220,10 @@ struct Session<S> {
     publishing: VecDeque<(String, oneshot::Receiver<Result<Published, BrokerError>>)>,
     /// The bytes of one batch of queued frames, written with one call.
     out: Vec<u8>,
+    /// How much of `out` the socket took. Short of `out.len()` only when a write was cut off
+    /// (a slow consumer, shutdown): the close then finishes it first, so that no frame is
+    /// left half written in front of the goodbye.
+    out_sent: usize,
     /// When the connection must have authenticated, or when its token expires.
     deadline: Option<Instant>,
     /// When to ping the client next.
@@ -428,9 +433,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             notices,
             signal_pending,
             out,
+            out_sent,
             ..
         } = self;
         out.clear();
+        *out_sent = 0;
         let frames = batch.len() + notices.len();
         for notice in notices.drain(..) {
             let channel = notice.channel.to_string();
@@ -456,10 +463,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // Frames written by tungstenite (a pong it queued while reading) go first, so that
             // frames stay whole and in order; then the pre-encoded frames go out in one write.
             ws.flush().await?;
-            ws.get_mut().write_all(out).await.map_err(WsError::Io)
+            write_counted(ws.get_mut(), out, out_sent).await
         };
         let result = Self::guarded(outbox, signal_pending, write).await;
-        if out.capacity() > MAX_KEPT_WRITE_BUFFER {
+        if result.is_ok() && out.capacity() > MAX_KEPT_WRITE_BUFFER {
             *out = Vec::new();
         }
         result
@@ -708,6 +715,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }),
         };
         self.deadline = at;
+        if let Some(rate) = grant.as_ref().and_then(|g| g.publish_rate) {
+            // The token's own publication budget replaces the hub's.
+            self.publish_rate = RateLimit::new_or_unlimited(f64::from(rate), 0);
+        }
         self.grant = grant;
     }
 
@@ -783,8 +794,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ],
         };
         let too_big = matches!(end, End::TooBig);
-        let ws = &mut self.ws;
+        let Self {
+            ws, out, out_sent, ..
+        } = self;
         let goodbye = async {
+            // A batch the cut interrupted is finished first: its frames were queued before
+            // the cut, and a half-written one would turn the goodbye into garbage.
+            ws.flush().await?;
+            write_counted(ws.get_mut(), out, out_sent).await?;
             for frame in frames {
                 ws.feed(frame).await?;
             }
@@ -891,6 +908,23 @@ fn admit(
             ))
         }
     }
+}
+
+/// Writes `out[*sent..]`, counting in `sent` what the socket took, so that a write dropped
+/// halfway can be finished later.
+async fn write_counted<W: AsyncWrite + Unpin>(
+    socket: &mut W,
+    out: &[u8],
+    sent: &mut usize,
+) -> Result<(), WsError> {
+    while *sent < out.len() {
+        match socket.write(&out[*sent..]).await {
+            Ok(0) => return Err(WsError::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => *sent += n,
+            Err(e) => return Err(WsError::Io(e)),
+        }
+    }
+    Ok(())
 }
 
 /// A reply, as the JSON to write.
