@@ -229,3 +229,32 @@ fn an_address_in_use_names_the_address_and_the_variables() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_tls_hub_says_wss_when_ready() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    let dir = std::env::temp_dir().join(format!("ws-binary-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("cert written");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("key written");
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let (mut child, lines) = spawn_hub(&[
+        ("RUST_LOG", "info"),
+        ("WS_TLS_CERT", cert.as_ref()),
+        ("WS_TLS_KEY", key.as_ref()),
+    ]);
+    let ready = loop {
+        let line = lines
+            .recv_timeout(WAIT)
+            .expect("the hub logs that it is ready");
+        if line.contains("hub ready") {
+            break line;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ready.contains("hub ready on wss://"), "{ready}");
+}
