@@ -430,7 +430,10 @@ mod tests {
     fn texts(outbox: &Outbox) -> Vec<String> {
         let mut batch = VecDeque::new();
         outbox.take(&mut batch, &mut Vec::new());
-        batch.iter().map(|o| o.frame.payload().to_owned()).collect()
+        batch
+            .iter()
+            .map(|o| o.frame().payload().to_owned())
+            .collect()
     }
 
     #[test]

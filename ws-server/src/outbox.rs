@@ -25,26 +25,35 @@ use crate::frame::Frame;
 /// The channel name under which dropped broadcasts are reported in `Lagged`.
 pub(crate) const BROADCAST_LAG_CHANNEL: &str = "*";
 
-/// One encoded frame waiting to be written.
+/// One encoded frame waiting to be written: a handle on an [`Entry`] shared by every
+/// recipient, so that queueing a publication to a subscriber costs one reference count (the
+/// channel name and the frame's bytes are not counted once per subscriber).
 #[derive(Clone)]
 pub(crate) struct Outgoing {
-    /// The channel of a publication; `None` for broadcasts and direct sends.
-    pub(crate) channel: Option<Arc<str>>,
-    /// The encoded frame, shared with every other recipient.
-    pub(crate) frame: Frame,
-    /// The publication's conflation key (a hash of its key field), when the hub conflates.
-    pub(crate) key: Option<u64>,
+    entry: Arc<Entry>,
     /// Queued by a replay of history rather than live.
     pub(crate) replay: bool,
+}
+
+/// What every recipient of one frame shares.
+struct Entry {
+    /// The channel of a publication; `None` for broadcasts and direct sends.
+    channel: Option<Arc<str>>,
+    /// The encoded frame.
+    frame: Frame,
+    /// The publication's conflation key (a hash of its key field), when the hub conflates.
+    key: Option<u64>,
 }
 
 impl Outgoing {
     /// A live publication on `channel`.
     pub(crate) fn publication(channel: Arc<str>, frame: Frame, key: Option<u64>) -> Self {
         Self {
-            channel: Some(channel),
-            frame,
-            key,
+            entry: Arc::new(Entry {
+                channel: Some(channel),
+                frame,
+                key,
+            }),
             replay: false,
         }
     }
@@ -52,11 +61,40 @@ impl Outgoing {
     /// A broadcast or a direct send: no channel, never conflated.
     pub(crate) fn direct(frame: Frame) -> Self {
         Self {
-            channel: None,
-            frame,
-            key: None,
+            entry: Arc::new(Entry {
+                channel: None,
+                frame,
+                key: None,
+            }),
             replay: false,
         }
+    }
+
+    /// A publication of `channel` replayed from its history.
+    fn replayed(channel: &Arc<str>, frame: Frame) -> Self {
+        Self {
+            entry: Arc::new(Entry {
+                channel: Some(channel.clone()),
+                frame,
+                key: None,
+            }),
+            replay: true,
+        }
+    }
+
+    /// The channel of a publication; `None` for broadcasts and direct sends.
+    pub(crate) fn channel(&self) -> Option<&Arc<str>> {
+        self.entry.channel.as_ref()
+    }
+
+    /// The encoded frame.
+    pub(crate) fn frame(&self) -> &Frame {
+        &self.entry.frame
+    }
+
+    /// The publication's conflation key, when the hub conflates.
+    fn key(&self) -> Option<u64> {
+        self.entry.key
     }
 }
 
@@ -123,18 +161,20 @@ impl Inner {
                 // live frames never exceed their bound (found by the `channels` fuzz target).
                 let oldest_live = self.queue.iter().position(|queued| !queued.replay);
                 if let Some(dropped) = oldest_live.and_then(|i| self.queue.remove(i)) {
-                    self.note(NoticeKind::Lagged, dropped.channel);
+                    self.note(NoticeKind::Lagged, dropped.channel().cloned());
                 }
                 true
             }
             SlowConsumerPolicy::Conflate => {
-                let Some(key) = item.key else { return false };
+                let Some(key) = item.key() else { return false };
                 let same = self.queue.iter().position(|queued| {
-                    !queued.replay && queued.key == Some(key) && queued.channel == item.channel
+                    !queued.replay
+                        && queued.key() == Some(key)
+                        && queued.channel() == item.channel()
                 });
                 match same.and_then(|i| self.queue.remove(i)) {
                     Some(replaced) => {
-                        self.note(NoticeKind::Conflated, replaced.channel);
+                        self.note(NoticeKind::Conflated, replaced.channel().cloned());
                         true
                     }
                     None => false,
@@ -232,12 +272,9 @@ impl Outbox {
         }
         let was_empty = inner.queue.is_empty();
         inner.replayed += frames.len();
-        inner.queue.extend(frames.map(|frame| Outgoing {
-            channel: Some(channel.clone()),
-            frame,
-            key: None,
-            replay: true,
-        }));
+        inner
+            .queue
+            .extend(frames.map(|frame| Outgoing::replayed(channel, frame)));
         drop(inner);
         if was_empty {
             self.signal();
@@ -298,7 +335,7 @@ impl Outbox {
         let mut inner = self.lock();
         inner
             .queue
-            .retain(|item| item.channel.as_deref() != Some(channel));
+            .retain(|item| item.channel().map(|c| &**c) != Some(channel));
         inner.replayed = inner.queue.iter().filter(|item| item.replay).count();
         inner.notices.retain(|n| &*n.channel != channel);
     }
@@ -323,7 +360,10 @@ mod tests {
     fn drain(outbox: &Outbox) -> Drained {
         let (mut batch, mut notices) = (VecDeque::new(), Vec::new());
         let state = outbox.take(&mut batch, &mut notices);
-        let texts = batch.iter().map(|o| o.frame.payload().to_owned()).collect();
+        let texts = batch
+            .iter()
+            .map(|o| o.frame().payload().to_owned())
+            .collect();
         let notices = notices
             .into_iter()
             .map(|n| (n.kind, n.channel.to_string(), n.count))

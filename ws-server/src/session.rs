@@ -454,7 +454,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             out.extend_from_slice(Frame::text(&notice.to_json()).as_bytes());
         }
         for item in batch.drain(..) {
-            out.extend_from_slice(item.frame.as_bytes());
+            out.extend_from_slice(item.frame().as_bytes());
         }
         let metrics = &self.shared.metrics;
         HubMetrics::add(&metrics.frames_out, frames as u64);
