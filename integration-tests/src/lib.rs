@@ -72,6 +72,16 @@ impl RawClient {
         Self::after_upgrade(ws).await
     }
 
+    /// Connects to `url` (a hub's address with a path or query, such as `?token=…`) and
+    /// reads the `Connected` frame.
+    ///
+    /// # Errors
+    /// If the connection fails or the first frame is not `Connected`.
+    pub async fn connect_url(url: String) -> Result<Self> {
+        let (ws, _) = within("connect", tokio_tungstenite::connect_async(url)).await??;
+        Self::after_upgrade(ws).await
+    }
+
     /// Connects with a small TCP receive buffer, so that a client that stops reading fills
     /// the hub's queue quickly.
     ///

@@ -45,16 +45,7 @@ async fn refused_status(request: impl IntoClientRequest + Unpin) -> Result<u16> 
 }
 
 async fn connect_url(url: String) -> Result<RawClient> {
-    let (ws, _) = within("connect", tokio_tungstenite::connect_async(url)).await??;
-    let mut client = RawClient {
-        ws,
-        connection_id: 0,
-    };
-    match client.recv().await? {
-        WsMessage::Connected { connection_id, .. } => client.connection_id = connection_id,
-        other => bail!("expected Connected, got {other:?}"),
-    }
-    Ok(client)
+    RawClient::connect_url(url).await
 }
 
 async fn expect_error(client: &mut RawClient, code: &str) -> Result<String> {

@@ -49,6 +49,9 @@ fn hub_builder() -> ws_server::ServerBuilder {
         .send_queue_size(256)
         .rate_limit(2_000.0, 500)
         .max_message_size(4096)
+        // History for the whole hub: the ever-new channels must not grow it past this.
+        .history_bounds(8 << 20, 5_000)
+        .write_timeout(Duration::from_secs(2))
 }
 
 async fn subject(hub: SocketAddr) -> Result<Subject> {
@@ -106,10 +109,29 @@ async fn subject(hub: SocketAddr) -> Result<Subject> {
     })
 }
 
-/// One malformed or abusive visitor: garbage, binary, oversized, unknown types, a flood.
+/// One malformed or abusive visitor: garbage, binary, oversized, unknown types, a flood, a
+/// subscriber that never reads nor sends, a publisher to ever-new channels.
 async fn misbehave(hub: SocketAddr, kind: u32) -> Result<()> {
+    if kind % 6 == 4 {
+        let mut stuck = RawClient::connect_with_small_receive_buffer(hub).await?;
+        stuck.subscribe(&[CHANNEL]).await?;
+        // Holds its socket open, reading nothing, for as long as the chaos lasts.
+        tokio::time::sleep(CHAOS_FOR).await;
+        return Ok(());
+    }
     let mut raw = RawClient::connect(hub).await?;
-    match kind % 4 {
+    match kind % 6 {
+        5 => {
+            let data = format!("\"{}\"", "n".repeat(4000));
+            for n in 0..3_000 {
+                let frame =
+                    format!(r#"{{"type":"Publish","channel":"new:{n}:{kind}","data":{data}}}"#);
+                if raw.ws.feed(Message::text(frame)).await.is_err() {
+                    break;
+                }
+            }
+            let _ = raw.ws.flush().await;
+        }
         0 => raw.send_text("{\"type\":").await?,
         1 => raw.ws.send(Message::binary(vec![0u8; 64])).await?,
         2 => raw.send_text(&"x".repeat(10_000)).await?,
@@ -192,7 +214,7 @@ async fn a_seeded_storm_of_faults_breaks_no_invariant() -> Result<()> {
                 faults.push("slow reader");
             }
             55..90 => {
-                let kind = rng.u32(..4);
+                let kind = rng.u32(..6);
                 tokio::spawn(async move {
                     let _ = misbehave(addr, kind).await;
                 });

@@ -113,6 +113,14 @@ pub struct WebSocketConfig {
     /// `WS_SEND_QUEUE_SIZE`: messages the hub queues for one connection before the slow-consumer
     /// policy applies. Default 1024.
     pub send_queue_size: usize,
+    /// `WS_SEND_QUEUE_BYTES`: bytes of frames the hub queues for one connection before the
+    /// slow-consumer policy applies, whatever their count (a frame shared with other
+    /// subscribers counts in full for each). Default 16 MiB.
+    pub send_queue_bytes: usize,
+    /// `WS_WRITE_TIMEOUT`: a write to a connection that makes no progress (the client neither
+    /// reads nor closes) for this long ends the connection as a slow consumer, whatever the
+    /// policy. Default 30 s.
+    pub write_timeout: Duration,
     /// `WS_SLOW_CONSUMER_POLICY`: `disconnect` (default), `drop_oldest` or `conflate`; see
     /// [`SlowConsumerPolicy`].
     pub slow_consumer_policy: SlowConsumerPolicy,
@@ -120,7 +128,12 @@ pub struct WebSocketConfig {
     /// Default 0: as many as the process may open files (the hub raises its open-file limit
     /// to the hard limit and keeps 64 descriptors for itself), said in the log at start.
     pub max_connections: usize,
-    /// `WS_JWT_SECRET`: HS256 secret for JWTs. With neither this nor `WS_JWT_PUBLIC_KEY`, the
+    /// `WS_MAX_PENDING_UPGRADES`: TCP connections that have not finished their WebSocket
+    /// upgrade, held at once; further ones are closed at once, so that sockets that never
+    /// upgrade cannot take the places of `WS_MAX_CONNECTIONS`. Default 1024.
+    pub max_pending_upgrades: usize,
+    /// `WS_JWT_SECRET`: HS256 secret for JWTs, at least 32 bytes (RFC 7518 asks for a key as
+    /// long as the hash). With neither this nor `WS_JWT_PUBLIC_KEY`, the
     /// hub runs open (anyone may do anything). Default: unset.
     pub jwt_secret: Option<Secret>,
     /// `WS_JWT_PUBLIC_KEY`: path of a PEM public key for RS256 or ES256 JWTs. Default: unset.
@@ -170,6 +183,15 @@ pub struct WebSocketConfig {
     pub history_size: usize,
     /// `WS_HISTORY_TTL`: how long a publication stays recoverable. Default 60 s.
     pub history_ttl: Duration,
+    /// `WS_HISTORY_MAX_BYTES`: bytes of history the hub keeps over all channels; past it the
+    /// oldest publications are forgotten first (a recovery from before them then says
+    /// `recovered: false`). Default 64 MiB.
+    pub history_max_bytes: usize,
+    /// `WS_MAX_CHANNELS`: channels the hub holds at once (with subscribers or history); past
+    /// it the channels held only for their history are forgotten, least recently published
+    /// first, and a subscribe that needs a new channel when none can be forgotten is refused
+    /// (`unavailable`). Default 100000.
+    pub max_channels: usize,
     /// `WS_RECONNECT_HINT`: the delay the hub's 1012 close asks clients to wait before
     /// reconnecting ("retry after N ms"). Default 1 s.
     pub reconnect_hint: Duration,
@@ -198,8 +220,11 @@ impl Default for WebSocketConfig {
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 64 * 1024,
             send_queue_size: 1024,
+            send_queue_bytes: 16 * 1024 * 1024,
+            write_timeout: Duration::from_secs(30),
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
             max_connections: 0,
+            max_pending_upgrades: 1024,
             jwt_secret: None,
             jwt_public_key: None,
             jwt_algorithm: "RS256".to_owned(),
@@ -216,6 +241,8 @@ impl Default for WebSocketConfig {
             drain_window: Duration::from_secs(5),
             history_size: 256,
             history_ttl: Duration::from_secs(60),
+            history_max_bytes: 64 * 1024 * 1024,
+            max_channels: 100_000,
             reconnect_hint: Duration::from_secs(1),
             conflate_key: "symbol".to_owned(),
             redis_url: None,
@@ -225,6 +252,12 @@ impl Default for WebSocketConfig {
 
 /// The smallest `WS_MAX_MESSAGE_SIZE` accepted: enough for every control frame.
 const MIN_MESSAGE_SIZE: usize = 256;
+/// The longest duration any variable accepts.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The largest count (connections, queue entries, channels) any variable accepts.
+const MAX_COUNT: usize = 10_000_000;
+/// The shortest `WS_JWT_SECRET` accepted: 256 bits, the length of HS256's hash.
+const MIN_SECRET_LEN: usize = 32;
 
 impl WebSocketConfig {
     /// Loads the configuration from the process environment, with a `.env` file in the current
@@ -306,8 +339,11 @@ const VARIABLES: &[(&str, Option<Number>)] = &[
     ("WS_HANDSHAKE_TIMEOUT", Some(Number::Seconds)),
     ("WS_MAX_MESSAGE_SIZE", Some(Number::Count)),
     ("WS_SEND_QUEUE_SIZE", Some(Number::Count)),
+    ("WS_SEND_QUEUE_BYTES", Some(Number::Count)),
+    ("WS_WRITE_TIMEOUT", Some(Number::Seconds)),
     ("WS_SLOW_CONSUMER_POLICY", None),
     ("WS_MAX_CONNECTIONS", Some(Number::Count)),
+    ("WS_MAX_PENDING_UPGRADES", Some(Number::Count)),
     ("WS_JWT_SECRET", None),
     ("WS_JWT_PUBLIC_KEY", None),
     ("WS_JWT_ALGORITHM", None),
@@ -324,6 +360,8 @@ const VARIABLES: &[(&str, Option<Number>)] = &[
     ("WS_DRAIN_WINDOW", Some(Number::Seconds)),
     ("WS_HISTORY_SIZE", Some(Number::Count)),
     ("WS_HISTORY_TTL", Some(Number::Seconds)),
+    ("WS_HISTORY_MAX_BYTES", Some(Number::Count)),
+    ("WS_MAX_CHANNELS", Some(Number::Count)),
     ("WS_RECONNECT_HINT", Some(Number::Seconds)),
     ("WS_CONFLATE_KEY", None),
     ("WS_REDIS_URL", None),
@@ -452,8 +490,11 @@ struct EnvVars {
     ws_handshake_timeout: Option<f64>,
     ws_max_message_size: Option<usize>,
     ws_send_queue_size: Option<usize>,
+    ws_send_queue_bytes: Option<usize>,
+    ws_write_timeout: Option<f64>,
     ws_slow_consumer_policy: Option<String>,
     ws_max_connections: Option<usize>,
+    ws_max_pending_upgrades: Option<usize>,
     ws_jwt_secret: Option<String>,
     ws_jwt_public_key: Option<String>,
     ws_jwt_algorithm: Option<String>,
@@ -470,6 +511,8 @@ struct EnvVars {
     ws_drain_window: Option<f64>,
     ws_history_size: Option<usize>,
     ws_history_ttl: Option<f64>,
+    ws_history_max_bytes: Option<usize>,
+    ws_max_channels: Option<usize>,
     ws_reconnect_hint: Option<f64>,
     ws_conflate_key: Option<String>,
     ws_redis_url: Option<String>,
@@ -497,6 +540,9 @@ impl EnvVars {
                 .unwrap_or(d.handshake_timeout),
             max_message_size: self.ws_max_message_size.unwrap_or(d.max_message_size),
             send_queue_size: self.ws_send_queue_size.unwrap_or(d.send_queue_size),
+            send_queue_bytes: self.ws_send_queue_bytes.unwrap_or(d.send_queue_bytes),
+            write_timeout: secs("WS_WRITE_TIMEOUT", self.ws_write_timeout)?
+                .unwrap_or(d.write_timeout),
             slow_consumer_policy: match self.ws_slow_consumer_policy {
                 None => d.slow_consumer_policy,
                 Some(value) => value.parse().map_err(|reason| ConfigError::OutOfRange {
@@ -506,6 +552,9 @@ impl EnvVars {
                 })?,
             },
             max_connections: self.ws_max_connections.unwrap_or(d.max_connections),
+            max_pending_upgrades: self
+                .ws_max_pending_upgrades
+                .unwrap_or(d.max_pending_upgrades),
             jwt_secret: self.ws_jwt_secret.map(Secret),
             jwt_public_key: self.ws_jwt_public_key,
             jwt_algorithm: self.ws_jwt_algorithm.unwrap_or(d.jwt_algorithm),
@@ -533,6 +582,8 @@ impl EnvVars {
             drain_window: secs("WS_DRAIN_WINDOW", self.ws_drain_window)?.unwrap_or(d.drain_window),
             history_size: self.ws_history_size.unwrap_or(d.history_size),
             history_ttl: secs("WS_HISTORY_TTL", self.ws_history_ttl)?.unwrap_or(d.history_ttl),
+            history_max_bytes: self.ws_history_max_bytes.unwrap_or(d.history_max_bytes),
+            max_channels: self.ws_max_channels.unwrap_or(d.max_channels),
             reconnect_hint: secs("WS_RECONNECT_HINT", self.ws_reconnect_hint)?
                 .unwrap_or(d.reconnect_hint),
             conflate_key: self.ws_conflate_key.unwrap_or(d.conflate_key),
@@ -557,6 +608,7 @@ impl WebSocketConfig {
             ("WS_CONNECT_TIMEOUT", self.connect_timeout),
             ("WS_IDLE_TIMEOUT", self.idle_timeout),
             ("WS_HANDSHAKE_TIMEOUT", self.handshake_timeout),
+            ("WS_WRITE_TIMEOUT", self.write_timeout),
             ("WS_AUTH_TIMEOUT", self.auth_timeout),
         ];
         for (variable, value) in positive {
@@ -568,10 +620,148 @@ impl WebSocketConfig {
                 });
             }
         }
+        // Upper bounds: values that parse but that no deployment means, and that would
+        // overflow the hub's arithmetic (an instant a billion years away, a buffer of 2^63
+        // bytes) if let through.
+        let durations = [
+            ("WS_RECONNECT_INTERVAL", self.reconnect_interval),
+            ("WS_MAX_RECONNECT_DELAY", self.max_reconnect_delay),
+            ("WS_PING_INTERVAL", self.ping_interval),
+            ("WS_PONG_TIMEOUT", self.pong_timeout),
+            ("WS_CONNECT_TIMEOUT", self.connect_timeout),
+            ("WS_IDLE_TIMEOUT", self.idle_timeout),
+            ("WS_HANDSHAKE_TIMEOUT", self.handshake_timeout),
+            ("WS_WRITE_TIMEOUT", self.write_timeout),
+            ("WS_AUTH_TIMEOUT", self.auth_timeout),
+            ("WS_DRAIN_WINDOW", self.drain_window),
+            ("WS_HISTORY_TTL", self.history_ttl),
+            ("WS_RECONNECT_HINT", self.reconnect_hint),
+        ];
+        for (variable, value) in durations {
+            if value > MAX_DURATION {
+                return Err(ConfigError::OutOfRange {
+                    variable,
+                    value: format!("{}", value.as_secs_f64()),
+                    reason: "must be at most 31536000 seconds (365 days)",
+                });
+            }
+        }
+        let ceilings = [
+            (
+                "WS_MAX_MESSAGE_SIZE",
+                self.max_message_size,
+                1 << 30,
+                "must be at most 1073741824 bytes (1 GiB)",
+            ),
+            (
+                "WS_SEND_QUEUE_SIZE",
+                self.send_queue_size,
+                MAX_COUNT,
+                "must be at most 10000000",
+            ),
+            (
+                "WS_SEND_QUEUE_BYTES",
+                self.send_queue_bytes,
+                1 << 40,
+                "must be at most 1099511627776 bytes (1 TiB)",
+            ),
+            (
+                "WS_MESSAGE_BUFFER_SIZE",
+                self.message_buffer_size,
+                MAX_COUNT,
+                "must be at most 10000000",
+            ),
+            (
+                "WS_MAX_CONNECTIONS",
+                self.max_connections,
+                MAX_COUNT,
+                "must be at most 10000000 (0: as many as the process may open)",
+            ),
+            (
+                "WS_MAX_PENDING_UPGRADES",
+                self.max_pending_upgrades,
+                MAX_COUNT,
+                "must be at most 10000000",
+            ),
+            (
+                "WS_MAX_SUBSCRIPTIONS",
+                self.max_subscriptions,
+                MAX_COUNT,
+                "must be at most 10000000",
+            ),
+            (
+                "WS_HISTORY_SIZE",
+                self.history_size,
+                MAX_COUNT,
+                "must be at most 10000000",
+            ),
+            (
+                "WS_HISTORY_MAX_BYTES",
+                self.history_max_bytes,
+                1 << 40,
+                "must be at most 1099511627776 bytes (1 TiB)",
+            ),
+            (
+                "WS_MAX_CHANNELS",
+                self.max_channels,
+                MAX_COUNT,
+                "must be at most 10000000",
+            ),
+        ];
+        for (variable, value, max, reason) in ceilings {
+            if value > max {
+                return Err(ConfigError::OutOfRange {
+                    variable,
+                    value: value.to_string(),
+                    reason,
+                });
+            }
+        }
+        for (variable, value) in [
+            ("WS_RATE_LIMIT", self.rate_limit),
+            ("WS_PUBLISH_RATE_LIMIT", self.publish_rate_limit),
+        ] {
+            if value > 1e9 {
+                return Err(ConfigError::OutOfRange {
+                    variable,
+                    value: value.to_string(),
+                    reason: "must be at most 1000000000 per second",
+                });
+            }
+        }
+        if let Some(secret) = &self.jwt_secret
+            && secret.expose().len() < MIN_SECRET_LEN
+        {
+            return Err(ConfigError::OutOfRange {
+                variable: "WS_JWT_SECRET",
+                value: format!("({} bytes, not shown)", secret.expose().len()),
+                reason: "must be at least 32 bytes: a shorter HS256 secret can be guessed \
+                         offline from any token (RFC 7518, section 3.2); use e.g. \
+                         `openssl rand -hex 32`",
+            });
+        }
         let counts = [
             (
                 "WS_SEND_QUEUE_SIZE",
                 self.send_queue_size,
+                1,
+                "must be at least 1",
+            ),
+            (
+                "WS_SEND_QUEUE_BYTES",
+                self.send_queue_bytes,
+                MIN_MESSAGE_SIZE,
+                "must be at least 256 bytes",
+            ),
+            (
+                "WS_MAX_PENDING_UPGRADES",
+                self.max_pending_upgrades,
+                1,
+                "must be at least 1",
+            ),
+            (
+                "WS_MAX_CHANNELS",
+                self.max_channels,
                 1,
                 "must be at least 1",
             ),
@@ -700,7 +890,7 @@ mod tests {
             ("WS_SEND_QUEUE_SIZE", "16"),
             ("WS_SLOW_CONSUMER_POLICY", "drop_oldest"),
             ("WS_MAX_CONNECTIONS", "5"),
-            ("WS_JWT_SECRET", "s3cret"),
+            ("WS_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
             ("WS_JWT_PUBLIC_KEY", "/keys/pub.pem"),
             ("WS_JWT_ALGORITHM", "ES256"),
             ("WS_AUTH_TIMEOUT", "2"),
@@ -728,10 +918,10 @@ mod tests {
         assert_eq!(config.max_connections, 5);
         assert_eq!(
             config.jwt_secret.as_ref().map(Secret::expose),
-            Some("s3cret")
+            Some("0123456789abcdef0123456789abcdef")
         );
         assert!(
-            !format!("{config:?}").contains("s3cret"),
+            !format!("{config:?}").contains("0123456789abcdef0123456789abcdef"),
             "the secret leaks into Debug"
         );
         assert_eq!(config.jwt_public_key.as_deref(), Some("/keys/pub.pem"));

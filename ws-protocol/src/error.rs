@@ -28,6 +28,10 @@ pub enum DecodeError {
         /// The absent field.
         field: &'static str,
     },
+    /// A `Publish` whose `data` not every subscriber could parse (nested too deep, a
+    /// number out of range); the message says which.
+    #[error("Publish refused: {0}")]
+    UnportableData(String),
 }
 
 impl DecodeError {

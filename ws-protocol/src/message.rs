@@ -232,22 +232,51 @@ impl WsMessage {
         }
     }
 
-    /// An `Error` frame with the given code and message.
+    /// An `Error` frame with the given code and message; the message is cut to
+    /// [`MAX_ERROR_MESSAGE_LEN`] bytes, so that an error quoting hostile input stays small.
     pub fn error(code: &str, message: impl Into<String>) -> Self {
         Self::Error {
             code: code.to_owned(),
-            message: message.into(),
+            message: capped(message.into()),
             channels: Vec::new(),
         }
     }
 
-    /// An `Error` frame refusing a `Subscribe` of `channels`.
+    /// An `Error` frame refusing a `Subscribe` of `channels` (the message cut as in
+    /// [`WsMessage::error`]).
     pub fn subscribe_refused(code: &str, message: impl Into<String>, channels: &[String]) -> Self {
         Self::Error {
             code: code.to_owned(),
-            message: message.into(),
+            message: capped(message.into()),
             channels: channels.to_vec(),
         }
+    }
+}
+
+/// The longest `message` of an `Error` frame, in bytes.
+pub const MAX_ERROR_MESSAGE_LEN: usize = 512;
+
+/// `message` cut to [`MAX_ERROR_MESSAGE_LEN`] bytes at a character boundary, ending in `…`
+/// when cut.
+fn capped(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE_LEN {
+        let mut end = MAX_ERROR_MESSAGE_LEN - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+/// `text` quoted for an error message (as `{:?}` does), showing at most its first 64
+/// characters: errors name what they refuse without echoing all of hostile input.
+pub fn excerpt(text: &str) -> String {
+    const SHOWN: usize = 64;
+    match text.char_indices().nth(SHOWN) {
+        None => format!("{text:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
     }
 }
 
@@ -366,10 +395,14 @@ impl Frame<'_> {
             "Unsubscribe" => WsMessage::Unsubscribe {
                 channels: self.channels.ok_or_else(|| need("channels"))?,
             },
-            "Publish" => WsMessage::Publish {
-                channel: self.channel.ok_or_else(|| need("channel"))?,
-                data: self.data.ok_or_else(|| need("data"))?.into(),
-            },
+            "Publish" => {
+                let data = self.data.ok_or_else(|| need("data"))?;
+                crate::payload::check_portable(data.get()).map_err(DecodeError::UnportableData)?;
+                WsMessage::Publish {
+                    channel: self.channel.ok_or_else(|| need("channel"))?,
+                    data: data.into(),
+                }
+            }
             "Authenticate" => WsMessage::Authenticate {
                 token: self.token.ok_or_else(|| need("token"))?,
             },

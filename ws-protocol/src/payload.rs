@@ -60,6 +60,67 @@ impl Payload {
     }
 }
 
+/// The deepest nesting of arrays and objects a published `data` may have.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Checks that `json` (one valid JSON value) is something every subscriber's parser can
+/// read: nested at most [`MAX_DATA_DEPTH`] deep (deeper values overflow recursive parsers,
+/// Rust's serde_json stops at 128), and every number finite as a 64-bit float (`1e400` is an
+/// error for serde_json and infinity for Python). Returns what is wrong otherwise.
+///
+/// One pass over the bytes; strings are skipped without decoding.
+pub(crate) fn check_portable(json: &str) -> Result<(), String> {
+    let bytes = json.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string: to the next quote not escaped by a backslash.
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DATA_DEPTH {
+                    return Err(format!(
+                        "data is nested more than {MAX_DATA_DEPTH} levels deep"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let number = &json[start..=i];
+                // Up to 15 digits without an exponent always fit; only longer ones or
+                // exponents need a look.
+                let plain = number.len() <= 16 && !number.contains(['e', 'E']);
+                if !plain && !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    let shown: String = number.chars().take(32).collect();
+                    return Err(format!(
+                        "data holds the number {shown} which is outside the range of a \
+                         64-bit float"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 impl From<Box<RawValue>> for Payload {
     fn from(raw: Box<RawValue>) -> Self {
         Self(raw)
@@ -83,5 +144,38 @@ impl fmt::Debug for Payload {
 impl fmt::Display for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_and_huge_numbers_are_refused() {
+        let deep = format!("{}{}", "[".repeat(32_000), "]".repeat(32_000));
+        assert!(check_portable(&deep).unwrap_err().contains("nested"));
+        let limit = format!(
+            "{}{}",
+            "[".repeat(MAX_DATA_DEPTH),
+            "]".repeat(MAX_DATA_DEPTH)
+        );
+        assert!(check_portable(&limit).is_ok());
+        for number in ["1e400", "-1e309", &"9".repeat(400)] {
+            let json = format!(r#"{{"price":{number}}}"#);
+            assert!(
+                check_portable(&json).unwrap_err().contains("64-bit"),
+                "{number}"
+            );
+        }
+        for fine in [
+            r#"{"p":1.5e10,"q":-0.25,"n":12345678901234567890,"s":"[[[[1e400"}"#,
+            r#""a \" [[[ string""#,
+            "[1,2,{\"a\":[true,null]}]",
+            "-0",
+            "1E-400",
+        ] {
+            assert_eq!(check_portable(fine), Ok(()), "{fine}");
+        }
     }
 }

@@ -4,6 +4,11 @@
 //! A JWT's claims say which channels the connection may subscribe to (`channels`) and publish
 //! on (`publish`), as patterns where `*` matches any run of characters and `{sub}` stands for
 //! the token's subject: `["prices:*", "orders:{sub}"]`. No `channels` claim means no channel.
+//!
+//! The subject is substituted as a literal: a `*` (or any other character) in a subject
+//! matches only itself, so a token for subject `*` or `bob*` with `orders:{sub}` reaches the
+//! channel `orders:*` or `orders:bob*` and nothing else. Only the `*`s written in the pattern
+//! itself are wildcards.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,9 +26,9 @@ pub struct AuthError(pub String);
 pub struct Grant {
     /// The subject (user id), if authenticated.
     pub user_id: Option<String>,
-    subscribe: Vec<String>,
-    publish: Vec<String>,
-    /// When the grant ends (the token's expiry); the connection is closed then.
+    subscribe: Vec<Pattern>,
+    publish: Vec<Pattern>,
+    /// When the grant ends (the token's expiry); the connection is closed then. `None`: never.
     pub expires_at: Option<SystemTime>,
     /// `Publish` frames per second this connection may send, replacing the hub's
     /// `WS_PUBLISH_RATE_LIMIT` for it (0: no limit); `None`: the hub's limit applies. From a
@@ -37,15 +42,16 @@ impl Grant {
     pub fn open() -> Self {
         Self {
             user_id: None,
-            subscribe: vec!["*".to_owned()],
-            publish: vec!["*".to_owned()],
+            subscribe: vec![Pattern::any()],
+            publish: vec![Pattern::any()],
             expires_at: None,
             publish_rate: None,
         }
     }
 
-    /// A grant for `user_id` with subscribe and publish patterns (`{sub}` is replaced by the
-    /// user id, `*` matches anything).
+    /// A grant for `user_id` with subscribe and publish patterns: `*` matches any run of
+    /// characters, and `{sub}` is replaced by the user id taken literally (a `*` in it is no
+    /// wildcard).
     pub fn new(
         user_id: impl Into<String>,
         subscribe: Vec<String>,
@@ -53,15 +59,11 @@ impl Grant {
         expires_at: Option<SystemTime>,
     ) -> Self {
         let user_id = user_id.into();
-        let expand = |patterns: Vec<String>| {
-            patterns
-                .into_iter()
-                .map(|p| p.replace("{sub}", &user_id))
-                .collect()
-        };
+        let compile =
+            |patterns: Vec<String>| patterns.iter().map(|p| Pattern::new(p, &user_id)).collect();
         Self {
-            subscribe: expand(subscribe),
-            publish: expand(publish),
+            subscribe: compile(subscribe),
+            publish: compile(publish),
             user_id: Some(user_id),
             expires_at,
             publish_rate: None,
@@ -77,37 +79,60 @@ impl Grant {
 
     /// Whether the connection may subscribe to `channel`.
     pub fn may_subscribe(&self, channel: &str) -> bool {
-        self.subscribe
-            .iter()
-            .any(|p| p == "*" || matches(p, channel))
+        self.subscribe.iter().any(|p| p.matches(channel))
     }
 
     /// Whether the connection may publish on `channel`.
     pub fn may_publish(&self, channel: &str) -> bool {
-        self.publish.iter().any(|p| p == "*" || matches(p, channel))
+        self.publish.iter().any(|p| p.matches(channel))
     }
 }
 
-/// Glob matching where `*` matches any run of characters (also none).
-fn matches(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let Some(first) = parts.next() else {
-        return false;
-    };
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
+/// A claim pattern, split at its own `*`s once: the literal pieces between them, with
+/// `{sub}` already replaced in each piece. Wildcards exist only between pieces, so nothing
+/// substituted into a piece can add one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pattern {
+    /// At least one piece; `n` pieces stand for `n - 1` wildcards between them.
+    pieces: Vec<String>,
+}
+
+impl Pattern {
+    fn new(pattern: &str, subject: &str) -> Self {
+        Self {
+            pieces: pattern
+                .split('*')
+                .map(|piece| piece.replace("{sub}", subject))
+                .collect(),
         }
     }
-    rest.len() >= last.len() && rest.ends_with(last)
+
+    /// `*`: anything.
+    fn any() -> Self {
+        Self {
+            pieces: vec![String::new(), String::new()],
+        }
+    }
+
+    /// Whether `text` is the pieces in order, with anything (also nothing) between them.
+    fn matches(&self, text: &str) -> bool {
+        let Some((first, rest_pieces)) = self.pieces.split_first() else {
+            return false;
+        };
+        let Some(mut rest) = text.strip_prefix(first.as_str()) else {
+            return false;
+        };
+        let Some((last, middle)) = rest_pieces.split_last() else {
+            return rest.is_empty();
+        };
+        for piece in middle {
+            match rest.find(piece.as_str()) {
+                Some(at) => rest = &rest[at + piece.len()..],
+                None => return false,
+            }
+        }
+        rest.len() >= last.len() && rest.ends_with(last.as_str())
+    }
 }
 
 /// The check the hub runs on every token, at the upgrade or in an `Authenticate` frame.
@@ -152,6 +177,7 @@ impl JwtAuthenticator {
     fn with(key: DecodingKey, algorithm: Algorithm) -> Self {
         let mut validation = Validation::new(algorithm);
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self { key, validation }
     }
@@ -190,6 +216,7 @@ impl Authenticator for JwtAuthenticator {
                 AuthError(
                     match e.kind() {
                         ErrorKind::ExpiredSignature => "token expired",
+                        ErrorKind::ImmatureSignature => "token not valid yet (nbf)",
                         ErrorKind::InvalidSignature => "bad token signature",
                         ErrorKind::InvalidAlgorithm => "token signed with another algorithm",
                         ErrorKind::MissingRequiredClaim(_) => "token lacks sub or exp",
@@ -199,17 +226,16 @@ impl Authenticator for JwtAuthenticator {
                 )
             })?;
         let claims = data.claims;
-        let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp);
-        if expires_at <= SystemTime::now() {
+        // An `exp` past what the clock can hold (up to 2^64 - 1 seconds) means no expiry
+        // in practice; it must never overflow.
+        let expires_at = UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp));
+        if expires_at.is_some_and(|at| at <= SystemTime::now()) {
             return Err(AuthError("token expired".to_owned()));
         }
-        Ok(Grant::new(
-            claims.sub,
-            claims.channels,
-            claims.publish,
-            Some(expires_at),
+        Ok(
+            Grant::new(claims.sub, claims.channels, claims.publish, expires_at)
+                .with_publish_rate(claims.publish_rate),
         )
-        .with_publish_rate(claims.publish_rate))
     }
 }
 
@@ -231,7 +257,11 @@ mod tests {
             ("*:USDC", "SOL:USDC", true),
             ("ab*ba", "aba", false),
         ] {
-            assert_eq!(matches(pattern, text), expected, "{pattern} ~ {text}");
+            assert_eq!(
+                Pattern::new(pattern, "").matches(text),
+                expected,
+                "{pattern} ~ {text}"
+            );
         }
     }
 
@@ -244,6 +274,33 @@ mod tests {
         let none = Grant::new("bob", vec![], vec![], None);
         assert!(!none.may_subscribe("prices:SOL-USDC"));
         assert!(Grant::open().may_publish("x"));
+    }
+
+    #[test]
+    fn the_subject_is_substituted_literally() {
+        for subject in ["*", "bob*", "b*b", "bob:*", "*:*"] {
+            let grant = Grant::new(
+                subject,
+                vec!["orders:{sub}".into()],
+                vec!["fills:{sub}:*".into()],
+                None,
+            );
+            let own = format!("orders:{subject}");
+            assert!(
+                grant.may_subscribe(&own),
+                "{subject} reaches its own channel"
+            );
+            for other in ["orders:bob", "orders:alice", "orders:bob:x", "orders:bb"] {
+                if other != own {
+                    assert!(
+                        !grant.may_subscribe(other),
+                        "{subject} must not reach {other}"
+                    );
+                }
+            }
+            assert!(grant.may_publish(&format!("fills:{subject}:1")));
+            assert!(!grant.may_publish("fills:bob:1") || subject == "bob");
+        }
     }
 
     #[test]

@@ -21,15 +21,28 @@ pub struct FanOut {
 impl FanOut {
     /// Builds the registry; every subscriber's queue holds `queue` frames.
     pub fn new(channels: usize, subscribers: usize, queue: usize) -> Self {
-        let registry = Channels::default();
+        // No bound on channels, so that every subscribe below succeeds.
+        let registry = Channels::new(
+            crate::channel::HistoryLimits {
+                size: 0,
+                ttl: std::time::Duration::ZERO,
+                max_bytes: usize::MAX,
+                max_channels: usize::MAX,
+            },
+            None,
+        );
         let mut outboxes = Vec::new();
         let mut id = 0;
         for c in 0..channels {
             for _ in 0..subscribers {
                 id += 1;
                 let outbox = Arc::new(Outbox::new(queue, 0, SlowConsumerPolicy::DropOldest));
-                registry.subscribe(&format!("c{c}"), ConnectionId(id), &outbox, None);
-                outboxes.push(outbox);
+                if registry
+                    .subscribe(&format!("c{c}"), ConnectionId(id), &outbox, None)
+                    .is_ok()
+                {
+                    outboxes.push(outbox);
+                }
             }
         }
         Self {
@@ -50,7 +63,7 @@ impl FanOut {
         let (mut batch, mut lagged) = (VecDeque::new(), Vec::new());
         let start = channel * per_channel;
         for outbox in self.outboxes.iter().skip(start).take(per_channel) {
-            outbox.take(&mut batch, &mut lagged);
+            outbox.take(&mut batch, &mut lagged, usize::MAX);
             batch.clear();
             lagged.clear();
         }
@@ -78,10 +91,7 @@ pub fn exercise_channels(data: &[u8]) {
         _ => SlowConsumerPolicy::Conflate,
     };
     let channels = Channels::new(
-        HistoryLimits {
-            size: HISTORY,
-            ttl: Duration::from_secs(60),
-        },
+        HistoryLimits::per_channel(HISTORY, Duration::from_secs(60)),
         Some(ConflationKey::new("symbol")),
     );
     let outboxes: Vec<Arc<Outbox>> = (0..4)
@@ -111,7 +121,9 @@ pub fn exercise_channels(data: &[u8]) {
                 }
             }
             1 => {
-                channels.subscribe(names[ch], id, &outboxes[conn], None);
+                // Three channels never reach the bound on channels.
+                let subscribed = channels.subscribe(names[ch], id, &outboxes[conn], None);
+                assert!(subscribed.is_ok());
             }
             2 => {
                 let epoch = match channels.position(names[ch]) {
@@ -122,8 +134,11 @@ pub fn exercise_channels(data: &[u8]) {
                     epoch,
                     seq: u64::from(arg / 2),
                 };
-                let (_, position) =
-                    channels.subscribe(names[ch], id, &outboxes[conn], Some(&since));
+                let Ok((_, position)) =
+                    channels.subscribe(names[ch], id, &outboxes[conn], Some(&since))
+                else {
+                    panic!("three channels never reach the bound on channels");
+                };
                 if position.recovered {
                     assert!(since.seq <= position.seq);
                 }
@@ -132,7 +147,7 @@ pub fn exercise_channels(data: &[u8]) {
             4 => channels.sweep(),
             _ => {
                 batch.clear();
-                outboxes[conn].take(&mut batch, &mut notices);
+                outboxes[conn].take(&mut batch, &mut notices, usize::MAX);
                 assert!(batch.len() <= QUEUE + HISTORY, "{} queued", batch.len());
             }
         }

@@ -112,6 +112,26 @@ impl ServerBuilder {
         self
     }
 
+    /// Bytes of frames queued per connection before the slow-consumer policy applies
+    /// (`WS_SEND_QUEUE_BYTES`).
+    pub fn send_queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.send_queue_bytes = bytes;
+        self
+    }
+
+    /// How long a write may make no progress before the connection is cut as a slow
+    /// consumer (`WS_WRITE_TIMEOUT`).
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.config.write_timeout = timeout;
+        self
+    }
+
+    /// Connections still upgrading held at once (`WS_MAX_PENDING_UPGRADES`).
+    pub fn max_pending_upgrades(mut self, upgrades: usize) -> Self {
+        self.config.max_pending_upgrades = upgrades;
+        self
+    }
+
     /// What happens to a connection whose queue is full.
     pub fn slow_consumer_policy(mut self, policy: SlowConsumerPolicy) -> Self {
         self.config.slow_consumer_policy = policy;
@@ -211,6 +231,14 @@ impl ServerBuilder {
     pub fn history(mut self, size: usize, ttl: Duration) -> Self {
         self.config.history_size = size;
         self.config.history_ttl = ttl;
+        self
+    }
+
+    /// Bounds on the history of all channels together: bytes kept (`WS_HISTORY_MAX_BYTES`)
+    /// and channels held (`WS_MAX_CHANNELS`).
+    pub fn history_bounds(mut self, max_bytes: usize, max_channels: usize) -> Self {
+        self.config.history_max_bytes = max_bytes;
+        self.config.max_channels = max_channels;
         self
     }
 

@@ -44,6 +44,7 @@ mod read_ahead;
 mod server;
 mod session;
 mod tls;
+mod upgrade_request;
 
 pub use auth::{AuthError, Authenticator, Grant, JwtAuthenticator};
 pub use broker::BrokerError;

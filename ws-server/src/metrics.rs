@@ -19,6 +19,10 @@ pub(crate) struct HubMetrics {
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
     pub(crate) connections_total: AtomicU64,
+    /// Inbound frames refused by a rate limit.
+    pub(crate) frames_refused: AtomicU64,
+    /// TCP connections closed at once because `WS_MAX_PENDING_UPGRADES` were upgrading.
+    pub(crate) upgrades_refused: AtomicU64,
     fanout_buckets: [AtomicU64; FANOUT_BUCKETS.len()],
     fanout_count: AtomicU64,
     fanout_sum_ns: AtomicU64,
@@ -51,7 +55,17 @@ impl HubMetrics {
     }
 
     /// The Prometheus text exposition, with the gauges the caller reads.
-    pub(crate) fn render(&self, connections: usize, channels: usize, draining: bool) -> String {
+    pub(crate) fn render(&self, gauges: &Gauges) -> String {
+        let Gauges {
+            connections,
+            pending_upgrades,
+            channels,
+            channels_held,
+            history_bytes,
+            evicted_publications,
+            evicted_channels,
+            draining,
+        } = *gauges;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -71,6 +85,42 @@ impl HubMetrics {
             "gauge",
             "Channels with at least one subscriber.",
             channels as u64,
+        );
+        metric(
+            "ws_channels_held",
+            "gauge",
+            "Channels held, with subscribers or only history (bounded by WS_MAX_CHANNELS).",
+            channels_held as u64,
+        );
+        metric(
+            "ws_history_bytes",
+            "gauge",
+            "Bytes of history over all channels (bounded by WS_HISTORY_MAX_BYTES).",
+            history_bytes as u64,
+        );
+        metric(
+            "ws_history_evicted_total",
+            "counter",
+            "Publications forgotten, oldest first, to keep history within WS_HISTORY_MAX_BYTES.",
+            evicted_publications,
+        );
+        metric(
+            "ws_channels_evicted_total",
+            "counter",
+            "Channels held only for history forgotten to stay within WS_MAX_CHANNELS.",
+            evicted_channels,
+        );
+        metric(
+            "ws_pending_upgrades",
+            "gauge",
+            "TCP connections still upgrading (bounded by WS_MAX_PENDING_UPGRADES).",
+            pending_upgrades as u64,
+        );
+        metric(
+            "ws_upgrades_refused_total",
+            "counter",
+            "TCP connections closed at once because WS_MAX_PENDING_UPGRADES were upgrading.",
+            get(&self.upgrades_refused),
         );
         metric(
             "ws_subscriptions",
@@ -132,6 +182,12 @@ impl HubMetrics {
             "Refused or missing tokens.",
             get(&self.auth_failures),
         );
+        metric(
+            "ws_frames_refused_total",
+            "counter",
+            "Inbound frames refused by a rate limit (WS_RATE_LIMIT, WS_PUBLISH_RATE_LIMIT).",
+            get(&self.frames_refused),
+        );
         let name = "ws_fanout_seconds";
         let _ = writeln!(
             out,
@@ -150,6 +206,19 @@ impl HubMetrics {
     }
 }
 
+/// The figures `/metrics` reads from elsewhere than the counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Gauges {
+    pub(crate) connections: usize,
+    pub(crate) pending_upgrades: usize,
+    pub(crate) channels: usize,
+    pub(crate) channels_held: usize,
+    pub(crate) history_bytes: usize,
+    pub(crate) evicted_publications: u64,
+    pub(crate) evicted_channels: u64,
+    pub(crate) draining: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,7 +229,13 @@ mod tests {
         HubMetrics::add(&metrics.frames_in, 3);
         metrics.observe_fanout(Duration::from_micros(3));
         metrics.observe_fanout(Duration::from_millis(2));
-        let text = metrics.render(5, 2, false);
+        let text = metrics.render(&Gauges {
+            connections: 5,
+            channels: 2,
+            history_bytes: 1234,
+            ..Gauges::default()
+        });
+        assert!(text.contains("ws_history_bytes 1234\n"));
         assert!(text.contains("ws_connections 5\n"));
         assert!(text.contains("ws_frames_in_total 3\n"));
         assert!(

@@ -132,6 +132,10 @@ struct Inner {
     queue: VecDeque<Outgoing>,
     /// How many entries of `queue` are replays.
     replayed: usize,
+    /// Bytes of the live (not replayed) frames in `queue`.
+    live_bytes: usize,
+    /// Bytes of every frame in `queue`.
+    bytes: usize,
     notices: Vec<Notice>,
     state: OutboxState,
 }
@@ -153,6 +157,24 @@ impl Inner {
         }
     }
 
+    /// Takes a frame that left the queue out of the counts.
+    fn forget(&mut self, item: &Outgoing) {
+        let len = item.frame().as_bytes().len();
+        self.bytes -= len;
+        if item.replay {
+            self.replayed -= 1;
+        } else {
+            self.live_bytes -= len;
+        }
+    }
+
+    /// Whether one more live frame of `len` bytes would pass the bounds. An empty queue
+    /// takes any frame, so that a frame larger than the byte bound still goes out.
+    fn is_full(&self, capacity: usize, max_bytes: usize, len: usize) -> bool {
+        let live = self.queue.len() - self.replayed;
+        live >= capacity || (live > 0 && self.live_bytes + len > max_bytes)
+    }
+
     /// Makes room for one more live frame under `policy`; `false` if it cannot.
     fn make_room(&mut self, policy: SlowConsumerPolicy, item: &Outgoing) -> bool {
         match policy {
@@ -160,10 +182,14 @@ impl Inner {
                 // The oldest live frame goes; replays the client asked for stay, so that the
                 // live frames never exceed their bound (found by the `channels` fuzz target).
                 let oldest_live = self.queue.iter().position(|queued| !queued.replay);
-                if let Some(dropped) = oldest_live.and_then(|i| self.queue.remove(i)) {
-                    self.note(NoticeKind::Lagged, dropped.channel().cloned());
+                match oldest_live.and_then(|i| self.queue.remove(i)) {
+                    Some(dropped) => {
+                        self.forget(&dropped);
+                        self.note(NoticeKind::Lagged, dropped.channel().cloned());
+                        true
+                    }
+                    None => false,
                 }
-                true
             }
             SlowConsumerPolicy::Conflate => {
                 let Some(key) = item.key() else { return false };
@@ -174,6 +200,7 @@ impl Inner {
                 });
                 match same.and_then(|i| self.queue.remove(i)) {
                     Some(replaced) => {
+                        self.forget(&replaced);
                         self.note(NoticeKind::Conflated, replaced.channel().cloned());
                         true
                     }
@@ -191,6 +218,8 @@ pub(crate) struct Outbox {
     signaled: AtomicBool,
     waker: AtomicWaker,
     capacity: usize,
+    /// Bytes of live frames queued before the policy applies.
+    max_bytes: usize,
     replay_capacity: usize,
     policy: SlowConsumerPolicy,
 }
@@ -203,15 +232,25 @@ impl Outbox {
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
                 replayed: 0,
+                live_bytes: 0,
+                bytes: 0,
                 notices: Vec::new(),
                 state: OutboxState::Open,
             }),
             signaled: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             capacity: capacity.max(1),
+            max_bytes: usize::MAX,
             replay_capacity,
             policy,
         }
+    }
+
+    /// The same outbox, also bounded to `max_bytes` of live frames (`WS_SEND_QUEUE_BYTES`).
+    #[must_use]
+    pub(crate) fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -234,17 +273,22 @@ impl Outbox {
         if inner.state != OutboxState::Open {
             return false;
         }
-        if inner.queue.len() - inner.replayed >= self.capacity
-            && !inner.make_room(self.policy, &item)
-        {
-            inner.state = OutboxState::Overflowed;
-            inner.queue.clear();
-            inner.replayed = 0;
-            drop(inner);
-            self.signal();
-            return false;
+        let len = item.frame().as_bytes().len();
+        while inner.is_full(self.capacity, self.max_bytes, len) {
+            if !inner.make_room(self.policy, &item) {
+                inner.state = OutboxState::Overflowed;
+                inner.queue.clear();
+                inner.replayed = 0;
+                inner.live_bytes = 0;
+                inner.bytes = 0;
+                drop(inner);
+                self.signal();
+                return false;
+            }
         }
         let was_empty = inner.queue.is_empty();
+        inner.live_bytes += len;
+        inner.bytes += len;
         inner.queue.push_back(item);
         drop(inner);
         if was_empty {
@@ -272,9 +316,10 @@ impl Outbox {
         }
         let was_empty = inner.queue.is_empty();
         inner.replayed += frames.len();
-        inner
-            .queue
-            .extend(frames.map(|frame| Outgoing::replayed(channel, frame)));
+        for frame in frames {
+            inner.bytes += frame.as_bytes().len();
+            inner.queue.push_back(Outgoing::replayed(channel, frame));
+        }
         drop(inner);
         if was_empty {
             self.signal();
@@ -309,20 +354,37 @@ impl Outbox {
         Poll::Pending
     }
 
-    /// Moves everything queued into `batch` and every notice into `notices`.
+    /// Moves the queued frames into `batch`, oldest first, until `max_bytes` are taken (one
+    /// frame may pass it), and every notice into `notices`. Returns the state and whether
+    /// frames are left for another batch.
     pub(crate) fn take(
         &self,
         batch: &mut VecDeque<Outgoing>,
         notices: &mut Vec<Notice>,
-    ) -> OutboxState {
+        max_bytes: usize,
+    ) -> (OutboxState, bool) {
         let mut inner = self.lock();
         if inner.state != OutboxState::Open {
-            return inner.state;
+            return (inner.state, false);
         }
-        std::mem::swap(&mut inner.queue, batch);
-        inner.replayed = 0;
         notices.append(&mut inner.notices);
-        OutboxState::Open
+        if inner.bytes <= max_bytes {
+            std::mem::swap(&mut inner.queue, batch);
+            inner.replayed = 0;
+            inner.live_bytes = 0;
+            inner.bytes = 0;
+            return (OutboxState::Open, false);
+        }
+        let mut taken = 0;
+        while taken < max_bytes {
+            let Some(item) = inner.queue.pop_front() else {
+                break;
+            };
+            taken += item.frame().as_bytes().len();
+            inner.forget(&item);
+            batch.push_back(item);
+        }
+        (OutboxState::Open, !inner.queue.is_empty())
     }
 
     /// The outbox's state.
@@ -337,6 +399,13 @@ impl Outbox {
             .queue
             .retain(|item| item.channel().map(|c| &**c) != Some(channel));
         inner.replayed = inner.queue.iter().filter(|item| item.replay).count();
+        inner.bytes = inner.queue.iter().map(|i| i.frame().as_bytes().len()).sum();
+        inner.live_bytes = inner
+            .queue
+            .iter()
+            .filter(|i| !i.replay)
+            .map(|i| i.frame().as_bytes().len())
+            .sum();
         inner.notices.retain(|n| &*n.channel != channel);
     }
 }
@@ -359,7 +428,7 @@ mod tests {
 
     fn drain(outbox: &Outbox) -> Drained {
         let (mut batch, mut notices) = (VecDeque::new(), Vec::new());
-        let state = outbox.take(&mut batch, &mut notices);
+        let (state, _) = outbox.take(&mut batch, &mut notices, usize::MAX);
         let texts = batch
             .iter()
             .map(|o| o.frame().payload().to_owned())
@@ -490,5 +559,38 @@ mod tests {
         assert!(ready(&outbox));
         assert!(!outbox.push(item("a", "3")));
         assert_eq!(drain(&outbox).2, OutboxState::Closed);
+    }
+
+    #[test]
+    fn bytes_bound_the_queue_and_a_take_takes_a_bounded_batch() {
+        // Four 100-byte frames fit in 400 bytes; a fifth overflows under disconnect.
+        let big = |n: u32| item("c", &format!("{n:0>98}"));
+        let frame_len = big(0).frame().as_bytes().len();
+        assert_eq!(frame_len, 100);
+        let outbox = Outbox::new(1000, 16, SlowConsumerPolicy::Disconnect).with_max_bytes(400);
+        for n in 0..4 {
+            assert!(outbox.push(big(n)));
+        }
+        assert!(!outbox.push(big(4)));
+        assert_eq!(outbox.state(), OutboxState::Overflowed);
+
+        // Under drop_oldest the oldest go, counted in Lagged.
+        let outbox = Outbox::new(1000, 16, SlowConsumerPolicy::DropOldest).with_max_bytes(400);
+        for n in 0..6 {
+            assert!(outbox.push(big(n)));
+        }
+        let (mut batch, mut notices) = (VecDeque::new(), Vec::new());
+        // A take of at most 150 bytes takes two frames (the second passes the mark).
+        let (state, more) = outbox.take(&mut batch, &mut notices, 150);
+        assert_eq!((state, more, batch.len()), (OutboxState::Open, true, 2));
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].count, 2);
+        batch.clear();
+        let (_, more) = outbox.take(&mut batch, &mut notices, 150);
+        assert!(!more);
+        assert_eq!(batch.len(), 2);
+        // A single frame larger than the bound still goes into an empty queue.
+        let outbox = Outbox::new(1000, 16, SlowConsumerPolicy::Disconnect).with_max_bytes(50);
+        assert!(outbox.push(big(0)));
     }
 }

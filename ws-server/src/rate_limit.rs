@@ -1,6 +1,18 @@
-//! [`RateLimit`]: a token bucket per connection for inbound frames.
+//! [`RateLimit`]: a token bucket per connection for inbound frames, with flood detection and
+//! refusals answered sparingly.
+//!
+//! Frames beyond the bucket are refused. The first refusal is answered at once; while the
+//! refusals go on, at most one answer per second follows (saying how many frames it covers),
+//! so that a flood cannot make the hub spend a write on each of its frames. Refusals also
+//! fill a second bucket that drains at the allowed rate: a connection that keeps sending
+//! more than twice its rate fills it within a burst's worth of refusals and is closed.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// How often a connection whose frames keep being refused is told so.
+const ANSWER_EVERY: Duration = Duration::from_secs(1);
 
 /// Allows `rate` frames per second on average and `burst` at once.
 #[derive(Debug)]
@@ -9,8 +21,12 @@ pub(crate) struct RateLimit {
     burst: f64,
     tokens: f64,
     at: Instant,
-    /// Frames refused in a row; reset by an allowed one.
-    refused_in_a_row: u32,
+    /// Refusals not yet drained at `rate`: a flood fills it faster than it drains.
+    debt: f64,
+    /// Frames refused since the last answer.
+    unanswered: u64,
+    /// When a refusal was last answered.
+    answered_at: Option<Instant>,
 }
 
 /// What the limiter says about one frame.
@@ -18,9 +34,10 @@ pub(crate) struct RateLimit {
 pub(crate) enum Verdict {
     /// Act on it.
     Allow,
-    /// Refuse it (answer `rate_limited`).
-    Refuse,
-    /// Refused a whole burst in a row: close the connection.
+    /// Refuse it. `Some(n)`: answer now, for this frame and the `n - 1` refused silently
+    /// before it; `None`: refuse without an answer (one was sent within the last second).
+    Refuse(Option<u64>),
+    /// A flood: close the connection.
     Abuse,
 }
 
@@ -31,7 +48,9 @@ impl RateLimit {
             burst: f64::from(burst),
             tokens: f64::from(burst),
             at: Instant::now(),
-            refused_in_a_row: 0,
+            debt: 0.0,
+            unanswered: 0,
+            answered_at: None,
         }
     }
 
@@ -50,27 +69,33 @@ impl RateLimit {
         if self.rate <= 0.0 {
             return Verdict::Allow;
         }
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
         self.at = now;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.debt = (self.debt - refill).max(0.0);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            self.refused_in_a_row = 0;
             return Verdict::Allow;
         }
-        self.refused_in_a_row += 1;
-        if f64::from(self.refused_in_a_row) >= self.burst {
-            Verdict::Abuse
+        self.debt += 1.0;
+        if self.debt >= self.burst {
+            return Verdict::Abuse;
+        }
+        self.unanswered += 1;
+        let answer = self
+            .answered_at
+            .is_none_or(|at| now.duration_since(at) >= ANSWER_EVERY);
+        if answer {
+            self.answered_at = Some(now);
+            Verdict::Refuse(Some(std::mem::take(&mut self.unanswered)))
         } else {
-            Verdict::Refuse
+            Verdict::Refuse(None)
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -84,12 +109,61 @@ mod tests {
             ],
             [Verdict::Allow; 3]
         );
-        assert_eq!(limit.check(Instant::now()), Verdict::Refuse);
+        assert_eq!(limit.check(Instant::now()), Verdict::Refuse(Some(1)));
         tokio::time::advance(Duration::from_millis(100)).await;
         assert_eq!(limit.check(Instant::now()), Verdict::Allow);
-        assert_eq!(limit.check(Instant::now()), Verdict::Refuse);
-        assert_eq!(limit.check(Instant::now()), Verdict::Refuse);
+        assert_eq!(limit.check(Instant::now()), Verdict::Refuse(None));
+        assert_eq!(limit.check(Instant::now()), Verdict::Refuse(None));
         assert_eq!(limit.check(Instant::now()), Verdict::Abuse);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_is_closed_even_when_tokens_refill_between_its_frames() {
+        // 1,000/s allowed; a client sending 50 frames per millisecond (50,000/s) gets a
+        // token back every millisecond, which used to reset the count of refusals in a row.
+        let mut limit = RateLimit::new(1000.0, 2000);
+        let mut answers = 0;
+        let mut refused = 0u64;
+        let mut closed_after = None;
+        'flood: for ms in 0..10_000 {
+            for _ in 0..50 {
+                match limit.check(Instant::now()) {
+                    Verdict::Allow => {}
+                    Verdict::Refuse(answer) => {
+                        refused += 1;
+                        answers += usize::from(answer.is_some());
+                    }
+                    Verdict::Abuse => {
+                        closed_after = Some(ms);
+                        break 'flood;
+                    }
+                }
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let closed_after = closed_after.expect("the flood is closed");
+        assert!(closed_after < 1000, "closed after {closed_after} ms");
+        assert!(refused > 1000);
+        assert!(answers <= 2, "{answers} answers for {refused} refusals");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_at_twice_the_rate_is_refused_but_not_closed_and_told_once_a_second() {
+        let mut limit = RateLimit::new(100.0, 10);
+        let mut answered = Vec::new();
+        for _ in 0..2500 {
+            // 200 frames a second for 25 s.
+            for _ in 0..2 {
+                match limit.check(Instant::now()) {
+                    Verdict::Refuse(Some(n)) => answered.push(n),
+                    Verdict::Abuse => panic!("closed at twice the rate"),
+                    _ => {}
+                }
+            }
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        assert!((20..=27).contains(&answered.len()), "{answered:?}");
+        assert!(answered[1..].iter().all(|n| *n > 50), "{answered:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// The most read from the socket in one system call.
 const SCRATCH_SIZE: usize = 16 * 1024;
@@ -40,6 +40,26 @@ impl<S> ReadAhead<S> {
             pending: Vec::new(),
             start: 0,
         }
+    }
+
+    /// Reads until the buffered bytes hold the end of an HTTP request head (an empty line),
+    /// at least `max` bytes, or the end of the stream, and returns them. They stay buffered:
+    /// the next reads hand them out again, so the upgrade is read as if nothing had looked.
+    pub(crate) async fn peek_head(&mut self, max: usize) -> io::Result<&[u8]>
+    where
+        S: AsyncRead + Unpin,
+    {
+        loop {
+            let buffered = &self.pending[self.start..];
+            if buffered.len() >= max || buffered.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+            self.pending.reserve(1024);
+            if self.inner.read_buf(&mut self.pending).await? == 0 {
+                break;
+            }
+        }
+        Ok(&self.pending[self.start..])
     }
 
     /// Hands out what is pending, freeing the buffer once it is all read.

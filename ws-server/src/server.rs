@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as TungsteniteConfig;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use crate::connections::{ConnectionId, Connections};
 use crate::error::{Result, ServerError};
 use crate::frame::Frame;
 use crate::incoming::Incoming;
-use crate::metrics::HubMetrics;
+use crate::metrics::{Gauges, HubMetrics};
 use crate::outbox::Outgoing;
 use crate::session;
 use tokio_rustls::TlsAcceptor;
@@ -37,9 +37,6 @@ use tokio_rustls::TlsAcceptor;
 const READ_BUFFER_SIZE: usize = 512;
 /// Bytes tungstenite collects before writing to the socket; a batch is always flushed whole.
 const WRITE_BUFFER_SIZE: usize = 16 * 1024;
-/// At most this many over-limit upgrades are answered with HTTP 503 at once; beyond that the
-/// TCP connection is simply closed.
-const MAX_PENDING_REJECTIONS: usize = 64;
 /// How long the accept loop pauses after an accept error (such as running out of file
 /// descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -54,6 +51,11 @@ pub(crate) struct Shared {
     /// Where publications get their `seq` and how they reach every hub.
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) connections: Connections,
+    /// Places among the open connections (`WS_MAX_CONNECTIONS`), taken at the upgrade.
+    pub(crate) connection_slots: Arc<Semaphore>,
+    /// Places among the connections still upgrading (`WS_MAX_PENDING_UPGRADES`), taken at
+    /// accept and given back once the upgrade is done.
+    upgrading: Arc<Semaphore>,
     incoming: RwLock<Option<mpsc::Sender<(ConnectionId, WsMessage)>>>,
     incoming_capacity: usize,
     pub(crate) token: CancellationToken,
@@ -122,12 +124,24 @@ impl Shared {
         .to_string()
     }
 
+    /// Connections still upgrading.
+    pub(crate) fn pending_upgrades(&self) -> usize {
+        self.config.max_pending_upgrades.min(Semaphore::MAX_PERMITS)
+            - self.upgrading.available_permits()
+    }
+
     pub(crate) fn render_metrics(&self) -> String {
-        let mut text = self.metrics.render(
-            self.connections.len(),
-            self.channels.len(),
-            self.is_draining(),
-        );
+        let usage = self.channels.usage();
+        let mut text = self.metrics.render(&Gauges {
+            connections: self.connections.len(),
+            pending_upgrades: self.pending_upgrades(),
+            channels: self.channels.len(),
+            channels_held: usage.held,
+            history_bytes: usage.history_bytes,
+            evicted_publications: usage.evicted_publications,
+            evicted_channels: usage.evicted_channels,
+            draining: self.is_draining(),
+        });
         let broker = self.broker.status();
         text.push_str(&format!(
             "# HELP ws_broker_up 1 while the broker ({}) can be used.\n# TYPE ws_broker_up gauge\nws_broker_up {}\n\
@@ -258,6 +272,8 @@ impl WebSocketServer {
         let history = HistoryLimits {
             size: config.history_size,
             ttl: config.history_ttl,
+            max_bytes: config.history_max_bytes,
+            max_channels: config.max_channels,
         };
         let conflation = (config.slow_consumer_policy == SlowConsumerPolicy::Conflate)
             .then(|| ConflationKey::new(config.conflate_key.clone()));
@@ -270,6 +286,8 @@ impl WebSocketServer {
             Some(redis) => redis.clone(),
             None => Arc::new(EmbeddedBroker),
         };
+        let connection_slots = config.max_connections.min(Semaphore::MAX_PERMITS);
+        let pending_upgrades = config.max_pending_upgrades.min(Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             config,
             ws_config,
@@ -277,6 +295,8 @@ impl WebSocketServer {
             echo,
             broker,
             connections: Connections::default(),
+            connection_slots: Arc::new(Semaphore::new(connection_slots)),
+            upgrading: Arc::new(Semaphore::new(pending_upgrades)),
             incoming: RwLock::new(None),
             incoming_capacity: incoming_capacity.max(1),
             token: token.clone(),
@@ -457,8 +477,6 @@ impl WebSocketServer {
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
-    let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
     loop {
         let accepted = tokio::select! {
             () = shared.accepting.cancelled() => break,
@@ -474,48 +492,37 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 }
             }
         };
+        let Ok(upgrading) = shared.upgrading.clone().try_acquire_owned() else {
+            // Too many sockets are upgrading (or pretending to): this one is told so in one
+            // non-blocking write and closed, costing no task and no wait.
+            HubMetrics::add(&shared.metrics.upgrades_refused, 1);
+            debug!(%peer, limit = shared.config.max_pending_upgrades, "too many pending upgrades (WS_MAX_PENDING_UPGRADES)");
+            let _ = stream.try_write(crate::upgrade_request::BUSY);
+            continue;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                let shared2 = shared.clone();
-                // Two task types: a plain connection's task does not carry the size of a TLS
-                // session (rustls' state is kilobytes) in every idle connection.
-                match shared.tls.clone() {
-                    None => {
-                        shared.tracker.spawn(async move {
-                            session::run(shared2, stream, peer).await;
-                            drop(slot);
-                        });
-                    }
-                    Some(tls) => {
-                        shared.tracker.spawn(async move {
-                            let handshake = tokio::time::timeout(
-                                shared2.config.handshake_timeout,
-                                tls.accept(stream),
-                            );
-                            match Box::pin(handshake).await {
-                                Ok(Ok(stream)) => session::run(shared2, stream, peer).await,
-                                Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
-                                Err(_) => debug!(%peer, "TLS handshake timed out"),
-                            }
-                            drop(slot);
-                        });
-                    }
-                }
+        let shared2 = shared.clone();
+        // Two task types: a plain connection's task does not carry the size of a TLS
+        // session (rustls' state is kilobytes) in every idle connection.
+        match shared.tls.clone() {
+            None => {
+                shared
+                    .tracker
+                    .spawn(session::run(shared2, stream, peer, upgrading));
             }
-            Err(_) => match rejections.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    warn!(%peer, limit = shared.config.max_connections, "connection limit reached");
-                    let shared2 = shared.clone();
-                    shared.tracker.spawn(async move {
-                        reject_full(&shared2, stream).await;
-                        drop(permit);
-                    });
-                }
-                Err(_) => drop(stream),
-            },
+            Some(tls) => {
+                shared.tracker.spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(shared2.config.handshake_timeout, tls.accept(stream));
+                    match Box::pin(handshake).await {
+                        Ok(Ok(stream)) => session::run(shared2, stream, peer, upgrading).await,
+                        Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
         }
     }
     debug!("accept loop ended");
@@ -558,29 +565,21 @@ fn connection_limit(configured: usize) -> usize {
     configured
 }
 
-/// Answers an upgrade beyond the connection limit with HTTP 503.
-async fn reject_full(shared: &Shared, stream: TcpStream) {
-    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-    // The callback's signature is tungstenite's; its error type is what it is.
-    #[allow(clippy::result_large_err)]
-    let refuse = |_: &Request, _: Response| -> std::result::Result<Response, ErrorResponse> {
-        let mut response = ErrorResponse::new(Some("connection limit reached; retry later".into()));
-        *response.status_mut() =
-            tokio_tungstenite::tungstenite::http::StatusCode::SERVICE_UNAVAILABLE;
-        Err(response)
-    };
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, refuse);
-    let _ = tokio::time::timeout(shared.config.handshake_timeout, handshake).await;
-}
-
-/// Forgets channels whose history expired and that nobody listens to, once a second.
+/// Forgets channels whose history expired and that nobody listens to, once a second, one
+/// shard of the registry at a time with a yield between shards, so that a registry of
+/// hundreds of thousands of channels never holds a lock, or this thread, for long.
 async fn sweep_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = shared.token.cancelled() => break,
-            _ = tick.tick() => shared.broker.sweep(&shared.channels),
+            _ = tick.tick() => {}
         }
+        for shard in 0..Channels::SHARDS {
+            shared.channels.sweep_shard(shard);
+            tokio::task::yield_now().await;
+        }
+        shared.broker.sweep(&shared.channels);
     }
 }
 

@@ -11,13 +11,14 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -26,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
 use tracing::{debug, warn};
-use ws_protocol::{Payload, Position, WsMessage, close, codes};
+use ws_protocol::{Payload, Position, WsMessage, close, codes, excerpt};
 
 use crate::auth::Grant;
 use crate::broker::{BrokerError, Submission};
@@ -39,6 +40,7 @@ use crate::outbox::{Notice, NoticeKind, Outbox, OutboxState, Outgoing};
 use crate::rate_limit::{RateLimit, Verdict};
 use crate::read_ahead::ReadAhead;
 use crate::server::Shared;
+use crate::upgrade_request;
 
 /// Publications of one connection that may travel to the broker at once (pipelined); the
 /// next waits for the oldest.
@@ -49,6 +51,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A write buffer grown past this by a large batch is released afterwards, so that idle
 /// connections hold no large buffers.
 const MAX_KEPT_WRITE_BUFFER: usize = 64 * 1024;
+/// At most this many bytes of queued frames are taken for one write (one more frame may
+/// pass it), so that the buffer a batch is copied into stays small whatever is queued.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// How many bytes the hub reads and discards after closing, so that unread input does not
 /// turn the close into a TCP reset that could destroy the close frame in flight.
 const LINGER_BYTES: usize = 1 << 20;
@@ -63,6 +68,9 @@ enum End {
     Restart,
     /// The outbox overflowed under the `disconnect` policy: `Error`, then close 1008.
     SlowConsumer,
+    /// A write made no progress for `WS_WRITE_TIMEOUT` (the client neither reads nor
+    /// closes): treated as a slow consumer under any policy.
+    Stalled,
     /// A frame exceeded the maximum message size: close 1009.
     TooBig,
     /// Nothing arrived within the idle timeout: close 1000.
@@ -78,20 +86,37 @@ enum End {
 }
 
 /// Upgrades `stream` and runs the connection to its end. Errors are logged, never returned.
-pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
-where
+/// `upgrading` is the connection's place among the pending upgrades, given back once the
+/// upgrade is done; the upgrade takes a place among the open connections instead.
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    upgrading: OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &shared.config;
-    let stream = ReadAhead::new(stream);
-    // The upgrade checks the Origin and any token, and leaves the grant of an accepted one
-    // here; without one the connection must authenticate with a frame.
+    let mut stream = ReadAhead::new(stream);
+    // The upgrade checks the Origin, the connection limit and any token, and leaves the
+    // grant of an accepted token and the connection's place here; without a token the
+    // connection must authenticate with a frame.
     let mut grant = None;
-    #[allow(clippy::result_large_err)] // tungstenite's callback signature
-    let check =
-        |request: &Request, response: Response| admit(&shared, request, response, &mut grant);
-    let upgrade =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(shared.ws_config));
+    let mut slot = None;
+    let upgrade = async {
+        // The request is checked first, so that a malformed one gets a status that says why.
+        let head = stream.peek_head(upgrade_request::MAX_HEAD).await?;
+        if let Err(refusal) = upgrade_request::check(head) {
+            debug!(%peer, status = refusal.status, "upgrade request refused");
+            refusal.write(&mut stream).await;
+            return Err(WsError::Http(Box::default()));
+        }
+        #[allow(clippy::result_large_err)] // tungstenite's callback signature
+        let check = |request: &Request, response: Response| {
+            admit(&shared, request, response, &mut grant, &mut slot)
+        };
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(shared.ws_config)).await
+    };
     // Boxed: the handshake's state is large and only lives until the upgrade, so it is not
     // kept in every idle connection's task.
     let upgrade = Box::pin(tokio::time::timeout(config.handshake_timeout, upgrade));
@@ -109,13 +134,21 @@ where
             }
         },
     };
+    drop(upgrading);
+    let Some(_slot) = slot else {
+        // admit() gives a slot to every upgrade it accepts.
+        return;
+    };
 
     let id = shared.connections.next_id();
-    let outbox = Arc::new(Outbox::new(
-        config.send_queue_size,
-        config.history_size,
-        config.slow_consumer_policy,
-    ));
+    let outbox = Arc::new(
+        Outbox::new(
+            config.send_queue_size,
+            config.history_size,
+            config.slow_consumer_policy,
+        )
+        .with_max_bytes(config.send_queue_bytes),
+    );
     shared.connections.insert(id, outbox.clone());
     if shared.token.is_cancelled() {
         // Shutdown began while this connection was upgrading: close it like the others.
@@ -136,10 +169,10 @@ where
         signal_pending: false,
         publishing: VecDeque::new(),
         out: Vec::new(),
-        out_sent: 0,
+        out_sent: AtomicUsize::new(0),
         deadline: None,
-        next_ping: Instant::now() + config.ping_interval,
-        idle_check: Instant::now() + config.idle_timeout,
+        next_ping: after(Instant::now(), config.ping_interval),
+        idle_check: after(Instant::now(), config.idle_timeout),
         rate: RateLimit::new(config.rate_limit, config.rate_limit_burst),
         publish_rate: RateLimit::new_or_unlimited(
             config.publish_rate_limit,
@@ -150,16 +183,19 @@ where
     session.set_grant(grant);
     let end = session.run().await;
     match &end {
-        End::SlowConsumer => HubMetrics::add(&shared.metrics.slow_consumer_disconnects, 1),
+        End::SlowConsumer | End::Stalled => {
+            HubMetrics::add(&shared.metrics.slow_consumer_disconnects, 1);
+        }
         End::Unauthorized(_) => HubMetrics::add(&shared.metrics.auth_failures, 1),
         _ => {}
     }
     session.leave_channels();
-    shared.connections.remove(id);
     // Boxed like the upgrade: only an ending connection needs the close's state.
     Box::pin(session.close(&end)).await;
     if matches!(end, End::SlowConsumer) {
-        warn!(connection = %id, %peer, "slow consumer cut: its queue of {} messages was full (WS_SEND_QUEUE_SIZE)", shared.config.send_queue_size);
+        warn!(connection = %id, %peer, "slow consumer cut: its queue was full (WS_SEND_QUEUE_SIZE {} messages, WS_SEND_QUEUE_BYTES {} bytes)", shared.config.send_queue_size, shared.config.send_queue_bytes);
+    } else if matches!(end, End::Stalled) {
+        warn!(connection = %id, %peer, "slow consumer cut: a write made no progress for {:?} (WS_WRITE_TIMEOUT)", shared.config.write_timeout);
     } else {
         debug!(connection = %id, %peer, reason = %end, "connection closed");
     }
@@ -222,8 +258,9 @@ struct Session<S> {
     out: Vec<u8>,
     /// How much of `out` the socket took. Short of `out.len()` only when a write was cut off
     /// (a slow consumer, shutdown): the close then finishes it first, so that no frame is
-    /// left half written in front of the goodbye.
-    out_sent: usize,
+    /// left half written in front of the goodbye. Atomic only so that the write timeout can
+    /// watch it move while the write holds it.
+    out_sent: AtomicUsize,
     /// When the connection must have authenticated, or when its token expires.
     deadline: Option<Instant>,
     /// When to ping the client next.
@@ -357,10 +394,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if now.duration_since(self.last_seen) >= idle_after {
                 return Err(End::Idle);
             }
-            self.idle_check = self.last_seen + idle_after;
+            self.idle_check = after(self.last_seen, idle_after);
         }
         if self.next_ping <= now {
-            self.next_ping = now + config.ping_interval;
+            self.next_ping = after(now, config.ping_interval);
             return self.write_now(Message::Ping(Default::default())).await;
         }
         Ok(())
@@ -378,13 +415,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Drives `fut` (a write) to completion unless the outbox says the connection must stop
     /// first: a write blocked on a client that does not read must not outlive the decision to
-    /// cut it, nor delay shutdown.
+    /// cut it, nor delay shutdown. A write that makes no progress for `timeout` (`progress`,
+    /// when given, counts the bytes it has written so far) ends the connection as stalled.
     async fn guarded<T>(
         outbox: &Outbox,
         signal_pending: &mut bool,
+        timeout: Duration,
+        progress: Option<&AtomicUsize>,
         fut: impl Future<Output = Result<T, WsError>>,
     ) -> Result<T, End> {
         tokio::pin!(fut);
+        // Created only once the write has to wait: a write that completes at once (nearly
+        // all of them) costs no timer.
+        let mut stall: Option<(Pin<Box<tokio::time::Sleep>>, usize)> = None;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = fut.as_mut().poll(cx) {
                 return Poll::Ready(result.map_err(|e| End::Gone(format!("write failed: {e}"))));
@@ -399,6 +442,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     OutboxState::Restart => return Poll::Ready(Err(End::Restart)),
                 }
             }
+            let written = progress.map_or(0, |p| p.load(Ordering::Relaxed));
+            match &mut stall {
+                None => stall = Some((Box::pin(tokio::time::sleep(timeout)), written)),
+                Some((timer, seen)) if *seen != written => {
+                    timer.as_mut().reset(after(Instant::now(), timeout));
+                    *seen = written;
+                }
+                Some(_) => {}
+            }
+            if let Some((timer, _)) = &mut stall
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Err(End::Stalled));
+            }
             Poll::Pending
         })
         .await
@@ -409,9 +466,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ws,
             outbox,
             signal_pending,
+            shared,
             ..
         } = self;
-        Self::guarded(outbox, signal_pending, ws.send(message)).await
+        let timeout = shared.config.write_timeout;
+        Self::guarded(outbox, signal_pending, timeout, None, ws.send(message)).await
     }
 
     /// Writes one reply (JSON) at once, ahead of queued publications.
@@ -423,8 +482,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Writes everything queued in the outbox, then flushes once.
     async fn write_queued(&mut self) -> Result<(), End> {
-        if self.outbox.take(&mut self.batch, &mut self.notices) != OutboxState::Open {
+        let (state, more) = self
+            .outbox
+            .take(&mut self.batch, &mut self.notices, WRITE_BATCH_BYTES);
+        if state != OutboxState::Open {
             return Err(self.outbox_end().unwrap_or(End::Shutdown));
+        }
+        if more {
+            // What did not fit in this batch goes in the next one.
+            self.signal_pending = true;
         }
         let Self {
             ws,
@@ -434,10 +500,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             signal_pending,
             out,
             out_sent,
+            shared,
             ..
         } = self;
         out.clear();
-        *out_sent = 0;
+        out_sent.store(0, Ordering::Relaxed);
         let frames = batch.len() + notices.len();
         for notice in notices.drain(..) {
             let channel = notice.channel.to_string();
@@ -456,16 +523,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         for item in batch.drain(..) {
             out.extend_from_slice(item.frame().as_bytes());
         }
-        let metrics = &self.shared.metrics;
+        let metrics = &shared.metrics;
         HubMetrics::add(&metrics.frames_out, frames as u64);
         HubMetrics::add(&metrics.bytes_out, out.len() as u64);
+        let progress = &*out_sent;
         let write = async {
             // Frames written by tungstenite (a pong it queued while reading) go first, so that
             // frames stay whole and in order; then the pre-encoded frames go out in one write.
             ws.flush().await?;
-            write_counted(ws.get_mut(), out, out_sent).await
+            write_counted(ws.get_mut(), out, progress).await
         };
-        let result = Self::guarded(outbox, signal_pending, write).await;
+        let timeout = shared.config.write_timeout;
+        let result = Self::guarded(outbox, signal_pending, timeout, Some(progress), write).await;
         if result.is_ok() && out.capacity() > MAX_KEPT_WRITE_BUFFER {
             *out = Vec::new();
         }
@@ -483,14 +552,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         match message {
             Message::Text(text) => self.on_text(&text),
-            Message::Binary(_) => Ok(reply(WsMessage::error(
-                codes::BAD_REQUEST,
-                "binary frames are not supported; send JSON text frames",
-            ))),
-            // tungstenite answers pings itself; pongs and close handshakes need nothing here.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+            Message::Binary(bytes) => {
+                let metrics = &self.shared.metrics;
+                HubMetrics::add(&metrics.frames_in, 1);
+                HubMetrics::add(&metrics.bytes_in, bytes.len() as u64);
+                if let Some(refused) = self.control_budget("control frames")? {
+                    return Ok(refused);
+                }
+                Ok(reply(WsMessage::error(
+                    codes::BAD_REQUEST,
+                    "binary frames are not supported; send JSON text frames",
+                )))
+            }
+            // tungstenite answers pings itself, but they draw on the control budget like any
+            // frame: a ping flood is closed like any other.
+            // Refused pings get no `Error`: a client that pings is not reading text replies.
+            Message::Ping(_) => {
+                self.control_budget("control frames")?;
                 Ok(Next::Nothing)
             }
+            // Pongs and close handshakes need nothing here.
+            Message::Pong(_) | Message::Close(_) | Message::Frame(_) => Ok(Next::Nothing),
+        }
+    }
+
+    /// Counts one control frame: `None` to act on it, `Some` with what to do instead (an
+    /// answer, or nothing while a flood is being refused), or the end of a flood.
+    fn control_budget(&mut self, what: &str) -> Result<Option<Next>, End> {
+        let limit = self.shared.config.rate_limit;
+        let verdict = self.rate.check(self.last_seen);
+        self.rate_refusal(verdict, limit, what)
+    }
+
+    /// The publications per second this connection may send (0: no limit).
+    fn publish_limit(&self) -> f64 {
+        self.grant
+            .as_ref()
+            .and_then(|g| g.publish_rate)
+            .map_or(self.shared.config.publish_rate_limit, f64::from)
+    }
+
+    /// What a rate limit's verdict calls for (see [`RateLimit::check`]).
+    fn rate_refusal(&self, verdict: Verdict, limit: f64, what: &str) -> Result<Option<Next>, End> {
+        match verdict {
+            Verdict::Allow => Ok(None),
+            Verdict::Refuse(answer) => {
+                HubMetrics::add(&self.shared.metrics.frames_refused, 1);
+                Ok(Some(match answer {
+                    None => Next::Nothing,
+                    Some(1) => reply(WsMessage::error(
+                        codes::RATE_LIMITED,
+                        format!("more than {limit} {what} per second; this frame was not acted on"),
+                    )),
+                    Some(n) => reply(WsMessage::error(
+                        codes::RATE_LIMITED,
+                        format!(
+                            "more than {limit} {what} per second; this frame and {} before it \
+                             were not acted on",
+                            n - 1
+                        ),
+                    )),
+                }))
+            }
+            Verdict::Abuse => Err(End::Abuse),
         }
     }
 
@@ -502,27 +626,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // Publications and everything else (subscribe churn, pings, malformed frames) draw on
         // separate budgets, so that a publisher at market rates is never refused because of
         // a limit meant for control traffic.
-        let (budget, limit, what) = match &decoded {
-            Ok(WsMessage::Publish { .. }) => (
-                &mut self.publish_rate,
-                self.shared.config.publish_rate_limit,
-                "publications",
-            ),
-            _ => (
-                &mut self.rate,
-                self.shared.config.rate_limit,
-                "control frames",
-            ),
-        };
-        match budget.check(self.last_seen) {
-            Verdict::Allow => {}
-            Verdict::Refuse => {
-                return Ok(reply(WsMessage::error(
-                    codes::RATE_LIMITED,
-                    format!("more than {limit} {what} per second; this frame was not acted on"),
-                )));
+        let refused = match &decoded {
+            Ok(WsMessage::Publish { .. }) => {
+                let verdict = self.publish_rate.check(self.last_seen);
+                let limit = self.publish_limit();
+                self.rate_refusal(verdict, limit, "publications")?
             }
-            Verdict::Abuse => return Err(End::Abuse),
+            _ => self.control_budget("control frames")?,
+        };
+        if let Some(refused) = refused {
+            return Ok(refused);
         }
         let message = match decoded {
             Ok(message) => message,
@@ -563,7 +676,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 } else if !self.grant.as_ref().is_some_and(|g| g.may_publish(&channel)) {
                     reply(WsMessage::error(
                         codes::FORBIDDEN,
-                        format!("not allowed to publish on {channel:?}"),
+                        format!("not allowed to publish on {}", excerpt(&channel)),
                     ))
                 } else {
                     Next::Publish { channel, data }
@@ -625,13 +738,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.send_text(error.to_json()).await;
         }
         let mut positions = BTreeMap::new();
+        let mut added: Vec<Arc<str>> = Vec::new();
         for channel in &channels {
-            let (key, position) =
+            let subscribed =
                 self.shared
                     .channels
                     .subscribe(channel, self.id, &self.outbox, since.get(channel));
-            if self.subscriptions.insert(key) {
+            let (key, position) = match subscribed {
+                Ok(subscribed) => subscribed,
+                Err(full) => {
+                    // All or nothing, like every other refusal of a Subscribe.
+                    for key in added {
+                        self.subscriptions.remove(&key);
+                        self.shared.channels.unsubscribe(&key, self.id);
+                        self.outbox.purge(&key);
+                        HubMetrics::add_signed(&self.shared.metrics.subscriptions, -1);
+                    }
+                    let message = format!("{full}; nothing changed");
+                    let error =
+                        WsMessage::subscribe_refused(codes::UNAVAILABLE, message, &channels);
+                    return self.send_text(error.to_json()).await;
+                }
+            };
+            if self.subscriptions.insert(key.clone()) {
                 HubMetrics::add(&self.shared.metrics.subscriptions, 1);
+                added.push(key);
             }
             positions.insert(channel.clone(), position);
         }
@@ -650,7 +781,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn refusal(&mut self, channels: &[String]) -> Option<(&'static str, String)> {
         if let Some(bad) = channels.iter().find(|c| !is_valid_name(c)) {
             let message = format!(
-                "invalid channel name {bad:?}: must be 1 to {} bytes",
+                "invalid channel name {}: must be 1 to {} bytes",
+                excerpt(bad),
                 crate::channel::MAX_CHANNEL_NAME_LEN
             );
             return Some((codes::INVALID_CHANNEL, message));
@@ -660,7 +792,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .iter()
             .find(|c| !grant.is_some_and(|g| g.may_subscribe(c)))
         {
-            let message = format!("not allowed to subscribe to {bad:?}");
+            let message = format!("not allowed to subscribe to {}", excerpt(bad));
             return Some((codes::FORBIDDEN, message));
         }
         let new = channels
@@ -676,7 +808,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         for channel in channels {
             let shared = &self.shared;
             if let Err(error) = shared.broker.attach(&shared.channels, channel).await {
-                let message = format!("not subscribed to {channel:?}: {error}; nothing changed");
+                let message = format!(
+                    "not subscribed to {}: {error}; nothing changed",
+                    excerpt(channel)
+                );
                 return Some((codes::UNAVAILABLE, message));
             }
         }
@@ -707,11 +842,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Takes a new grant (or none, before authentication) and sets the deadline it implies.
     fn set_grant(&mut self, grant: Option<Arc<Grant>>) {
         let config = &self.shared.config;
+        // Saturating: a deadline too far away to represent is no deadline.
         let at = match &grant {
-            None => Some(Instant::now() + config.auth_timeout),
-            Some(grant) => grant.expires_at.map(|at| {
+            None => Instant::now().checked_add(config.auth_timeout),
+            Some(grant) => grant.expires_at.and_then(|at| {
                 let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-                Instant::now() + left
+                Instant::now().checked_add(left)
             }),
         };
         self.deadline = at;
@@ -741,18 +877,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 debug!(connection = %self.id, %user_id, "authenticated");
                 self.set_grant(Some(Arc::new(grant)));
                 self.send_text(WsMessage::Authenticated { user_id }.to_json())
-                    .await
+                    .await?;
+                // A new token replaces the old one's permissions: subscriptions it no longer
+                // allows end now, and the client is told which.
+                let withdrawn = self.withdraw_forbidden();
+                if withdrawn.is_empty() {
+                    return Ok(());
+                }
+                let error = WsMessage::subscribe_refused(
+                    codes::FORBIDDEN,
+                    "the new token does not allow these channels: unsubscribed",
+                    &withdrawn,
+                );
+                self.send_text(error.to_json()).await
             }
             Err(e) => Err(End::Unauthorized(e.to_string())),
         }
     }
 
-    fn leave_channels(&mut self) {
-        let left = self.subscriptions.len() as i64;
-        HubMetrics::add_signed(&self.shared.metrics.subscriptions, -left);
-        for channel in self.subscriptions.drain() {
-            self.shared.channels.unsubscribe(&channel, self.id);
+    /// Ends the subscriptions the current grant does not allow; returns their channels.
+    fn withdraw_forbidden(&mut self) -> Vec<String> {
+        let Some(grant) = self.grant.clone() else {
+            return Vec::new();
+        };
+        let mut withdrawn: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|channel| !grant.may_subscribe(channel))
+            .map(|channel| channel.to_string())
+            .collect();
+        withdrawn.sort();
+        for channel in &withdrawn {
+            self.subscriptions.remove(channel.as_str());
+            self.shared.channels.unsubscribe(channel, self.id);
+            HubMetrics::add_signed(&self.shared.metrics.subscriptions, -1);
+            self.outbox.purge(channel);
         }
+        withdrawn
     }
 
     /// Sends what the ending calls for, then waits briefly for the client's close reply.
@@ -782,7 +943,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     &format!("message too large: the limit is {limit} bytes"),
                 )]
             }
-            End::SlowConsumer => vec![
+            End::SlowConsumer | End::Stalled => vec![
                 Message::text(
                     WsMessage::error(
                         codes::SLOW_CONSUMER,
@@ -835,6 +996,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
+impl<S> Session<S> {
+    /// Leaves every channel and the connection registry. Runs on every end, also when the
+    /// task unwinds from a panic (through `Drop`), and does nothing the second time.
+    fn leave_channels(&mut self) {
+        let left = self.subscriptions.len() as i64;
+        HubMetrics::add_signed(&self.shared.metrics.subscriptions, -left);
+        for channel in self.subscriptions.drain() {
+            self.shared.channels.unsubscribe(&channel, self.id);
+        }
+        self.shared.connections.remove(self.id);
+    }
+}
+
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        self.leave_channels();
+    }
+}
+
 impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -842,6 +1022,7 @@ impl std::fmt::Display for End {
             Self::Shutdown => f.write_str("server shutting down"),
             Self::Restart => f.write_str("server restarting"),
             Self::SlowConsumer => f.write_str("slow consumer"),
+            Self::Stalled => f.write_str("slow consumer (write timeout)"),
             Self::TooBig => f.write_str("message too large"),
             Self::Idle => f.write_str("idle timeout"),
             Self::Unauthorized(why) => write!(f, "unauthorized: {why}"),
@@ -861,6 +1042,7 @@ fn admit(
     request: &Request,
     response: Response,
     grant: &mut Option<Arc<Grant>>,
+    slot: &mut Option<OwnedSemaphorePermit>,
 ) -> Result<Response, ErrorResponse> {
     let refuse = |status: StatusCode, reason: &str| {
         let mut error = ErrorResponse::new(Some(reason.to_owned()));
@@ -873,6 +1055,21 @@ fn admit(
         if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
             warn!(%origin, "upgrade from a foreign origin refused");
             return Err(refuse(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+    }
+    // The connection limit counts upgraded connections only: sockets that never finish an
+    // upgrade are bounded by WS_MAX_PENDING_UPGRADES instead.
+    match shared.connection_slots.clone().try_acquire_owned() {
+        Ok(permit) => *slot = Some(permit),
+        Err(_) => {
+            warn!(
+                limit = shared.config.max_connections,
+                "connection limit reached (WS_MAX_CONNECTIONS)"
+            );
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection limit reached; retry later",
+            ));
         }
     }
     let Some(authenticator) = &shared.authenticator else {
@@ -915,16 +1112,26 @@ fn admit(
 async fn write_counted<W: AsyncWrite + Unpin>(
     socket: &mut W,
     out: &[u8],
-    sent: &mut usize,
+    sent: &AtomicUsize,
 ) -> Result<(), WsError> {
-    while *sent < out.len() {
-        match socket.write(&out[*sent..]).await {
+    loop {
+        let from = sent.load(Ordering::Relaxed);
+        if from >= out.len() {
+            return Ok(());
+        }
+        match socket.write(&out[from..]).await {
             Ok(0) => return Err(WsError::Io(std::io::ErrorKind::WriteZero.into())),
-            Ok(n) => *sent += n,
+            Ok(n) => sent.store(from + n, Ordering::Relaxed),
             Err(e) => return Err(WsError::Io(e)),
         }
     }
-    Ok(())
+}
+
+/// `at + duration`, saturating at about 30 years from `at` instead of overflowing (a
+/// configured duration can be as large as `Duration::MAX`).
+fn after(at: Instant, duration: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    at.checked_add(duration.min(FAR)).unwrap_or(at)
 }
 
 /// A reply, as the JSON to write.
@@ -944,7 +1151,7 @@ fn refusal_of_publication(
     };
     let error = WsMessage::error(
         codes::UNAVAILABLE,
-        format!("not published on {channel:?}: {error}"),
+        format!("not published on {}: {error}", excerpt(channel)),
     );
     Some(error.to_json())
 }
@@ -985,7 +1192,8 @@ fn invalid_channel(channel: &str) -> WsMessage {
     WsMessage::error(
         codes::INVALID_CHANNEL,
         format!(
-            "invalid channel name {channel:?}: must be 1 to {} bytes",
+            "invalid channel name {}: must be 1 to {} bytes",
+            excerpt(channel),
             crate::channel::MAX_CHANNEL_NAME_LEN
         ),
     )

@@ -108,7 +108,7 @@ fn the_hub_starts_serves_and_stops_on_sigterm() {
 
 #[test]
 fn tokens_never_reach_the_logs_even_at_trace_level() {
-    let secret = "binary-test-secret";
+    let secret = "binary-test-secret-of-thirty-two-bytes";
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -257,4 +257,132 @@ fn a_tls_hub_says_wss_when_ready() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(ready.contains("hub ready on wss://"), "{ready}");
+}
+
+#[test]
+fn values_that_would_overflow_the_hub_are_refused_at_start_naming_the_range() {
+    for (variable, value, range) in [
+        ("WS_PING_INTERVAL", "1e19", "at most 31536000 seconds"),
+        ("WS_AUTH_TIMEOUT", "1e19", "at most 31536000 seconds"),
+        (
+            "WS_MAX_MESSAGE_SIZE",
+            "9223372036854775808",
+            "at most 1073741824",
+        ),
+        (
+            "WS_MAX_CONNECTIONS",
+            "18446744073709551615",
+            "at most 10000000",
+        ),
+        (
+            "WS_HISTORY_MAX_BYTES",
+            "18446744073709551615",
+            "at most 1099511627776",
+        ),
+    ] {
+        let (code, _, stderr) = run_to_end(&["--check"], &[(variable, value)]);
+        assert_eq!(code, Some(2), "{variable}={value}: {stderr}");
+        assert!(
+            stderr.contains(variable) && stderr.contains(range),
+            "{variable}={value}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_short_jwt_secret_is_refused_without_showing_it() {
+    let (code, _, stderr) = run_to_end(&["--check"], &[("WS_JWT_SECRET", "hunter2")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("WS_JWT_SECRET") && stderr.contains("at least 32 bytes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "the secret is shown: {stderr}");
+    let (code, _, stderr) = run_to_end(
+        &["--check"],
+        &[("WS_JWT_SECRETS", "0123456789abcdef0123456789abcdef")],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("WS_JWT_SECRETS") && stderr.contains("did you mean WS_JWT_SECRET"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_redis_is_reported_at_error_level_once() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let (mut child, lines) = spawn_hub(&[("WS_REDIS_URL", url.as_str()), ("RUST_LOG", "info")]);
+    let mut reports = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("cannot reach Redis") => {
+                assert!(line.contains("ERROR"), "{line}");
+                reports += 1;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(reports, 1, "one report for the outage, not one per retry");
+}
+
+#[test]
+fn the_admin_port_does_not_spin_when_file_descriptors_run_out() {
+    // A hub with few descriptors: connections to the admin port use them all up, and its
+    // accept loop must wait rather than retry at once (it used to take a whole core).
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit -n 48 && exec {BINARY}"))
+        .env("WS_HOST", "127.0.0.1")
+        .env("WS_PORT", "0")
+        .env("WS_ADMIN_ADDR", admin.to_string())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().expect("the binary starts");
+    let mut held = Vec::new();
+    let started = std::time::Instant::now();
+    while held.len() < 200 && started.elapsed() < WAIT {
+        match std::net::TcpStream::connect(admin) {
+            Ok(stream) => held.push(stream),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    // With the descriptors gone, measure the hub's CPU time over two seconds.
+    let cpu = || -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).expect("the hub runs");
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: f64 =
+            fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+        ticks / 100.0
+    };
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu() - before;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(held.len() >= 48, "only {} admin connections", held.len());
+    assert!(
+        used < 0.5,
+        "the hub used {used:.2} s of CPU in 2 s with no descriptors left"
+    );
 }

@@ -2,14 +2,17 @@
 //! WebSocket port (which may be TLS): `GET /health` (200 while accepting, 503 while
 //! draining or while the shared broker, Redis, is unreachable), `GET /metrics` (Prometheus text), and `GET /` a status page that updates
 //! itself from `GET /status.json`. A deliberately small HTTP/1.1 responder:
-//! one GET per connection, head bounded in size and time.
+//! one GET per connection, head bounded in size and time, at most [`MAX_CONNECTIONS`] at
+//! once (more are closed at once), and a pause after an accept error (such as running out of
+//! file descriptors) instead of spinning.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
 
 use crate::server::Shared;
 
@@ -18,28 +21,46 @@ const STATUS_PAGE: &str = include_str!("status.html");
 
 /// The longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
-/// How long a client may take to send its request.
+/// How long a client may take to send its request, and then to take the response.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin connections served at once.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// How long the accept loop pauses after an accept error.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves until the hub's token is cancelled.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     if let Ok(addr) = listener.local_addr() {
         info!(address = %addr, "admin HTTP (health, metrics) listening");
     }
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             () = shared.token.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, peer)) = accepted else {
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                warn!(%error, "admin accept failed; pausing");
+                tokio::select! {
+                    () = shared.token.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "too many admin connections; closed");
+            let _ = stream.try_write(crate::upgrade_request::BUSY);
             continue;
         };
         let request_shared = shared.clone();
-        // Bounded by READ_TIMEOUT; ends on its own.
+        // Bounded by READ_TIMEOUT twice; ends on its own.
         shared.spawn(async move {
             if let Err(error) = answer(&request_shared, stream).await {
                 debug!(%peer, %error, "admin request failed");
             }
+            drop(slot);
         });
     }
 }
@@ -97,6 +118,11 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    tokio::time::timeout(READ_TIMEOUT, write)
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)?
 }

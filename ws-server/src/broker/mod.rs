@@ -71,7 +71,8 @@ pub(crate) trait Broker: Send + Sync {
     /// connection here subscribes to it.
     fn attach<'a>(&'a self, channels: &'a Channels, channel: &'a str) -> BrokerFuture<'a, ()>;
 
-    /// Stops receiving channels nobody on this hub subscribes to any more.
+    /// Stops receiving channels nobody on this hub subscribes to any more (after the
+    /// registry's own sweep, once a second).
     fn sweep(&self, channels: &Channels);
 
     /// How the broker is doing.

@@ -36,7 +36,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Broker, BrokerError, BrokerFuture, BrokerStatus, Submission};
 use crate::channel::{Channels, HistoryLimits, Published};
@@ -275,6 +275,9 @@ impl RedisBroker {
     /// Redis is lost. Owned by the server's task tracker.
     pub(crate) async fn run(self: Arc<Self>, channels: Arc<Channels>, token: CancellationToken) {
         let mut backoff = MIN_BACKOFF;
+        // When the current outage began, once it has been reported: one report per outage
+        // (not one per retry), and one when it ends.
+        let mut down_since: Option<Instant> = None;
         loop {
             let connected = tokio::select! {
                 () = token.cancelled() => return,
@@ -283,6 +286,9 @@ impl RedisBroker {
             match connected {
                 Ok(reader) => {
                     backoff = MIN_BACKOFF;
+                    if let Some(since) = down_since.take() {
+                        info!(outage = ?since.elapsed(), "Redis is reachable again");
+                    }
                     // A failure noticed before this connection says nothing about it.
                     let _ = self.broken.notified().now_or_never();
                     let why = tokio::select! {
@@ -296,6 +302,11 @@ impl RedisBroker {
                     self.set_up(false);
                     self.outages.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %why, "lost Redis; publishing and subscribing are refused until it is back");
+                    down_since = Some(Instant::now());
+                }
+                Err(error) if down_since.is_none() => {
+                    error!(%error, "cannot reach Redis (WS_REDIS_URL); publishing and subscribing are refused until it is reachable; retrying");
+                    down_since = Some(Instant::now());
                 }
                 Err(error) => debug!(%error, ?backoff, "cannot reach Redis yet"),
             }
@@ -584,7 +595,9 @@ impl Broker for RedisBroker {
         Either::Right(
             async move {
                 let (epoch, seq, history) = self.read_channel(channel).await?;
-                channels.seed(channel, &epoch, seq, history);
+                channels
+                    .seed(channel, &epoch, seq, history)
+                    .map_err(|full| BrokerError::Unavailable(full.to_string()))?;
                 let mut mirrors = self.mirrors();
                 let mirror = mirrors.entry(channel.to_owned()).or_insert(Mirror {
                     epoch: epoch.clone(),
@@ -603,7 +616,6 @@ impl Broker for RedisBroker {
     }
 
     fn sweep(&self, channels: &Channels) {
-        channels.sweep();
         let now = Instant::now();
         self.mirrors().retain(|name, mirror| {
             now.duration_since(mirror.attached_at) < ATTACH_GRACE
