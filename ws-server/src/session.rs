@@ -954,7 +954,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 close_frame(close::POLICY_VIOLATION, "slow consumer"),
             ],
         };
-        let too_big = matches!(end, End::TooBig);
+        // After an oversized frame the parser cannot go on; a flood would keep the close
+        // reply behind its frames. Either way, the hub does not wait for the reply: it ends
+        // its side (FIN) and drains the raw socket for a while, so that closing it does not
+        // send a TCP reset that could destroy the close frame in flight.
+        let linger = matches!(end, End::TooBig | End::Abuse);
         let Self {
             ws, out, out_sent, ..
         } = self;
@@ -967,7 +971,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 ws.feed(frame).await?;
             }
             ws.flush().await?;
-            if !too_big {
+            if linger {
+                ws.get_mut().shutdown().await?;
+            } else {
                 // Wait for the client's close reply; tungstenite ends the stream after it.
                 while let Some(Ok(_)) = ws.next().await {}
             }
@@ -976,14 +982,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await {
             debug!(connection = %self.id, %error, "close handshake failed");
         }
-        if too_big {
-            // The rest of the oversized frame is still unread, and the frame parser cannot go
-            // on after it: drain the raw socket so that closing it does not send a TCP reset
-            // that could destroy the close frame in flight.
+        if linger {
             let tcp = self.ws.get_mut();
             let mut sink = vec![0u8; 8192];
             let mut drained = 0;
-            let linger = async {
+            let drain = async {
                 while drained < LINGER_BYTES {
                     match tcp.read(&mut sink).await {
                         Ok(0) | Err(_) => break,
@@ -991,7 +994,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
             };
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, linger).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
         }
     }
 }
