@@ -69,6 +69,8 @@ pub const MAX_DATA_DEPTH: usize = 64;
 /// error for serde_json and infinity for Python). Returns what is wrong otherwise.
 ///
 /// One pass over the bytes; strings are skipped without decoding.
+///
+/// The caller has already checked that `json` is valid JSON, so a string always ends.
 pub(crate) fn check_portable(json: &str) -> Result<(), String> {
     let bytes = json.as_bytes();
     let mut depth = 0usize;
@@ -76,13 +78,20 @@ pub(crate) fn check_portable(json: &str) -> Result<(), String> {
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
-                // Skip the string: to the next quote not escaped by a backslash.
+                // Skip the string: to the next quote not escaped by a backslash, looking only
+                // at quotes and backslashes (memchr's vectorised search).
                 i += 1;
-                while i < bytes.len() {
-                    match bytes[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[i.min(bytes.len())..]) {
+                        Some(at) if bytes[i + at] == b'"' => {
+                            i += at;
+                            break;
+                        }
+                        Some(at) => i += at + 2,
+                        None => {
+                            i = bytes.len();
+                            break;
+                        }
                     }
                 }
             }
