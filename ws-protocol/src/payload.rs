@@ -77,24 +77,7 @@ pub(crate) fn check_portable(json: &str) -> Result<(), String> {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'"' => {
-                // Skip the string: to the next quote not escaped by a backslash, looking only
-                // at quotes and backslashes (memchr's vectorised search).
-                i += 1;
-                loop {
-                    match memchr::memchr2(b'"', b'\\', &bytes[i.min(bytes.len())..]) {
-                        Some(at) if bytes[i + at] == b'"' => {
-                            i += at;
-                            break;
-                        }
-                        Some(at) => i += at + 2,
-                        None => {
-                            i = bytes.len();
-                            break;
-                        }
-                    }
-                }
-            }
+            b'"' => i = string_end(bytes, i + 1),
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_DATA_DEPTH {
@@ -128,6 +111,27 @@ pub(crate) fn check_portable(json: &str) -> Result<(), String> {
         i += 1;
     }
     Ok(())
+}
+
+/// The index of the quote that ends the string starting at `from` (just after its opening
+/// quote), or `bytes.len()` if none does. Short strings (most keys and values) are scanned
+/// byte by byte; past 32 bytes memchr's vectorised search takes over.
+fn string_end(bytes: &[u8], mut i: usize) -> usize {
+    let short = (i + 32).min(bytes.len());
+    while i < short {
+        match bytes[i] {
+            b'"' => return i,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    loop {
+        match memchr::memchr2(b'"', b'\\', bytes.get(i..).unwrap_or_default()) {
+            Some(at) if bytes[i + at] == b'"' => return i + at,
+            Some(at) => i += at + 2,
+            None => return bytes.len(),
+        }
+    }
 }
 
 impl From<Box<RawValue>> for Payload {
