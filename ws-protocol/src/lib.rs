@@ -31,7 +31,7 @@ mod payload;
 pub use config::{Secret, SlowConsumerPolicy, WebSocketConfig};
 pub use error::{ConfigError, DecodeError};
 pub use message::{
-    ChannelPosition, MAX_ERROR_MESSAGE_LEN, Position, WsMessage, codes, encode_publication,
-    excerpt, write_publication,
+    ChannelPosition, MAX_CHANNEL_NAME_LEN, MAX_ERROR_MESSAGE_LEN, Position, WsMessage, codes,
+    encode_publication, excerpt, write_publication,
 };
 pub use payload::{MAX_DATA_DEPTH, Payload};

@@ -243,15 +243,32 @@ impl WsMessage {
     }
 
     /// An `Error` frame refusing a `Subscribe` of `channels` (the message cut as in
-    /// [`WsMessage::error`]).
+    /// [`WsMessage::error`]). A name longer than any channel name ([`MAX_CHANNEL_NAME_LEN`])
+    /// is echoed cut to that length and marked `…`, so that a refusal never repeats all of
+    /// hostile input; every valid name is echoed exactly.
     pub fn subscribe_refused(code: &str, message: impl Into<String>, channels: &[String]) -> Self {
         Self::Error {
             code: code.to_owned(),
             message: capped(message.into()),
-            channels: channels.to_vec(),
+            channels: channels
+                .iter()
+                .map(|name| {
+                    if name.len() <= MAX_CHANNEL_NAME_LEN {
+                        return name.clone();
+                    }
+                    let mut end = MAX_CHANNEL_NAME_LEN;
+                    while !name.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    format!("{}…", &name[..end])
+                })
+                .collect(),
         }
     }
 }
+
+/// The longest channel name, in bytes.
+pub const MAX_CHANNEL_NAME_LEN: usize = 256;
 
 /// The longest `message` of an `Error` frame, in bytes.
 pub const MAX_ERROR_MESSAGE_LEN: usize = 512;

@@ -37,7 +37,7 @@ use crate::frame::Frame;
 use crate::outbox::{Outbox, Outgoing};
 
 /// The longest channel name accepted, in bytes.
-pub const MAX_CHANNEL_NAME_LEN: usize = 256;
+pub const MAX_CHANNEL_NAME_LEN: usize = ws_protocol::MAX_CHANNEL_NAME_LEN;
 
 /// Shards of the registry.
 const SHARDS: usize = 64;
