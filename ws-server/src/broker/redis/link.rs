@@ -1,0 +1,123 @@
+//! The link to Redis: connect (commands and reader), load the scripts, check the mirrored
+//! channels' epochs, follow until Redis fails, then report the outage once and reconnect with
+//! backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::RedisBroker;
+use super::schema::{ATTACH, PUBLISH};
+use crate::broker::BrokerError;
+use crate::channel::Channels;
+
+/// Reconnect delays.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl RedisBroker {
+    /// Follows every mirrored channel until `token` is cancelled, reconnecting whenever
+    /// Redis is lost. Owned by the server's task tracker.
+    pub(crate) async fn run(self: Arc<Self>, channels: Arc<Channels>, token: CancellationToken) {
+        let mut backoff = MIN_BACKOFF;
+        // When the current outage began, once it has been reported: one report per outage
+        // (not one per retry), and one when it ends.
+        let mut down_since: Option<Instant> = None;
+        loop {
+            let connected = tokio::select! {
+                () = token.cancelled() => return,
+                connected = self.connect() => connected,
+            };
+            match connected {
+                Ok(reader) => {
+                    backoff = MIN_BACKOFF;
+                    if let Some(since) = down_since.take() {
+                        info!(outage = ?since.elapsed(), "Redis is reachable again");
+                    }
+                    // A failure noticed before this connection says nothing about it.
+                    let _ = self.broken.notified().now_or_never();
+                    let why = tokio::select! {
+                        () = token.cancelled() => return,
+                        () = self.broken.notified() => {
+                            BrokerError::Unavailable("a command found the connection dead".to_owned())
+                        }
+                        why = self.follow(reader, &channels) => why,
+                    };
+                    *self.commands.write().unwrap_or_else(|p| p.into_inner()) = None;
+                    self.set_up(false);
+                    self.outages.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %why, "lost Redis; publishing and subscribing are refused until it is back");
+                    down_since = Some(Instant::now());
+                }
+                Err(error) if down_since.is_none() => {
+                    error!(%error, "cannot reach Redis (WS_REDIS_URL); publishing and subscribing are refused until it is reachable; retrying");
+                    down_since = Some(Instant::now());
+                }
+                Err(error) => debug!(%error, ?backoff, "cannot reach Redis yet"),
+            }
+            let delay = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Opens the command and reader connections, then checks the mirrored channels' epochs.
+    pub(super) async fn connect(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let commands = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| self.lost(&e))?;
+        let reader = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| self.lost(&e))?;
+        self.load_scripts(&mut commands.clone()).await?;
+        *self.commands.write().unwrap_or_else(|p| p.into_inner()) = Some(commands);
+        // A channel Redis lost meanwhile (restart without persistence) starts over.
+        let names: Vec<String> = self.mirrors().keys().cloned().collect();
+        for name in names {
+            let (epoch, _, _) = self.read_channel(&name).await?;
+            if let Some(mirror) = self.mirrors().get_mut(&name)
+                && mirror.epoch != epoch
+            {
+                warn!(channel = %name, "Redis lost the channel's history: it starts over in a new epoch");
+                mirror.epoch = epoch;
+                mirror.last = 0;
+            }
+        }
+        self.set_up(true);
+        info!("connected to Redis");
+        Ok(reader)
+    }
+
+    /// Loads the scripts, so that pipelined `EVALSHA`s find them.
+    pub(super) async fn load_scripts(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<(), BrokerError> {
+        for code in [PUBLISH, ATTACH] {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(code)
+                .query_async::<String>(connection)
+                .await
+                .map_err(|e| self.lost(&e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,235 @@
+//! [`RedisBroker`]: hubs share channels through Redis.
+//!
+//! Per channel, three keys (hash-tagged so they live together in a Redis Cluster):
+//! `ws:{channel}:epoch` (the incarnation of the channel's sequence), `ws:{channel}:seq` and
+//! `ws:{channel}:stream`, a stream capped at `WS_HISTORY_SIZE` whose entry IDs are `0-<seq>`
+//! and whose fields are the epoch `e`, Redis's time `t` (ms) and the data `d`.
+//!
+//! - A publication runs one script: take the next `seq`, append to the stream, refresh the
+//!   keys' expiry; so `seq` is assigned once for the whole cluster and the stream holds the
+//!   channel in `seq` order. The hub answers the publisher when Redis has it: a publication
+//!   accepted is never lost by a hub that drops its Redis connection afterwards.
+//! - A hub mirrors only the channels it has subscribers for. Attaching a channel reads its
+//!   epoch, `seq` and the stream's tail in one script and seeds the local channel (so a client
+//!   that moves between hubs recovers by `seq` from the local history, under the local lock);
+//!   one reader task then follows every mirrored stream with `XREAD BLOCK` from the last
+//!   `seq` delivered, and fans each entry out locally. Reading a stream from a position (not
+//!   pub/sub) means nothing is lost while a hub's connection is down: it reads on from where
+//!   it stopped. Channels without local subscribers are dropped from the mirror by the sweep.
+//! - When Redis is lost the hub reports it (`/health` 503, `ws_broker_up 0`), refuses
+//!   publishes and subscribes with `Error { code: "unavailable" }`, and reconnects with
+//!   backoff; then it checks each mirrored channel's epoch: if Redis lost the channel (a
+//!   restart without persistence), the local channel starts over in the new epoch and its
+//!   subscribers are told (`Subscribed` with `recovered: false`).
+//!
+//! Files: `schema.rs` (the keys and the two scripts), `link.rs` (connecting, reconnecting,
+//! reporting outages), `follower.rs` (reading the mirrored streams), `publisher.rs` (the
+//! publish pipeline); this file holds the broker's state and its [`Broker`] side.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::Either;
+use redis::Script;
+use redis::aio::MultiplexedConnection;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+mod follower;
+mod link;
+mod publisher;
+mod schema;
+
+use self::publisher::{PUBLISH_QUEUE, PublishRequest};
+use self::schema::{ATTACH, PUBLISH};
+use super::{Broker, BrokerError, BrokerFuture, BrokerStatus, Submission};
+use crate::channel::{Channels, HistoryLimits};
+use crate::metrics::HubMetrics;
+
+/// Keys of a channel idle this long expire (a later publication starts a new epoch).
+const IDLE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+/// A channel attached this recently is not swept (its subscriber is about to be added).
+const ATTACH_GRACE: Duration = Duration::from_secs(2);
+/// How long a publish or subscribe waits for Redis to come (back) before it is refused.
+const WAIT_FOR_REDIS: Duration = Duration::from_secs(2);
+
+/// Where this hub stands in a mirrored channel.
+struct Mirror {
+    epoch: String,
+    /// The last `seq` read from the stream.
+    last: u64,
+    attached_at: Instant,
+}
+
+/// See the module documentation.
+pub(crate) struct RedisBroker {
+    client: redis::Client,
+    commands: RwLock<Option<MultiplexedConnection>>,
+    mirrors: Mutex<HashMap<String, Mirror>>,
+    limits: HistoryLimits,
+    /// Run with `EVALSHA` from the publish pipeline.
+    publish: Script,
+    attach: Script,
+    queue: mpsc::Sender<PublishRequest>,
+    /// Taken by [`publish_loop`](RedisBroker::publish_loop).
+    queued: Mutex<Option<mpsc::Receiver<PublishRequest>>>,
+    up: AtomicBool,
+    /// A command failed on a dead connection: the reader reconnects at once.
+    broken: tokio::sync::Notify,
+    /// Tells waiting publishes and subscribes when Redis is (back) up.
+    up_changes: tokio::sync::watch::Sender<bool>,
+    outages: AtomicU64,
+}
+
+impl RedisBroker {
+    /// A broker for `url`; it connects in [`run`](Self::run).
+    ///
+    /// # Errors
+    /// If `url` is not a Redis URL.
+    pub(crate) fn new(url: &str, limits: HistoryLimits) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| BrokerError::Unavailable(format!("invalid WS_REDIS_URL: {e}")))?;
+        let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
+        Ok(Self {
+            queue,
+            queued: Mutex::new(Some(queued)),
+            client,
+            commands: RwLock::new(None),
+            mirrors: Mutex::new(HashMap::new()),
+            limits,
+            publish: Script::new(PUBLISH),
+            attach: Script::new(ATTACH),
+            up: AtomicBool::new(false),
+            up_changes: tokio::sync::watch::Sender::new(false),
+            broken: tokio::sync::Notify::new(),
+            outages: AtomicU64::new(0),
+        })
+    }
+
+    fn mirrors(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mirror>> {
+        self.mirrors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The command connection, waiting up to [`WAIT_FOR_REDIS`] for one (at start, or
+    /// during a short outage).
+    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let current = || {
+            self.commands
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        if let Some(connection) = current() {
+            return Ok(connection);
+        }
+        let mut changes = self.up_changes.subscribe();
+        let _ = tokio::time::timeout(WAIT_FOR_REDIS, changes.wait_for(|up| *up)).await;
+        current().ok_or_else(|| {
+            BrokerError::Unavailable(format!("no connection to Redis for {WAIT_FOR_REDIS:?}"))
+        })
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        self.up_changes.send_replace(up);
+    }
+
+    fn expiry_ms(&self) -> u64 {
+        u64::try_from(IDLE_EXPIRY.max(self.limits.ttl).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lost(&self, error: &redis::RedisError) -> BrokerError {
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+        {
+            self.broken.notify_one();
+        }
+        BrokerError::Unavailable(error.to_string())
+    }
+}
+
+impl Broker for RedisBroker {
+    fn submit<'a>(
+        &'a self,
+        _channels: &'a Channels,
+        _metrics: &'a HubMetrics,
+        channel: &'a str,
+        data: &'a RawValue,
+    ) -> BrokerFuture<'a, Submission> {
+        Either::Right(
+            async move {
+                if !self.up.load(Ordering::Relaxed) {
+                    // Wait a little for Redis (at start, or a short outage) before refusing.
+                    self.connection().await?;
+                }
+                let (reply, result) = oneshot::channel();
+                let request = PublishRequest {
+                    channel: channel.to_owned(),
+                    data: data.to_owned(),
+                    reply,
+                };
+                self.queue
+                    .send(request)
+                    .await
+                    .map_err(|_| BrokerError::Unavailable("the hub is stopping".to_owned()))?;
+                // Every hub with subscribers, this one included, delivers it when it reads
+                // the channel's stream.
+                Ok(Submission::Queued(result))
+            }
+            .boxed(),
+        )
+    }
+
+    fn attach<'a>(&'a self, channels: &'a Channels, channel: &'a str) -> BrokerFuture<'a, ()> {
+        let known = channels.position(channel).is_some();
+        if let Some(mirror) = self.mirrors().get_mut(channel)
+            && known
+        {
+            mirror.attached_at = Instant::now();
+            return Either::Left(std::future::ready(Ok(())));
+        }
+        Either::Right(
+            async move {
+                let (epoch, seq, history) = self.read_channel(channel).await?;
+                channels
+                    .seed(channel, &epoch, seq, history)
+                    .map_err(|full| BrokerError::Unavailable(full.to_string()))?;
+                let mut mirrors = self.mirrors();
+                let mirror = mirrors.entry(channel.to_owned()).or_insert(Mirror {
+                    epoch: epoch.clone(),
+                    last: seq,
+                    attached_at: Instant::now(),
+                });
+                mirror.attached_at = Instant::now();
+                if mirror.epoch != epoch || mirror.last < seq {
+                    mirror.epoch = epoch;
+                    mirror.last = seq;
+                }
+                Ok(())
+            }
+            .boxed(),
+        )
+    }
+
+    fn sweep(&self, channels: &Channels) {
+        let now = Instant::now();
+        self.mirrors().retain(|name, mirror| {
+            now.duration_since(mirror.attached_at) < ATTACH_GRACE
+                || !channels.forget_if_unused(name)
+        });
+    }
+
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus {
+            kind: "redis",
+            up: self.up.load(Ordering::Relaxed),
+            outages: self.outages.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The Redis schema: a channel's three keys (hash-tagged so that they share a slot), the two
+//! scripts that touch them, and reading a stream entry back.
+
+use redis::Value;
+
+/// The start of both scripts: the channel's epoch, created (with a fresh sequence and stream)
+/// if Redis does not know the channel. KEYS: epoch, seq, stream; ARGV[1]: the new epoch.
+macro_rules! epoch_or_new {
+    () => {
+        r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+"
+    };
+}
+
+/// Takes the next `seq`, appends the publication, refreshes the expiry.
+/// KEYS: epoch, seq, stream. ARGV: epoch if none yet, data, history size, expiry ms.
+pub(super) const PUBLISH: &str = concat!(
+    epoch_or_new!(),
+    r"
+local seq = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '0-' .. seq, 'e', epoch, 't', ms, 'd', ARGV[2])
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return {epoch, seq}
+"
+);
+
+/// The channel's epoch (created if none), `seq`, Redis's time and the stream's tail,
+/// newest first as `id, t, d` triples. KEYS: epoch, seq, stream. ARGV: epoch if none yet,
+/// history size, expiry ms.
+pub(super) const ATTACH: &str = concat!(
+    epoch_or_new!(),
+    r"
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local now = redis.call('TIME')
+local out = {epoch, seq, now[1] * 1000 + math.floor(now[2] / 1000)}
+if tonumber(ARGV[2]) > 0 then
+  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[2])) do
+    local fields = entry[2]
+    local t, d = '0', nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' then t = fields[i + 1] elseif fields[i] == 'd' then d = fields[i + 1] end
+    end
+    table.insert(out, entry[1]); table.insert(out, t); table.insert(out, d)
+  end
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+return out
+"
+);
+
+pub(super) fn key(channel: &str, part: &str) -> String {
+    format!("ws:{{{channel}}}:{part}")
+}
+
+/// A fresh epoch name, for a channel Redis does not know.
+pub(super) fn new_epoch() -> String {
+    format!("r{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
+}
+
+/// The `seq` of a stream entry ID `0-<seq>`.
+pub(super) fn entry_seq(id: &str) -> Option<u64> {
+    id.strip_prefix("0-")?.parse().ok()
+}
+
+pub(super) fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub(super) fn number(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_hash_tag_and_entry_ids_carry_the_seq() {
+        assert_eq!(key("prices:SOL", "seq"), "ws:{prices:SOL}:seq");
+        assert_eq!(entry_seq("0-42"), Some(42));
+        assert_eq!(entry_seq("1700000000000-0"), None);
+        assert_ne!(new_epoch(), new_epoch());
+    }
+}
