@@ -4,7 +4,7 @@
 use redis::Value;
 
 /// The start of both scripts: the channel's epoch, created (with a fresh sequence and stream)
-/// if Redis does not know the channel. KEYS: epoch, seq, stream; ARGV[1]: the new epoch.
+/// if Redis does not know the channel. KEYS: epoch, seq, stream; ARGV\[1\]: the new epoch.
 macro_rules! epoch_or_new {
     () => {
         r"
