@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
+use ws_protocol::{invalid_channel_name, is_valid_channel_name};
 
 use crate::buffer::OutboundBuffer;
 use crate::builder::ClientBuilder;
@@ -21,9 +22,6 @@ use crate::event::Event;
 use crate::metrics::{Counters, Metrics};
 use crate::sequencer::{Arrival, Sequencer};
 use crate::state::{ConnectionState, StateChanges};
-
-/// The longest channel name the hub accepts, in bytes.
-const MAX_CHANNEL_NAME_LEN: usize = 256;
 
 /// The application's side of the arrival queue: the sequencer runs here, in `next_event`.
 pub(crate) struct Inbox {
@@ -231,13 +229,8 @@ impl WebSocketClient {
         S: Into<String>,
     {
         let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
-        if let Some(bad) = channels
-            .iter()
-            .find(|c| c.is_empty() || c.len() > MAX_CHANNEL_NAME_LEN)
-        {
-            return Err(Error::Subscribe(format!(
-                "invalid channel name {bad:?}: must be 1 to {MAX_CHANNEL_NAME_LEN} bytes"
-            )));
+        if let Some(bad) = channels.iter().find(|c| !is_valid_channel_name(c)) {
+            return Err(Error::Subscribe(invalid_channel_name(bad)));
         }
         self.usable()?;
         // Every connection subscribes; the first confirmation means publications flow.

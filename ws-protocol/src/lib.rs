@@ -22,16 +22,18 @@
 //! # Ok::<(), ws_protocol::DecodeError>(())
 //! ```
 
+mod channel;
 pub mod close;
 mod config;
 mod error;
 mod message;
 mod payload;
 
+pub use channel::{MAX_CHANNEL_NAME_LEN, invalid_channel_name, is_valid_channel_name};
 pub use config::{Secret, SlowConsumerPolicy, WebSocketConfig};
 pub use error::{ConfigError, DecodeError};
 pub use message::{
-    ChannelPosition, MAX_CHANNEL_NAME_LEN, MAX_ERROR_MESSAGE_LEN, Position, WsMessage, codes,
-    encode_publication, excerpt, write_publication,
+    ChannelPosition, MAX_ERROR_MESSAGE_LEN, Position, WsMessage, codes, encode_publication,
+    excerpt, write_publication,
 };
 pub use payload::{MAX_DATA_DEPTH, Payload};

@@ -243,7 +243,7 @@ impl WsMessage {
     }
 
     /// An `Error` frame refusing a `Subscribe` of `channels` (the message cut as in
-    /// [`WsMessage::error`]). A name longer than any channel name ([`MAX_CHANNEL_NAME_LEN`])
+    /// [`WsMessage::error`]). A name longer than any channel name ([`MAX_CHANNEL_NAME_LEN`](crate::MAX_CHANNEL_NAME_LEN))
     /// is echoed cut to that length and marked `…`, so that a refusal never repeats all of
     /// hostile input; every valid name is echoed exactly.
     pub fn subscribe_refused(code: &str, message: impl Into<String>, channels: &[String]) -> Self {
@@ -253,10 +253,10 @@ impl WsMessage {
             channels: channels
                 .iter()
                 .map(|name| {
-                    if name.len() <= MAX_CHANNEL_NAME_LEN {
+                    if name.len() <= crate::MAX_CHANNEL_NAME_LEN {
                         return name.clone();
                     }
-                    let mut end = MAX_CHANNEL_NAME_LEN;
+                    let mut end = crate::MAX_CHANNEL_NAME_LEN;
                     while !name.is_char_boundary(end) {
                         end -= 1;
                     }
@@ -266,9 +266,6 @@ impl WsMessage {
         }
     }
 }
-
-/// The longest channel name, in bytes.
-pub const MAX_CHANNEL_NAME_LEN: usize = 256;
 
 /// The longest `message` of an `Error` frame, in bytes.
 pub const MAX_ERROR_MESSAGE_LEN: usize = 512;

@@ -45,11 +45,6 @@ const SHARDS: usize = 64;
 /// allocation), counted against `WS_HISTORY_MAX_BYTES`.
 const ENTRY_OVERHEAD: usize = 64;
 
-/// Whether `name` is a channel name the hub accepts: 1 to [`MAX_CHANNEL_NAME_LEN`] bytes.
-pub(crate) fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_CHANNEL_NAME_LEN
-}
-
 /// What one publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {

@@ -29,7 +29,7 @@ pub enum ServerError {
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
     /// The channel name is empty or longer than the hub accepts.
-    #[error("invalid channel name {0:?}: must be 1 to 256 bytes")]
+    #[error("{}", ws_protocol::invalid_channel_name(.0))]
     InvalidChannel(String),
 }
 

@@ -17,7 +17,7 @@ use ws_protocol::{Payload, SlowConsumerPolicy, WebSocketConfig, WsMessage};
 use crate::auth::{Authenticator, Grant, JwtAuthenticator};
 use crate::broker::{Broker, BrokerError, BrokerFuture, EmbeddedBroker, RedisBroker, Submission};
 use crate::builder::ServerBuilder;
-use crate::channel::{Channels, HistoryLimits, Published, is_valid_name};
+use crate::channel::{Channels, HistoryLimits, Published};
 use crate::conflation_key::ConflationKey;
 use crate::connections::{ConnectionId, Connections};
 use crate::error::{Result, ServerError};
@@ -27,6 +27,7 @@ use crate::metrics::{Gauges, HubMetrics};
 use crate::outbox::Outgoing;
 use crate::session;
 use tokio_rustls::TlsAcceptor;
+use ws_protocol::is_valid_channel_name as is_valid_name;
 
 /// tungstenite's read buffer per connection, allocated up front and kept. Small, because the
 /// socket is read in large chunks through a scratch buffer per thread ([`ReadAhead`]), so

@@ -27,12 +27,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
 use tracing::{debug, warn};
-use ws_protocol::{Payload, Position, WsMessage, close, codes, excerpt};
+use ws_protocol::{Payload, Position, WsMessage, close, codes, excerpt, invalid_channel_name};
 
 use crate::auth::Grant;
 use crate::broker::{BrokerError, Submission};
 use crate::channel::Published;
-use crate::channel::is_valid_name;
 use crate::connections::ConnectionId;
 use crate::frame::Frame;
 use crate::metrics::HubMetrics;
@@ -41,6 +40,7 @@ use crate::rate_limit::{RateLimit, Verdict};
 use crate::read_ahead::ReadAhead;
 use crate::server::Shared;
 use crate::upgrade_request;
+use ws_protocol::is_valid_channel_name as is_valid_name;
 
 /// Publications of one connection that may travel to the broker at once (pipelined); the
 /// next waits for the oldest.
@@ -780,12 +780,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// so the subscribe recovers as on one hub).
     async fn refusal(&mut self, channels: &[String]) -> Option<(&'static str, String)> {
         if let Some(bad) = channels.iter().find(|c| !is_valid_name(c)) {
-            let message = format!(
-                "invalid channel name {}: must be 1 to {} bytes",
-                excerpt(bad),
-                crate::channel::MAX_CHANNEL_NAME_LEN
-            );
-            return Some((codes::INVALID_CHANNEL, message));
+            return Some((codes::INVALID_CHANNEL, invalid_channel_name(bad)));
         }
         let grant = self.grant.as_ref();
         if let Some(bad) = channels
@@ -1192,14 +1187,7 @@ fn close_frame(code: u16, reason: &str) -> Message {
 }
 
 fn invalid_channel(channel: &str) -> WsMessage {
-    WsMessage::error(
-        codes::INVALID_CHANNEL,
-        format!(
-            "invalid channel name {}: must be 1 to {} bytes",
-            excerpt(channel),
-            crate::channel::MAX_CHANNEL_NAME_LEN
-        ),
-    )
+    WsMessage::error(codes::INVALID_CHANNEL, invalid_channel_name(channel))
 }
 
 fn read_error(error: WsError) -> End {
