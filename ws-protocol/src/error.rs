@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::message::codes;
+use crate::codes;
 
 /// Why a text frame is not a valid [`WsMessage`](crate::WsMessage).
 ///

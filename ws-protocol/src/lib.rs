@@ -7,6 +7,7 @@
 //! - [`WsMessage`]: every frame a client or the hub sends, and [`Payload`], the raw JSON `data`
 //!   of a publication, kept as text so the hub forwards it without parsing it;
 //! - [`close`]: the WebSocket close codes the hub uses and what a client should do on each;
+//! - [`codes`]: the `code` of every `Error` frame;
 //! - [`WebSocketConfig`]: the `WS_*` environment variables shared by the client and the hub.
 //!
 //! ```
@@ -24,6 +25,7 @@
 
 mod channel;
 pub mod close;
+pub mod codes;
 mod config;
 mod error;
 mod message;
@@ -33,7 +35,7 @@ pub use channel::{MAX_CHANNEL_NAME_LEN, invalid_channel_name, is_valid_channel_n
 pub use config::{Secret, SlowConsumerPolicy, WebSocketConfig};
 pub use error::{ConfigError, DecodeError};
 pub use message::{
-    ChannelPosition, MAX_ERROR_MESSAGE_LEN, Position, WsMessage, codes, encode_publication,
-    excerpt, write_publication,
+    ChannelPosition, MAX_ERROR_MESSAGE_LEN, Position, WsMessage, encode_publication, excerpt,
+    write_publication,
 };
 pub use payload::{MAX_DATA_DEPTH, Payload};

@@ -10,34 +10,6 @@ use serde_json::value::RawValue;
 use crate::error::DecodeError;
 use crate::payload::Payload;
 
-/// The stable `code` values of [`WsMessage::Error`].
-pub mod codes {
-    /// The frame is not valid JSON, has no `type`, or lacks a field its type needs.
-    pub const BAD_REQUEST: &str = "bad_request";
-    /// The frame's `type` is not one the hub knows.
-    pub const UNKNOWN_TYPE: &str = "unknown_type";
-    /// The frame is larger than the hub's maximum message size (the hub then closes with 1009).
-    pub const MESSAGE_TOO_LARGE: &str = "message_too_large";
-    /// The connection could not keep up with its publications (the hub then closes with 1008).
-    pub const SLOW_CONSUMER: &str = "slow_consumer";
-    /// The frame is valid but this hub does not act on it (for example a `PriceUpdate` sent to
-    /// a hub that has no application reading client messages).
-    pub const UNSUPPORTED: &str = "unsupported";
-    /// A channel name is empty or too long.
-    pub const INVALID_CHANNEL: &str = "invalid_channel";
-    /// The connection's grant does not allow this subscribe or publish; nothing changed.
-    pub const FORBIDDEN: &str = "forbidden";
-    /// The hub requires authentication first (`Authenticate`), or the token was refused.
-    pub const UNAUTHORIZED: &str = "unauthorized";
-    /// The connection sends frames faster than its rate limit; the frame was not acted on.
-    pub const RATE_LIMITED: &str = "rate_limited";
-    /// The subscribe would exceed the hub's subscriptions per connection; nothing changed.
-    pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
-    /// The hub cannot reach the broker its hubs share (Redis): the publish or subscribe was
-    /// not done; retry later.
-    pub const UNAVAILABLE: &str = "unavailable";
-}
-
 /// A position in a channel: which incarnation of its history (`epoch`) and which `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
@@ -154,7 +126,7 @@ pub enum WsMessage {
     /// Hub → client: a frame could not be acted on. The connection stays open unless a close
     /// frame follows.
     Error {
-        /// A stable snake_case identifier; see [`codes`].
+        /// A stable snake_case identifier; see [`codes`](crate::codes).
         code: String,
         /// A human-readable explanation naming the problem.
         message: String,
@@ -196,7 +168,7 @@ impl WsMessage {
     ///
     /// # Errors
     /// [`DecodeError`] says whether the text is not JSON, has no or an unknown `type`, or lacks
-    /// a field; [`DecodeError::code`] gives the matching [`codes`] value.
+    /// a field; [`DecodeError::code`] gives the matching [`codes`](crate::codes) value.
     pub fn from_json(text: &str) -> Result<Self, DecodeError> {
         let frame: Frame<'_> =
             serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -482,6 +454,7 @@ const KINDS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codes;
 
     fn round_trip(message: WsMessage) {
         let text = message.to_json();
