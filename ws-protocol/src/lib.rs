@@ -1,13 +1,15 @@
 //! The wire contract of the ws toolkit.
 //!
 //! Every frame on the wire is one UTF-8 text frame holding one JSON object tagged by `"type"`:
-//! `{"type":"Subscribe","channels":["prices:SOL-USDC"]}`. This crate holds that contract and
-//! nothing that does I/O, so it can be tested (and fuzzed) without a runtime:
+//! `{"type":"Subscribe","channels":["prices:SOL-USDC"]}`. This crate holds that contract and no
+//! networking, so it can be tested (and fuzzed) without a runtime; the one thing it reads is
+//! the configuration, from the environment and a `.env` file ([`WebSocketConfig::from_env`]):
 //!
 //! - [`WsMessage`]: every frame a client or the hub sends, and [`Payload`], the raw JSON `data`
 //!   of a publication, kept as text so the hub forwards it without parsing it;
 //! - [`close`]: the WebSocket close codes the hub uses and what a client should do on each;
 //! - [`codes`]: the `code` of every `Error` frame;
+//! - [`is_valid_channel_name`]: the rule for channel names, shared by both sides;
 //! - [`WebSocketConfig`]: the `WS_*` environment variables shared by the client and the hub.
 //!
 //! ```
