@@ -446,7 +446,7 @@ async fn the_application_receives_client_messages() -> Result<()> {
     let (from, message) = within("incoming", incoming.recv())
         .await?
         .expect("a message");
-    assert_eq!(from.0, client.connection_id);
+    assert_eq!(from.get(), client.connection_id);
     assert_eq!(message, update);
     server.send_to(from, &WsMessage::Pong)?;
     assert_eq!(client.recv().await?, WsMessage::Pong);

@@ -10,7 +10,20 @@ use crate::outbox::{Outbox, Outgoing};
 /// The hub's identifier of one connection, unique for the life of the server. The client
 /// learns it from the `Connected` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub u64);
+pub struct ConnectionId(pub(crate) u64);
+
+impl ConnectionId {
+    /// The number, as the `Connected` frame's `connection_id` carries it.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<ConnectionId> for u64 {
+    fn from(id: ConnectionId) -> Self {
+        id.0
+    }
+}
 
 impl fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
