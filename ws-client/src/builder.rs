@@ -322,7 +322,7 @@ impl ClientBuilder {
     pub fn on_connect<T: Serialize + ?Sized>(mut self, frame: &T) -> Self {
         match serde_json::to_string(frame) {
             Ok(text) => self.on_connect.push(text),
-            Err(e) => self.deferred = Some(Error::Encode(e)),
+            Err(e) => self.deferred = Some(Error::from(e)),
         }
         self
     }

@@ -323,7 +323,7 @@ impl Driver {
 
     fn finish(mut self, state: ConnectionState, error: Error) {
         for pending in self.pending.drain(..) {
-            let _ = pending.done.send(Err(clone_error(&error)));
+            let _ = pending.done.send(Err(error.clone()));
         }
         self.set_state(state);
     }
@@ -978,13 +978,6 @@ fn not_a_hub() -> Error {
     Error::Subscribe(
         "the server does not speak the hub protocol; register on-connect frames instead".to_owned(),
     )
-}
-
-fn clone_error(error: &Error) -> Error {
-    match error {
-        Error::Failed(reason) => Error::Failed(reason.clone()),
-        _ => Error::Closed,
-    }
 }
 
 /// How a connection that ended with `error` (after `close`, if the server sent one) is treated.

@@ -1,9 +1,12 @@
 //! Errors of the client.
 
+use std::sync::Arc;
+
 use thiserror::Error;
 
-/// What went wrong in a [`WebSocketClient`](crate::WebSocketClient) call.
-#[derive(Debug, Error)]
+/// What went wrong in a [`WebSocketClient`](crate::WebSocketClient) call. `Clone`, so that
+/// one failure can answer every call waiting on it.
+#[derive(Debug, Clone, Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The URL is not a valid `ws://` or `wss://` URL, or a header is invalid. Fatal.
@@ -43,11 +46,17 @@ pub enum Error {
     },
     /// A value could not be serialized to JSON. Nothing was sent.
     #[error("cannot encode the message as JSON: {0}")]
-    Encode(#[from] serde_json::Error),
+    Encode(#[source] Arc<serde_json::Error>),
     /// `subscribe` on a server that does not speak the hub protocol, or a channel name the hub
     /// would refuse.
     #[error("cannot subscribe: {0}")]
     Subscribe(String),
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(error: serde_json::Error) -> Self {
+        Self::Encode(Arc::new(error))
+    }
 }
 
 /// `Result` with the client's [`Error`](enum@Error) as the default error.
