@@ -1,5 +1,6 @@
-//! Not part of the API: the channel registry without sockets, for the criterion
-//! micro-benchmarks in `ws-bench`. May change at any time.
+//! Not part of the API (behind the `bench` feature): the channel registry without sockets,
+//! for the criterion micro-benchmarks in `ws-bench` and the `channels` fuzz target. May
+//! change at any time.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

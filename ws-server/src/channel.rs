@@ -407,7 +407,9 @@ impl Channels {
         }
     }
 
-    /// Forgets channels with no subscribers whose history has expired, one shard at a time.
+    /// Forgets channels with no subscribers whose history has expired, one shard at a time
+    /// (the server's sweep does the same with a yield between shards).
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn sweep(&self) {
         for shard in 0..SHARDS {
             self.sweep_shard(shard);

@@ -27,6 +27,7 @@
 
 mod admin;
 mod auth;
+#[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench_support;
 mod broker;
