@@ -366,7 +366,7 @@ async fn silent_sockets_do_not_hold_the_connection_cap_and_every_over_cap_upgrad
     let server = spawn_server(
         WebSocketServer::builder()
             .max_connections(5)
-            .max_pending_upgrades(50),
+            .max_pending_upgrades(150),
     )
     .await?;
     let addr = server.local_addr();
@@ -382,7 +382,8 @@ async fn silent_sockets_do_not_hold_the_connection_cap_and_every_over_cap_upgrad
     // Past the cap, every upgrade is told 503, not only the first 64 at once.
     let upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    let attempts: Vec<_> = (0..25)
+    // More at once than the 64 the hub used to answer.
+    let attempts: Vec<_> = (0..100)
         .map(|_| tokio::spawn(async move { status_line(addr, upgrade).await }))
         .collect();
     for attempt in attempts {
@@ -390,7 +391,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         assert!(line.starts_with("HTTP/1.1 503"), "{line}");
     }
     // Past WS_MAX_PENDING_UPGRADES, sockets are closed at once with a 503 of their own.
-    for _ in 0..40 {
+    for _ in 0..140 {
         silent.push(TcpStream::connect(addr).await?);
     }
     let mut extra = TcpStream::connect(addr).await?;
