@@ -200,6 +200,28 @@ impl RawClient {
     }
 }
 
+/// Seconds since the Unix epoch, for JWT `exp` and `nbf` claims.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `claims` signed with HS256 under `secret`, as a hub configured with that secret accepts.
+///
+/// # Panics
+/// If the claims cannot be encoded (they are JSON already, so never).
+pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("encodable")
+}
+
 /// The README's Rust samples, compiled as doctests so that they stay true.
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

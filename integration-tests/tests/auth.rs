@@ -1,10 +1,10 @@
 //! Authentication, permissions and limits of the hub, each with a test that fails without it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use futures_util::{SinkExt, StreamExt};
-use integration_tests::{RawClient, eventually, spawn_server, within};
+use integration_tests::{RawClient, eventually, sign_hs256, spawn_server, unix_now, within};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -13,22 +13,10 @@ use ws_server::{JwtAuthenticator, ServerBuilder, WebSocketServer};
 
 const SECRET: &[u8] = b"test-secret";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn token(sub: &str, exp: u64, channels: &[&str], publish: &[&str]) -> String {
     let claims =
         serde_json::json!({"sub": sub, "exp": exp, "channels": channels, "publish": publish});
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET),
-    )
-    .expect("encodable")
+    sign_hs256(SECRET, &claims)
 }
 
 fn secured() -> ServerBuilder {
@@ -60,7 +48,7 @@ async fn expect_error(client: &mut RawClient, code: &str) -> Result<String> {
 #[tokio::test]
 async fn a_token_in_the_query_grants_exactly_its_channels() -> Result<()> {
     let server = spawn_server(secured()).await?;
-    let t = token("alice", now() + 60, &["prices:*"], &["prices:*"]);
+    let t = token("alice", unix_now() + 60, &["prices:*"], &["prices:*"]);
     let mut client = connect_url(format!("ws://{}/?token={t}", server.local_addr())).await?;
     client.subscribe(&["prices:SOL-USDC"]).await?;
     client
@@ -89,7 +77,7 @@ async fn a_token_in_the_query_grants_exactly_its_channels() -> Result<()> {
 #[tokio::test]
 async fn a_private_channel_is_open_only_to_its_subject_via_bearer_header() -> Result<()> {
     let server = spawn_server(secured()).await?;
-    let t = token("alice", now() + 60, &["orders:{sub}"], &[]);
+    let t = token("alice", unix_now() + 60, &["orders:{sub}"], &[]);
     let mut request = format!("ws://{}/", server.local_addr()).into_client_request()?;
     request
         .headers_mut()
@@ -117,14 +105,14 @@ async fn bad_and_expired_tokens_are_refused_at_the_upgrade() -> Result<()> {
     let addr = server.local_addr();
     let forged = encode(
         &Header::default(),
-        &serde_json::json!({"sub": "eve", "exp": now() + 60, "channels": ["*"]}),
+        &serde_json::json!({"sub": "eve", "exp": unix_now() + 60, "channels": ["*"]}),
         &EncodingKey::from_secret(b"wrong"),
     )?;
     assert_eq!(
         refused_status(format!("ws://{addr}/?token={forged}")).await?,
         401
     );
-    let expired = token("alice", now() - 10, &["*"], &[]);
+    let expired = token("alice", unix_now() - 10, &["*"], &[]);
     assert_eq!(
         refused_status(format!("ws://{addr}/?token={expired}")).await?,
         401
@@ -148,7 +136,7 @@ async fn an_authenticate_frame_opens_a_connection_that_had_no_token() -> Result<
         })
         .await?;
     expect_error(&mut client, codes::UNAUTHORIZED).await?;
-    let t = token("bob", now() + 60, &["prices:*"], &[]);
+    let t = token("bob", unix_now() + 60, &["prices:*"], &[]);
     client.send(&WsMessage::Authenticate { token: t }).await?;
     assert_eq!(
         client.recv().await?,
@@ -198,7 +186,7 @@ async fn a_refused_authenticate_frame_closes_with_1008() -> Result<()> {
 #[tokio::test]
 async fn a_token_expiring_mid_connection_closes_it() -> Result<()> {
     let server = spawn_server(secured()).await?;
-    let t = token("alice", now() + 2, &["*"], &[]);
+    let t = token("alice", unix_now() + 2, &["*"], &[]);
     let mut client = connect_url(format!("ws://{}/?token={t}", server.local_addr())).await?;
     client.subscribe(&["x"]).await?;
     let frame = client
@@ -341,7 +329,7 @@ async fn publications_are_not_refused_by_default_and_a_token_can_set_its_own_rat
             .await?
         }
     };
-    let exp = now() + 60;
+    let exp = unix_now() + 60;
     let plain = refused_of(serde_json::json!({"sub": "u", "exp": exp, "publish": ["*"]})).await?;
     assert!(
         plain.0 >= 1,
@@ -406,11 +394,11 @@ async fn public_key_tokens_are_checked(
 ) -> Result<()> {
     let config = WebSocketConfig::from_vars(vars.iter().copied())?;
     let server = spawn_server(ServerBuilder::from_config(config)).await?;
-    let claims = serde_json::json!({"sub": "carol", "exp": now() + 60, "channels": ["c"]});
+    let claims = serde_json::json!({"sub": "carol", "exp": unix_now() + 60, "channels": ["c"]});
     let signed = encode(&Header::new(algorithm), &claims, signing)?;
     let mut client = connect_url(format!("ws://{}/?token={signed}", server.local_addr())).await?;
     client.subscribe(&["c"]).await?;
-    let hs = token("carol", now() + 60, &["c"], &[]);
+    let hs = token("carol", unix_now() + 60, &["c"], &[]);
     assert_eq!(
         refused_status(format!("ws://{}/?token={hs}", server.local_addr())).await?,
         401
@@ -478,7 +466,7 @@ async fn rs256_tokens_checked_with_the_default_algorithm() -> Result<()> {
 #[tokio::test]
 async fn our_client_learns_at_once_that_a_subscribe_was_refused() -> Result<()> {
     let server = spawn_server(secured()).await?;
-    let t = token("alice", now() + 60, &["orders:{sub}"], &[]);
+    let t = token("alice", unix_now() + 60, &["orders:{sub}"], &[]);
     let client = ws_client::WebSocketClient::builder()
         .url(format!("ws://{}/?token={t}", server.local_addr()))
         .build()

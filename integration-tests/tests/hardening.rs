@@ -3,12 +3,11 @@
 //! checks are in `ws-server/tests/binary.rs`).
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
-use integration_tests::{RawClient, eventually, spawn_server, within};
-use jsonwebtoken::{EncodingKey, Header, encode};
+use integration_tests::{RawClient, eventually, sign_hs256, spawn_server, unix_now, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -19,20 +18,8 @@ use ws_server::{
 
 const SECRET: &[u8] = b"hardening-test-secret-of-32-bytes";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn token(claims: serde_json::Value) -> String {
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET),
-    )
-    .expect("encodable")
+    sign_hs256(SECRET, &claims)
 }
 
 fn secured() -> ServerBuilder {
@@ -102,7 +89,7 @@ async fn a_subject_with_wildcards_reaches_only_its_own_channel() -> Result<()> {
     let server = spawn_server(secured()).await?;
     for subject in ["*", "bob*", "b*b", "bob:*"] {
         let token = token(serde_json::json!({
-            "sub": subject, "exp": now() + 60,
+            "sub": subject, "exp": unix_now() + 60,
             "channels": ["orders:{sub}"], "publish": ["orders:{sub}"],
         }));
         let mut client = connect_with_token(server.local_addr(), &token).await?;
@@ -236,7 +223,7 @@ async fn a_far_future_exp_is_accepted_and_a_panicking_authenticator_leaves_nothi
 -> Result<()> {
     let server = spawn_server(secured().auth_timeout(Duration::from_secs(5))).await?;
     let mut authenticated = Vec::new();
-    for exp in [u64::MAX, 1u64 << 63, (1u64 << 40) + now()] {
+    for exp in [u64::MAX, 1u64 << 63, (1u64 << 40) + unix_now()] {
         let token = token(serde_json::json!({"sub": "a", "exp": exp, "channels": ["x"]}));
         let mut client = RawClient::connect(server.local_addr()).await?;
         client.send(&WsMessage::Authenticate { token }).await?;
@@ -290,10 +277,10 @@ async fn a_far_future_exp_is_accepted_and_a_panicking_authenticator_leaves_nothi
 async fn re_authenticating_with_a_narrower_token_ends_the_subscriptions_it_forbids() -> Result<()> {
     let server = spawn_server(secured()).await?;
     let wide = token(serde_json::json!({
-        "sub": "a", "exp": now() + 60, "channels": ["secret:*", "public:*"],
+        "sub": "a", "exp": unix_now() + 60, "channels": ["secret:*", "public:*"],
     }));
     let narrow =
-        token(serde_json::json!({"sub": "a", "exp": now() + 60, "channels": ["public:*"]}));
+        token(serde_json::json!({"sub": "a", "exp": unix_now() + 60, "channels": ["public:*"]}));
     let mut client = connect_with_token(server.local_addr(), &wide).await?;
     client.subscribe(&["secret:x", "public:y"]).await?;
     client
@@ -417,7 +404,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 async fn a_token_not_valid_yet_is_refused() -> Result<()> {
     let server = spawn_server(secured()).await?;
     let early = token(serde_json::json!({
-        "sub": "a", "exp": now() + 7200, "nbf": now() + 3600, "channels": ["x"],
+        "sub": "a", "exp": unix_now() + 7200, "nbf": unix_now() + 3600, "channels": ["x"],
     }));
     let url = format!("ws://{}/?token={early}", server.local_addr());
     match tokio_tungstenite::connect_async(url).await {

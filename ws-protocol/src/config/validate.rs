@@ -21,44 +21,32 @@ impl WebSocketConfig {
     /// # Errors
     /// [`ConfigError::OutOfRange`] naming the first variable out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("WS_RECONNECT_INTERVAL", self.reconnect_interval),
-            ("WS_MAX_RECONNECT_DELAY", self.max_reconnect_delay),
-            ("WS_PING_INTERVAL", self.ping_interval),
-            ("WS_PONG_TIMEOUT", self.pong_timeout),
-            ("WS_CONNECT_TIMEOUT", self.connect_timeout),
-            ("WS_IDLE_TIMEOUT", self.idle_timeout),
-            ("WS_HANDSHAKE_TIMEOUT", self.handshake_timeout),
-            ("WS_WRITE_TIMEOUT", self.write_timeout),
-            ("WS_AUTH_TIMEOUT", self.auth_timeout),
+        // Every duration: at most MAX_DURATION (a value that parses but that no deployment
+        // means, and that would overflow the hub's arithmetic, such as an instant a billion
+        // years away); the intervals and timeouts also more than zero. `true`: must be
+        // positive.
+        let durations = [
+            ("WS_RECONNECT_INTERVAL", self.reconnect_interval, true),
+            ("WS_MAX_RECONNECT_DELAY", self.max_reconnect_delay, true),
+            ("WS_PING_INTERVAL", self.ping_interval, true),
+            ("WS_PONG_TIMEOUT", self.pong_timeout, true),
+            ("WS_CONNECT_TIMEOUT", self.connect_timeout, true),
+            ("WS_IDLE_TIMEOUT", self.idle_timeout, true),
+            ("WS_HANDSHAKE_TIMEOUT", self.handshake_timeout, true),
+            ("WS_WRITE_TIMEOUT", self.write_timeout, true),
+            ("WS_AUTH_TIMEOUT", self.auth_timeout, true),
+            ("WS_DRAIN_WINDOW", self.drain_window, false),
+            ("WS_HISTORY_TTL", self.history_ttl, false),
+            ("WS_RECONNECT_HINT", self.reconnect_hint, false),
         ];
-        for (variable, value) in positive {
-            if value.is_zero() {
+        for (variable, value, positive) in durations {
+            if positive && value.is_zero() {
                 return Err(ConfigError::OutOfRange {
                     variable,
                     value: "0".to_owned(),
                     reason: "must be greater than 0 seconds",
                 });
             }
-        }
-        // Upper bounds: values that parse but that no deployment means, and that would
-        // overflow the hub's arithmetic (an instant a billion years away, a buffer of 2^63
-        // bytes) if let through.
-        let durations = [
-            ("WS_RECONNECT_INTERVAL", self.reconnect_interval),
-            ("WS_MAX_RECONNECT_DELAY", self.max_reconnect_delay),
-            ("WS_PING_INTERVAL", self.ping_interval),
-            ("WS_PONG_TIMEOUT", self.pong_timeout),
-            ("WS_CONNECT_TIMEOUT", self.connect_timeout),
-            ("WS_IDLE_TIMEOUT", self.idle_timeout),
-            ("WS_HANDSHAKE_TIMEOUT", self.handshake_timeout),
-            ("WS_WRITE_TIMEOUT", self.write_timeout),
-            ("WS_AUTH_TIMEOUT", self.auth_timeout),
-            ("WS_DRAIN_WINDOW", self.drain_window),
-            ("WS_HISTORY_TTL", self.history_ttl),
-            ("WS_RECONNECT_HINT", self.reconnect_hint),
-        ];
-        for (variable, value) in durations {
             if value > MAX_DURATION {
                 return Err(ConfigError::OutOfRange {
                     variable,
@@ -67,6 +55,7 @@ impl WebSocketConfig {
                 });
             }
         }
+        // Upper bounds on sizes and counts, for the same reason (a buffer of 2^63 bytes).
         let ceilings = [
             (
                 "WS_MAX_MESSAGE_SIZE",
