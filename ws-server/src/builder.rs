@@ -7,7 +7,8 @@ use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 use ws_protocol::{SlowConsumerPolicy, WebSocketConfig};
 
 use crate::auth::Authenticator;
-use crate::error::Result;
+use crate::error::{Result, ServerError};
+use crate::hub::{Hub, HubOptions};
 use crate::server::WebSocketServer;
 
 /// Pending connections the kernel holds for the accept loop (capped by the system's
@@ -69,6 +70,7 @@ pub struct ServerBuilder {
     config: WebSocketConfig,
     incoming_capacity: usize,
     authenticator: Option<Arc<dyn Authenticator>>,
+    #[cfg(feature = "conformance")]
     echo: bool,
 }
 
@@ -78,8 +80,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("config", &self.config)
             .field("incoming_capacity", &self.incoming_capacity)
             .field("custom_authenticator", &self.authenticator.is_some())
-            .field("echo", &self.echo)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,6 +97,7 @@ impl ServerBuilder {
             config,
             incoming_capacity: DEFAULT_INCOMING_CAPACITY,
             authenticator: None,
+            #[cfg(feature = "conformance")]
             echo: false,
         }
     }
@@ -153,7 +155,8 @@ impl ServerBuilder {
 
     /// For protocol-conformance testing only (the Autobahn cases): every text or binary frame
     /// is sent back as it came, through the same upgrade, read loop, limits and write path as
-    /// the hub's; the hub protocol is not spoken.
+    /// the hub's; the hub protocol is not spoken. Only with the `conformance` feature.
+    #[cfg(feature = "conformance")]
     pub fn echo(mut self, enabled: bool) -> Self {
         self.echo = enabled;
         self
@@ -177,7 +180,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Connections held at once; further upgrades get HTTP 503.
+    /// Connections held at once; further upgrades get HTTP 503. 0 (the default): no limit of
+    /// the hub's own, the process's open-file limit bounds them. The library does not change
+    /// that limit; the `ws-server` binary raises it to its hard limit and, with 0, takes it
+    /// (less what it keeps for its own files) as the limit.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.config.max_connections = connections;
         self
@@ -284,12 +290,46 @@ impl ServerBuilder {
     /// [`ServerError::Config`](crate::ServerError::Config) if a setting is out of range,
     /// [`ServerError::Bind`](crate::ServerError::Bind) if the listener has no local address.
     pub fn serve(self, listener: TcpListener) -> Result<WebSocketServer> {
-        WebSocketServer::start(
-            self.config,
-            listener,
-            self.incoming_capacity,
-            self.authenticator,
-            self.echo,
-        )
+        let options = HubOptions {
+            incoming_capacity: self.incoming_capacity,
+            authenticator: self.authenticator,
+            #[cfg(feature = "conformance")]
+            echo: self.echo,
+        };
+        let hub = Hub::new(self.config, options)?;
+        let tls = crate::tls::acceptor_from_config(&hub.config)?;
+        let admin = match &hub.config.admin_addr {
+            None => None,
+            Some(addr) => Some(bind_admin(addr)?),
+        };
+        WebSocketServer::start(hub, listener, admin, tls)
     }
+}
+
+impl WebSocketServer {
+    /// Binds `addr` with the default configuration and starts accepting connections.
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`](crate::ServerError::Bind) if the address cannot be bound.
+    pub async fn bind(addr: impl ToSocketAddrs) -> Result<Self> {
+        ServerBuilder::default().bind(addr).await
+    }
+
+    /// A builder to set the configuration before binding.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+}
+
+/// Binds the admin endpoint's address (`WS_ADMIN_ADDR`).
+fn bind_admin(addr: &str) -> Result<TcpListener> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(TcpListener::from_std)
+        .map_err(|e| {
+            ServerError::Bind(std::io::Error::new(
+                e.kind(),
+                format!("WS_ADMIN_ADDR={addr}: {e}"),
+            ))
+        })
 }

@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accept;
 mod admin;
 mod auth;
 #[cfg(feature = "bench")]
@@ -37,6 +38,7 @@ mod conflation_key;
 mod connections;
 mod error;
 mod frame;
+mod hub;
 mod incoming;
 mod metrics;
 mod outbox;

@@ -97,6 +97,8 @@ async fn run(mode: Mode) -> ExitCode {
         println!("configuration valid");
         return ExitCode::SUCCESS;
     }
+    let mut config = config;
+    config.max_connections = connection_limit(config.max_connections);
     let tls = config.tls_cert.is_some();
     let server = match ServerBuilder::from_config(config).bind_configured().await {
         Ok(server) => server,
@@ -152,4 +154,41 @@ async fn wait_for_signal() {
         error!("cannot listen for Ctrl-C: {e}");
         std::future::pending::<()>().await;
     }
+}
+
+/// Descriptors kept for the hub's own files (listeners, Redis, admin, logs) when the
+/// connection limit follows the open-file limit.
+const RESERVED_FILES: u64 = 64;
+
+/// The connection limit for `WS_MAX_CONNECTIONS` (`configured`, 0 when unset). Every
+/// connection is a file descriptor, so the open-file limit is first raised to its hard limit;
+/// unset, the limit follows it (less what the hub keeps for itself), and a configured limit
+/// above it is warned about.
+fn connection_limit(configured: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            warn!(%error, "cannot raise the open-file limit; using the current one");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let may_open =
+        usize::try_from(limit.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX);
+    if configured == 0 {
+        info!(
+            connections = may_open,
+            open_file_limit = limit,
+            "accepting up to {may_open} connections: WS_MAX_CONNECTIONS is unset, so the limit \
+             follows the open-file limit ({limit}) less {RESERVED_FILES} kept for the hub's own files"
+        );
+        return may_open;
+    }
+    if configured > may_open {
+        warn!(
+            open_file_limit = limit,
+            max_connections = configured,
+            "the open-file limit is below WS_MAX_CONNECTIONS; raise the hard limit (ulimit -Hn)"
+        );
+    }
+    configured
 }

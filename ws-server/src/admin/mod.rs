@@ -1,6 +1,6 @@
 //! The operators' HTTP surface on its own address (`WS_ADMIN_ADDR`), apart from the public
 //! WebSocket port (which may be TLS): `GET /health` (200 while accepting, 503 while
-//! draining or while the shared broker, Redis, is unreachable), `GET /metrics` (Prometheus text), and `GET /` a status page that updates
+//! draining or while the hub broker, Redis, is unreachable), `GET /metrics` (Prometheus text), and `GET /` a status page that updates
 //! itself from `GET /status.json`. A deliberately small HTTP/1.1 responder:
 //! one GET per connection, head bounded in size and time, at most [`MAX_CONNECTIONS`] at
 //! once (more are closed at once), and a pause after an accept error (such as running out of
@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::server::Shared;
+use crate::hub::Hub;
 
 /// The status page: live numbers from `/status.json`, refreshed every second.
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -29,14 +29,14 @@ pub(crate) const MAX_CONNECTIONS: usize = 64;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves until the hub's token is cancelled.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub(crate) async fn serve(hub: Arc<Hub>, listener: TcpListener) {
     if let Ok(addr) = listener.local_addr() {
         info!(address = %addr, "admin HTTP (health, metrics) listening");
     }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
-            () = shared.token.cancelled() => break,
+            () = hub.token.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -44,7 +44,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             Err(error) => {
                 warn!(%error, "admin accept failed; pausing");
                 tokio::select! {
-                    () = shared.token.cancelled() => break,
+                    () = hub.token.cancelled() => break,
                     () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
                 }
             }
@@ -54,10 +54,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let _ = stream.try_write(crate::upgrade_request::BUSY);
             continue;
         };
-        let request_shared = shared.clone();
+        let request_hub = hub.clone();
         // Bounded by READ_TIMEOUT twice; ends on its own.
-        shared.spawn(async move {
-            if let Err(error) = answer(&request_shared, stream).await {
+        hub.spawn(async move {
+            if let Err(error) = answer(&request_hub, stream).await {
                 debug!(%peer, %error, "admin request failed");
             }
             drop(slot);
@@ -65,7 +65,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
+async fn answer(hub: &Hub, mut stream: TcpStream) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let read = async {
         let mut chunk = [0u8; 1024];
@@ -85,24 +85,20 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/health") if shared.is_draining() => (
+        ("GET", "/health") if hub.is_draining() => (
             "503 Service Unavailable",
             "text/plain",
             "draining\n".to_owned(),
         ),
-        ("GET", "/health") if !shared.broker.status().up => (
+        ("GET", "/health") if !hub.broker.status().up => (
             "503 Service Unavailable",
             "text/plain",
             "redis unavailable\n".to_owned(),
         ),
         ("GET", "/health") => ("200 OK", "text/plain", "ok\n".to_owned()),
         ("GET", "/") => ("200 OK", "text/html; charset=utf-8", STATUS_PAGE.to_owned()),
-        ("GET", "/status.json") => ("200 OK", "application/json", shared.status_json()),
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            shared.render_metrics(),
-        ),
+        ("GET", "/status.json") => ("200 OK", "application/json", hub.status_json()),
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", hub.render_metrics()),
         ("GET", _) => (
             "404 Not Found",
             "text/plain",

@@ -9,15 +9,15 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tracing::warn;
 
 use crate::auth::Grant;
+use crate::hub::Hub;
 use crate::metrics::HubMetrics;
-use crate::server::Shared;
 
 /// The upgrade callback: refuses foreign origins (403) and bad tokens (401), and records the
 /// grant of a good one in `grant` (an open hub grants everything). Tokens come from
 /// `?token=` or `Authorization: Bearer`.
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
 pub(super) fn admit(
-    shared: &Shared,
+    hub: &Hub,
     request: &Request,
     response: Response,
     grant: &mut Option<Arc<Grant>>,
@@ -28,7 +28,7 @@ pub(super) fn admit(
         *error.status_mut() = status;
         error
     };
-    let allowed = &shared.config.allowed_origins;
+    let allowed = &hub.config.allowed_origins;
     if let Some(origin) = request.headers().get("origin") {
         let origin = origin.to_str().unwrap_or_default();
         if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
@@ -38,11 +38,11 @@ pub(super) fn admit(
     }
     // The connection limit counts upgraded connections only: sockets that never finish an
     // upgrade are bounded by WS_MAX_PENDING_UPGRADES instead.
-    match shared.connection_slots.clone().try_acquire_owned() {
+    match hub.connection_slots.clone().try_acquire_owned() {
         Ok(permit) => *slot = Some(permit),
         Err(_) => {
             warn!(
-                limit = shared.config.max_connections,
+                limit = hub.config.max_connections,
                 "connection limit reached (WS_MAX_CONNECTIONS)"
             );
             return Err(refuse(
@@ -51,8 +51,8 @@ pub(super) fn admit(
             ));
         }
     }
-    let Some(authenticator) = &shared.authenticator else {
-        *grant = Some(shared.open_grant.clone());
+    let Some(authenticator) = &hub.authenticator else {
+        *grant = Some(hub.open_grant.clone());
         return Ok(response);
     };
     let from_query = request.uri().query().and_then(|query| {
@@ -77,7 +77,7 @@ pub(super) fn admit(
         }
         Err(e) => {
             warn!(reason = %e, "upgrade with a refused token");
-            HubMetrics::add(&shared.metrics.auth_failures, 1);
+            HubMetrics::add(&hub.metrics.auth_failures, 1);
             Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 &format!("unauthorized: {e}"),

@@ -103,7 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             End::Gone(_) => return,
             End::Shutdown => vec![close_frame(close::GOING_AWAY, "server shutting down")],
             End::Restart => {
-                let hint = self.shared.config.reconnect_hint.as_millis();
+                let hint = self.core.hub.config.reconnect_hint.as_millis();
                 vec![close_frame(
                     close::SERVICE_RESTART,
                     &format!("service restart; {}{hint} ms", close::RETRY_AFTER_PREFIX),
@@ -118,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             End::Abuse => vec![close_frame(close::POLICY_VIOLATION, "rate limit exceeded")],
             End::Protocol { code, why } => vec![close_frame(*code, why)],
             End::TooBig => {
-                let limit = self.shared.config.max_message_size;
+                let limit = self.core.hub.config.max_message_size;
                 vec![close_frame(
                     close::MESSAGE_TOO_BIG,
                     &format!("message too large: the limit is {limit} bytes"),
@@ -161,7 +161,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok::<_, WsError>(())
         };
         if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await {
-            debug!(connection = %self.id, %error, "close handshake failed");
+            debug!(connection = %self.core.id, %error, "close handshake failed");
         }
         if linger {
             let tcp = self.ws.get_mut();

@@ -1,31 +1,36 @@
-//! One connection: the task that owns its socket from the upgrade to the close.
+//! One connection: the task that owns its socket from the upgrade to the close, around a
+//! [`Core`] that decides everything without I/O.
 //!
-//! A single task waits on the connection's [`Outbox`] (which also carries the slow-consumer
-//! cut and shutdown), inbound frames, the ping timer and the idle deadline, alternating which
-//! of output and input it looks at first. Replies to the client's own frames (`Pong`,
-//! `Subscribed`, `Error`) are written at once by this task, so they never wait behind queued
-//! publications and are never dropped; publications are drained from the outbox in batches
-//! and written with one flush.
+//! The task only reads, feeds, writes and waits. It waits on the connection's [`Outbox`]
+//! (which also carries the slow-consumer cut and shutdown), inbound frames, the one timer the
+//! core asks for, and the outcome of pipelined publications, alternating which of output and
+//! input it looks at first. Each frame and each timer goes to the core with the time, and
+//! the task does the [`Step`] it returns. Replies to the client's own frames (`Pong`,
+//! `Subscribed`, `Error`) are written at once, so they never wait behind queued publications
+//! and are never dropped; publications are drained from the outbox in batches and written
+//! with one flush.
 //!
-//! Files: this one (the upgrade and the task's loop, its timer), `admission.rs` (what an
-//! upgrade must bring), `commands.rs` (what each client frame calls for), `writer.rs`
-//! (replies, batches, the write guard and its timeout), `ending.rs` (why a connection ends
-//! and the close handshake).
+//! Files: this one (the upgrade and the task's loop), `admission.rs` (what an upgrade must
+//! bring), `core.rs` (the connection's state and decisions, with unit tests in
+//! `core/tests.rs`), `command/` (one file per client command), `writer.rs` (replies, batches,
+//! the write guard and its timeout), `ending.rs` (why a connection ends and the close
+//! handshake).
 
 mod admission;
-mod commands;
+mod command;
+mod core;
 mod ending;
 mod writer;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::task::Poll;
-use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
@@ -33,35 +38,34 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, warn};
-use ws_protocol::{Payload, Position, WsMessage};
+use ws_protocol::{Payload, WsMessage};
 
-use crate::auth::Grant;
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Submission};
 use crate::channel::Published;
-use crate::connections::ConnectionId;
+use crate::hub::Hub;
 use crate::metrics::HubMetrics;
-use crate::outbox::{Notice, Outbox, OutboxState, Outgoing};
-use crate::rate_limit::RateLimit;
+use crate::outbox::{Notice, Outbox, Outgoing};
 use crate::read_ahead::ReadAhead;
-use crate::server::Shared;
 use crate::upgrade_request;
 
 use self::admission::admit;
-use self::commands::refusal_of_publication;
+use self::command::publish::refusal_of_publication;
+use self::command::subscribe::SubscribeRequest;
+use self::core::{Core, Step};
 use self::ending::{End, read_error};
 
 /// Upgrades `stream` and runs the connection to its end. Errors are logged, never returned.
 /// `upgrading` is the connection's place among the pending upgrades, given back once the
 /// upgrade is done; the upgrade takes a place among the open connections instead.
 pub(crate) async fn run<S>(
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
     stream: S,
     peer: SocketAddr,
     upgrading: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = &shared.config;
+    let config = &hub.config;
     let mut stream = ReadAhead::new(stream);
     // The upgrade checks the Origin, the connection limit and any token, and leaves the
     // grant of an accepted token and the connection's place here; without a token the
@@ -78,15 +82,15 @@ pub(crate) async fn run<S>(
         }
         #[allow(clippy::result_large_err)] // tungstenite's callback signature
         let check = |request: &Request, response: Response| {
-            admit(&shared, request, response, &mut grant, &mut slot)
+            admit(&hub, request, response, &mut grant, &mut slot)
         };
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(shared.ws_config)).await
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(hub.ws_config)).await
     };
     // Boxed: the handshake's state is large and only lives until the upgrade, so it is not
     // kept in every idle connection's task.
     let upgrade = Box::pin(tokio::time::timeout(config.handshake_timeout, upgrade));
     let ws = tokio::select! {
-        () = shared.token.cancelled() => return,
+        () = hub.token.cancelled() => return,
         result = upgrade => match result {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
@@ -105,7 +109,7 @@ pub(crate) async fn run<S>(
         return;
     };
 
-    let id = shared.connections.next_id();
+    let id = hub.connections.next_id();
     let outbox = Arc::new(
         Outbox::new(
             config.send_queue_size,
@@ -114,83 +118,42 @@ pub(crate) async fn run<S>(
         )
         .with_max_bytes(config.send_queue_bytes),
     );
-    shared.connections.insert(id, outbox.clone());
-    if shared.token.is_cancelled() {
+    hub.connections.insert(id, outbox.clone());
+    if hub.token.is_cancelled() {
         // Shutdown began while this connection was upgrading: close it like the others.
         outbox.close();
     }
     debug!(connection = %id, %peer, "connection opened");
-    HubMetrics::add(&shared.metrics.connections_total, 1);
+    HubMetrics::add(&hub.metrics.connections_total, 1);
 
     let mut session = Session {
-        shared: shared.clone(),
-        id,
+        core: Core::new(hub.clone(), id, outbox, grant, Instant::now()),
         ws,
-        outbox,
-        subscriptions: HashSet::new(),
         batch: VecDeque::new(),
         notices: Vec::new(),
-        last_seen: Instant::now(),
         signal_pending: false,
         publishing: VecDeque::new(),
         out: Vec::new(),
         out_sent: AtomicUsize::new(0),
-        deadline: None,
-        next_ping: after(Instant::now(), config.ping_interval),
-        idle_check: after(Instant::now(), config.idle_timeout),
-        rate: RateLimit::new(config.rate_limit, config.rate_limit_burst),
-        publish_rate: RateLimit::new_or_unlimited(
-            config.publish_rate_limit,
-            config.publish_rate_limit_burst,
-        ),
-        grant: None,
     };
-    session.set_grant(grant);
     let end = session.run().await;
     match &end {
         End::SlowConsumer | End::Stalled => {
-            HubMetrics::add(&shared.metrics.slow_consumer_disconnects, 1);
+            HubMetrics::add(&hub.metrics.slow_consumer_disconnects, 1);
         }
-        End::Unauthorized(_) => HubMetrics::add(&shared.metrics.auth_failures, 1),
+        End::Unauthorized(_) => HubMetrics::add(&hub.metrics.auth_failures, 1),
         _ => {}
     }
-    session.leave_channels();
+    session.core.leave();
     // Boxed like the upgrade: only an ending connection needs the close's state.
     Box::pin(session.close(&end)).await;
     if matches!(end, End::SlowConsumer) {
-        warn!(connection = %id, %peer, "slow consumer cut: its queue was full (WS_SEND_QUEUE_SIZE {} messages, WS_SEND_QUEUE_BYTES {} bytes)", shared.config.send_queue_size, shared.config.send_queue_bytes);
+        warn!(connection = %id, %peer, "slow consumer cut: its queue was full (WS_SEND_QUEUE_SIZE {} messages, WS_SEND_QUEUE_BYTES {} bytes)", hub.config.send_queue_size, hub.config.send_queue_bytes);
     } else if matches!(end, End::Stalled) {
-        warn!(connection = %id, %peer, "slow consumer cut: a write made no progress for {:?} (WS_WRITE_TIMEOUT)", shared.config.write_timeout);
+        warn!(connection = %id, %peer, "slow consumer cut: a write made no progress for {:?} (WS_WRITE_TIMEOUT)", hub.config.write_timeout);
     } else {
         debug!(connection = %id, %peer, reason = %end, "connection closed");
     }
-}
-
-/// What a client's frame calls for, decided without I/O by [`Session::on_frame`].
-enum Next {
-    /// Nothing to write.
-    Nothing,
-    /// Write this reply (JSON) at once.
-    Reply(String),
-    /// Conformance testing: write the frame back.
-    Echo(Message),
-    /// Hand a publication to the broker.
-    Publish { channel: String, data: Payload },
-    /// A rare command whose work awaits; its state is boxed while it runs.
-    Slow(Slow),
-}
-
-/// The rare commands of [`Next::Slow`].
-enum Slow {
-    /// Subscribe (through the broker, which may have to attach the channels first).
-    Subscribe {
-        channels: Vec<String>,
-        since: BTreeMap<String, Position>,
-    },
-    /// Check a token sent in an `Authenticate` frame.
-    Authenticate(String),
-    /// Hand an application frame to the embedding application.
-    Forward(WsMessage),
 }
 
 /// What woke the connection's task.
@@ -205,16 +168,12 @@ enum Wake {
     Published(Result<Result<Published, BrokerError>, oneshot::error::RecvError>),
 }
 
+/// The connection's task: the socket, the write buffers, and the [`Core`] it feeds.
 struct Session<S> {
-    shared: Arc<Shared>,
-    id: ConnectionId,
+    core: Core,
     ws: WebSocketStream<S>,
-    /// Queued frames, and the one signal for publications, overflow and shutdown.
-    outbox: Arc<Outbox>,
-    subscriptions: HashSet<Arc<str>>,
     batch: VecDeque<Outgoing>,
     notices: Vec<Notice>,
-    last_seen: Instant,
     /// The outbox signalled while a write was in progress: drain it next.
     signal_pending: bool,
     /// Publications handed to the broker and not yet done, oldest first (Redis broker).
@@ -226,36 +185,21 @@ struct Session<S> {
     /// left half written in front of the goodbye. Atomic only so that the write timeout can
     /// watch it move while the write holds it.
     out_sent: AtomicUsize,
-    /// When the connection must have authenticated, or when its token expires.
-    deadline: Option<Instant>,
-    /// When to ping the client next.
-    next_ping: Instant,
-    /// When to look whether the connection has been silent for the idle timeout.
-    idle_check: Instant,
-    /// Control frames allowed (everything but publications).
-    rate: RateLimit,
-    /// Publications allowed.
-    publish_rate: RateLimit,
-    /// What the connection may do; `None` until it authenticates. Shared: the open hub's
-    /// grant is one for every connection.
-    grant: Option<Arc<Grant>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn run(&mut self) -> End {
         // (An echo server for conformance testing speaks only when spoken to.)
-        if !self.shared.echo {
-            let connected = WsMessage::Connected {
-                connection_id: self.id.0,
-                server_time: crate::server::unix_millis(),
-            };
-            if let Err(end) = self.send_text(connected.to_json()).await {
-                return end;
-            }
+        #[cfg(feature = "conformance")]
+        let greet = !self.core.hub.echo;
+        #[cfg(not(feature = "conformance"))]
+        let greet = true;
+        if greet && let Err(end) = self.send_text(self.core.greeting()).await {
+            return end;
         }
         // One timer for the ping, the idle check and the authentication or expiry deadline:
         // it is set to whichever comes first.
-        let timer = tokio::time::sleep_until(self.next_wake());
+        let timer = tokio::time::sleep_until(self.core.next_wake());
         tokio::pin!(timer);
         // Alternates which of queued output and inbound frames is looked at first, so that
         // neither can starve the other.
@@ -266,7 +210,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Wake::Outbox
             } else {
                 output_first = !output_first;
-                let (outbox, ws) = (&self.outbox, &mut self.ws);
+                let (outbox, ws) = (&self.core.outbox, &mut self.ws);
                 let publishing = &mut self.publishing;
                 let mut timer = timer.as_mut();
                 std::future::poll_fn(|cx| {
@@ -294,20 +238,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let step = match wake {
                 Wake::Outbox => self.write_queued().await,
                 Wake::Frame(Some(Ok(message))) => {
-                    self.last_seen = Instant::now();
-                    // Each arm has one await, so that the task's state is the largest of them
-                    // rather than their sum.
-                    let step = match self.on_frame(message) {
-                        Ok(Next::Nothing) => Ok(()),
-                        Ok(Next::Reply(text)) => self.send_text(text).await,
-                        Ok(Next::Echo(message)) => self.write_now(message).await,
-                        Ok(Next::Publish { channel, data }) => {
-                            match self.publish(channel, data).await {
-                                Some(refusal) => self.send_text(refusal).await,
-                                None => Ok(()),
-                            }
-                        }
-                        Ok(Next::Slow(command)) => Box::pin(self.slow(command)).await,
+                    let step = match self.core.on_message(message, Instant::now()) {
+                        Ok(step) => self.perform(step).await,
                         Err(end) => Err(end),
                     };
                     // Frames already buffered are read without touching the socket, so a
@@ -325,87 +257,100 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 },
                 Wake::Frame(Some(Err(error))) => Err(read_error(error)),
                 Wake::Frame(None) => Err(End::Gone("connection closed by client".to_owned())),
-                Wake::Timer => self.on_timer().await,
+                Wake::Timer => match self.core.on_timer(Instant::now()) {
+                    Ok(step) => self.perform(step).await,
+                    Err(end) => Err(end),
+                },
             };
             if let Err(end) = step {
                 return end;
             }
             // A new grant may have moved the deadline.
-            let wake_at = self.next_wake();
+            let wake_at = self.core.next_wake();
             if timer.deadline() != wake_at {
                 timer.as_mut().reset(wake_at);
             }
         }
     }
 
-    /// When the connection's one timer must fire next.
-    fn next_wake(&self) -> Instant {
-        let at = self.next_ping.min(self.idle_check);
-        self.deadline.map_or(at, |deadline| deadline.min(at))
+    /// Does what the core asked for. Each arm has one await, so that the task's state is the
+    /// largest of them rather than their sum; the rare commands are boxed, so that the state
+    /// of their awaits is allocated while they run, not carried by every idle connection.
+    async fn perform(&mut self, step: Step) -> Result<(), End> {
+        match step {
+            Step::Nothing => Ok(()),
+            Step::Reply(text) => self.send_text(text).await,
+            Step::Ping => self.write_now(Message::Ping(Default::default())).await,
+            #[cfg(feature = "conformance")]
+            Step::Echo(message) => self.write_now(message).await,
+            Step::Publish { channel, data } => match self.publish(channel, data).await {
+                Some(refusal) => self.send_text(refusal).await,
+                None => Ok(()),
+            },
+            Step::Replies(texts) => Box::pin(self.send_texts(texts)).await,
+            Step::Subscribe(request) => Box::pin(self.subscribe(request)).await,
+            Step::Forward(message) => Box::pin(self.forward(message)).await,
+        }
     }
 
-    /// The timer fired: end at a passed deadline or after silence, or ping the client.
-    async fn on_timer(&mut self) -> Result<(), End> {
-        let now = Instant::now();
-        if self.deadline.is_some_and(|deadline| deadline <= now) {
-            return Err(match self.grant {
-                None => End::Unauthorized("no Authenticate frame in time".to_owned()),
-                Some(_) => End::Expired,
-            });
-        }
-        let config = &self.shared.config;
-        if self.idle_check <= now {
-            let idle_after = config.idle_timeout;
-            if now.duration_since(self.last_seen) >= idle_after {
-                return Err(End::Idle);
-            }
-            self.idle_check = after(self.last_seen, idle_after);
-        }
-        if self.next_ping <= now {
-            self.next_ping = after(now, config.ping_interval);
-            return self.write_now(Message::Ping(Default::default())).await;
+    async fn send_texts(&mut self, texts: Vec<String>) -> Result<(), End> {
+        for text in texts {
+            self.send_text(text).await?;
         }
         Ok(())
     }
 
-    /// Why the outbox stopped the connection, if it did.
-    fn outbox_end(&self) -> Option<End> {
-        match self.outbox.state() {
-            OutboxState::Open => None,
-            OutboxState::Overflowed => Some(End::SlowConsumer),
-            OutboxState::Closed => Some(End::Shutdown),
-            OutboxState::Restart => Some(End::Restart),
+    /// Attaches the channels of a `Subscribe` to the broker, then lets the core subscribe.
+    async fn subscribe(&mut self, request: SubscribeRequest) -> Result<(), End> {
+        let attached = self.core.hub.attach(&request.channels).await;
+        match self.core.subscribe(request, attached) {
+            Step::Reply(text) => self.send_text(text).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands an application frame to the application, waiting while its queue is full.
+    async fn forward(&mut self, message: WsMessage) -> Result<(), End> {
+        let kind = message.kind();
+        let hub = &self.core.hub;
+        let refused = match hub.incoming_sender() {
+            None => true,
+            Some(sender) => tokio::select! {
+                () = hub.token.cancelled() => return Err(End::Shutdown),
+                sent = sender.send((self.core.id, message)) => sent.is_err(),
+            },
+        };
+        if refused {
+            let text = self.core.forward_refused(kind);
+            return self.send_text(text).await;
+        }
+        Ok(())
+    }
+
+    /// Hands a publication to the broker, and returns the `Error` to write if it was refused.
+    /// The embedded broker publishes at once; with Redis a publication travels pipelined and
+    /// its outcome is looked at when it arrives, in order.
+    async fn publish(&mut self, channel: String, data: Payload) -> Option<String> {
+        let submitted = match self.core.hub.submit(&channel, data.as_raw()) {
+            Either::Left(done) => done.into_inner(),
+            Either::Right(later) => later.await,
+        };
+        drop(data);
+        match submitted {
+            Ok(Submission::Done(_)) => None,
+            Ok(Submission::Queued(reply)) => {
+                self.publishing.push_back((channel, reply));
+                if self.publishing.len() <= MAX_PUBLISHING {
+                    return None;
+                }
+                let (channel, reply) = self.publishing.pop_front()?;
+                refusal_of_publication(&channel, reply.await)
+            }
+            Err(error) => refusal_of_publication(&channel, Ok(Err(error))),
         }
     }
 }
 
-impl<S> Session<S> {
-    /// Leaves every channel and the connection registry. Runs on every end, also when the
-    /// task unwinds from a panic (through `Drop`), and does nothing the second time.
-    fn leave_channels(&mut self) {
-        let left = self.subscriptions.len() as i64;
-        HubMetrics::add_signed(&self.shared.metrics.subscriptions, -left);
-        for channel in self.subscriptions.drain() {
-            self.shared.channels.unsubscribe(&channel, self.id);
-        }
-        self.shared.connections.remove(self.id);
-    }
-}
-
-impl<S> Drop for Session<S> {
-    fn drop(&mut self) {
-        self.leave_channels();
-    }
-}
-
-/// `at + duration`, saturating at about 30 years from `at` instead of overflowing (a
-/// configured duration can be as large as `Duration::MAX`).
-fn after(at: Instant, duration: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
-    at.checked_add(duration.min(FAR)).unwrap_or(at)
-}
-
-/// A reply, as the JSON to write.
-fn reply(message: WsMessage) -> Next {
-    Next::Reply(message.to_json())
-}
+/// Publications of one connection that may travel to the broker at once (pipelined); the
+/// next waits for the oldest.
+const MAX_PUBLISHING: usize = 256;

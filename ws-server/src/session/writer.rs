@@ -14,8 +14,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use ws_protocol::WsMessage;
 
+use super::Session;
+use super::core::after;
 use super::ending::End;
-use super::{Session, after};
 use crate::frame::Frame;
 use crate::metrics::HubMetrics;
 use crate::outbox::{NoticeKind, Outbox, OutboxState};
@@ -100,29 +101,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) async fn write_now(&mut self, message: Message) -> Result<(), End> {
         let Self {
             ws,
-            outbox,
+            core,
             signal_pending,
-            shared,
             ..
         } = self;
-        let timeout = shared.config.write_timeout;
-        Self::guarded(outbox, signal_pending, timeout, None, ws.send(message)).await
+        let timeout = core.hub.config.write_timeout;
+        Self::guarded(
+            &core.outbox,
+            signal_pending,
+            timeout,
+            None,
+            ws.send(message),
+        )
+        .await
     }
 
     /// Writes one reply (JSON) at once, ahead of queued publications.
     pub(super) async fn send_text(&mut self, text: String) -> Result<(), End> {
-        HubMetrics::add(&self.shared.metrics.frames_out, 1);
-        HubMetrics::add(&self.shared.metrics.bytes_out, text.len() as u64);
+        let metrics = &self.core.hub.metrics;
+        HubMetrics::add(&metrics.frames_out, 1);
+        HubMetrics::add(&metrics.bytes_out, text.len() as u64);
         self.write_now(Message::text(text)).await
     }
 
     /// Writes everything queued in the outbox, then flushes once.
     pub(super) async fn write_queued(&mut self) -> Result<(), End> {
-        let (state, more) = self
-            .outbox
-            .take(&mut self.batch, &mut self.notices, WRITE_BATCH_BYTES);
+        let (state, more) =
+            self.core
+                .outbox
+                .take(&mut self.batch, &mut self.notices, WRITE_BATCH_BYTES);
         if state != OutboxState::Open {
-            return Err(self.outbox_end().unwrap_or(End::Shutdown));
+            return Err(self.core.outbox_end().unwrap_or(End::Shutdown));
         }
         if more {
             // What did not fit in this batch goes in the next one.
@@ -130,13 +139,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let Self {
             ws,
-            outbox,
+            core,
             batch,
             notices,
             signal_pending,
             out,
             out_sent,
-            shared,
             ..
         } = self;
         out.clear();
@@ -159,7 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         for item in batch.drain(..) {
             out.extend_from_slice(item.frame().as_bytes());
         }
-        let metrics = &shared.metrics;
+        let metrics = &core.hub.metrics;
         HubMetrics::add(&metrics.frames_out, frames as u64);
         HubMetrics::add(&metrics.bytes_out, out.len() as u64);
         let progress = &*out_sent;
@@ -169,8 +177,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ws.flush().await?;
             write_counted(ws.get_mut(), out, progress).await
         };
-        let timeout = shared.config.write_timeout;
-        let result = Self::guarded(outbox, signal_pending, timeout, Some(progress), write).await;
+        let timeout = core.hub.config.write_timeout;
+        let result =
+            Self::guarded(&core.outbox, signal_pending, timeout, Some(progress), write).await;
         if result.is_ok() && out.capacity() > MAX_KEPT_WRITE_BUFFER {
             *out = Vec::new();
         }
