@@ -118,7 +118,7 @@ impl Core {
     pub(crate) fn greeting(&self) -> String {
         WsMessage::Connected {
             connection_id: self.id.get(),
-            server_time: crate::server::unix_millis(),
+            server_time: unix_millis(),
         }
         .to_json()
     }
@@ -334,6 +334,14 @@ impl Drop for Core {
 pub(super) fn after(at: Instant, duration: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
     at.checked_add(duration.min(FAR)).unwrap_or(at)
+}
+
+/// The current Unix time in milliseconds.
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A reply, as the JSON to write.
