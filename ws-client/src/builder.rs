@@ -433,8 +433,8 @@ impl ClientBuilder {
     /// does not greet with `Connected`).
     pub async fn build(mut self) -> Result<WebSocketClient> {
         let settings = Arc::new(self.settings()?);
-        let legs = self.redundancy.unwrap_or(self.urls.len());
-        let urls: Vec<String> = (0..legs)
+        let connections = self.redundancy.unwrap_or(self.urls.len());
+        let urls: Vec<String> = (0..connections)
             .map(|i| self.urls[i % self.urls.len()].clone())
             .collect();
         let opened =
@@ -450,26 +450,26 @@ impl ClientBuilder {
                 reason,
             });
         }
-        let (state, state_rx) = CombinedState::new(legs);
+        let (state, state_rx) = CombinedState::new(connections);
         let state = Arc::new(state);
         let (arrivals_tx, arrivals) = mpsc::channel(settings.event_capacity);
         let buffer = Arc::new(OutboundBuffer::new(
             self.message_buffer_size,
             self.max_buffer_age,
         ));
-        let counters = Arc::new(Counters::new(legs));
+        let counters = Arc::new(Counters::new(connections));
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let mut commands = Vec::with_capacity(legs);
-        for (leg, (url, first)) in urls.into_iter().zip(opened).enumerate() {
+        let mut commands = Vec::with_capacity(connections);
+        for (connection, (url, first)) in urls.into_iter().zip(opened).enumerate() {
             // Nothing to restore on a first connection: it is in effect now.
             if first.is_ok() {
-                state.set(leg, ConnectionState::Connected);
+                state.set(connection, ConnectionState::Connected);
             }
             let (commands_tx, commands_rx) = mpsc::channel(64);
             commands.push(commands_tx);
             let driver = Driver::new(DriverParts {
-                leg,
+                connection,
                 url,
                 settings: settings.clone(),
                 commands: commands_rx,

@@ -33,7 +33,7 @@ pub(crate) struct Inbox {
 
 struct Shared {
     /// One command queue per connection.
-    legs: Vec<mpsc::Sender<Command>>,
+    connections: Vec<mpsc::Sender<Command>>,
     inbox: Mutex<Inbox>,
     /// Channels unsubscribed since the sequencer last looked, for it to forget.
     forgotten: std::sync::Mutex<Vec<String>>,
@@ -80,7 +80,7 @@ impl std::fmt::Debug for WebSocketClient {
 
 impl WebSocketClient {
     pub(crate) fn new(
-        legs: Vec<mpsc::Sender<Command>>,
+        connections: Vec<mpsc::Sender<Command>>,
         inbox: Inbox,
         buffer: Arc<OutboundBuffer>,
         state: watch::Receiver<ConnectionState>,
@@ -90,7 +90,7 @@ impl WebSocketClient {
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
-                legs,
+                connections,
                 inbox: Mutex::new(inbox),
                 forgotten: std::sync::Mutex::new(Vec::new()),
                 any_forgotten: std::sync::atomic::AtomicBool::new(false),
@@ -143,7 +143,7 @@ impl WebSocketClient {
         if let ConnectionState::Failed { reason } = &*self.shared.state.borrow() {
             return Err(Error::Failed(reason.clone()));
         }
-        if self.shared.legs.iter().all(mpsc::Sender::is_closed) {
+        if self.shared.connections.iter().all(mpsc::Sender::is_closed) {
             return Err(Error::Closed);
         }
         Ok(())
@@ -235,13 +235,13 @@ impl WebSocketClient {
         self.usable()?;
         // Every connection subscribes; the first confirmation means publications flow.
         let mut replies = FuturesUnordered::new();
-        for leg in &self.shared.legs {
+        for connection in &self.shared.connections {
             let (done, reply) = oneshot::channel();
             let command = Command::Subscribe {
                 channels: channels.clone(),
                 done,
             };
-            if leg.send(command).await.is_ok() {
+            if connection.send(command).await.is_ok() {
                 replies.push(reply);
             }
         }
@@ -270,13 +270,13 @@ impl WebSocketClient {
         let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
         self.usable()?;
         let mut sent = false;
-        for leg in &self.shared.legs {
+        for connection in &self.shared.connections {
             let (done, reply) = oneshot::channel();
             let command = Command::Unsubscribe {
                 channels: channels.clone(),
                 done,
             };
-            if leg.send(command).await.is_ok() && matches!(reply.await, Ok(Ok(()))) {
+            if connection.send(command).await.is_ok() && matches!(reply.await, Ok(Ok(()))) {
                 sent = true;
             }
         }
@@ -348,14 +348,14 @@ impl WebSocketClient {
 
     /// Asks the connection that saw a gap, or failing that any other, to have it filled.
     fn ask_fill(&self, fill: crate::sequencer::FillRequest) {
-        let legs = &self.shared.legs;
-        let order = (0..legs.len()).map(|i| (fill.leg + i) % legs.len());
-        for leg in order {
+        let connections = &self.shared.connections;
+        let order = (0..connections.len()).map(|i| (fill.connection + i) % connections.len());
+        for connection in order {
             let command = Command::Fill {
                 channel: fill.channel.clone(),
                 since: fill.since.clone(),
             };
-            if legs[leg].try_send(command).is_ok() {
+            if connections[connection].try_send(command).is_ok() {
                 return;
             }
         }
@@ -397,9 +397,9 @@ impl WebSocketClient {
     /// client. Frames still buffered are not sent. Every clone sees the client closed.
     pub async fn close(&self) {
         let mut replies = Vec::new();
-        for leg in &self.shared.legs {
+        for connection in &self.shared.connections {
             let (done, reply) = oneshot::channel();
-            if leg.send(Command::Close { done }).await.is_ok() {
+            if connection.send(Command::Close { done }).await.is_ok() {
                 replies.push(reply);
             }
         }

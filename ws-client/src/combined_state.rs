@@ -27,10 +27,10 @@ impl CombinedState {
         (Self { each, combined }, receiver)
     }
 
-    /// Connection `leg` is now in `state`.
-    pub(crate) fn set(&self, leg: usize, state: ConnectionState) {
+    /// Connection `connection` is now in `state`.
+    pub(crate) fn set(&self, connection: usize, state: ConnectionState) {
         let mut each = self.each.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = each.get_mut(leg) {
+        if let Some(slot) = each.get_mut(connection) {
             *slot = state;
         }
         let combined = combine(&each);

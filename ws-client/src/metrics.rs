@@ -80,9 +80,9 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Connection `leg` delivered a publication first.
-    pub(crate) fn won(&self, leg: usize) {
-        if let Some(wins) = self.wins.get(leg) {
+    /// Connection `connection` delivered a publication first.
+    pub(crate) fn won(&self, connection: usize) {
+        if let Some(wins) = self.wins.get(connection) {
             wins.fetch_add(1, Ordering::Relaxed);
         }
     }

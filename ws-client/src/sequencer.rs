@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tracing::warn;
 use ws_protocol::{ChannelPosition, Payload, Position};
 
+pub(crate) use crate::driver::arrival::{Arrival, Asked};
 use crate::event::Event;
 use crate::metrics::Counters;
 
@@ -33,49 +34,10 @@ pub const DEFAULT_GAP_TIMEOUT: Duration = Duration::from_secs(3);
 /// The most publications held back behind gaps, over all channels.
 pub(crate) const MAX_HELD: usize = 16_384;
 
-/// What a subscribe that produced a position asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Asked {
-    /// A new subscription: no `since`.
-    Fresh,
-    /// A resubscribe after a reconnect or for a rotation, with the connection's own position.
-    Resumed,
-    /// A request to fill a gap, with the sequencer's position.
-    Fill,
-}
-
-/// One thing a connection received, for the sequencer.
-#[derive(Debug)]
-pub(crate) enum Arrival {
-    /// A hub publication, with the epoch the connection subscribed in.
-    Publication {
-        leg: usize,
-        epoch: Option<Arc<str>>,
-        channel: String,
-        seq: u64,
-        data: Payload,
-    },
-    /// A channel's position from a `Subscribed`.
-    Position {
-        leg: usize,
-        channel: String,
-        position: ChannelPosition,
-        asked: Asked,
-    },
-    /// The hub replaced `skipped` queued publications of `channel` on this connection.
-    Conflated {
-        leg: usize,
-        channel: String,
-        skipped: u64,
-    },
-    /// Anything else, for the application as it is.
-    Event(Event),
-}
-
 /// A request to a connection to ask the hub for the publications after `since`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FillRequest {
-    pub(crate) leg: usize,
+    pub(crate) connection: usize,
     pub(crate) channel: String,
     pub(crate) since: Position,
 }
@@ -102,11 +64,11 @@ impl Track {
         }
     }
 
-    /// Whether a jump from the last delivered `seq` to `seq` on `leg` is covered by what the
+    /// Whether a jump from the last delivered `seq` to `seq` on `connection` is covered by what the
     /// hub conflated there; if so, the cover is used up.
-    fn conflated_over(&mut self, leg: usize, seq: u64) -> bool {
+    fn conflated_over(&mut self, connection: usize, seq: u64) -> bool {
         let jump = seq - self.delivered - 1;
-        match self.conflated.get_mut(leg) {
+        match self.conflated.get_mut(connection) {
             Some(budget) if *budget >= jump => {
                 *budget -= jump;
                 true
@@ -173,28 +135,28 @@ impl Sequencer {
     pub(crate) fn accept(&mut self, arrival: Arrival, now: Instant) {
         match arrival {
             Arrival::Publication {
-                leg,
+                connection,
                 epoch,
                 channel,
                 seq,
                 data,
-            } => self.publication(leg, epoch.as_deref(), channel, seq, data, now),
+            } => self.publication(connection, epoch.as_deref(), channel, seq, data, now),
             Arrival::Position {
-                leg,
+                connection,
                 channel,
                 position,
                 asked,
-            } => self.position(leg, channel, position, asked, now),
+            } => self.position(connection, channel, position, asked, now),
             Arrival::Conflated {
-                leg,
+                connection,
                 channel,
                 skipped,
             } => {
                 if let Some(track) = self.tracks.get_mut(&channel) {
-                    if track.conflated.len() <= leg {
-                        track.conflated.resize(leg + 1, 0);
+                    if track.conflated.len() <= connection {
+                        track.conflated.resize(connection + 1, 0);
                     }
-                    track.conflated[leg] += skipped;
+                    track.conflated[connection] += skipped;
                 }
                 self.ready.push_back(Event::Conflated {
                     channel: channel.clone(),
@@ -228,15 +190,15 @@ impl Sequencer {
         }
     }
 
-    fn deliver(&mut self, leg: usize, channel: String, seq: u64, data: Payload) {
-        self.counters.won(leg);
+    fn deliver(&mut self, connection: usize, channel: String, seq: u64, data: Payload) {
+        self.counters.won(connection);
         self.ready
             .push_back(Event::Publication { channel, seq, data });
     }
 
     fn publication(
         &mut self,
-        leg: usize,
+        connection: usize,
         epoch: Option<&str>,
         channel: String,
         seq: u64,
@@ -245,7 +207,7 @@ impl Sequencer {
     ) {
         let Some(track) = self.tracks.get_mut(&channel) else {
             // Not tracked (no Subscribed seen, or unsubscribed meanwhile): as it comes.
-            return self.deliver(leg, channel, seq, data);
+            return self.deliver(connection, channel, seq, data);
         };
         if epoch.is_some_and(|e| e != track.epoch)
             || seq <= track.delivered
@@ -254,22 +216,24 @@ impl Sequencer {
             // Another incarnation of the channel, or a copy already delivered or held.
             return;
         }
-        if seq == track.delivered + 1 || (track.held.is_empty() && track.conflated_over(leg, seq)) {
+        if seq == track.delivered + 1
+            || (track.held.is_empty() && track.conflated_over(connection, seq))
+        {
             track.delivered = seq;
             if track.held.is_empty() {
-                return self.deliver(leg, channel, seq, data);
+                return self.deliver(connection, channel, seq, data);
             }
             // It filled a gap: what was held behind it may follow.
-            self.deliver(leg, channel.clone(), seq, data);
+            self.deliver(connection, channel.clone(), seq, data);
             return self.release(&channel);
         }
-        track.held.insert(seq, (data, leg));
+        track.held.insert(seq, (data, connection));
         self.held += 1;
         if track.gap_since.is_none() {
             track.gap_since = Some(now);
             self.gaps_opened = true;
             self.fills.push(FillRequest {
-                leg,
+                connection,
                 channel: channel.clone(),
                 since: Position {
                     epoch: track.epoch.clone(),
@@ -285,7 +249,7 @@ impl Sequencer {
 
     fn position(
         &mut self,
-        leg: usize,
+        connection: usize,
         channel: String,
         position: ChannelPosition,
         asked: Asked,
@@ -313,7 +277,7 @@ impl Sequencer {
             (Asked::Resumed, _) if track.gap_since.is_some() => {
                 // A gap is open and this connection is back: ask it too.
                 self.fills.push(FillRequest {
-                    leg,
+                    connection,
                     since: Position {
                         epoch: track.epoch.clone(),
                         seq: track.delivered,
@@ -327,7 +291,7 @@ impl Sequencer {
                 track.gap_since = Some(now);
                 self.gaps_opened = true;
                 self.fills.push(FillRequest {
-                    leg,
+                    connection,
                     since: Position {
                         epoch: track.epoch.clone(),
                         seq: track.delivered,
@@ -360,22 +324,22 @@ impl Sequencer {
             return;
         };
         let mut released = Vec::new();
-        while let Some((&seq, &(_, leg))) = track.held.first_key_value() {
-            if seq != track.delivered + 1 && !track.conflated_over(leg, seq) {
+        while let Some((&seq, &(_, connection))) = track.held.first_key_value() {
+            if seq != track.delivered + 1 && !track.conflated_over(connection, seq) {
                 break;
             }
-            let Some((seq, (data, leg))) = track.held.pop_first() else {
+            let Some((seq, (data, connection))) = track.held.pop_first() else {
                 break;
             };
             track.delivered = seq;
-            released.push((leg, seq, data));
+            released.push((connection, seq, data));
         }
         if track.held.is_empty() {
             track.gap_since = None;
         }
         self.held -= released.len();
-        for (leg, seq, data) in released {
-            self.deliver(leg, channel.to_owned(), seq, data);
+        for (connection, seq, data) in released {
+            self.deliver(connection, channel.to_owned(), seq, data);
         }
     }
 
@@ -409,9 +373,9 @@ mod tests {
         Sequencer::new(Duration::from_secs(1), Arc::new(Counters::new(3)))
     }
 
-    fn publication(leg: usize, seq: u64) -> Arrival {
+    fn publication(connection: usize, seq: u64) -> Arrival {
         Arrival::Publication {
-            leg,
+            connection,
             epoch: Some(Arc::from("e")),
             channel: "c".into(),
             seq,
@@ -419,9 +383,15 @@ mod tests {
         }
     }
 
-    fn position(leg: usize, epoch: &str, seq: u64, recovered: bool, asked: Asked) -> Arrival {
+    fn position(
+        connection: usize,
+        epoch: &str,
+        seq: u64,
+        recovered: bool,
+        asked: Asked,
+    ) -> Arrival {
         Arrival::Position {
-            leg,
+            connection,
             channel: "c".into(),
             position: ChannelPosition {
                 epoch: epoch.into(),
@@ -466,8 +436,8 @@ mod tests {
                 position(1, "e", 0, true, Asked::Fresh),
             ],
         );
-        for (leg, seq) in [(0, 1), (1, 1), (1, 2), (0, 2), (0, 3), (1, 3), (1, 4)] {
-            s.accept(publication(leg, seq), now);
+        for (connection, seq) in [(0, 1), (1, 1), (1, 2), (0, 2), (0, 3), (1, 3), (1, 4)] {
+            s.accept(publication(connection, seq), now);
         }
         assert_eq!(out(&mut s), ["1", "2", "3", "4"]);
         assert!(s.take_fills().is_empty());
@@ -494,7 +464,7 @@ mod tests {
         assert_eq!(
             fills,
             [FillRequest {
-                leg: 0,
+                connection: 0,
                 channel: "c".into(),
                 since: Position {
                     epoch: "e".into(),
@@ -562,7 +532,7 @@ mod tests {
         s.accept(publication(1, 6), now); // a connection still in epoch "e"
         s.accept(
             Arrival::Publication {
-                leg: 0,
+                connection: 0,
                 epoch: Some(Arc::from("f")),
                 channel: "c".into(),
                 seq: 3,
@@ -602,7 +572,7 @@ mod tests {
         );
         s.accept(
             Arrival::Conflated {
-                leg: 0,
+                connection: 0,
                 channel: "c".into(),
                 skipped: 2,
             },

@@ -1,0 +1,47 @@
+//! What a connection hands to the [`Sequencer`](crate::sequencer::Sequencer): each frame it
+//! received, decoded and stamped with the connection it came on.
+
+use std::sync::Arc;
+
+use ws_protocol::{ChannelPosition, Payload};
+
+use crate::event::Event;
+
+/// What a subscribe that produced a position asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// A new subscription: no `since`.
+    Fresh,
+    /// A resubscribe after a reconnect or for a rotation, with the connection's own position.
+    Resumed,
+    /// A request to fill a gap, with the sequencer's position.
+    Fill,
+}
+
+/// One thing a connection received, for the sequencer.
+#[derive(Debug)]
+pub(crate) enum Arrival {
+    /// A hub publication, with the epoch the connection subscribed in.
+    Publication {
+        connection: usize,
+        epoch: Option<Arc<str>>,
+        channel: String,
+        seq: u64,
+        data: Payload,
+    },
+    /// A channel's position from a `Subscribed`.
+    Position {
+        connection: usize,
+        channel: String,
+        position: ChannelPosition,
+        asked: Asked,
+    },
+    /// The hub replaced `skipped` queued publications of `channel` on this connection.
+    Conflated {
+        connection: usize,
+        channel: String,
+        skipped: u64,
+    },
+    /// Anything else, for the application as it is.
+    Event(Event),
+}

@@ -1,0 +1,392 @@
+//! A connected socket: restore the subscriptions (or send the on-connect frames), then the
+//! select loop until the connection ends, and what each command and each inbound frame
+//! calls for.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc::OwnedPermit;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tracing::{debug, info, warn};
+use ws_protocol::{WsMessage, close};
+
+use super::arrival::Arrival;
+use super::decode::{Inbound, decode};
+use super::{CLOSE_TIMEOUT, Command, Driver, Ended, ended_by, not_a_hub};
+use crate::event::Event;
+use crate::heartbeat::{Beat, Heartbeat};
+use crate::link::{Link, Socket};
+use crate::metrics::Counters;
+use crate::rotation::Rotation;
+use crate::state::ConnectionState;
+
+/// The most frames decoded ahead of the arrival queue while resubscribing.
+const MAX_STASH: usize = 4096;
+/// The most arrivals decoded ahead of room in the arrival queue while serving. A little
+/// read-ahead lets control replies (such as the `Subscribed` a `subscribe` call waits for)
+/// through while the application is not reading yet; beyond it the socket is not read, so
+/// the server sees backpressure.
+const READ_AHEAD: usize = 64;
+
+impl Driver {
+    /// Restores subscriptions (or sends the application's on-connect frames), then serves the
+    /// connection until it ends.
+    pub(super) async fn serve(&mut self, link: Link, reconnected: bool) -> Ended {
+        let Link { mut ws, hub, early } = link;
+        self.hub = hub.is_some();
+        let restored = match hub {
+            Some(_) => self.resubscribe(&mut ws).await,
+            None => self.send_on_connect(&mut ws).await,
+        };
+        if let Err(ended) = restored {
+            return ended;
+        }
+        if let Some(frame) = early {
+            self.receive(frame, &mut Heartbeat::disabled());
+        }
+        self.up = true;
+        self.counters.connected();
+        self.set_state(ConnectionState::Connected);
+        info!(url = %self.url, connection = self.connection, connection_id = ?hub, reconnected, "connected");
+        self.lifecycle(Event::Connected {
+            connection: self.connection,
+            connection_id: hub,
+            reconnected,
+        });
+
+        let settings = self.settings.clone();
+        let mut heartbeat = Heartbeat::new(
+            settings.ping_interval,
+            settings.pong_timeout,
+            settings.stale_timeout,
+            Instant::now(),
+        );
+        let mut rotation = Rotation::new(settings.max_connection_age, Instant::now());
+        let mut permit: Option<OwnedPermit<Arrival>> = None;
+        let mut close_frame: Option<CloseFrame> = None;
+        loop {
+            // Hand over what was decoded before reading more.
+            if permit.is_some() && !self.out.is_empty() {
+                if let (Some(p), Some(arrival)) = (permit.take(), self.out.pop_front()) {
+                    p.send(arrival);
+                }
+                continue;
+            }
+            let expecting_data = !self.hub || !self.subscriptions.is_empty();
+            let reading = self.out.len() < READ_AHEAD;
+            let deadline = heartbeat.deadline(expecting_data, reading);
+            tokio::select! {
+                biased;
+                () = self.token.cancelled() => return self.close(&mut ws).await,
+                command = self.commands.recv() => match command {
+                    None => return self.close(&mut ws).await,
+                    Some(Command::Close { done }) => {
+                        let ended = self.close(&mut ws).await;
+                        let _ = done.send(());
+                        return ended;
+                    }
+                    Some(command) => if let Err(ended) = self.command(&mut ws, command).await {
+                        return ended;
+                    },
+                },
+                () = self.buffer.ready() => if let Err(ended) = self.write_buffered(&mut ws).await {
+                    return ended;
+                },
+                reserved = self.arrivals.clone().reserve_owned(), if permit.is_none() => match reserved {
+                    Ok(p) => {
+                        heartbeat.resume(Instant::now());
+                        permit = Some(p);
+                    }
+                    // The receiver lives as long as the handles: they are all gone.
+                    Err(_) => return self.close(&mut ws).await,
+                },
+                frame = ws.next(), if reading => match frame {
+                    Some(Ok(Message::Close(frame))) => {
+                        heartbeat.on_frame();
+                        close_frame = frame;
+                    }
+                    Some(Ok(frame)) => {
+                        self.receive(frame, &mut heartbeat);
+                        if std::mem::take(&mut self.owe_pong)
+                            && let Err(ended) = self.write_now(&mut ws, WsMessage::Pong.to_json()).await {
+                                return ended;
+                            }
+                    }
+                    end @ (Some(Err(_)) | None) => {
+                        let why = match end {
+                            Some(Err(error)) => error.to_string(),
+                            _ => "the server closed the connection".to_owned(),
+                        };
+                        self.retry_hint = close_frame.as_ref().and_then(|f| close::retry_after(&f.reason));
+                        return ended_by(close_frame.as_ref(), &why);
+                    }
+                },
+                step = rotation.next(reading), if rotation.is_on() => {
+                    if let Some(successor) = self.rotate(step, &mut rotation).await {
+                        let mut old = std::mem::replace(&mut ws, successor);
+                        // The new connection has caught up: the old one may go.
+                        let goodbye = CloseFrame { code: CloseCode::Normal, reason: "rotated".into() };
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.send(Message::Close(Some(goodbye)))).await;
+                        heartbeat = Heartbeat::new(
+                            settings.ping_interval,
+                            settings.pong_timeout,
+                            settings.stale_timeout,
+                            Instant::now(),
+                        );
+                        close_frame = None;
+                        Counters::add(&self.counters.rotations, 1);
+                        rotation = Rotation::new(settings.max_connection_age, Instant::now());
+                        info!(url = %self.url, connection = self.connection, "connection rotated");
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    match heartbeat.poll(Instant::now(), expecting_data, reading) {
+                        Some(Beat::Ping(nonce)) => {
+                            let ping = Message::Ping(nonce.to_be_bytes().to_vec().into());
+                            if let Err(e) = ws.send(ping).await {
+                                return Ended::Retry(format!("ping failed: {e}"));
+                            }
+                        }
+                        Some(Beat::Dead) => {
+                            return Ended::Retry(format!(
+                                "no frame within {:?} of a ping (dead connection)",
+                                settings.pong_timeout
+                            ));
+                        }
+                        Some(Beat::Stale) => {
+                            return Ended::Retry(format!(
+                                "no data for {:?} (stale feed)",
+                                settings.stale_timeout.unwrap_or_default()
+                            ));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `Subscribe` for every channel and waits for `Subscribed`, decoding other frames.
+    async fn resubscribe(&mut self, ws: &mut Socket) -> std::result::Result<(), Ended> {
+        if self.subscriptions.is_empty() {
+            return Ok(());
+        }
+        // Ask for what was missed since the last publication seen on each channel.
+        let (frame, _) = self.subscriptions.resubscribe();
+        let timeout = self.settings.connect_timeout;
+        let token = self.token.clone();
+        let exchange = async {
+            ws.send(Message::text(frame))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut heartbeat = Heartbeat::disabled();
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        match decode(Message::Text(text.clone()), true) {
+                            Inbound::Subscribed {
+                                channels,
+                                positions,
+                            } => return Ok((channels, positions)),
+                            Inbound::Error {
+                                code,
+                                message,
+                                channels,
+                            } if !channels.is_empty() => {
+                                self.subscriptions.refused(&channels, &code, &message);
+                                return Err(format!(
+                                    "the hub refused the resubscribe: {code}: {message}"
+                                ));
+                            }
+                            _ => {}
+                        }
+                        if self.out.len() >= MAX_STASH {
+                            return Err("too many frames before Subscribed".to_owned());
+                        }
+                        self.receive(Message::Text(text), &mut heartbeat);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("the server closed the connection".to_owned()),
+                }
+            }
+        };
+        let (channels, positions) = tokio::select! {
+            () = token.cancelled() => return Err(Ended::Closed),
+            result = tokio::time::timeout(timeout, exchange) => match result {
+                Err(_) => return Err(Ended::Retry(format!("no Subscribed within {timeout:?}"))),
+                Ok(Err(e)) => return Err(Ended::Retry(format!("resubscribe failed: {e}"))),
+                Ok(Ok(confirmed)) => confirmed,
+            },
+        };
+        Counters::add(&self.counters.messages_sent, 1);
+        let out = &mut self.out;
+        self.subscriptions
+            .on_subscribed(self.connection, &channels, positions, out);
+        Ok(())
+    }
+
+    pub(super) async fn send_on_connect(
+        &mut self,
+        ws: &mut Socket,
+    ) -> std::result::Result<(), Ended> {
+        for frame in &self.settings.on_connect {
+            ws.feed(Message::text(frame.clone()))
+                .await
+                .map_err(|e| Ended::Retry(format!("on-connect frame failed: {e}")))?;
+            Counters::add(&self.counters.messages_sent, 1);
+        }
+        ws.flush()
+            .await
+            .map_err(|e| Ended::Retry(format!("on-connect frames failed: {e}")))
+    }
+
+    async fn command(
+        &mut self,
+        ws: &mut Socket,
+        command: Command,
+    ) -> std::result::Result<(), Ended> {
+        match command {
+            Command::Subscribe { channels, done } => {
+                if !self.hub {
+                    let _ = done.send(Err(not_a_hub()));
+                    return Ok(());
+                }
+                match self.subscriptions.subscribe(channels, done, true) {
+                    Some(frame) => self.write_now(ws, frame).await,
+                    None => Ok(()),
+                }
+            }
+            Command::Unsubscribe { channels, done } => {
+                self.subscriptions.unsubscribe(&channels);
+                let _ = done.send(Ok(()));
+                if !self.hub {
+                    return Ok(());
+                }
+                self.write_now(ws, WsMessage::Unsubscribe { channels }.to_json())
+                    .await
+            }
+            Command::Fill { channel, since } => {
+                if !self.hub {
+                    return Ok(());
+                }
+                let (name, from) = (channel.clone(), since.seq);
+                match self.subscriptions.fill(channel, since) {
+                    Some(frame) => {
+                        debug!(channel = %name, since = from, "asking the hub to fill a gap");
+                        self.write_now(ws, frame).await
+                    }
+                    None => Ok(()),
+                }
+            }
+            Command::Close { done } => {
+                let _ = done.send(());
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes in one frame: turns it into arrivals for the sequencer, or acts on it here (a
+    /// `Subscribed` resolves calls, a refusal fails them, a hub `Ping` is owed a `Pong`), and
+    /// tells the heartbeat what arrived.
+    pub(super) fn receive(&mut self, frame: Message, heartbeat: &mut Heartbeat) {
+        let now = Instant::now();
+        if let Message::Text(_) | Message::Binary(_) = &frame {
+            Counters::add(&self.counters.messages_received, 1);
+            Counters::add(&self.counters.bytes_received, frame.len() as u64);
+        }
+        let arrival = match decode(frame, self.hub) {
+            Inbound::Publication { channel, seq, data } => {
+                heartbeat.on_data(now);
+                let epoch = self.subscriptions.on_publication(&channel, seq);
+                Arrival::Publication {
+                    connection: self.connection,
+                    epoch,
+                    channel,
+                    seq,
+                    data,
+                }
+            }
+            Inbound::Subscribed {
+                channels,
+                positions,
+            } => {
+                heartbeat.on_frame();
+                let out = &mut self.out;
+                return self.subscriptions.on_subscribed(
+                    self.connection,
+                    &channels,
+                    positions,
+                    out,
+                );
+            }
+            Inbound::Lagged { channel, missed } => {
+                heartbeat.on_frame();
+                Arrival::Event(Event::Lagged { channel, missed })
+            }
+            Inbound::Conflated { channel, skipped } => {
+                heartbeat.on_frame();
+                Arrival::Conflated {
+                    connection: self.connection,
+                    channel,
+                    skipped,
+                }
+            }
+            Inbound::Error {
+                code,
+                message,
+                channels,
+            } => {
+                heartbeat.on_frame();
+                Counters::add(&self.counters.errors, 1);
+                warn!(%code, %message, "server error");
+                if !channels.is_empty() {
+                    self.subscriptions.refused(&channels, &code, &message);
+                }
+                Arrival::Event(Event::ServerError { code, message })
+            }
+            Inbound::Ping => {
+                heartbeat.on_frame();
+                self.owe_pong = true;
+                return;
+            }
+            Inbound::Control | Inbound::WebSocketControl => {
+                heartbeat.on_frame();
+                return;
+            }
+            Inbound::Text(text) => {
+                heartbeat.on_data(now);
+                Arrival::Event(Event::Message(text))
+            }
+            Inbound::Binary(bytes) => {
+                heartbeat.on_data(now);
+                Arrival::Event(Event::Binary(bytes.to_vec()))
+            }
+            Inbound::WebSocketPong(payload) => {
+                if let Some(rtt) = heartbeat.on_pong(&payload, now) {
+                    self.counters.set_rtt(rtt);
+                }
+                return;
+            }
+        };
+        self.out.push_back(arrival);
+    }
+
+    /// Sends Close 1000 and waits briefly for the server's reply.
+    async fn close(&mut self, ws: &mut Socket) -> Ended {
+        let goodbye = async {
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "client closing".into(),
+            };
+            ws.send(Message::Close(Some(frame))).await?;
+            while let Some(Ok(_)) = ws.next().await {}
+            Ok::<_, WsError>(())
+        };
+        if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await {
+            debug!(%error, "close handshake failed");
+        }
+        Ended::Closed
+    }
+}
