@@ -10,7 +10,7 @@ use integration_tests::{RawClient, eventually, spawn_server, within};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use ws_client::{ConnectionState, Error, Event, WebSocketClient};
+use ws_client::{ConnectionState, Error, Event, OutboundFrame, WebSocketClient};
 use ws_protocol::WsMessage;
 use ws_server::WebSocketServer;
 
@@ -185,7 +185,7 @@ async fn a_full_buffer_refuses_at_once_and_gives_the_message_back() -> Result<()
         client.send(&Tick { n }).await?;
     }
     match client.send(&Tick { n: 3 }).await {
-        Err(Error::BufferFull(text)) => assert_eq!(text, r#"{"n":3}"#),
+        Err(Error::BufferFull(OutboundFrame::Text(text))) => assert_eq!(text, r#"{"n":3}"#),
         other => bail!("expected BufferFull, got {other:?}"),
     }
     assert_eq!(client.metrics().buffered, 3);

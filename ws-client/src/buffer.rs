@@ -13,26 +13,35 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// What a waiting frame carries.
-#[derive(Debug, Clone)]
-pub(crate) enum Outbound {
+/// A frame the client sends: queued in the outbound buffer, or given back in
+/// [`Error::BufferFull`](crate::Error::BufferFull) when the buffer had no room for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundFrame {
+    /// A text frame (JSON for the hub).
     Text(String),
+    /// A binary frame.
     Binary(Vec<u8>),
 }
 
-impl Outbound {
-    pub(crate) fn len(&self) -> usize {
+impl OutboundFrame {
+    /// The frame's payload length in bytes.
+    pub fn len(&self) -> usize {
         match self {
             Self::Text(text) => text.len(),
             Self::Binary(bytes) => bytes.len(),
         }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 /// One frame waiting to be written.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    pub(crate) frame: Outbound,
+    pub(crate) frame: OutboundFrame,
     pub(crate) queued_at: Instant,
 }
 
@@ -60,16 +69,8 @@ impl OutboundBuffer {
     }
 
     /// Queues a text frame, or gives it back if the buffer is full.
-    pub(crate) fn push(&self, text: String) -> Result<(), String> {
-        self.push_frame(Outbound::Text(text))
-            .map_err(|frame| match frame {
-                Outbound::Text(text) => text,
-                Outbound::Binary(_) => String::new(),
-            })
-    }
-
     /// Queues `frame`, or gives it back if the buffer is full.
-    pub(crate) fn push_frame(&self, frame: Outbound) -> Result<(), Outbound> {
+    pub(crate) fn push_frame(&self, frame: OutboundFrame) -> Result<(), OutboundFrame> {
         let mut queue = self.lock();
         if queue.len() >= self.capacity {
             return Err(frame);
@@ -130,12 +131,16 @@ impl OutboundBuffer {
 mod tests {
     use super::*;
 
+    fn text(s: &str) -> OutboundFrame {
+        OutboundFrame::Text(s.to_owned())
+    }
+
     fn texts(batch: &VecDeque<Pending>) -> Vec<&str> {
         batch
             .iter()
             .map(|p| match &p.frame {
-                Outbound::Text(text) => text.as_str(),
-                Outbound::Binary(_) => "<binary>",
+                OutboundFrame::Text(text) => text.as_str(),
+                OutboundFrame::Binary(_) => "<binary>",
             })
             .collect()
     }
@@ -143,23 +148,23 @@ mod tests {
     #[test]
     fn a_full_buffer_gives_the_frame_back() {
         let buffer = OutboundBuffer::new(2, None);
-        assert_eq!(buffer.push("a".into()), Ok(()));
-        assert_eq!(buffer.push("b".into()), Ok(()));
-        assert_eq!(buffer.push("c".into()), Err("c".to_owned()));
+        assert_eq!(buffer.push_frame(text("a")), Ok(()));
+        assert_eq!(buffer.push_frame(text("b")), Ok(()));
+        assert_eq!(buffer.push_frame(text("c")), Err(text("c")));
         let mut batch = VecDeque::new();
         assert_eq!(buffer.take(&mut batch), 0);
         assert_eq!(texts(&batch), ["a", "b"]);
-        assert_eq!(buffer.push("c".into()), Ok(()));
+        assert_eq!(buffer.push_frame(text("c")), Ok(()));
     }
 
     #[test]
     fn requeued_frames_go_out_before_newer_ones() {
         let buffer = OutboundBuffer::new(4, None);
-        buffer.push("1".into()).unwrap();
-        buffer.push("2".into()).unwrap();
+        buffer.push_frame(text("1")).unwrap();
+        buffer.push_frame(text("2")).unwrap();
         let mut batch = VecDeque::new();
         buffer.take(&mut batch);
-        buffer.push("3".into()).unwrap();
+        buffer.push_frame(text("3")).unwrap();
         buffer.requeue_front(&mut batch);
         let mut again = VecDeque::new();
         buffer.take(&mut again);
@@ -169,9 +174,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn frames_past_the_maximum_age_are_dropped_and_counted() {
         let buffer = OutboundBuffer::new(8, Some(Duration::from_secs(5)));
-        buffer.push("old".into()).unwrap();
+        buffer.push_frame(text("old")).unwrap();
         tokio::time::advance(Duration::from_secs(4)).await;
-        buffer.push("young".into()).unwrap();
+        buffer.push_frame(text("young")).unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         let mut batch = VecDeque::new();
         assert_eq!(buffer.take(&mut batch), 1);
@@ -181,7 +186,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_first_push_wakes_the_writer() {
         let buffer = OutboundBuffer::new(8, None);
-        buffer.push("a".into()).unwrap();
+        buffer.push_frame(text("a")).unwrap();
         tokio::time::timeout(Duration::from_secs(1), buffer.ready())
             .await
             .unwrap();

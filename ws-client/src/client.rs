@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use ws_protocol::{invalid_channel_name, is_valid_channel_name};
 
 use crate::buffer::OutboundBuffer;
+use crate::buffer::OutboundFrame;
 use crate::builder::ClientBuilder;
 use crate::driver::Command;
 use crate::error::{Error, Result};
@@ -170,7 +171,7 @@ impl WebSocketClient {
         self.usable()?;
         self.shared
             .buffer
-            .push(text.into())
+            .push_frame(OutboundFrame::Text(text.into()))
             .map_err(Error::BufferFull)
     }
 
@@ -178,17 +179,14 @@ impl WebSocketClient {
     /// the hub answers binary frames with an error).
     ///
     /// # Errors
-    /// [`Error::BufferFullBinary`] at once when the buffer is full (the frame is given back);
+    /// [`Error::BufferFull`] at once when the buffer is full (the frame is given back);
     /// [`Error::Failed`] or [`Error::Closed`] when the client has ended.
     pub async fn send_binary(&self, bytes: impl Into<Vec<u8>>) -> Result<()> {
         self.usable()?;
         self.shared
             .buffer
-            .push_frame(crate::buffer::Outbound::Binary(bytes.into()))
-            .map_err(|frame| match frame {
-                crate::buffer::Outbound::Binary(bytes) => Error::BufferFullBinary(bytes),
-                crate::buffer::Outbound::Text(text) => Error::BufferFull(text),
-            })
+            .push_frame(OutboundFrame::Binary(bytes.into()))
+            .map_err(Error::BufferFull)
     }
 
     /// Publishes `data` on a hub channel (a `Publish` frame), queued like [`send`](Self::send).

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::buffer::OutboundFrame;
+
 /// What went wrong in a [`WebSocketClient`](crate::WebSocketClient) call. `Clone`, so that
 /// one failure can answer every call waiting on it.
 #[derive(Debug, Clone, Error)]
@@ -21,13 +23,10 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
-    /// The outbound buffer is full; the frame (as JSON text) is given back unsent. Retryable
-    /// once the client reconnects and drains its buffer.
+    /// The outbound buffer is full; the frame is given back unsent. Retryable once the
+    /// client reconnects and drains its buffer.
     #[error("outbound buffer full ({} bytes given back)", .0.len())]
-    BufferFull(String),
-    /// The outbound buffer is full: the binary frame was not queued and is given back.
-    #[error("the outbound buffer is full; the binary frame was not queued")]
-    BufferFullBinary(Vec<u8>),
+    BufferFull(OutboundFrame),
     /// The client gave up (reconnect attempts used up, or the server refused for good).
     /// Fatal: build a new client.
     #[error("client failed: {0}")]

@@ -47,6 +47,7 @@ mod settings;
 mod state;
 mod tls;
 
+pub use buffer::OutboundFrame;
 pub use builder::{
     ClientBuilder, DEFAULT_BACKOFF_RESET_AFTER, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_BUFFER_AGE,
     DEFAULT_MAX_MESSAGE_SIZE,

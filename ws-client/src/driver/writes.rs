@@ -6,7 +6,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::warn;
 
 use super::{Driver, Ended};
-use crate::buffer::Outbound;
+use crate::buffer::OutboundFrame;
 use crate::event::Event;
 use crate::link::Socket;
 use crate::metrics::Counters;
@@ -47,8 +47,8 @@ impl Driver {
             while let Some(pending) = batch.pop_front() {
                 let len = pending.frame.len() as u64;
                 let message = match &pending.frame {
-                    Outbound::Text(text) => Message::text(text.clone()),
-                    Outbound::Binary(bytes) => Message::binary(bytes.clone()),
+                    OutboundFrame::Text(text) => Message::text(text.clone()),
+                    OutboundFrame::Binary(bytes) => Message::binary(bytes.clone()),
                 };
                 if let Err(e) = ws.feed(message).await {
                     batch.push_front(pending);
