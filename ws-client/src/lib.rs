@@ -30,7 +30,6 @@
 //! # Ok(()) }
 //! ```
 
-mod backoff;
 mod buffer;
 mod builder;
 mod client;

@@ -10,7 +10,9 @@
 //! - [`close`]: the WebSocket close codes the hub uses and what a client should do on each;
 //! - [`codes`]: the `code` of every `Error` frame;
 //! - [`is_valid_channel_name`]: the rule for channel names, shared by both sides;
-//! - [`WebSocketConfig`]: the `WS_*` environment variables shared by the client and the hub.
+//! - [`WebSocketConfig`]: the `WS_*` environment variables shared by the client and the hub;
+//! - [`backoff`]: the jittered exponential delays between reconnect attempts, used by the
+//!   client's connections and the hub's link to Redis alike.
 //!
 //! ```
 //! use ws_protocol::WsMessage;
@@ -25,12 +27,15 @@
 //! # Ok::<(), ws_protocol::DecodeError>(())
 //! ```
 
+pub mod backoff;
 mod channel;
 pub mod close;
 pub mod codes;
 mod config;
+mod decode;
 mod error;
 mod message;
+mod message_type;
 mod payload;
 
 pub use channel::{MAX_CHANNEL_NAME_LEN, invalid_channel_name, is_valid_channel_name};
@@ -40,4 +45,5 @@ pub use message::{
     ChannelPosition, MAX_ERROR_MESSAGE_LEN, Position, WsMessage, encode_publication, excerpt,
     write_publication,
 };
+pub use message_type::MessageType;
 pub use payload::{MAX_DATA_DEPTH, Payload};

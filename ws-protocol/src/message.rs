@@ -1,12 +1,12 @@
 //! [`WsMessage`]: every frame of the protocol.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+use crate::decode::Fields;
 use crate::error::DecodeError;
 use crate::payload::Payload;
 
@@ -170,9 +170,9 @@ impl WsMessage {
     /// [`DecodeError`] says whether the text is not JSON, has no or an unknown `type`, or lacks
     /// a field; [`DecodeError::code`] gives the matching [`codes`](crate::codes) value.
     pub fn from_json(text: &str) -> Result<Self, DecodeError> {
-        let frame: Frame<'_> =
+        let fields: Fields<'_> =
             serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        frame.into_message()
+        fields.into_message()
     }
 
     /// Encodes the message as one JSON text frame.
@@ -184,24 +184,7 @@ impl WsMessage {
 
     /// The value of the `"type"` field, such as `"Subscribe"`.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::PriceUpdate { .. } => "PriceUpdate",
-            Self::AccountUpdate { .. } => "AccountUpdate",
-            Self::Subscribe { .. } => "Subscribe",
-            Self::Unsubscribe { .. } => "Unsubscribe",
-            Self::Publish { .. } => "Publish",
-            Self::Authenticate { .. } => "Authenticate",
-            Self::Authenticated { .. } => "Authenticated",
-            Self::Ping => "Ping",
-            Self::Pong => "Pong",
-            Self::Connected { .. } => "Connected",
-            Self::Subscribed { .. } => "Subscribed",
-            Self::Unsubscribed { .. } => "Unsubscribed",
-            Self::Error { .. } => "Error",
-            Self::Publication { .. } => "Publication",
-            Self::Lagged { .. } => "Lagged",
-            Self::Conflated { .. } => "Conflated",
-        }
+        self.message_type().name()
     }
 
     /// An `Error` frame with the given code and message; the message is cut to
@@ -268,7 +251,7 @@ pub fn excerpt(text: &str) -> String {
 
 impl<'de> Deserialize<'de> for WsMessage {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Frame::deserialize(deserializer)?
+        Fields::deserialize(deserializer)?
             .into_message()
             .map_err(D::Error::custom)
     }
@@ -314,147 +297,11 @@ pub fn write_publication(out: &mut Vec<u8>, channel: &str, seq: u64, data: &RawV
     }
 }
 
-/// Every field any frame may carry; decoded in one pass, then checked against the `type`.
-///
-/// A flat struct (rather than serde's internally tagged enum) lets `data` stay a borrowed
-/// [`RawValue`] and lets errors say which field of which type is missing.
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
-    input_mint: Option<String>,
-    output_mint: Option<String>,
-    price: Option<f64>,
-    volume: Option<u64>,
-    timestamp: Option<i64>,
-    pubkey: Option<String>,
-    lamports: Option<u64>,
-    slot: Option<u64>,
-    channels: Option<Vec<String>>,
-    since: Option<BTreeMap<String, Position>>,
-    positions: Option<BTreeMap<String, ChannelPosition>>,
-    channel: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    data: Option<Box<RawValue>>,
-    connection_id: Option<u64>,
-    server_time: Option<i64>,
-    code: Option<String>,
-    message: Option<String>,
-    seq: Option<u64>,
-    missed: Option<u64>,
-    skipped: Option<u64>,
-    token: Option<String>,
-    user_id: Option<String>,
-}
-
-/// Keeps `"data": null` as the JSON value `null` rather than as an absent field.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(d).map(Some)
-}
-
-impl Frame<'_> {
-    fn into_message(self) -> Result<WsMessage, DecodeError> {
-        let kind = self.kind.ok_or(DecodeError::MissingType)?;
-        let kind: &'static str = match KINDS.iter().find(|k| **k == kind) {
-            Some(k) => k,
-            None => return Err(DecodeError::UnknownType(kind.into_owned())),
-        };
-        let need = |field: &'static str| DecodeError::MissingField { kind, field };
-        Ok(match kind {
-            "PriceUpdate" => WsMessage::PriceUpdate {
-                input_mint: self.input_mint.ok_or_else(|| need("input_mint"))?,
-                output_mint: self.output_mint.ok_or_else(|| need("output_mint"))?,
-                price: self.price.ok_or_else(|| need("price"))?,
-                volume: self.volume.ok_or_else(|| need("volume"))?,
-                timestamp: self.timestamp.ok_or_else(|| need("timestamp"))?,
-            },
-            "AccountUpdate" => WsMessage::AccountUpdate {
-                pubkey: self.pubkey.ok_or_else(|| need("pubkey"))?,
-                lamports: self.lamports.ok_or_else(|| need("lamports"))?,
-                slot: self.slot.ok_or_else(|| need("slot"))?,
-                timestamp: self.timestamp.ok_or_else(|| need("timestamp"))?,
-            },
-            "Subscribe" => WsMessage::Subscribe {
-                channels: self.channels.ok_or_else(|| need("channels"))?,
-                since: self.since.unwrap_or_default(),
-            },
-            "Unsubscribe" => WsMessage::Unsubscribe {
-                channels: self.channels.ok_or_else(|| need("channels"))?,
-            },
-            "Publish" => {
-                let data = self.data.ok_or_else(|| need("data"))?;
-                crate::payload::check_portable(data.get()).map_err(DecodeError::UnportableData)?;
-                WsMessage::Publish {
-                    channel: self.channel.ok_or_else(|| need("channel"))?,
-                    data: data.into(),
-                }
-            }
-            "Authenticate" => WsMessage::Authenticate {
-                token: self.token.ok_or_else(|| need("token"))?,
-            },
-            "Authenticated" => WsMessage::Authenticated {
-                user_id: self.user_id.ok_or_else(|| need("user_id"))?,
-            },
-            "Ping" => WsMessage::Ping,
-            "Pong" => WsMessage::Pong,
-            "Connected" => WsMessage::Connected {
-                connection_id: self.connection_id.ok_or_else(|| need("connection_id"))?,
-                server_time: self.server_time.ok_or_else(|| need("server_time"))?,
-            },
-            "Subscribed" => WsMessage::Subscribed {
-                channels: self.channels.ok_or_else(|| need("channels"))?,
-                positions: self.positions.unwrap_or_default(),
-            },
-            "Unsubscribed" => WsMessage::Unsubscribed {
-                channels: self.channels.ok_or_else(|| need("channels"))?,
-            },
-            "Error" => WsMessage::Error {
-                code: self.code.ok_or_else(|| need("code"))?,
-                message: self.message.ok_or_else(|| need("message"))?,
-                channels: self.channels.unwrap_or_default(),
-            },
-            "Publication" => WsMessage::Publication {
-                channel: self.channel.ok_or_else(|| need("channel"))?,
-                seq: self.seq.ok_or_else(|| need("seq"))?,
-                data: self.data.ok_or_else(|| need("data"))?.into(),
-            },
-            "Lagged" => WsMessage::Lagged {
-                channel: self.channel.ok_or_else(|| need("channel"))?,
-                missed: self.missed.ok_or_else(|| need("missed"))?,
-            },
-            "Conflated" => WsMessage::Conflated {
-                channel: self.channel.ok_or_else(|| need("channel"))?,
-                skipped: self.skipped.ok_or_else(|| need("skipped"))?,
-            },
-            other => return Err(DecodeError::UnknownType(other.to_owned())),
-        })
-    }
-}
-
-/// Every `type` value [`WsMessage`] knows.
-const KINDS: &[&str] = &[
-    "PriceUpdate",
-    "AccountUpdate",
-    "Subscribe",
-    "Unsubscribe",
-    "Publish",
-    "Authenticate",
-    "Authenticated",
-    "Ping",
-    "Pong",
-    "Connected",
-    "Subscribed",
-    "Unsubscribed",
-    "Error",
-    "Publication",
-    "Lagged",
-    "Conflated",
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codes;
+    use crate::message_type::MessageType;
 
     fn round_trip(message: WsMessage) {
         let text = message.to_json();
@@ -521,7 +368,7 @@ mod tests {
                 skipped: 3,
             },
         ] {
-            assert!(KINDS.contains(&message.kind()));
+            assert!(MessageType::from_name(message.kind()).is_some());
             assert!(
                 message
                     .to_json()

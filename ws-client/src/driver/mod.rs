@@ -32,11 +32,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use ws_protocol::backoff::Backoff;
 use ws_protocol::{Position, close};
 
 use self::arrival::Arrival;
 use self::subscriptions::Subscriptions;
-use crate::backoff::Backoff;
 use crate::buffer::{OutboundBuffer, Pending};
 use crate::combined_state::CombinedState;
 use crate::error::{Error, Result};

@@ -12,6 +12,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+use ws_protocol::backoff::Backoff;
 
 use super::RedisBroker;
 use super::schema::{ATTACH, PUBLISH};
@@ -26,7 +27,7 @@ impl RedisBroker {
     /// Follows every mirrored channel until `token` is cancelled, reconnecting whenever
     /// Redis is lost. Owned by the server's task tracker.
     pub(crate) async fn run(self: Arc<Self>, channels: Arc<Channels>, token: CancellationToken) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF, None);
         // When the current outage began, once it has been reported: one report per outage
         // (not one per retry), and one when it ends.
         let mut down_since: Option<Instant> = None;
@@ -37,7 +38,7 @@ impl RedisBroker {
             };
             match connected {
                 Ok(reader) => {
-                    backoff = MIN_BACKOFF;
+                    backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF, None);
                     if let Some(since) = down_since.take() {
                         info!(outage = ?since.elapsed(), "Redis is reachable again");
                     }
@@ -60,10 +61,10 @@ impl RedisBroker {
                     error!(%error, "cannot reach Redis (WS_REDIS_URL); publishing and subscribing are refused until it is reachable; retrying");
                     down_since = Some(Instant::now());
                 }
-                Err(error) => debug!(%error, ?backoff, "cannot reach Redis yet"),
+                Err(error) => debug!(%error, "cannot reach Redis yet"),
             }
-            let delay = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            // Without an attempt limit the delays never end.
+            let delay = backoff.next().unwrap_or(MAX_BACKOFF);
             tokio::select! {
                 () = token.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}

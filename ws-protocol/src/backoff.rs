@@ -1,4 +1,5 @@
-//! [`Backoff`]: the delays between reconnect attempts.
+//! [`Backoff`]: the delays between reconnect attempts, the same for the client's connections
+//! and the hub's link to Redis.
 //!
 //! backon's exponential builder does the arithmetic (start, doubling, cap, attempt limit).
 //! Its own jitter adds up to 100 % on top of the delay, which would break the cap, so the
@@ -12,13 +13,15 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 /// The reconnect delays: exponential from `initial`, doubling up to `max`, each jittered into
 /// `[d/2, d]`, ending after `max_attempts` if set.
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     inner: ExponentialBackoff,
     rng: fastrand::Rng,
 }
 
 impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration, max_attempts: Option<u32>) -> Self {
+    /// Delays starting at `initial`, doubling up to `max`, at most `max_attempts` of them
+    /// (`None`: without end).
+    pub fn new(initial: Duration, max: Duration, max_attempts: Option<u32>) -> Self {
         let builder = ExponentialBuilder::default()
             .with_min_delay(initial)
             .with_max_delay(max.max(initial))
