@@ -51,6 +51,7 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) -> Resu
 }
 
 /// A plain WebSocket client that speaks the protocol frame by frame.
+#[derive(Debug)]
 pub struct RawClient {
     /// The underlying socket, for tests that need protocol-level frames.
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -212,6 +213,7 @@ pub fn unix_now() -> u64 {
 ///
 /// # Panics
 /// If the claims cannot be encoded (they are JSON already, so never).
+#[allow(clippy::expect_used)] // a test helper: the claims are JSON already
 pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
     use jsonwebtoken::{EncodingKey, Header, encode};
     encode(

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// A TCP relay on `127.0.0.1:0`; see the module documentation. Dropping it stops it.
+#[derive(Debug)]
 pub struct TcpProxy {
     addr: SocketAddr,
     next_id: Arc<AtomicU64>,

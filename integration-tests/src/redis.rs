@@ -18,6 +18,7 @@ use tokio::process::{Child, Command};
 use crate::within;
 
 /// A `redis-server` child process without persistence; killed when dropped.
+#[derive(Debug)]
 pub struct RedisServer {
     addr: SocketAddr,
     child: Option<Child>,

@@ -316,7 +316,7 @@ async fn publications_are_not_refused_by_default_and_a_token_can_set_its_own_rat
                         Message::Text(text) => match WsMessage::from_json(text.as_str())? {
                             WsMessage::Pong => return Ok::<_, anyhow::Error>((refused, true)),
                             WsMessage::Error { code, .. } if code == codes::RATE_LIMITED => {
-                                refused += 1
+                                refused += 1;
                             }
                             _ => {}
                         },

@@ -240,7 +240,7 @@ async fn max_reconnect_attempts_ends_in_failed() -> Result<()> {
     .await?;
     match client.state() {
         ConnectionState::Failed { reason } => {
-            assert!(reason.contains("2 reconnect attempts"), "{reason}")
+            assert!(reason.contains("2 reconnect attempts"), "{reason}");
         }
         other => bail!("{other:?}"),
     }

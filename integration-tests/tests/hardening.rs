@@ -501,7 +501,7 @@ async fn deeply_nested_or_out_of_range_data_is_refused_and_never_forwarded() -> 
     publisher.publish("x", r#"{"price":1.5}"#).await?;
     match subscriber.recv().await? {
         WsMessage::Publication { data, .. } => {
-            assert_eq!(data, Payload::from_json(r#"{"price":1.5}"#)?)
+            assert_eq!(data, Payload::from_json(r#"{"price":1.5}"#)?);
         }
         other => bail!("expected the good publication only, got {other:?}"),
     }

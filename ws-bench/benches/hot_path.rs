@@ -3,6 +3,9 @@
 //!
 //!     cargo bench -p ws-bench --bench hot_path
 
+// A benchmark fails loudly on a setup that cannot work.
+#![allow(clippy::expect_used)]
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use ws_protocol::{Payload, WsMessage, encode_publication};
@@ -28,22 +31,22 @@ fn envelope(c: &mut Criterion) {
     .to_json();
     let publication = encode_publication("prices:SOL-USDC", 42, data.as_raw());
     group.bench_function("encode PriceUpdate", |b| {
-        b.iter(|| black_box(price()).to_json())
+        b.iter(|| black_box(price()).to_json());
     });
     group.bench_function("encode Publication (raw data)", |b| {
-        b.iter(|| encode_publication(black_box("prices:SOL-USDC"), 42, black_box(data.as_raw())))
+        b.iter(|| encode_publication(black_box("prices:SOL-USDC"), 42, black_box(data.as_raw())));
     });
     group.bench_function("decode Publish", |b| {
-        b.iter(|| WsMessage::from_json(black_box(&publish)))
+        b.iter(|| WsMessage::from_json(black_box(&publish)));
     });
     group.bench_function("decode Publication", |b| {
-        b.iter(|| WsMessage::from_json(black_box(&publication)))
+        b.iter(|| WsMessage::from_json(black_box(&publication)));
     });
     group.bench_function("decode Publication + data as PriceUpdate", |b| {
         b.iter(|| match WsMessage::from_json(black_box(&publication)) {
             Ok(WsMessage::Publication { data, .. }) => data.decode::<WsMessage>().ok(),
             _ => None,
-        })
+        });
     });
     group.finish();
 }
@@ -62,7 +65,7 @@ fn registry(c: &mut Criterion) {
                     let published = fanout.publish("c0", data.as_raw());
                     fanout.drain(0);
                     published
-                })
+                });
             },
         );
     }
@@ -81,7 +84,7 @@ fn registry(c: &mut Criterion) {
                     let published = fanout.publish(black_box(&name), data.as_raw());
                     fanout.drain(middle);
                     published
-                })
+                });
             },
         );
         group.bench_with_input(

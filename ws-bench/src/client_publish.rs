@@ -18,7 +18,7 @@ use crate::subscriber::{Progress, Protocol, Subscriber, WindowWait};
 
 /// Settings of S8.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ClientPublishArgs {
+pub(crate) struct ClientPublishArgs {
     /// The hub, `ws://HOST:PORT`.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
@@ -38,7 +38,7 @@ pub struct ClientPublishArgs {
 
 /// What S8 measured.
 #[derive(Debug, Serialize)]
-pub struct ClientPublishReport {
+pub(crate) struct ClientPublishReport {
     /// Messages the client accepted.
     pub sent: u64,
     /// Times `publish` answered `BufferFull` (the caller retried).
@@ -54,7 +54,7 @@ pub struct ClientPublishReport {
 }
 
 /// Runs S8.
-pub async fn run(args: &ClientPublishArgs) -> Result<ClientPublishReport> {
+pub(crate) async fn run(args: &ClientPublishArgs) -> Result<ClientPublishReport> {
     let addr = socket_addr(&args.url)?;
     let shared = Arc::new(Shared::new());
     let stop = CancellationToken::new();

@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 use crate::load::socket_addr;
 
 /// A hub started with `sh -c COMMAND` and `WS_HOST`/`WS_PORT` taken from the URL.
-pub struct HubProcess {
+pub(crate) struct HubProcess {
     command: String,
     url: String,
     child: Option<Child>,
@@ -18,7 +18,7 @@ pub struct HubProcess {
 
 impl HubProcess {
     /// Starts the hub and waits until it accepts connections.
-    pub async fn start(command: &str, url: &str) -> Result<Self> {
+    pub(crate) async fn start(command: &str, url: &str) -> Result<Self> {
         let mut hub = Self {
             command: command.to_owned(),
             url: url.to_owned(),
@@ -54,7 +54,7 @@ impl HubProcess {
     }
 
     /// Stops the hub with SIGTERM (graceful: close 1001 to every client) and waits for it.
-    pub async fn stop(&mut self) -> Result<()> {
+    pub(crate) async fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
                 Command::new("kill")
@@ -71,7 +71,7 @@ impl HubProcess {
     }
 
     /// Starts it again.
-    pub async fn restart(&mut self) -> Result<()> {
+    pub(crate) async fn restart(&mut self) -> Result<()> {
         self.spawn().await
     }
 }

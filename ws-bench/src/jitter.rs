@@ -21,7 +21,7 @@ use crate::load::socket_addr;
 
 /// Settings of S10.
 #[derive(Debug, Clone, clap::Args)]
-pub struct JitterArgs {
+pub(crate) struct JitterArgs {
     /// The hub, `ws://HOST:PORT`.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
@@ -47,7 +47,7 @@ pub struct JitterArgs {
 
 /// What S10 measured.
 #[derive(Debug, Serialize)]
-pub struct JitterReport {
+pub(crate) struct JitterReport {
     /// Clients.
     pub clients: usize,
     /// Messages published.
@@ -111,7 +111,7 @@ async fn proxy(
 }
 
 /// Runs S10.
-pub async fn run(args: &JitterArgs) -> Result<JitterReport> {
+pub(crate) async fn run(args: &JitterArgs) -> Result<JitterReport> {
     let hub = socket_addr(&args.url)?;
     let stop = CancellationToken::new();
     // Cancelled when publishing ends: no more cuts, so every client can catch up.

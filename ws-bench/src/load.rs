@@ -19,7 +19,7 @@ use crate::subscriber::{Progress, Protocol, Subscriber, WindowWait};
 
 /// Settings of one load run.
 #[derive(Debug, Clone, clap::Args)]
-pub struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// The server, `ws://HOST:PORT`.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
@@ -75,7 +75,7 @@ pub struct LoadArgs {
 }
 
 /// Parses `ws://host:port[/]` into a socket address.
-pub fn socket_addr(url: &str) -> Result<SocketAddr> {
+pub(crate) fn socket_addr(url: &str) -> Result<SocketAddr> {
     let rest = url
         .strip_prefix("ws://")
         .with_context(|| format!("{url}: only ws:// URLs are supported by the bench"))?;
@@ -88,7 +88,7 @@ pub fn socket_addr(url: &str) -> Result<SocketAddr> {
 }
 
 /// Runs the load and returns its report.
-pub async fn run(args: &LoadArgs) -> Result<Report> {
+pub(crate) async fn run(args: &LoadArgs) -> Result<Report> {
     let addr = socket_addr(&args.url)?;
     let shared = Arc::new(Shared::new());
     let stop = CancellationToken::new();

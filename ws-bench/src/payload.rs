@@ -6,14 +6,14 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 /// Nanoseconds since the bench process started; publishers and subscribers share the clock.
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = START.get_or_init(Instant::now);
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Writes a payload of at least `size` bytes (exactly `size` when `size` is large enough).
-pub fn write(out: &mut Vec<u8>, publisher: u32, seq: u64, sent_ns: u64, size: usize) {
+pub(crate) fn write(out: &mut Vec<u8>, publisher: u32, seq: u64, sent_ns: u64, size: usize) {
     use std::io::Write;
     let start = out.len();
     let _ = write!(out, r#"{{"i":{publisher},"s":{seq},"t":{sent_ns},"p":""#);
@@ -29,7 +29,7 @@ static PAYLOAD_START: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#"{"i":"#));
 
 /// Finds `(publisher, seq, sent_ns)` in a frame that contains a bench payload.
-pub fn scan(frame: &[u8]) -> Option<(u32, u64, u64)> {
+pub(crate) fn scan(frame: &[u8]) -> Option<(u32, u64, u64)> {
     let at = PAYLOAD_START.find(frame)?;
     let rest = &frame[at + 5..];
     let (publisher, rest) = number(rest)?;

@@ -6,7 +6,7 @@ use std::time::Instant;
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// Resident memory of `pid` in KiB, if it can be read.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -27,14 +27,14 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// A CPU-time reading to compare with a later one.
-pub struct CpuMark {
+pub(crate) struct CpuMark {
     ticks: u64,
     at: Instant,
 }
 
 impl CpuMark {
     /// Reads `pid`'s CPU time now.
-    pub fn now(pid: u32) -> Option<Self> {
+    pub(crate) fn now(pid: u32) -> Option<Self> {
         Some(Self {
             ticks: cpu_ticks(pid)?,
             at: Instant::now(),
@@ -42,7 +42,7 @@ impl CpuMark {
     }
 
     /// The share of one core `pid` used since this mark (1.0 = one full core).
-    pub fn share_since(&self, pid: u32) -> Option<f64> {
+    pub(crate) fn share_since(&self, pid: u32) -> Option<f64> {
         let ticks = cpu_ticks(pid)?.saturating_sub(self.ticks) as f64;
         let secs = self.at.elapsed().as_secs_f64();
         (secs > 0.0).then(|| ticks / TICKS_PER_SECOND / secs)

@@ -19,7 +19,7 @@ use crate::wire::{self, OP_TEXT};
 const BATCH: u64 = 64;
 
 /// One publisher's settings.
-pub struct Publisher {
+pub(crate) struct Publisher {
     /// Its index, carried in every payload.
     pub id: u32,
     /// The server.
@@ -38,7 +38,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publishes until `duration` has passed; returns how many messages it sent.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         duration: Duration,
         subscribers: Arc<Vec<Arc<Progress>>>,

@@ -24,7 +24,7 @@ use crate::load::socket_addr;
 
 /// Settings of S11.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RedundancyArgs {
+pub(crate) struct RedundancyArgs {
     /// The hub, `ws://HOST:PORT`.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
@@ -53,7 +53,7 @@ pub struct RedundancyArgs {
 
 /// What one run (one number of connections) measured.
 #[derive(Debug, Serialize)]
-pub struct RedundancyRun {
+pub(crate) struct RedundancyRun {
     /// Connections.
     pub legs: usize,
     /// Messages published.
@@ -74,7 +74,7 @@ pub struct RedundancyRun {
 
 /// What S11 measured.
 #[derive(Debug, Serialize)]
-pub struct RedundancyReport {
+pub(crate) struct RedundancyReport {
     /// One entry per number of connections.
     pub runs: Vec<RedundancyRun>,
 }
@@ -218,7 +218,7 @@ async fn run_one(args: &Arc<RedundancyArgs>, legs: usize) -> Result<RedundancyRu
 }
 
 /// Runs S11.
-pub async fn run(args: &RedundancyArgs) -> Result<RedundancyReport> {
+pub(crate) async fn run(args: &RedundancyArgs) -> Result<RedundancyReport> {
     let args = Arc::new(args.clone());
     let mut runs = Vec::new();
     for &legs in &args.legs {

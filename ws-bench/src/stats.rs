@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// Counters and the latency histogram, shared by every subscriber.
-pub struct Shared {
+pub(crate) struct Shared {
     /// Publications received by all subscribers.
     pub deliveries: AtomicU64,
     /// Publications that never arrived, seen as gaps in a publisher's sequence.
@@ -29,7 +29,8 @@ impl Default for Shared {
 
 impl Shared {
     /// Empty counters; latencies from 1 µs to 60 s at 3 significant digits.
-    pub fn new() -> Self {
+    #[allow(clippy::expect_used)] // constant bounds, checked by every run
+    pub(crate) fn new() -> Self {
         Self {
             deliveries: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
@@ -43,7 +44,7 @@ impl Shared {
     }
 
     /// Adds a batch of latencies (ns) recorded by one subscriber.
-    pub fn record(&self, batch: &mut Vec<u64>) {
+    pub(crate) fn record(&self, batch: &mut Vec<u64>) {
         if batch.is_empty() {
             return;
         }
@@ -57,7 +58,7 @@ impl Shared {
     }
 
     /// Latency percentiles in microseconds.
-    pub fn latency_us(&self) -> Latency {
+    pub(crate) fn latency_us(&self) -> Latency {
         let hist = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         let at = |q: f64| hist.value_at_quantile(q) as f64 / 1_000.0;
         Latency {
@@ -73,7 +74,7 @@ impl Shared {
 
 /// Latency percentiles, microseconds.
 #[derive(Debug, Clone, Serialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     /// Samples recorded.
     pub samples: u64,
     /// Median.
@@ -90,7 +91,7 @@ pub struct Latency {
 
 /// Everything one run reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// A name for the run (scenario and server).
     pub label: String,
     /// Subscribers that read.
@@ -144,7 +145,7 @@ pub struct Report {
 
 impl Report {
     /// The report as a readable table.
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
         let l = &self.latency_us;
         format!(

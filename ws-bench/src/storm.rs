@@ -16,7 +16,7 @@ use crate::hub_process::HubProcess;
 
 /// Settings of S9.
 #[derive(Debug, Clone, clap::Args)]
-pub struct StormArgs {
+pub(crate) struct StormArgs {
     /// Where the hub listens, `ws://HOST:PORT`.
     #[arg(long, default_value = "ws://127.0.0.1:9100")]
     pub url: String,
@@ -42,7 +42,7 @@ pub struct StormArgs {
 
 /// What S9 measured.
 #[derive(Debug, Serialize)]
-pub struct StormReport {
+pub(crate) struct StormReport {
     /// Clients.
     pub clients: usize,
     /// Seconds to connect and subscribe every client at the start.
@@ -58,7 +58,7 @@ pub struct StormReport {
 }
 
 /// Runs S9.
-pub async fn run(args: &StormArgs) -> Result<StormReport> {
+pub(crate) async fn run(args: &StormArgs) -> Result<StormReport> {
     let mut hub = HubProcess::start(&args.hub_cmd, &args.url).await?;
     let started = Instant::now();
     let slots = Arc::new(Semaphore::new(256));

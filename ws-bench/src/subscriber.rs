@@ -17,7 +17,7 @@ use crate::wire::{self, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 
 /// What the server under test speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// Our hub: subscribers send `Subscribe`, publishers send `Publish`.
     Hub,
     /// A baseline that forwards every frame a client sends to every other client.
@@ -26,14 +26,14 @@ pub enum Protocol {
 
 /// How far one subscriber got in each publisher's sequence; read by the publishers to keep
 /// their in-flight window.
-pub struct Progress {
+pub(crate) struct Progress {
     /// Last sequence received from each publisher (0: none yet).
     pub last: Vec<AtomicU64>,
 }
 
 impl Progress {
     /// Progress for `publishers` publishers.
-    pub fn new(publishers: usize) -> Self {
+    pub(crate) fn new(publishers: usize) -> Self {
         Self {
             last: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -42,7 +42,7 @@ impl Progress {
 
 /// Wakes a publisher waiting for its window once some subscriber passes `wanted`.
 #[derive(Default)]
-pub struct WindowWait {
+pub(crate) struct WindowWait {
     /// The sequence a blocked publisher waits for (u64::MAX: nobody waits).
     pub wanted: AtomicU64,
     /// Notified when a subscriber reaches `wanted`.
@@ -50,7 +50,7 @@ pub struct WindowWait {
 }
 
 /// One subscriber's settings.
-pub struct Subscriber {
+pub(crate) struct Subscriber {
     /// The server.
     pub addr: SocketAddr,
     /// The local address to connect from.
@@ -65,7 +65,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Connects and subscribes.
-    pub async fn connect(&self) -> Result<(tokio::net::TcpStream, BytesMut)> {
+    pub(crate) async fn connect(&self) -> Result<(tokio::net::TcpStream, BytesMut)> {
         let recv_buffer = (!self.reads).then_some(4096);
         let (mut stream, mut buf) = wire::connect(self.addr, self.source, recv_buffer)
             .await
@@ -101,7 +101,7 @@ impl Subscriber {
     }
 
     /// Reads until `stop`, recording into `shared` and `progress`.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         mut stream: tokio::net::TcpStream,
         mut buf: BytesMut,

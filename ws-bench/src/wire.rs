@@ -10,17 +10,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Opcodes of the frames the bench reads and writes.
-pub const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_TEXT: u8 = 0x1;
 /// Close frame.
-pub const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_CLOSE: u8 = 0x8;
 /// Ping frame.
-pub const OP_PING: u8 = 0x9;
+pub(crate) const OP_PING: u8 = 0x9;
 /// Pong frame.
-pub const OP_PONG: u8 = 0xA;
+pub(crate) const OP_PONG: u8 = 0xA;
 
 /// Connects (from `source` when given), upgrades, and returns the stream with any bytes read
 /// past the upgrade response.
-pub async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     source: Option<IpAddr>,
     recv_buffer: Option<u32>,
@@ -68,7 +68,7 @@ pub async fn connect(
 
 /// Appends one masked client frame. The mask is fixed per call site; servers must unmask
 /// whatever key they get, and the bench has no intermediary to confuse.
-pub fn write_client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+pub(crate) fn write_client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
     out.push(0x80 | opcode);
     let len = payload.len();
@@ -90,7 +90,7 @@ pub fn write_client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 }
 
 /// Appends one unmasked server frame (for the baseline servers).
-pub fn write_server_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+pub(crate) fn write_server_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.push(0x80 | opcode);
     let len = payload.len();
     if len < 126 {
@@ -107,7 +107,7 @@ pub fn write_server_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 
 /// One parsed frame: its opcode and where its payload sits in the buffer.
 #[derive(Debug, Clone, Copy)]
-pub struct FrameRef {
+pub(crate) struct FrameRef {
     /// The opcode.
     pub opcode: u8,
     /// Payload start in the buffer.
@@ -124,7 +124,7 @@ pub struct FrameRef {
 ///
 /// # Errors
 /// A frame too large to be plausible.
-pub fn parse_frame(buf: &[u8], at: usize) -> io::Result<Option<FrameRef>> {
+pub(crate) fn parse_frame(buf: &[u8], at: usize) -> io::Result<Option<FrameRef>> {
     let b = &buf[at..];
     if b.len() < 2 {
         return Ok(None);

@@ -26,7 +26,7 @@ use crate::tls;
 /// Default for [`ClientBuilder::backoff_reset_after`].
 pub const DEFAULT_BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 /// Default for [`ClientBuilder::first_retry_window`].
-pub const DEFAULT_FIRST_RETRY_WINDOW: Duration = Duration::from_millis(250);
+pub(crate) const DEFAULT_FIRST_RETRY_WINDOW: Duration = Duration::from_millis(250);
 /// Default for [`ClientBuilder::max_buffer_age`].
 pub const DEFAULT_MAX_BUFFER_AGE: Duration = Duration::from_secs(30);
 /// Default for [`ClientBuilder::event_capacity`].

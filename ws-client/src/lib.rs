@@ -30,6 +30,9 @@
 //! # Ok(()) }
 //! ```
 
+// A library logs through `tracing`; printing is for binaries.
+#![cfg_attr(not(test), warn(clippy::print_stdout, clippy::print_stderr))]
+
 mod buffer;
 mod builder;
 mod client;

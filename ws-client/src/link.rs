@@ -28,7 +28,7 @@ pub(crate) struct Link {
 }
 
 /// Opens one connection: TCP, TLS, upgrade, then tells our hub from another server.
-pub(crate) async fn open(settings: &Settings, url: &str) -> std::result::Result<Link, String> {
+pub(crate) async fn open(settings: &Settings, url: &str) -> Result<Link, String> {
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     for (name, value) in &settings.headers {
         request.headers_mut().insert(name.clone(), value.clone());

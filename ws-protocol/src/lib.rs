@@ -27,6 +27,9 @@
 //! # Ok::<(), ws_protocol::DecodeError>(())
 //! ```
 
+// A library logs through `tracing`; printing is for binaries.
+#![cfg_attr(not(test), warn(clippy::print_stdout, clippy::print_stderr))]
+
 pub mod backoff;
 mod channel;
 pub mod close;

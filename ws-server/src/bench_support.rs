@@ -19,6 +19,15 @@ pub struct FanOut {
     outboxes: Vec<Arc<Outbox>>,
 }
 
+impl std::fmt::Debug for FanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanOut")
+            .field("channels", &self.channel_count)
+            .field("subscribers", &self.outboxes.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl FanOut {
     /// Builds the registry; every subscriber's queue holds `queue` frames.
     pub fn new(channels: usize, subscribers: usize, queue: usize) -> Self {

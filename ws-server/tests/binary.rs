@@ -1,6 +1,9 @@
 //! The `ws-server` binary, run as a newcomer would: configured by `WS_*` variables, stopped by
 //! a signal.
 
+// Helpers outside `#[test]` functions: a binary that cannot start fails the test.
+#![allow(clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;

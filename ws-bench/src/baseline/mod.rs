@@ -5,5 +5,5 @@
 //!
 //! Both forward every text frame a client sends to every other client.
 
-pub mod naive;
-pub mod raw;
+pub(crate) mod naive;
+pub(crate) mod raw;

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 const CAPACITY: usize = 1024;
 
 /// Serves until the process ends.
-pub async fn serve(listener: TcpListener) -> Result<()> {
+pub(crate) async fn serve(listener: TcpListener) -> Result<()> {
     let (tx, _) = broadcast::channel::<(u64, Message)>(CAPACITY);
     let mut next_id = 0u64;
     loop {

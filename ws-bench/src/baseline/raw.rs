@@ -21,7 +21,7 @@ const QUEUE: usize = 4096;
 type Peers = Arc<RwLock<Vec<(u64, mpsc::Sender<Bytes>)>>>;
 
 /// Serves until the process ends.
-pub async fn serve(listener: TcpListener) -> Result<()> {
+pub(crate) async fn serve(listener: TcpListener) -> Result<()> {
     let peers: Peers = Arc::default();
     let ids = Arc::new(AtomicU64::new(0));
     loop {

@@ -14,7 +14,7 @@ use crate::state::ConnectionState;
 
 impl Driver {
     /// Runs the connection from its first attempt (`first`, made by the builder) to its end.
-    pub(crate) async fn run(mut self, first: std::result::Result<Link, String>) {
+    pub(crate) async fn run(mut self, first: Result<Link, String>) {
         let mut backoff = self.new_backoff();
         let mut attempt = 0u32;
         let mut reconnected = false;

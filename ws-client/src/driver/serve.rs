@@ -168,7 +168,7 @@ impl Driver {
     }
 
     /// Sends `Subscribe` for every channel and waits for `Subscribed`, decoding other frames.
-    async fn resubscribe(&mut self, ws: &mut Socket) -> std::result::Result<(), Ended> {
+    async fn resubscribe(&mut self, ws: &mut Socket) -> Result<(), Ended> {
         if self.subscriptions.is_empty() {
             return Ok(());
         }
@@ -227,10 +227,7 @@ impl Driver {
         Ok(())
     }
 
-    pub(super) async fn send_on_connect(
-        &mut self,
-        ws: &mut Socket,
-    ) -> std::result::Result<(), Ended> {
+    pub(super) async fn send_on_connect(&mut self, ws: &mut Socket) -> Result<(), Ended> {
         for frame in &self.settings.on_connect {
             ws.feed(Message::text(frame.clone()))
                 .await
@@ -242,11 +239,7 @@ impl Driver {
             .map_err(|e| Ended::Retry(format!("on-connect frames failed: {e}")))
     }
 
-    async fn command(
-        &mut self,
-        ws: &mut Socket,
-        command: Command,
-    ) -> std::result::Result<(), Ended> {
+    async fn command(&mut self, ws: &mut Socket, command: Command) -> Result<(), Ended> {
         match command {
             Command::Subscribe { channels, done } => {
                 if !self.hub {

@@ -12,11 +12,7 @@ use crate::link::Socket;
 use crate::metrics::Counters;
 
 impl Driver {
-    pub(super) async fn write_now(
-        &self,
-        ws: &mut Socket,
-        text: String,
-    ) -> std::result::Result<(), Ended> {
+    pub(super) async fn write_now(&self, ws: &mut Socket, text: String) -> Result<(), Ended> {
         let bytes = text.len() as u64;
         ws.send(Message::text(text))
             .await
@@ -28,10 +24,7 @@ impl Driver {
 
     /// Writes everything buffered with one flush. Frames not handed to the socket when it
     /// fails go back to the front of the buffer.
-    pub(super) async fn write_buffered(
-        &mut self,
-        ws: &mut Socket,
-    ) -> std::result::Result<(), Ended> {
+    pub(super) async fn write_buffered(&mut self, ws: &mut Socket) -> Result<(), Ended> {
         let expired = self.buffer.take(&mut self.batch);
         if expired > 0 {
             warn!(

@@ -300,7 +300,7 @@ fn a_sweep_stuck_on_one_channel_holds_up_no_other_shard() {
     std::thread::sleep(Duration::from_millis(20));
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let worker = {
-        let channels = channels.clone();
+        let channels = channels;
         std::thread::spawn(move || {
             let b = outbox();
             let data = Payload::from_json("1").unwrap();
