@@ -129,8 +129,9 @@ pub struct WebSocketConfig {
     /// [`SlowConsumerPolicy`].
     pub slow_consumer_policy: SlowConsumerPolicy,
     /// `WS_MAX_CONNECTIONS`: connections the hub holds at once; further upgrades get HTTP 503.
-    /// Default 0: as many as the process may open files (the hub raises its open-file limit
-    /// to the hard limit and keeps 64 descriptors for itself), said in the log at start.
+    /// Default 0: as many as the process may open files. The `ws-server` binary raises its
+    /// open-file limit to the hard limit and keeps 64 descriptors for itself, said in the log
+    /// at start; an application embedding the hub keeps its own open-file limit.
     pub max_connections: usize,
     /// `WS_MAX_PENDING_UPGRADES`: TCP connections that have not finished their WebSocket
     /// upgrade, held at once; further ones are closed at once, so that sockets that never
