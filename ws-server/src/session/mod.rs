@@ -10,8 +10,8 @@
 //! and are never dropped; publications are drained from the outbox in batches and written
 //! with one flush.
 //!
-//! Files: this one (the upgrade and the task's loop), `admission.rs` (what an upgrade must
-//! bring), `core.rs` (the connection's state and decisions, with unit tests in
+//! Files: this one (the task's loop), `upgrade.rs` (the WebSocket upgrade, bounded in time),
+//! `admission.rs` (what an upgrade must bring), `core.rs` (the connection's state and decisions, with unit tests in
 //! `core/tests.rs`), `command/` (one file per client command), `writer.rs` (replies, batches,
 //! the write guard and its timeout), `ending.rs` (why a connection ends and the close
 //! handshake).
@@ -20,6 +20,7 @@ mod admission;
 mod command;
 mod core;
 mod ending;
+mod upgrade;
 mod writer;
 
 use std::collections::VecDeque;
@@ -35,7 +36,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, warn};
 use ws_protocol::{Payload, WsMessage};
@@ -45,14 +45,12 @@ use crate::channel::Published;
 use crate::hub::Hub;
 use crate::metrics::HubMetrics;
 use crate::outbox::{Notice, Outbox, Outgoing};
-use crate::read_ahead::ReadAhead;
-use crate::upgrade_request;
 
-use self::admission::admit;
 use self::command::publish::refusal_of_publication;
 use self::command::subscribe::SubscribeRequest;
 use self::core::{Core, Step};
 use self::ending::{End, read_error};
+use self::upgrade::{Upgraded, upgrade};
 
 /// Upgrades `stream` and runs the connection to its end. Errors are logged, never returned.
 /// `upgrading` is the connection's place among the pending upgrades, given back once the
@@ -66,46 +64,16 @@ pub(crate) async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &hub.config;
-    let mut stream = ReadAhead::new(stream);
-    // The upgrade checks the Origin, the connection limit and any token, and leaves the
-    // grant of an accepted token and the connection's place here; without a token the
-    // connection must authenticate with a frame.
-    let mut grant = None;
-    let mut slot = None;
-    let upgrade = async {
-        // The request is checked first, so that a malformed one gets a status that says why.
-        let head = stream.peek_head(upgrade_request::MAX_HEAD).await?;
-        if let Err(refusal) = upgrade_request::check(head) {
-            debug!(%peer, status = refusal.status, "upgrade request refused");
-            refusal.write(&mut stream).await;
-            return Err(WsError::Http(Box::default()));
-        }
-        #[allow(clippy::result_large_err)] // tungstenite's callback signature
-        let check = |request: &Request, response: Response| {
-            admit(&hub, request, response, &mut grant, &mut slot)
-        };
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(hub.ws_config)).await
-    };
     // Boxed: the handshake's state is large and only lives until the upgrade, so it is not
     // kept in every idle connection's task.
-    let upgrade = Box::pin(tokio::time::timeout(config.handshake_timeout, upgrade));
-    let ws = tokio::select! {
-        () = hub.token.cancelled() => return,
-        result = upgrade => match result {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "WebSocket upgrade failed");
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "WebSocket upgrade timed out");
-                return;
-            }
-        },
-    };
+    let upgraded = Box::pin(upgrade(&hub, stream, peer)).await;
     drop(upgrading);
-    let Some(_slot) = slot else {
-        // admit() gives a slot to every upgrade it accepts.
+    let Some(Upgraded {
+        ws,
+        grant,
+        slot: _slot,
+    }) = upgraded
+    else {
         return;
     };
 

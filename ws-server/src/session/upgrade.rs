@@ -1,0 +1,73 @@
+//! The WebSocket upgrade of one accepted socket: the HTTP request checked first (a malformed
+//! one gets a status that says why), then tungstenite's handshake with the admission checks
+//! (`admission.rs`), all within `WS_HANDSHAKE_TIMEOUT` and given up at shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tracing::debug;
+
+use super::admission::admit;
+use crate::auth::Grant;
+use crate::hub::Hub;
+use crate::read_ahead::ReadAhead;
+use crate::upgrade_request;
+
+/// An upgraded connection.
+pub(super) struct Upgraded<S> {
+    /// The WebSocket, over a socket read in large chunks.
+    pub(super) ws: WebSocketStream<ReadAhead<S>>,
+    /// What the token of the upgrade allows (or the open hub's grant); `None`: the connection
+    /// must authenticate with a frame.
+    pub(super) grant: Option<Arc<Grant>>,
+    /// The connection's place among the open connections (`WS_MAX_CONNECTIONS`).
+    pub(super) slot: OwnedSemaphorePermit,
+}
+
+/// Upgrades `stream` from `peer`; `None` (logged) if the upgrade failed, was refused, timed
+/// out or the hub is shutting down.
+pub(super) async fn upgrade<S>(hub: &Hub, stream: S, peer: SocketAddr) -> Option<Upgraded<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stream = ReadAhead::new(stream);
+    // The upgrade checks the Origin, the connection limit and any token, and leaves the
+    // grant of an accepted token and the connection's place here.
+    let mut grant = None;
+    let mut slot = None;
+    let handshake = async {
+        let head = stream.peek_head(upgrade_request::MAX_HEAD).await?;
+        if let Err(refusal) = upgrade_request::check(head) {
+            debug!(%peer, status = refusal.status, "upgrade request refused");
+            refusal.write(&mut stream).await;
+            return Err(WsError::Http(Box::default()));
+        }
+        #[allow(clippy::result_large_err)] // tungstenite's callback signature
+        let check = |request: &Request, response: Response| {
+            admit(hub, request, response, &mut grant, &mut slot)
+        };
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(hub.ws_config)).await
+    };
+    let ws = tokio::select! {
+        () = hub.token.cancelled() => return None,
+        result = tokio::time::timeout(hub.config.handshake_timeout, handshake) => match result {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "WebSocket upgrade failed");
+                return None;
+            }
+            Err(_) => {
+                debug!(%peer, "WebSocket upgrade timed out");
+                return None;
+            }
+        },
+    };
+    // admit() gives a slot to every upgrade it accepts.
+    let slot = slot?;
+    Some(Upgraded { ws, grant, slot })
+}
