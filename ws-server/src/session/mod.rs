@@ -65,14 +65,13 @@ pub(crate) async fn run<S>(
 {
     let config = &hub.config;
     // Boxed: the handshake's state is large and only lives until the upgrade, so it is not
-    // kept in every idle connection's task.
-    let upgraded = Box::pin(upgrade(&hub, stream, peer)).await;
-    drop(upgrading);
+    // kept in every idle connection's task. (Destructured at once rather than kept in a
+    // variable, which would keep its room in every idle connection's task.)
     let Some(Upgraded {
         ws,
         grant,
         slot: _slot,
-    }) = upgraded
+    }) = Box::pin(upgrade(&hub, stream, peer, upgrading)).await
     else {
         return;
     };

@@ -30,8 +30,15 @@ pub(super) struct Upgraded<S> {
 }
 
 /// Upgrades `stream` from `peer`; `None` (logged) if the upgrade failed, was refused, timed
-/// out or the hub is shutting down.
-pub(super) async fn upgrade<S>(hub: &Hub, stream: S, peer: SocketAddr) -> Option<Upgraded<S>>
+/// out or the hub is shutting down. `upgrading`, the socket's place among the pending
+/// upgrades, is given back when this returns: an upgraded connection takes a place among the
+/// open connections instead.
+pub(super) async fn upgrade<S>(
+    hub: &Hub,
+    stream: S,
+    peer: SocketAddr,
+    upgrading: OwnedSemaphorePermit,
+) -> Option<Upgraded<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -67,6 +74,7 @@ where
             }
         },
     };
+    drop(upgrading);
     // admit() gives a slot to every upgrade it accepts.
     let slot = slot?;
     Some(Upgraded { ws, grant, slot })
