@@ -161,6 +161,7 @@ impl RawClient {
     pub async fn subscribe(&mut self, channels: &[&str]) -> Result<()> {
         let channels: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
         self.send(&WsMessage::Subscribe {
+            rewind: None,
             channels: channels.clone(),
             since: Default::default(),
         })
@@ -181,6 +182,8 @@ impl RawClient {
     pub async fn publish(&mut self, channel: &str, data: &str) -> Result<()> {
         let data = ws_protocol::Payload::from_json(data)?;
         self.send(&WsMessage::Publish {
+            id: None,
+            key: None,
             channel: channel.to_owned(),
             data,
         })

@@ -53,6 +53,7 @@ async fn a_token_in_the_query_grants_exactly_its_channels() -> Result<()> {
     client.subscribe(&["prices:SOL-USDC"]).await?;
     client
         .send(&WsMessage::Subscribe {
+            rewind: None,
             channels: vec!["prices:BONK".into(), "orders:alice".into()],
             since: Default::default(),
         })
@@ -91,6 +92,7 @@ async fn a_private_channel_is_open_only_to_its_subject_via_bearer_header() -> Re
     client.subscribe(&["orders:alice"]).await?;
     client
         .send(&WsMessage::Subscribe {
+            rewind: None,
             channels: vec!["orders:bob".into()],
             since: Default::default(),
         })
@@ -131,6 +133,7 @@ async fn an_authenticate_frame_opens_a_connection_that_had_no_token() -> Result<
     let mut client = RawClient::connect(server.local_addr()).await?;
     client
         .send(&WsMessage::Subscribe {
+            rewind: None,
             channels: vec!["prices:x".into()],
             since: Default::default(),
         })
@@ -206,6 +209,7 @@ async fn subscriptions_per_connection_are_capped() -> Result<()> {
     client.subscribe(&["a"]).await?;
     client
         .send(&WsMessage::Subscribe {
+            rewind: None,
             channels: vec!["c".into()],
             since: Default::default(),
         })
@@ -436,6 +440,7 @@ async fn an_application_can_plug_in_its_own_check() -> Result<()> {
     client.subscribe(&["desk:desk-1:fills"]).await?;
     client
         .send(&WsMessage::Subscribe {
+            rewind: None,
             channels: vec!["desk:desk-2:fills".into()],
             since: Default::default(),
         })

@@ -37,6 +37,7 @@ async fn next_error(client: &mut RawClient) -> Result<(String, String, Vec<Strin
             code,
             message,
             channels,
+            ..
         } = client.recv().await?
         {
             return Ok((code, message, channels));
@@ -48,6 +49,7 @@ async fn next_error(client: &mut RawClient) -> Result<(String, String, Vec<Strin
 async fn subscribe_answer(client: &mut RawClient, channel: &str) -> Result<WsMessage> {
     client
         .send(&WsMessage::Subscribe {
+            rewind: None,
             channels: vec![channel.to_owned()],
             since: Default::default(),
         })
@@ -136,6 +138,7 @@ async fn publications_to_ever_new_channels_stay_within_the_history_bounds() -> R
     let (epoch, _) = position_of(&mut late, "nobody:2999").await?;
     assert!(!epoch.is_empty());
     late.send(&WsMessage::Subscribe {
+        rewind: None,
         channels: vec!["nobody:0".to_owned()],
         since: [(
             "nobody:0".to_owned(),
@@ -424,6 +427,7 @@ async fn an_error_about_a_huge_hostile_name_is_small_and_the_connection_stays() 
     let name = "\u{85}".repeat(30_000);
     client
         .send(&WsMessage::Subscribe {
+            rewind: None,
             channels: vec![name.clone()],
             since: Default::default(),
         })

@@ -73,6 +73,7 @@ async fn the_server_publishes_and_broadcasts() -> Result<()> {
     assert_eq!(
         sent,
         Published {
+            duplicate: Default::default(),
             seq: 1,
             recipients: Some(1)
         }
@@ -94,6 +95,7 @@ async fn the_server_publishes_and_broadcasts() -> Result<()> {
     assert_eq!(
         server.publish("nobody-listens", &1).await?,
         Published {
+            duplicate: Default::default(),
             seq: 1,
             recipients: Some(0)
         }
@@ -498,6 +500,7 @@ async fn history_is_bounded_under_a_flood_and_replays_only_what_it_holds() -> Re
     let mut first = RawClient::connect(server.local_addr()).await?;
     first
         .send(&WsMessage::Subscribe {
+            rewind: None,
             channels: vec!["flood".into()],
             since: Default::default(),
         })
@@ -510,6 +513,7 @@ async fn history_is_bounded_under_a_flood_and_replays_only_what_it_holds() -> Re
         server.publish("flood", &n).await?;
     }
     let ask = |seq: u64| WsMessage::Subscribe {
+        rewind: None,
         channels: vec!["flood".into()],
         since: [(
             "flood".to_owned(),

@@ -25,6 +25,8 @@ fn envelope(c: &mut Criterion) {
     let mut group = c.benchmark_group("envelope");
     let data = Payload::from_value(&price()).expect("serializable");
     let publish = WsMessage::Publish {
+        id: None,
+        key: None,
         channel: "prices:SOL-USDC".into(),
         data: data.clone(),
     }

@@ -394,6 +394,7 @@ mod tests {
             connection,
             channel: "c".into(),
             position: ChannelPosition {
+                replay_from: None,
                 epoch: epoch.into(),
                 seq,
                 recovered,

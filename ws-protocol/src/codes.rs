@@ -27,3 +27,6 @@ pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
 /// channel while the hub holds `WS_MAX_CHANNELS` channels that all have subscribers: the
 /// publish or subscribe was not done; retry later.
 pub const UNAVAILABLE: &str = "unavailable";
+/// A `Request` got no answer from the application within its deadline; the outcome is
+/// unknown to the hub (the application may still act on it).
+pub const TIMEOUT: &str = "timeout";

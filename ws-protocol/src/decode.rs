@@ -42,6 +42,11 @@ pub(crate) struct Fields<'a> {
     skipped: Option<u64>,
     token: Option<String>,
     user_id: Option<String>,
+    id: Option<u64>,
+    key: Option<String>,
+    rewind: Option<u64>,
+    method: Option<String>,
+    duplicate: Option<bool>,
 }
 
 /// Keeps `"data": null` as the JSON value `null` rather than as an absent field.
@@ -77,6 +82,7 @@ impl Fields<'_> {
             MessageType::Subscribe => WsMessage::Subscribe {
                 channels: self.channels.ok_or_else(|| need("channels"))?,
                 since: self.since.unwrap_or_default(),
+                rewind: self.rewind,
             },
             MessageType::Unsubscribe => WsMessage::Unsubscribe {
                 channels: self.channels.ok_or_else(|| need("channels"))?,
@@ -87,8 +93,29 @@ impl Fields<'_> {
                 WsMessage::Publish {
                     channel: self.channel.ok_or_else(|| need("channel"))?,
                     data: data.into(),
+                    id: self.id,
+                    key: self.key,
                 }
             }
+            MessageType::Published => WsMessage::Published {
+                id: self.id.ok_or_else(|| need("id"))?,
+                channel: self.channel.ok_or_else(|| need("channel"))?,
+                seq: self.seq.ok_or_else(|| need("seq"))?,
+                duplicate: self.duplicate.unwrap_or_default(),
+            },
+            MessageType::Request => {
+                let data = self.data.ok_or_else(|| need("data"))?;
+                crate::payload::check_portable(data.get()).map_err(DecodeError::UnportableData)?;
+                WsMessage::Request {
+                    id: self.id.ok_or_else(|| need("id"))?,
+                    method: self.method.ok_or_else(|| need("method"))?,
+                    data: data.into(),
+                }
+            }
+            MessageType::Reply => WsMessage::Reply {
+                id: self.id.ok_or_else(|| need("id"))?,
+                data: self.data.ok_or_else(|| need("data"))?.into(),
+            },
             MessageType::Authenticate => WsMessage::Authenticate {
                 token: self.token.ok_or_else(|| need("token"))?,
             },
@@ -112,6 +139,7 @@ impl Fields<'_> {
                 code: self.code.ok_or_else(|| need("code"))?,
                 message: self.message.ok_or_else(|| need("message"))?,
                 channels: self.channels.unwrap_or_default(),
+                id: self.id,
             },
             MessageType::Publication => WsMessage::Publication {
                 channel: self.channel.ok_or_else(|| need("channel"))?,

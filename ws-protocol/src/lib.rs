@@ -21,7 +21,11 @@
 //! let message = WsMessage::from_json(frame)?;
 //! assert_eq!(
 //!     message,
-//!     WsMessage::Subscribe { channels: vec!["prices:SOL-USDC".into()], since: Default::default() },
+//!     WsMessage::Subscribe {
+//!         channels: vec!["prices:SOL-USDC".into()],
+//!         since: Default::default(),
+//!         rewind: None,
+//!     },
 //! );
 //! assert_eq!(message.to_json(), frame);
 //! # Ok::<(), ws_protocol::DecodeError>(())
@@ -45,8 +49,8 @@ pub use channel::{MAX_CHANNEL_NAME_LEN, invalid_channel_name, is_valid_channel_n
 pub use config::{Secret, SlowConsumerPolicy, WebSocketConfig};
 pub use error::{ConfigError, DecodeError};
 pub use message::{
-    ChannelPosition, MAX_ERROR_MESSAGE_LEN, Position, WsMessage, encode_publication, excerpt,
-    write_publication,
+    ChannelPosition, MAX_ERROR_MESSAGE_LEN, MAX_IDEMPOTENCY_KEY_LEN, Position, WsMessage,
+    encode_publication, excerpt, write_publication,
 };
 pub use message_type::MessageType;
 pub use payload::{MAX_DATA_DEPTH, Payload};

@@ -30,7 +30,16 @@ pub struct ChannelPosition {
     /// `since` was given); `false` when the history no longer reaches back that far or the
     /// epoch differs: take a fresh snapshot.
     pub recovered: bool,
+    /// The `seq` of the first publication the hub replays after this frame, when it replays
+    /// from somewhere other than the requested `since`: the start of a `rewind`, or `1` when
+    /// the epoch changed and the history still holds the new epoch from its beginning.
+    /// Absent when nothing is replayed or the replay starts right after `since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_from: Option<u64>,
 }
+
+/// The longest idempotency `key` a `Publish` may carry, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// One frame of the protocol: a JSON object tagged by `"type"`, field names in snake_case.
 ///
@@ -74,6 +83,10 @@ pub enum WsMessage {
         /// history still holds it. Empty (and not sent) for a plain subscribe.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         since: BTreeMap<String, Position>,
+        /// Replay the last `rewind` publications the history still holds before live ones
+        /// (for channels without a `since`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rewind: Option<u64>,
     },
     /// Client → hub: stop receiving these channels. Answered by `Unsubscribed`.
     Unsubscribe {
@@ -85,6 +98,42 @@ pub enum WsMessage {
         /// The channel to publish on.
         channel: String,
         /// Any JSON value; forwarded as is.
+        data: Payload,
+        /// A number the client chooses: the hub answers `Published` (or an `Error`) with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// An idempotency key (at most [`MAX_IDEMPOTENCY_KEY_LEN`] bytes): a second `Publish`
+        /// with the same channel and key within `WS_IDEMPOTENCY_WINDOW` is not published again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+    /// Hub → client: the `Publish` with this `id` has its `seq`.
+    Published {
+        /// The `id` of the `Publish`.
+        id: u64,
+        /// Its channel.
+        channel: String,
+        /// Its `seq` in the channel (the first one's, for a duplicate).
+        seq: u64,
+        /// `true` when the key was seen before: this `Publish` was not published again.
+        #[serde(default)]
+        duplicate: bool,
+    },
+    /// Client → hub: a request for the application embedding the hub, answered by `Reply`
+    /// or by an `Error` with the same `id`.
+    Request {
+        /// A number the client chooses.
+        id: u64,
+        /// What is asked, such as `orders.place`.
+        method: String,
+        /// Any JSON value.
+        data: Payload,
+    },
+    /// Hub → client: the application's answer to the `Request` with this `id`.
+    Reply {
+        /// The `id` of the `Request`.
+        id: u64,
+        /// Any JSON value.
         data: Payload,
     },
     /// Client → hub: authenticate with a token (when it was not given at the upgrade).
@@ -134,6 +183,9 @@ pub enum WsMessage {
         /// subscribed. Empty (and absent on the wire) otherwise.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         channels: Vec<String>,
+        /// The `id` of the `Publish` or `Request` it refuses, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
     },
     /// Hub → client: one message published on a channel the client subscribed to.
     Publication {
@@ -187,10 +239,21 @@ impl WsMessage {
         self.message_type().name()
     }
 
+    /// The same frame answering the `Publish` or `Request` with `id` (for an `Error`; other
+    /// frames are returned unchanged).
+    #[must_use]
+    pub fn with_id(mut self, id: Option<u64>) -> Self {
+        if let Self::Error { id: slot, .. } = &mut self {
+            *slot = id;
+        }
+        self
+    }
+
     /// An `Error` frame with the given code and message; the message is cut to
     /// [`MAX_ERROR_MESSAGE_LEN`] bytes, so that an error quoting hostile input stays small.
     pub fn error(code: &str, message: impl Into<String>) -> Self {
         Self::Error {
+            id: None,
             code: code.to_owned(),
             message: capped(message.into()),
             channels: Vec::new(),
@@ -203,6 +266,7 @@ impl WsMessage {
     /// hostile input; every valid name is echoed exactly.
     pub fn subscribe_refused(code: &str, message: impl Into<String>, channels: &[String]) -> Self {
         Self::Error {
+            id: None,
             code: code.to_owned(),
             message: capped(message.into()),
             channels: channels
@@ -328,11 +392,14 @@ mod tests {
                 timestamp: -1,
             },
             WsMessage::Subscribe {
+                rewind: None,
                 channels: vec!["a".into(), "b".into()],
                 since: Default::default(),
             },
             WsMessage::Unsubscribe { channels: vec![] },
             WsMessage::Publish {
+                id: None,
+                key: None,
                 channel: "a".into(),
                 data: data.clone(),
             },
@@ -389,10 +456,52 @@ mod tests {
                 r#"{"channels":["prices:SOL-USDC"],"type":"Subscribe","extra":1}"#
             ),
             Ok(WsMessage::Subscribe {
+                rewind: None,
                 channels: vec!["prices:SOL-USDC".into()],
                 since: Default::default()
             })
         );
+    }
+
+    #[test]
+    fn acknowledged_publishing_requests_and_rewind_round_trip() {
+        let data = Payload::from_json(r#"{"px":1.5}"#).unwrap();
+        round_trip(WsMessage::Publish {
+            channel: "c".into(),
+            data: data.clone(),
+            id: Some(7),
+            key: Some("k-1".into()),
+        });
+        round_trip(WsMessage::Published {
+            id: 7,
+            channel: "c".into(),
+            seq: 3,
+            duplicate: true,
+        });
+        round_trip(WsMessage::Request {
+            id: 9,
+            method: "orders.place".into(),
+            data: data.clone(),
+        });
+        round_trip(WsMessage::Reply { id: 9, data });
+        round_trip(WsMessage::error(codes::TIMEOUT, "no answer").with_id(Some(9)));
+        round_trip(WsMessage::Subscribe {
+            channels: vec!["c".into()],
+            since: Default::default(),
+            rewind: Some(5),
+        });
+        // Optional fields stay off the wire when absent, so older peers see what they knew.
+        let plain = r#"{"type":"Publish","channel":"c","data":1}"#;
+        assert_eq!(WsMessage::from_json(plain).unwrap().to_json(), plain);
+        let published =
+            WsMessage::from_json(r#"{"type":"Published","id":1,"channel":"c","seq":2}"#);
+        assert!(matches!(
+            published,
+            Ok(WsMessage::Published {
+                duplicate: false,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -401,6 +510,8 @@ mod tests {
         assert_eq!(
             message,
             Ok(WsMessage::Publish {
+                id: None,
+                key: None,
                 channel: "c".into(),
                 data: Payload::from_json("null").unwrap()
             })

@@ -38,6 +38,8 @@ impl FanOut {
                 ttl: std::time::Duration::ZERO,
                 max_bytes: usize::MAX,
                 max_channels: usize::MAX,
+                key_window: std::time::Duration::ZERO,
+                max_keys: 0,
             },
             None,
         );

@@ -130,6 +130,8 @@ impl Hub {
             ttl: config.history_ttl,
             max_bytes: config.history_max_bytes,
             max_channels: config.max_channels,
+            key_window: config.idempotency_window,
+            max_keys: config.idempotency_max_keys,
         };
         let conflation = (config.slow_consumer_policy == SlowConsumerPolicy::Conflate)
             .then(|| ConflationKey::new(config.conflate_key.clone()));
@@ -189,13 +191,15 @@ impl Hub {
         }
     }
 
-    /// Publishes through the broker and waits until it is done.
+    /// Publishes through the broker and waits until it is done; with `key`, at most once per
+    /// key and channel within `WS_IDEMPOTENCY_WINDOW`.
     pub(crate) async fn publish(
         &self,
         channel: &str,
         data: &RawValue,
+        key: Option<&str>,
     ) -> std::result::Result<Published, BrokerError> {
-        match self.submit(channel, data).await? {
+        match self.submit(channel, data, key).await? {
             Submission::Done(published) => Ok(published),
             Submission::Queued(reply) => reply
                 .await
@@ -208,9 +212,10 @@ impl Hub {
         &'a self,
         channel: &'a str,
         data: &'a RawValue,
+        key: Option<&'a str>,
     ) -> BrokerFuture<'a, Submission> {
         self.broker
-            .submit(&self.channels, &self.metrics, channel, data)
+            .submit(&self.channels, &self.metrics, channel, data, key)
     }
 
     /// Makes sure the publications of every one of `channels` reach this hub (with Redis,
@@ -320,6 +325,8 @@ impl Hub {
             history_bytes: usage.history_bytes,
             evicted_publications: usage.evicted_publications,
             evicted_channels: usage.evicted_channels,
+            idempotency_keys: usage.idempotency_keys,
+            idempotency_refused: usage.idempotency_refused,
             draining: self.is_draining(),
         });
         let broker = self.broker.status();

@@ -64,6 +64,8 @@ impl HubMetrics {
             history_bytes,
             evicted_publications,
             evicted_channels,
+            idempotency_keys,
+            idempotency_refused,
             draining,
         } = *gauges;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -109,6 +111,18 @@ impl HubMetrics {
             "counter",
             "Channels held only for history forgotten to stay within WS_MAX_CHANNELS.",
             evicted_channels,
+        );
+        metric(
+            "ws_idempotency_keys",
+            "gauge",
+            "Idempotency keys remembered (bounded by WS_IDEMPOTENCY_MAX_KEYS and WS_IDEMPOTENCY_WINDOW; embedded broker).",
+            idempotency_keys as u64,
+        );
+        metric(
+            "ws_idempotency_refused_total",
+            "counter",
+            "Keyed publications refused because WS_IDEMPOTENCY_MAX_KEYS keys were remembered.",
+            idempotency_refused,
         );
         metric(
             "ws_pending_upgrades",
@@ -216,6 +230,8 @@ pub(crate) struct Gauges {
     pub(crate) history_bytes: usize,
     pub(crate) evicted_publications: u64,
     pub(crate) evicted_channels: u64,
+    pub(crate) idempotency_keys: usize,
+    pub(crate) idempotency_refused: u64,
     pub(crate) draining: bool,
 }
 

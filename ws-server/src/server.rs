@@ -134,7 +134,7 @@ impl WebSocketServer {
             return Err(ServerError::InvalidChannel(channel.to_owned()));
         }
         let payload = Payload::from_value(data)?;
-        Ok(self.hub.publish(channel, payload.as_raw()).await?)
+        Ok(self.hub.publish(channel, payload.as_raw(), None).await?)
     }
 
     /// Sends `message` as it is to one connection, queued like a broadcast.

@@ -77,6 +77,7 @@ pub(crate) fn decode(frame: Message, hub: bool) -> Inbound {
             code,
             message,
             channels,
+            ..
         }) => Inbound::Error {
             code,
             message,

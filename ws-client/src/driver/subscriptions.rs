@@ -57,6 +57,7 @@ impl Subscriptions {
                 self.asked.insert(channel.clone(), Asked::Fresh);
             }
             WsMessage::Subscribe {
+                rewind: None,
                 channels: channels.clone(),
                 since: BTreeMap::new(),
             }
@@ -92,6 +93,7 @@ impl Subscriptions {
         }
         self.asked.insert(channel.clone(), Asked::Fill);
         let frame = WsMessage::Subscribe {
+            rewind: None,
             channels: vec![channel.clone()],
             since: BTreeMap::from([(channel, since)]),
         };
@@ -124,6 +126,7 @@ impl Subscriptions {
             self.asked.insert(channel.clone(), asked);
         }
         let frame = WsMessage::Subscribe {
+            rewind: None,
             channels,
             since: since.clone(),
         }
@@ -235,6 +238,7 @@ mod tests {
 
     fn position(epoch: &str, seq: u64, recovered: bool) -> ChannelPosition {
         ChannelPosition {
+            replay_from: None,
             epoch: epoch.to_owned(),
             seq,
             recovered,

@@ -102,6 +102,8 @@ pub(super) struct EnvVars {
     ws_history_ttl: Option<f64>,
     ws_history_max_bytes: Option<usize>,
     ws_max_channels: Option<usize>,
+    ws_idempotency_window: Option<f64>,
+    ws_idempotency_max_keys: Option<usize>,
     ws_reconnect_hint: Option<f64>,
     ws_conflate_key: Option<String>,
     ws_redis_url: Option<String>,
@@ -173,6 +175,11 @@ impl EnvVars {
             history_ttl: secs("WS_HISTORY_TTL", self.ws_history_ttl)?.unwrap_or(d.history_ttl),
             history_max_bytes: self.ws_history_max_bytes.unwrap_or(d.history_max_bytes),
             max_channels: self.ws_max_channels.unwrap_or(d.max_channels),
+            idempotency_window: secs("WS_IDEMPOTENCY_WINDOW", self.ws_idempotency_window)?
+                .unwrap_or(d.idempotency_window),
+            idempotency_max_keys: self
+                .ws_idempotency_max_keys
+                .unwrap_or(d.idempotency_max_keys),
             reconnect_hint: secs("WS_RECONNECT_HINT", self.ws_reconnect_hint)?
                 .unwrap_or(d.reconnect_hint),
             conflate_key: self.ws_conflate_key.unwrap_or(d.conflate_key),

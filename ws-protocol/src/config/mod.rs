@@ -197,6 +197,13 @@ pub struct WebSocketConfig {
     /// first, and a subscribe that needs a new channel when none can be forgotten is refused
     /// (`unavailable`). Default 100000.
     pub max_channels: usize,
+    /// `WS_IDEMPOTENCY_WINDOW`: how long the hub remembers a `Publish`'s idempotency `key`,
+    /// so that the same key on the same channel is not published twice. Default 120 s.
+    pub idempotency_window: Duration,
+    /// `WS_IDEMPOTENCY_MAX_KEYS`: idempotency keys the hub remembers at once over all
+    /// channels; a keyed `Publish` past it is refused (`unavailable`) until older keys
+    /// expire. Default 100000. (With Redis the keys live in Redis, bounded by the window.)
+    pub idempotency_max_keys: usize,
     /// `WS_RECONNECT_HINT`: the delay the hub's 1012 close asks clients to wait before
     /// reconnecting ("retry after N ms"). Default 1 s.
     pub reconnect_hint: Duration,
@@ -248,6 +255,8 @@ impl Default for WebSocketConfig {
             history_ttl: Duration::from_secs(60),
             history_max_bytes: 64 * 1024 * 1024,
             max_channels: 100_000,
+            idempotency_window: Duration::from_secs(120),
+            idempotency_max_keys: 100_000,
             reconnect_hint: Duration::from_secs(1),
             conflate_key: "symbol".to_owned(),
             redis_url: None,

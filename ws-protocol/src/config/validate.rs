@@ -37,6 +37,7 @@ impl WebSocketConfig {
             ("WS_AUTH_TIMEOUT", self.auth_timeout, true),
             ("WS_DRAIN_WINDOW", self.drain_window, false),
             ("WS_HISTORY_TTL", self.history_ttl, false),
+            ("WS_IDEMPOTENCY_WINDOW", self.idempotency_window, false),
             ("WS_RECONNECT_HINT", self.reconnect_hint, false),
         ];
         for (variable, value, positive) in durations {
@@ -114,6 +115,12 @@ impl WebSocketConfig {
             (
                 "WS_MAX_CHANNELS",
                 self.max_channels,
+                MAX_COUNT,
+                "must be at most 10000000",
+            ),
+            (
+                "WS_IDEMPOTENCY_MAX_KEYS",
+                self.idempotency_max_keys,
                 MAX_COUNT,
                 "must be at most 10000000",
             ),

@@ -55,6 +55,8 @@ pub(super) const VARIABLES: &[(&str, Option<Number>)] = &[
     ("WS_HISTORY_TTL", Some(Number::Seconds)),
     ("WS_HISTORY_MAX_BYTES", Some(Number::Count)),
     ("WS_MAX_CHANNELS", Some(Number::Count)),
+    ("WS_IDEMPOTENCY_WINDOW", Some(Number::Seconds)),
+    ("WS_IDEMPOTENCY_MAX_KEYS", Some(Number::Count)),
     ("WS_RECONNECT_HINT", Some(Number::Seconds)),
     ("WS_CONFLATE_KEY", None),
     ("WS_REDIS_URL", None),

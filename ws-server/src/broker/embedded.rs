@@ -6,7 +6,7 @@ use std::future::ready;
 use futures_util::future::Either;
 use serde_json::value::RawValue;
 
-use super::{Broker, BrokerFuture, BrokerStatus, Submission};
+use super::{Broker, BrokerError, BrokerFuture, BrokerStatus, Submission};
 use crate::channel::Channels;
 use crate::metrics::HubMetrics;
 
@@ -25,21 +25,27 @@ impl Broker for EmbeddedBroker {
         metrics: &'a HubMetrics,
         channel: &'a str,
         data: &'a RawValue,
+        key: Option<&'a str>,
     ) -> BrokerFuture<'a, Submission> {
         let n = metrics
             .publications
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let published = if n & (FANOUT_SAMPLE - 1) != 0 {
-            channels.publish(channel, data)
+            channels.publish_keyed(channel, data, key)
         } else {
             let started = std::time::Instant::now();
-            let published = channels.publish(channel, data);
-            if published.recipients.is_some_and(|r| r > 0) {
+            let published = channels.publish_keyed(channel, data, key);
+            if let Ok(published) = &published
+                && published.recipients.is_some_and(|r| r > 0)
+            {
                 metrics.observe_fanout(started.elapsed());
             }
             published
         };
-        Either::Left(ready(Ok(Submission::Done(published))))
+        let outcome = published
+            .map(Submission::Done)
+            .map_err(|refused| BrokerError::Unavailable(refused.to_string()));
+        Either::Left(ready(outcome))
     }
 
     fn attach<'a>(&'a self, _channels: &'a Channels, _channel: &'a str) -> BrokerFuture<'a, ()> {

@@ -58,13 +58,16 @@ pub(crate) enum Submission {
 pub(crate) trait Broker: Send + Sync {
     /// Hands `data` on `channel` to the broker. A connection's publications are published in
     /// the order it submits them; it need not wait for one to be done before submitting the
-    /// next (so a publisher's frames travel to Redis pipelined).
+    /// next (so a publisher's frames travel to Redis pipelined). With `key`, a key already
+    /// published on the channel within the idempotency window is not published again (the
+    /// result is a duplicate carrying the first `seq`), checked atomically with the publish.
     fn submit<'a>(
         &'a self,
         channels: &'a Channels,
         metrics: &'a HubMetrics,
         channel: &'a str,
         data: &'a RawValue,
+        key: Option<&'a str>,
     ) -> BrokerFuture<'a, Submission>;
 
     /// Makes sure `channel`'s publications reach this hub, with its recent history, before a

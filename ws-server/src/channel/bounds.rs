@@ -36,6 +36,7 @@ impl Channels {
             .filter(|(_, channel)| {
                 let mut state = channel.lock();
                 state.trim(self.limits, &self.history_bytes, now);
+                state.expire_keys(self.limits.key_window, &self.keys_held, now);
                 state.is_idle()
             })
             .map(|(name, _)| name.clone())
@@ -152,6 +153,7 @@ impl Channels {
                 continue;
             }
             state.history.clear(&self.history_bytes);
+            state.clear_keys(&self.keys_held);
             state.forgotten = true;
             drop(state);
             map.remove(&channel.name);
@@ -170,6 +172,8 @@ impl Channels {
             history_bytes: self.history_bytes.load(Ordering::Relaxed),
             evicted_publications: self.evicted_publications.load(Ordering::Relaxed),
             evicted_channels: self.evicted_channels.load(Ordering::Relaxed),
+            idempotency_keys: self.keys_held.load(Ordering::Relaxed),
+            idempotency_refused: self.keys_refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -185,4 +189,8 @@ pub(crate) struct ChannelUsage {
     pub(crate) evicted_publications: u64,
     /// Channels forgotten to stay within `WS_MAX_CHANNELS`.
     pub(crate) evicted_channels: u64,
+    /// Idempotency keys remembered.
+    pub(crate) idempotency_keys: usize,
+    /// Keyed publications refused because `WS_IDEMPOTENCY_MAX_KEYS` keys were held.
+    pub(crate) idempotency_refused: u64,
 }

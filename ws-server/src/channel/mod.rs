@@ -58,6 +58,52 @@ pub struct Published {
     /// How many subscribers on this hub it was queued to; `None` with the Redis broker, where
     /// every hub delivers it as it reads it back from Redis.
     pub recipients: Option<usize>,
+    /// The publication carried an idempotency key seen within `WS_IDEMPOTENCY_WINDOW`: it
+    /// was not published again, and `seq` is the first one's.
+    pub duplicate: bool,
+}
+
+impl Published {
+    /// A publication that got `seq`, queued to `recipients` subscribers here (`None`: every
+    /// hub delivers it as it reads it back from Redis).
+    pub(crate) fn new(seq: u64, recipients: Option<usize>) -> Self {
+        Self {
+            seq,
+            recipients,
+            duplicate: false,
+        }
+    }
+
+    /// A repeated key: nothing was published; `seq` is the first publication's.
+    pub(crate) fn duplicate_of(seq: u64) -> Self {
+        Self {
+            seq,
+            recipients: None,
+            duplicate: true,
+        }
+    }
+}
+
+/// Why the registry could not take a keyed publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PublishRefused {
+    /// `WS_IDEMPOTENCY_MAX_KEYS` keys are held: the key could not be remembered.
+    KeysFull(usize),
+    /// No room for the channel that would remember the key.
+    ChannelsFull(usize),
+}
+
+impl std::fmt::Display for PublishRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::KeysFull(n) => write!(
+                f,
+                "the hub holds its maximum of {n} idempotency keys (WS_IDEMPOTENCY_MAX_KEYS); \
+                 retry once older keys expire"
+            ),
+            Self::ChannelsFull(n) => ChannelsFull(*n).fmt(f),
+        }
+    }
 }
 
 /// The hub holds `WS_MAX_CHANNELS` channels, all with subscribers: no new one fits.
@@ -85,6 +131,10 @@ pub(crate) struct HistoryLimits {
     pub(crate) max_bytes: usize,
     /// Channels held at once.
     pub(crate) max_channels: usize,
+    /// How long an idempotency key is remembered.
+    pub(crate) key_window: Duration,
+    /// Idempotency keys remembered at once, over all channels.
+    pub(crate) max_keys: usize,
 }
 
 impl HistoryLimits {
@@ -96,6 +146,8 @@ impl HistoryLimits {
             ttl,
             max_bytes: defaults.history_max_bytes,
             max_channels: defaults.max_channels,
+            key_window: defaults.idempotency_window,
+            max_keys: defaults.idempotency_max_keys,
         }
     }
 }
@@ -124,6 +176,10 @@ pub(crate) struct Channels {
     /// Set while one thread evicts history or channels, so that others do not wait for it.
     evicting_history: AtomicBool,
     evicting_channels: AtomicBool,
+    /// Idempotency keys remembered over all channels, and keyed publications refused
+    /// because `max_keys` were held.
+    keys_held: AtomicUsize,
+    keys_refused: AtomicU64,
 }
 
 impl Default for Channels {
@@ -150,6 +206,8 @@ impl Channels {
             evicted_channels: AtomicU64::new(0),
             evicting_history: AtomicBool::new(false),
             evicting_channels: AtomicBool::new(false),
+            keys_held: AtomicUsize::new(0),
+            keys_refused: AtomicU64::new(0),
         }
     }
 
@@ -197,6 +255,7 @@ impl Channels {
                         subscribers: Vec::new(),
                         index: HashMap::new(),
                         history: History::default(),
+                        keys: None,
                         forgotten: false,
                     }),
                 })
@@ -258,6 +317,7 @@ impl Channels {
                 }
             };
             let position = ChannelPosition {
+                replay_from: None,
                 epoch: state.epoch.to_string(),
                 seq: state.seq,
                 recovered,
@@ -301,33 +361,69 @@ impl Channels {
         }
     }
 
-    /// Publishes `data` on `name` to every current subscriber, and keeps it in the history.
+    /// Publishes `data` on `name` without an idempotency key (see [`Self::publish_keyed`]).
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn publish(&self, name: &str, data: &RawValue) -> Published {
+        // Only a key can be refused.
+        self.publish_keyed(name, data, None)
+            .unwrap_or_else(|_| Published::new(0, Some(0)))
+    }
+
+    /// Publishes `data` on `name` to every current subscriber, and keeps it in the history.
+    ///
+    /// With `key`, a key seen on this channel within the idempotency window makes it a
+    /// duplicate: nothing is published and the first publication's `seq` is returned. The
+    /// check and the publication happen under the channel's lock, so two publishers racing
+    /// with one key publish once.
+    ///
+    /// # Errors
+    /// With a key only: [`PublishRefused`] when the key cannot be remembered.
+    pub(crate) fn publish_keyed(
+        &self,
+        name: &str,
+        data: &RawValue,
+        key: Option<&str>,
+    ) -> Result<Published, PublishRefused> {
         loop {
             let channel = match self.channel(name) {
                 Some(channel) => Some(channel),
+                // A key needs the channel to be remembered in.
+                None if key.is_some() => Some(
+                    self.channel_or_create(name)
+                        .map_err(|full| PublishRefused::ChannelsFull(full.0))?,
+                ),
                 // Kept for late subscribers only when there is a history to keep it in, and
                 // room for one more channel.
                 None if self.limits.size > 0 => self.channel_or_create(name).ok(),
                 None => None,
             };
             let Some(channel) = channel else {
-                return Published {
-                    seq: 0,
-                    recipients: Some(0),
-                };
+                return Ok(Published::new(0, Some(0)));
             };
             let mut state = channel.lock();
             if state.forgotten {
                 // Forgotten since the lookup: its successor (if any) is the channel now.
                 continue;
             }
+            if let Some(key) = key {
+                let now = Instant::now();
+                state.expire_keys(self.limits.key_window, &self.keys_held, now);
+                if let Some(first) = state.key_seq(key) {
+                    return Ok(Published::duplicate_of(first));
+                }
+                if self.keys_held.load(Ordering::Relaxed) >= self.limits.max_keys {
+                    self.keys_refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(PublishRefused::KeysFull(self.limits.max_keys));
+                }
+                let next = state.seq + 1;
+                state.remember_key(key, next, now, &self.keys_held);
+            }
             state.seq += 1;
             let seq = state.seq;
             let recipients = Some(self.fan_out(&channel, &mut state, seq, data));
             drop(state);
             self.bound_history();
-            return Published { seq, recipients };
+            return Ok(Published::new(seq, recipients));
         }
     }
 
@@ -359,6 +455,7 @@ impl Channels {
                 positions: [(
                     name.to_owned(),
                     ChannelPosition {
+                        replay_from: None,
                         epoch: epoch.to_owned(),
                         seq: state.seq,
                         recovered: false,

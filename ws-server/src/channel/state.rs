@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -11,6 +12,13 @@ use super::{ENTRY_OVERHEAD, HistoryLimits};
 use crate::connections::ConnectionId;
 use crate::frame::Frame;
 use crate::outbox::Outbox;
+
+/// A channel's idempotency keys: each key's `seq`, and the keys oldest first for expiry.
+#[derive(Default)]
+pub(super) struct Keys {
+    seqs: HashMap<Arc<str>, u64>,
+    order: VecDeque<(Instant, Arc<str>)>,
+}
 
 /// A channel of the registry.
 pub(super) struct Channel {
@@ -71,6 +79,8 @@ pub(super) struct ChannelState {
     pub(super) subscribers: Vec<(ConnectionId, Arc<Outbox>)>,
     pub(super) index: HashMap<ConnectionId, usize>,
     pub(super) history: History,
+    /// Idempotency keys seen within the window; `None` until the first keyed publication.
+    pub(super) keys: Option<Box<Keys>>,
     /// Removed from the registry: a publisher that found the channel just before must look
     /// it up again rather than keep history nobody can reach.
     pub(super) forgotten: bool,
@@ -114,7 +124,51 @@ impl ChannelState {
 
     /// Forgettable: nobody listens and nothing is kept.
     pub(super) fn is_idle(&self) -> bool {
-        self.subscribers.is_empty() && self.history.entries.is_empty()
+        self.subscribers.is_empty()
+            && self.history.entries.is_empty()
+            && self.keys.as_ref().is_none_or(|keys| keys.seqs.is_empty())
+    }
+
+    /// The `seq` of the publication that carried `key`, if it is remembered.
+    pub(super) fn key_seq(&self, key: &str) -> Option<u64> {
+        self.keys.as_ref()?.seqs.get(key).copied()
+    }
+
+    /// Remembers that `key` was published as `seq` at `now`.
+    pub(super) fn remember_key(&mut self, key: &str, seq: u64, now: Instant, held: &AtomicUsize) {
+        let keys = self.keys.get_or_insert_with(Box::default);
+        let key: Arc<str> = Arc::from(key);
+        if keys.seqs.insert(key.clone(), seq).is_none() {
+            held.fetch_add(1, Ordering::Relaxed);
+        }
+        keys.order.push_back((now, key));
+    }
+
+    /// Forgets the keys older than `window`.
+    pub(super) fn expire_keys(&mut self, window: Duration, held: &AtomicUsize, now: Instant) {
+        let Some(keys) = &mut self.keys else {
+            return;
+        };
+        while let Some((at, _)) = keys.order.front() {
+            if now.duration_since(*at) <= window {
+                break;
+            }
+            if let Some((_, key)) = keys.order.pop_front()
+                && keys.seqs.remove(&key).is_some()
+            {
+                held.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if keys.order.is_empty() {
+            self.keys = None;
+        }
+    }
+
+    /// Forgets every key (the channel is forgotten).
+    pub(super) fn clear_keys(&mut self, held: &AtomicUsize) {
+        if let Some(keys) = self.keys.take() {
+            held.fetch_sub(keys.seqs.len(), Ordering::Relaxed);
+        }
     }
 }
 

@@ -30,6 +30,7 @@ fn publications_reach_only_subscribers_with_consecutive_seq() {
     assert_eq!(
         channels.publish("x", data.as_raw()),
         Published {
+            duplicate: Default::default(),
             seq: 1,
             recipients: Some(1)
         }
@@ -37,6 +38,7 @@ fn publications_reach_only_subscribers_with_consecutive_seq() {
     assert_eq!(
         channels.publish("x", data.as_raw()),
         Published {
+            duplicate: Default::default(),
             seq: 2,
             recipients: Some(1)
         }
@@ -70,6 +72,7 @@ fn the_last_unsubscribe_removes_the_channel() {
     assert_eq!(
         channels.publish("x", data.as_raw()),
         Published {
+            duplicate: Default::default(),
             seq: 0,
             recipients: Some(0)
         }
@@ -182,6 +185,8 @@ fn bounded(size: usize, max_bytes: usize, max_channels: usize) -> Channels {
             ttl: Duration::from_secs(60),
             max_bytes,
             max_channels,
+            key_window: Duration::from_secs(120),
+            max_keys: 1000,
         },
         None,
     )

@@ -41,13 +41,17 @@ pub(crate) enum Step {
     /// Conformance testing: write the frame back.
     #[cfg(feature = "conformance")]
     Echo(Message),
-    /// Hand a publication to the broker; a refusal is answered with
-    /// [`refusal_of_publication`](super::command::publish::refusal_of_publication).
+    /// Hand a publication to the broker; its outcome is answered with
+    /// [`publication_outcome`](super::command::publish::publication_outcome).
     Publish {
         /// The channel, checked.
         channel: String,
         /// The data, as the client sent it.
         data: Payload,
+        /// The client's `id`: answer `Published` (or an `Error`) with it.
+        id: Option<u64>,
+        /// The idempotency key, checked.
+        key: Option<String>,
     },
     /// Attach the channels to the broker ([`Hub::attach`]), then give the outcome to
     /// [`Core::subscribe`].
@@ -177,6 +181,18 @@ impl Core {
             _ => self.control_budget()?,
         };
         if let Some(refused) = refused {
+            // A publication with an `id` is answered one by one, so that its sender learns
+            // the fate of each.
+            if let Ok(WsMessage::Publish { id: Some(id), .. }) = &decoded {
+                let error = WsMessage::error(
+                    codes::RATE_LIMITED,
+                    format!(
+                        "more than {} publications per second; this one was not published",
+                        self.publish_limit()
+                    ),
+                );
+                return Ok(reply(error.with_id(Some(*id))));
+            }
             return Ok(refused);
         }
         let message = match decoded {
@@ -190,17 +206,25 @@ impl Core {
             return self.authenticate(&token, self.last_seen);
         }
         if self.grant.is_none() && !matches!(message, WsMessage::Ping | WsMessage::Pong) {
-            return Ok(reply(WsMessage::error(
+            let error = WsMessage::error(
                 codes::UNAUTHORIZED,
                 "authenticate first: send {\"type\":\"Authenticate\",\"token\":\"...\"}",
-            )));
+            );
+            return Ok(reply(error.with_id(request_id(&message))));
         }
         Ok(match message {
             WsMessage::Ping => reply(WsMessage::Pong),
             WsMessage::Pong => Step::Nothing,
-            WsMessage::Subscribe { channels, since } => self.subscribe_request(channels, since),
+            WsMessage::Subscribe {
+                channels, since, ..
+            } => self.subscribe_request(channels, since),
             WsMessage::Unsubscribe { channels } => self.unsubscribe(channels),
-            WsMessage::Publish { channel, data } => self.publish(channel, data),
+            WsMessage::Publish {
+                channel,
+                data,
+                id,
+                key,
+            } => self.publish(channel, data, id, key),
             message @ (WsMessage::PriceUpdate { .. } | WsMessage::AccountUpdate { .. }) => {
                 Step::Forward(message)
             }
@@ -342,6 +366,15 @@ fn unix_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// The `id` a client frame asks to be answered with, if any.
+fn request_id(message: &WsMessage) -> Option<u64> {
+    match message {
+        WsMessage::Publish { id, .. } => *id,
+        WsMessage::Request { id, .. } => Some(*id),
+        _ => None,
+    }
 }
 
 /// A reply, as the JSON to write.

@@ -46,7 +46,7 @@ use crate::hub::Hub;
 use crate::metrics::HubMetrics;
 use crate::outbox::{Notice, Outbox, Outgoing};
 
-use self::command::publish::refusal_of_publication;
+use self::command::publish::publication_outcome;
 use self::command::subscribe::SubscribeRequest;
 use self::core::{Core, Step};
 use self::ending::{End, read_error};
@@ -143,8 +143,9 @@ struct Session<S> {
     notices: Vec<Notice>,
     /// The outbox signalled while a write was in progress: drain it next.
     signal_pending: bool,
-    /// Publications handed to the broker and not yet done, oldest first (Redis broker).
-    publishing: VecDeque<(String, oneshot::Receiver<Result<Published, BrokerError>>)>,
+    /// Publications handed to the broker and not yet done, oldest first (Redis broker), with
+    /// their channel and `id`.
+    publishing: VecDeque<InFlight>,
     /// The bytes of one batch of queued frames, written with one call.
     out: Vec<u8>,
     /// How much of `out` the socket took. Short of `out.len()` only when a write was cut off
@@ -181,7 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let publishing = &mut self.publishing;
                 let mut timer = timer.as_mut();
                 std::future::poll_fn(|cx| {
-                    if let Some((_, reply)) = publishing.front_mut()
+                    if let Some((_, _, reply)) = publishing.front_mut()
                         && let Poll::Ready(outcome) = Pin::new(reply).poll(cx)
                     {
                         return Poll::Ready(Wake::Published(outcome));
@@ -216,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     step
                 }
                 Wake::Published(outcome) => match self.publishing.pop_front() {
-                    Some((channel, _)) => match refusal_of_publication(&channel, outcome) {
+                    Some((channel, id, _)) => match publication_outcome(&channel, id, outcome) {
                         Some(text) => self.send_text(text).await,
                         None => Ok(()),
                     },
@@ -250,8 +251,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Step::Ping => self.write_now(Message::Ping(Default::default())).await,
             #[cfg(feature = "conformance")]
             Step::Echo(message) => self.write_now(message).await,
-            Step::Publish { channel, data } => match self.publish(channel, data).await {
-                Some(refusal) => self.send_text(refusal).await,
+            Step::Publish {
+                channel,
+                data,
+                id,
+                key,
+            } => match self.publish(channel, data, id, key.as_deref()).await {
+                Some(answer) => self.send_text(answer).await,
                 None => Ok(()),
             },
             Step::Replies(texts) => Box::pin(self.send_texts(texts)).await,
@@ -294,26 +300,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
-    /// Hands a publication to the broker, and returns the `Error` to write if it was refused.
-    /// The embedded broker publishes at once; with Redis a publication travels pipelined and
-    /// its outcome is looked at when it arrives, in order.
-    async fn publish(&mut self, channel: String, data: Payload) -> Option<String> {
-        let submitted = match self.core.hub.submit(&channel, data.as_raw()) {
+    /// Hands a publication to the broker, and returns what to answer now, if anything (see
+    /// [`publication_outcome`]). The embedded broker publishes at once; with Redis a
+    /// publication travels pipelined and its outcome is looked at when it arrives, in order.
+    async fn publish(
+        &mut self,
+        channel: String,
+        data: Payload,
+        id: Option<u64>,
+        key: Option<&str>,
+    ) -> Option<String> {
+        let submitted = match self.core.hub.submit(&channel, data.as_raw(), key) {
             Either::Left(done) => done.into_inner(),
             Either::Right(later) => later.await,
         };
         drop(data);
         match submitted {
-            Ok(Submission::Done(_)) => None,
+            Ok(Submission::Done(published)) => publication_outcome(&channel, id, Ok(Ok(published))),
             Ok(Submission::Queued(reply)) => {
-                self.publishing.push_back((channel, reply));
+                self.publishing.push_back((channel, id, reply));
                 if self.publishing.len() <= MAX_PUBLISHING {
                     return None;
                 }
-                let (channel, reply) = self.publishing.pop_front()?;
-                refusal_of_publication(&channel, reply.await)
+                let (channel, id, reply) = self.publishing.pop_front()?;
+                publication_outcome(&channel, id, reply.await)
             }
-            Err(error) => refusal_of_publication(&channel, Ok(Err(error))),
+            Err(error) => publication_outcome(&channel, id, Ok(Err(error))),
         }
     }
 }
@@ -321,3 +333,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 /// Publications of one connection that may travel to the broker at once (pipelined); the
 /// next waits for the oldest.
 const MAX_PUBLISHING: usize = 256;
+
+/// A publication handed to the broker: its channel, its `id`, and where its outcome comes.
+type InFlight = (
+    String,
+    Option<u64>,
+    oneshot::Receiver<Result<Published, BrokerError>>,
+);

@@ -161,6 +161,7 @@ impl Broker for RedisBroker {
         _metrics: &'a HubMetrics,
         channel: &'a str,
         data: &'a RawValue,
+        key: Option<&'a str>,
     ) -> BrokerFuture<'a, Submission> {
         Either::Right(
             async move {
@@ -172,6 +173,7 @@ impl Broker for RedisBroker {
                 let request = PublishRequest {
                     channel: channel.to_owned(),
                     data: data.to_owned(),
+                    key: key.map(str::to_owned),
                     reply,
                 };
                 self.queue

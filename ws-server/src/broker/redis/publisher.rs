@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::RedisBroker;
-use super::schema::{key, new_epoch};
+use super::schema::{idempotency_key, key, new_epoch};
 use crate::broker::BrokerError;
 use crate::channel::Published;
 use crate::metrics::HubMetrics;
@@ -25,6 +25,8 @@ const PIPELINE_MAX: usize = 256;
 pub(super) struct PublishRequest {
     pub(super) channel: String,
     pub(super) data: Box<RawValue>,
+    /// The idempotency key, if the publication has one.
+    pub(super) key: Option<String>,
     pub(super) reply: oneshot::Sender<Result<Published, BrokerError>>,
 }
 
@@ -76,11 +78,13 @@ impl RedisBroker {
                     metrics
                         .publications
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    for (request, seq) in batch.drain(..).zip(seqs) {
-                        let _ = request.reply.send(Ok(Published {
-                            seq,
-                            recipients: None,
-                        }));
+                    for (request, (seq, duplicate)) in batch.drain(..).zip(seqs) {
+                        let published = if duplicate {
+                            Published::duplicate_of(seq)
+                        } else {
+                            Published::new(seq, None)
+                        };
+                        let _ = request.reply.send(Ok(published));
                     }
                 }
                 Err(Retry::NoScript) | Err(Retry::Failed(_)) => {
@@ -97,27 +101,39 @@ impl RedisBroker {
         }
     }
 
-    /// Sends `batch` as one pipeline; the `seq` each got.
-    async fn send_batch(&self, batch: &[PublishRequest]) -> Result<Vec<u64>, Retry> {
+    /// Sends `batch` as one pipeline; the `seq` each got, and whether it was a duplicate.
+    async fn send_batch(&self, batch: &[PublishRequest]) -> Result<Vec<(u64, bool)>, Retry> {
         let mut connection = self.connection().await.map_err(Retry::Failed)?;
         let mut pipe = redis::pipe();
+        let window_ms = u64::try_from(self.limits.key_window.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         for request in batch {
-            pipe.cmd("EVALSHA")
+            let command = pipe
+                .cmd("EVALSHA")
                 .arg(self.publish.get_hash())
-                .arg(3)
+                .arg(if request.key.is_some() { 4 } else { 3 })
                 .arg(key(&request.channel, "epoch"))
                 .arg(key(&request.channel, "seq"))
-                .arg(key(&request.channel, "stream"))
+                .arg(key(&request.channel, "stream"));
+            if let Some(idempotency) = &request.key {
+                command.arg(idempotency_key(&request.channel, idempotency));
+            }
+            command
                 .arg(new_epoch())
                 .arg(request.data.get())
                 .arg(self.limits.size)
-                .arg(self.expiry_ms());
+                .arg(self.expiry_ms())
+                .arg(window_ms);
         }
         match pipe
-            .query_async::<Vec<(String, u64)>>(&mut connection)
+            .query_async::<Vec<(String, u64, u8)>>(&mut connection)
             .await
         {
-            Ok(replies) => Ok(replies.into_iter().map(|(_, seq)| seq).collect()),
+            Ok(replies) => Ok(replies
+                .into_iter()
+                .map(|(_, seq, duplicate)| (seq, duplicate == 1))
+                .collect()),
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {

@@ -18,11 +18,17 @@ end
     };
 }
 
-/// Takes the next `seq`, appends the publication, refreshes the expiry.
-/// KEYS: epoch, seq, stream. ARGV: epoch if none yet, data, history size, expiry ms.
+/// Takes the next `seq`, appends the publication, refreshes the expiry; with an idempotency
+/// key (KEYS\[4\]) seen within the window, publishes nothing and returns the first `seq`.
+/// KEYS: epoch, seq, stream, and the idempotency key if any. ARGV: epoch if none yet, data,
+/// history size, expiry ms, idempotency window ms. Returns `{epoch, seq, duplicate}`.
 pub(super) const PUBLISH: &str = concat!(
     epoch_or_new!(),
     r"
+if KEYS[4] then
+  local first = redis.call('GET', KEYS[4])
+  if first then return {epoch, tonumber(first), 1} end
+end
 local seq = redis.call('INCR', KEYS[2])
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
@@ -30,7 +36,8 @@ if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '0-' .. seq, 'e', epoch, 't', ms, 'd', ARGV[2])
 end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-return {epoch, seq}
+if KEYS[4] then redis.call('SET', KEYS[4], seq, 'PX', ARGV[5]) end
+return {epoch, seq, 0}
 "
 );
 
@@ -60,6 +67,11 @@ return out
 
 pub(super) fn key(channel: &str, part: &str) -> String {
     format!("ws:{{{channel}}}:{part}")
+}
+
+/// The key remembering an idempotency `key` of `channel` (in the channel's hash slot).
+pub(super) fn idempotency_key(channel: &str, key: &str) -> String {
+    format!("ws:{{{channel}}}:key:{key}")
 }
 
 /// A fresh epoch name, for a channel Redis does not know.

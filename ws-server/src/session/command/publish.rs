@@ -1,10 +1,12 @@
-//! `Publish`: the channel and the permission are checked here; the task hands the
-//! publication to the broker ([`Step::Publish`]) and answers a refusal with
-//! [`refusal_of_publication`].
+//! `Publish`: the channel, the permission and the idempotency key are checked here; the task
+//! hands the publication to the broker ([`Step::Publish`]) and answers its outcome with
+//! [`publication_outcome`]: `Published` for a publication with an `id`, an `Error` (with
+//! the `id`) for a refusal.
 
 use tokio::sync::oneshot;
 use ws_protocol::{
-    Payload, WsMessage, codes, excerpt, invalid_channel_name, is_valid_channel_name,
+    MAX_IDEMPOTENCY_KEY_LEN, Payload, WsMessage, codes, excerpt, invalid_channel_name,
+    is_valid_channel_name,
 };
 
 use super::super::core::{Core, Step, reply};
@@ -12,31 +14,62 @@ use crate::broker::BrokerError;
 use crate::channel::Published;
 
 impl Core {
-    /// A `Publish` of `data` on `channel`.
-    pub(crate) fn publish(&mut self, channel: String, data: Payload) -> Step {
-        if !is_valid_channel_name(&channel) {
-            reply(WsMessage::error(
-                codes::INVALID_CHANNEL,
-                invalid_channel_name(&channel),
-            ))
+    /// A `Publish` of `data` on `channel`, answered with `id` if it has one, published at
+    /// most once per `key`.
+    pub(crate) fn publish(
+        &mut self,
+        channel: String,
+        data: Payload,
+        id: Option<u64>,
+        key: Option<String>,
+    ) -> Step {
+        let refusal = if !is_valid_channel_name(&channel) {
+            WsMessage::error(codes::INVALID_CHANNEL, invalid_channel_name(&channel))
         } else if !self.grant.as_ref().is_some_and(|g| g.may_publish(&channel)) {
-            reply(WsMessage::error(
+            WsMessage::error(
                 codes::FORBIDDEN,
                 format!("not allowed to publish on {}", excerpt(&channel)),
-            ))
+            )
+        } else if let Some(bad) = key
+            .as_deref()
+            .filter(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN)
+        {
+            WsMessage::error(
+                codes::BAD_REQUEST,
+                format!(
+                    "an idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, not {}",
+                    bad.len()
+                ),
+            )
         } else {
-            Step::Publish { channel, data }
-        }
+            return Step::Publish {
+                channel,
+                data,
+                id,
+                key,
+            };
+        };
+        reply(refusal.with_id(id))
     }
 }
 
-/// The `Error` frame (as JSON) reporting a publication the broker refused, if it was.
-pub(crate) fn refusal_of_publication(
+/// What to answer (as JSON) once the broker is done with a publication on `channel`: with an
+/// `id`, `Published` or an `Error` carrying it; without, only a refusal.
+pub(crate) fn publication_outcome(
     channel: &str,
+    id: Option<u64>,
     outcome: Result<Result<Published, BrokerError>, oneshot::error::RecvError>,
 ) -> Option<String> {
     let error = match outcome {
-        Ok(Ok(_)) => return None,
+        Ok(Ok(published)) => {
+            let published = WsMessage::Published {
+                id: id?,
+                channel: channel.to_owned(),
+                seq: published.seq,
+                duplicate: published.duplicate,
+            };
+            return Some(published.to_json());
+        }
         Ok(Err(error)) => error.to_string(),
         Err(_) => "the broker stopped".to_owned(),
     };
@@ -44,5 +77,5 @@ pub(crate) fn refusal_of_publication(
         codes::UNAVAILABLE,
         format!("not published on {}: {error}", excerpt(channel)),
     );
-    Some(error.to_json())
+    Some(error.with_id(id).to_json())
 }

@@ -132,7 +132,10 @@ async fn subscribe_queues_later_publications_and_unsubscribe_stops_them() {
     );
 
     let data = serde_json::value::RawValue::from_string("{\"p\":1}".to_owned()).unwrap();
-    let published = hub.publish("prices:A", &data).await.expect("published");
+    let published = hub
+        .publish("prices:A", &data, None)
+        .await
+        .expect("published");
     assert_eq!(published.seq, 1);
     let (mut batch, mut notices) = (Default::default(), Vec::new());
     let (state, _) = core.outbox.take(&mut batch, &mut notices, usize::MAX);
@@ -145,7 +148,9 @@ async fn subscribe_queues_later_publications_and_unsubscribe_stops_them() {
         Instant::now(),
     ));
     assert!(matches!(unsubscribed, WsMessage::Unsubscribed { .. }));
-    hub.publish("prices:A", &data).await.expect("published");
+    hub.publish("prices:A", &data, None)
+        .await
+        .expect("published");
     batch.clear();
     core.outbox.take(&mut batch, &mut notices, usize::MAX);
     assert!(
@@ -205,7 +210,7 @@ async fn publish_checks_the_channel_and_hands_the_rest_to_the_task() {
         Instant::now(),
     );
     match good {
-        Ok(Step::Publish { channel, data }) => {
+        Ok(Step::Publish { channel, data, .. }) => {
             assert_eq!(channel, "prices:A");
             assert_eq!(data.as_raw().get(), "{\"p\":2}");
         }
@@ -350,7 +355,9 @@ async fn the_outbox_decides_slow_consumer_drain_and_shutdown_ends() {
     assert!(core.outbox_end().is_none());
     let data = serde_json::value::RawValue::from_string("1".to_owned()).unwrap();
     for _ in 0..5 {
-        hub.publish("prices:A", &data).await.expect("published");
+        hub.publish("prices:A", &data, None)
+            .await
+            .expect("published");
     }
     assert!(matches!(core.outbox_end(), Some(End::SlowConsumer)));
 

@@ -1,0 +1,250 @@
+//! Acknowledged and idempotent publishing over the wire (issue 15), against the embedded
+//! broker and against two hubs sharing a real Redis: `Publish` with an `id` is answered with
+//! `Published` (or an `Error` carrying the `id`); a repeated `key` on a channel is published
+//! once, and its `Published` says `duplicate` with the first `seq`.
+
+use anyhow::{Result, bail, ensure};
+use integration_tests::redis::RedisServer;
+use integration_tests::{RawClient, spawn_server, within};
+use ws_protocol::{Payload, WsMessage, codes};
+use ws_server::{ServerBuilder, WebSocketServer};
+
+fn publish(channel: &str, data: &str, id: Option<u64>, key: Option<&str>) -> WsMessage {
+    WsMessage::Publish {
+        channel: channel.to_owned(),
+        data: Payload::from_json(data).unwrap_or_else(|e| panic!("{data}: {e}")),
+        id,
+        key: key.map(str::to_owned),
+    }
+}
+
+/// The next frame that is not a publication (a publisher also subscribed sees its own).
+async fn answer(client: &mut RawClient) -> Result<WsMessage> {
+    loop {
+        match within("an answer", client.recv()).await?? {
+            WsMessage::Publication { .. } => continue,
+            other => return Ok(other),
+        }
+    }
+}
+
+/// The `seq` and data of the next publication `client` receives.
+async fn next_publication(client: &mut RawClient) -> Result<(u64, String)> {
+    loop {
+        match within("a publication", client.recv()).await?? {
+            WsMessage::Publication { seq, data, .. } => {
+                return Ok((seq, data.as_raw().get().to_owned()));
+            }
+            WsMessage::Published { .. } => continue,
+            other => bail!("expected a Publication, got {other:?}"),
+        }
+    }
+}
+
+async fn acknowledged_and_idempotent(
+    publisher_hub: &WebSocketServer,
+    subscriber_hub: &WebSocketServer,
+) -> Result<()> {
+    let mut subscriber = RawClient::connect(subscriber_hub.local_addr()).await?;
+    subscriber.subscribe(&["orders"]).await?;
+    let mut publisher = RawClient::connect(publisher_hub.local_addr()).await?;
+
+    publisher
+        .send(&publish("orders", r#"{"n":1}"#, Some(7), Some("k-1")))
+        .await?;
+    match answer(&mut publisher).await? {
+        WsMessage::Published {
+            id: 7,
+            channel,
+            seq: 1,
+            duplicate: false,
+        } if channel == "orders" => {}
+        other => bail!("expected Published id 7 seq 1, got {other:?}"),
+    }
+    // The same key again, even with other data: not published, answered with the first seq.
+    publisher
+        .send(&publish("orders", r#"{"n":"again"}"#, Some(8), Some("k-1")))
+        .await?;
+    match answer(&mut publisher).await? {
+        WsMessage::Published {
+            id: 8,
+            seq: 1,
+            duplicate: true,
+            ..
+        } => {}
+        other => bail!("expected a duplicate of seq 1, got {other:?}"),
+    }
+    // Another key, and a publication without an id (not answered), in order.
+    publisher
+        .send(&publish("orders", r#"{"n":2}"#, Some(9), Some("k-2")))
+        .await?;
+    publisher
+        .send(&publish("orders", r#"{"n":3}"#, None, None))
+        .await?;
+    publisher
+        .send(&publish("orders", r#"{"n":4}"#, Some(10), None))
+        .await?;
+    match answer(&mut publisher).await? {
+        WsMessage::Published {
+            id: 9,
+            seq: 2,
+            duplicate: false,
+            ..
+        } => {}
+        other => bail!("expected Published id 9 seq 2, got {other:?}"),
+    }
+    match answer(&mut publisher).await? {
+        WsMessage::Published { id: 10, seq: 4, .. } => {}
+        other => bail!("expected Published id 10 seq 4, got {other:?}"),
+    }
+    // Refusals carry the id.
+    publisher.send(&publish("", "1", Some(11), None)).await?;
+    match answer(&mut publisher).await? {
+        WsMessage::Error {
+            code, id: Some(11), ..
+        } if code == codes::INVALID_CHANNEL => {}
+        other => bail!("expected invalid_channel for id 11, got {other:?}"),
+    }
+    let long_key = "k".repeat(129);
+    publisher
+        .send(&publish("orders", "1", Some(12), Some(&long_key)))
+        .await?;
+    match answer(&mut publisher).await? {
+        WsMessage::Error {
+            code,
+            id: Some(12),
+            message,
+            ..
+        } if code == codes::BAD_REQUEST => {
+            ensure!(message.contains("128"), "{message}");
+        }
+        other => bail!("expected bad_request for id 12, got {other:?}"),
+    }
+    // The subscriber got each publication once, in order: the duplicate was not delivered.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(next_publication(&mut subscriber).await?);
+    }
+    ensure!(
+        seen == [
+            (1, r#"{"n":1}"#.to_owned()),
+            (2, r#"{"n":2}"#.to_owned()),
+            (3, r#"{"n":3}"#.to_owned()),
+            (4, r#"{"n":4}"#.to_owned()),
+        ],
+        "{seen:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn embedded_publishes_are_acknowledged_and_keys_publish_once() -> Result<()> {
+    let hub = spawn_server(ServerBuilder::default()).await?;
+    acknowledged_and_idempotent(&hub, &hub).await?;
+    // A key is per channel: the same key on another channel is a new publication.
+    let mut publisher = RawClient::connect(hub.local_addr()).await?;
+    publisher
+        .send(&publish("fills", "1", Some(1), Some("k-1")))
+        .await?;
+    match answer(&mut publisher).await? {
+        WsMessage::Published {
+            seq: 1,
+            duplicate: false,
+            ..
+        } => {}
+        other => bail!("expected a new publication on another channel, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn keys_are_remembered_within_their_bound_and_refused_past_it() -> Result<()> {
+    let mut config = ws_protocol::WebSocketConfig::default();
+    config.idempotency_max_keys = 2;
+    let hub = spawn_server(ServerBuilder::from_config(config).admin_addr("127.0.0.1:0")).await?;
+    let mut publisher = RawClient::connect(hub.local_addr()).await?;
+    for (id, key) in [(1, "a"), (2, "b")] {
+        publisher
+            .send(&publish("c", "1", Some(id), Some(key)))
+            .await?;
+        ensure!(matches!(
+            answer(&mut publisher).await?,
+            WsMessage::Published { .. }
+        ));
+    }
+    publisher
+        .send(&publish("c", "1", Some(3), Some("c")))
+        .await?;
+    match answer(&mut publisher).await? {
+        WsMessage::Error {
+            code,
+            id: Some(3),
+            message,
+            ..
+        } if code == codes::UNAVAILABLE => {
+            ensure!(message.contains("WS_IDEMPOTENCY_MAX_KEYS"), "{message}");
+        }
+        other => bail!("expected unavailable past the key bound, got {other:?}"),
+    }
+    // A known key is still recognised, and a publication without a key still goes.
+    publisher
+        .send(&publish("c", "1", Some(4), Some("a")))
+        .await?;
+    ensure!(matches!(
+        answer(&mut publisher).await?,
+        WsMessage::Published {
+            duplicate: true,
+            ..
+        }
+    ));
+    publisher.send(&publish("c", "1", Some(5), None)).await?;
+    ensure!(matches!(
+        answer(&mut publisher).await?,
+        WsMessage::Published { seq: 3, .. }
+    ));
+    let metrics = hub_metrics(&hub).await?;
+    ensure!(metrics.contains("ws_idempotency_keys 2"), "{metrics}");
+    ensure!(
+        metrics.contains("ws_idempotency_refused_total 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// `GET /metrics` of `hub`'s admin endpoint.
+async fn hub_metrics(hub: &WebSocketServer) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(admin) = hub.admin_addr() else {
+        bail!("the hub has no admin address");
+    };
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    within("the metrics", stream.read_to_string(&mut response)).await??;
+    Ok(response)
+}
+
+#[tokio::test]
+async fn across_hubs_on_redis_a_key_publishes_once_cluster_wide() -> Result<()> {
+    let Some(redis) = RedisServer::start().await? else {
+        return Ok(());
+    };
+    let a = spawn_server(ServerBuilder::default().redis_url(redis.url())).await?;
+    let b = spawn_server(ServerBuilder::default().redis_url(redis.url())).await?;
+    acknowledged_and_idempotent(&a, &b).await?;
+    // The same key through the other hub: the cluster remembers it.
+    let mut on_b = RawClient::connect(b.local_addr()).await?;
+    on_b.send(&publish("orders", "1", Some(1), Some("k-2")))
+        .await?;
+    match answer(&mut on_b).await? {
+        WsMessage::Published {
+            seq: 2,
+            duplicate: true,
+            ..
+        } => {}
+        other => bail!("expected the cluster to know k-2 as seq 2, got {other:?}"),
+    }
+    Ok(())
+}
