@@ -48,13 +48,15 @@ pub enum Event {
     },
     /// After a reconnect the hub could not replay everything missed on `channel` (its
     /// history no longer reaches back, or the hub restarted and the channel is in a new
-    /// epoch): take a fresh snapshot. Live publications continue after `seq`.
+    /// epoch): take a fresh snapshot. Delivery continues after `seq`: when the hub still holds
+    /// the new epoch from its beginning, `seq` is 0 and every publication of the new epoch
+    /// follows.
     Unrecovered {
         /// The channel.
         channel: String,
         /// The channel's epoch now.
         epoch: String,
-        /// The channel's latest `seq` when resubscribed.
+        /// The `seq` delivery continues after.
         seq: u64,
     },
     /// Publications of `channel` from `expected` to `received - 1` could not be had: they

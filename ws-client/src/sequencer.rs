@@ -255,9 +255,14 @@ impl Sequencer {
         asked: Asked,
         now: Instant,
     ) {
+        // Where delivery goes on from: after the hub's latest `seq`, or before the first
+        // publication it replays (a rewind, or a new epoch replayed from its start).
+        let start = position
+            .replay_from
+            .map_or(position.seq, |first| first.saturating_sub(1));
         let Some(track) = self.tracks.get_mut(&channel) else {
             self.tracks
-                .insert(channel, Track::new(position.epoch, position.seq));
+                .insert(channel, Track::new(position.epoch, start));
             return;
         };
         if track.epoch != position.epoch {
@@ -265,11 +270,11 @@ impl Sequencer {
             // belongs to the old sequence; start again from the hub's position.
             warn!(%channel, "missed publications could not be recovered (new epoch)");
             self.held -= track.held.len();
-            *track = Track::new(position.epoch.clone(), position.seq);
+            *track = Track::new(position.epoch.clone(), start);
             self.ready.push_back(Event::Unrecovered {
                 channel,
                 epoch: position.epoch,
-                seq: position.seq,
+                seq: start,
             });
             return;
         }
@@ -516,6 +521,48 @@ mod tests {
         s.expire(now + Duration::from_secs(1));
         assert_eq!(out(&mut s), ["gap 1..3", "3"]);
         assert_eq!(s.deadline(), None);
+    }
+
+    #[test]
+    fn a_replay_from_the_start_of_a_new_epoch_is_delivered_after_the_unrecovered() {
+        let mut s = sequencer();
+        let now = Instant::now();
+        s.accept(position(0, "e", 5, true, Asked::Fresh), now);
+        let mut restarted = position(0, "f", 2, false, Asked::Resumed);
+        if let Arrival::Position { position, .. } = &mut restarted {
+            position.replay_from = Some(1);
+        }
+        s.accept(restarted, now);
+        for seq in 1..=3 {
+            s.accept(
+                Arrival::Publication {
+                    connection: 0,
+                    epoch: Some(Arc::from("f")),
+                    channel: "c".into(),
+                    seq,
+                    data: Payload::from_json(seq.to_string()).unwrap(),
+                },
+                now,
+            );
+        }
+        assert_eq!(out(&mut s), ["unrecovered f@0", "1", "2", "3"]);
+    }
+
+    #[test]
+    fn a_rewind_on_a_new_subscription_is_delivered() {
+        let mut s = sequencer();
+        let now = Instant::now();
+        let mut rewound = position(0, "e", 5, true, Asked::Fresh);
+        if let Arrival::Position { position, .. } = &mut rewound {
+            position.replay_from = Some(4);
+        }
+        s.accept(rewound, now);
+        feed(
+            &mut s,
+            now,
+            [publication(0, 4), publication(0, 5), publication(0, 6)],
+        );
+        assert_eq!(out(&mut s), ["4", "5", "6"]);
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl FanOut {
                 id += 1;
                 let outbox = Arc::new(Outbox::new(queue, 0, SlowConsumerPolicy::DropOldest));
                 if registry
-                    .subscribe(&format!("c{c}"), ConnectionId(id), &outbox, None)
+                    .subscribe(&format!("c{c}"), ConnectionId(id), &outbox, None, None)
                     .is_ok()
                 {
                     outboxes.push(outbox);
@@ -134,7 +134,7 @@ pub fn exercise_channels(data: &[u8]) {
             }
             1 => {
                 // Three channels never reach the bound on channels.
-                let subscribed = channels.subscribe(names[ch], id, &outboxes[conn], None);
+                let subscribed = channels.subscribe(names[ch], id, &outboxes[conn], None, None);
                 assert!(subscribed.is_ok());
             }
             2 => {
@@ -147,7 +147,7 @@ pub fn exercise_channels(data: &[u8]) {
                     seq: u64::from(arg / 2),
                 };
                 let Ok((_, position)) =
-                    channels.subscribe(names[ch], id, &outboxes[conn], Some(&since))
+                    channels.subscribe(names[ch], id, &outboxes[conn], Some(&since), None)
                 else {
                     panic!("three channels never reach the bound on channels");
                 };

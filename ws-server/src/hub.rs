@@ -79,6 +79,15 @@ pub(crate) struct Hub {
 /// this hub.
 pub(crate) struct Attached(());
 
+/// What a subscriber asks to have replayed before live publications.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Replay<'a> {
+    /// What followed this position.
+    pub(crate) since: Option<&'a Position>,
+    /// Without `since`: the last this many publications.
+    pub(crate) rewind: Option<u64>,
+}
+
 /// A channel [`Hub::attach`] could not attach.
 pub(crate) struct AttachError {
     /// The channel.
@@ -240,7 +249,8 @@ impl Hub {
 
     /// Subscribes connection `id` to `channel`, attached before (see [`Attached`]); its
     /// publications are queued to `outbox` from now on. Returns the channel's shared name and
-    /// its position, after replaying to `outbox` what followed `since` if the history has it.
+    /// its position, after replaying to `outbox` what followed `since` if the history has it
+    /// (or, without `since`, the last `rewind` publications).
     /// `new` says whether the connection was not subscribed yet (counted in the gauge).
     pub(crate) fn subscribe(
         &self,
@@ -248,10 +258,12 @@ impl Hub {
         channel: &str,
         id: ConnectionId,
         outbox: &Arc<Outbox>,
-        since: Option<&Position>,
+        replay: Replay<'_>,
         new: bool,
     ) -> std::result::Result<(Arc<str>, ChannelPosition), ChannelsFull> {
-        let subscribed = self.channels.subscribe(channel, id, outbox, since)?;
+        let subscribed =
+            self.channels
+                .subscribe(channel, id, outbox, replay.since, replay.rewind)?;
         if new {
             HubMetrics::add(&self.metrics.subscriptions, 1);
         }

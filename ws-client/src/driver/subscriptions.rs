@@ -156,11 +156,15 @@ impl Subscriptions {
                     .get(&channel)
                     .is_some_and(|p| *p.epoch == position.epoch);
             if !keep {
+                // A replay from elsewhere than our position follows: count from its start.
+                let seq = position
+                    .replay_from
+                    .map_or(position.seq, |first| first.saturating_sub(1));
                 self.standing.insert(
                     channel.clone(),
                     Standing {
                         epoch: Arc::from(position.epoch.as_str()),
-                        seq: position.seq,
+                        seq,
                     },
                 );
             }

@@ -264,8 +264,9 @@ impl Channels {
         Ok(channel)
     }
 
-    /// Adds a subscriber and, when `since` is given and the history still reaches back to it,
-    /// queues the publications it missed. Returns the channel's shared name and position.
+    /// Adds a subscriber and queues what the history holds of what it asks for (see
+    /// [`replay`]): what followed `since`, or the last `rewind` publications. Returns the
+    /// channel's shared name and position.
     ///
     /// # Errors
     /// [`ChannelsFull`] if the channel is new and there is no room for it.
@@ -275,6 +276,7 @@ impl Channels {
         id: ConnectionId,
         outbox: &Arc<Outbox>,
         since: Option<&Position>,
+        rewind: Option<u64>,
     ) -> Result<(Arc<str>, ChannelPosition), ChannelsFull> {
         loop {
             let channel = self.channel_or_create(name)?;
@@ -290,37 +292,12 @@ impl Channels {
             if state.insert(id, outbox) && state.subscribers.len() == 1 {
                 self.subscribed.fetch_add(1, Ordering::Relaxed);
             }
-            // With `since` (a reconnect, or a gap noticed by a client already subscribed),
-            // replay what came after it if the history still reaches back that far.
-            let recovered = match since {
-                None => true,
-                Some(position) => {
-                    let oldest = state
-                        .history
-                        .entries
-                        .front()
-                        .map_or(state.seq + 1, |(seq, _, _)| *seq);
-                    let reachable = *position.epoch == *state.epoch
-                        && position.seq <= state.seq
-                        && oldest <= position.seq + 1;
-                    // History seqs are consecutive, so the first one to replay is an index.
-                    let skip = usize::try_from(position.seq + 1 - oldest.min(position.seq + 1))
-                        .unwrap_or(usize::MAX);
-                    let entries = &state.history.entries;
-                    reachable
-                        && outbox.push_replay(
-                            &channel.name,
-                            entries
-                                .range(skip.min(entries.len())..)
-                                .map(|(_, _, frame)| frame.clone()),
-                        )
-                }
-            };
+            let (recovered, replay_from) = replay(&state, &channel.name, outbox, since, rewind);
             let position = ChannelPosition {
-                replay_from: None,
                 epoch: state.epoch.to_string(),
                 seq: state.seq,
                 recovered,
+                replay_from,
             };
             return Ok((channel.name.clone(), position));
         }
@@ -579,6 +556,61 @@ impl Channels {
     /// How many channels have at least one subscriber.
     pub(crate) fn len(&self) -> usize {
         self.subscribed.load(Ordering::Relaxed)
+    }
+}
+
+/// Queues to `outbox` what a subscriber asks to have replayed, from `state`'s history, under
+/// the channel's lock (so nothing is missed or repeated at the seam with live publications).
+/// Returns `(recovered, replay_from)` for its position:
+///
+/// - with `since` in the current epoch: what followed it, if the history still reaches back
+///   that far (`recovered`);
+/// - with `since` in another epoch (the hub restarted, or Redis lost the channel): not
+///   recovered, but if the history still holds the new epoch from its first `seq`, all of it
+///   (`replay_from: 1`), so that nothing the new epoch accepted is lost;
+/// - without `since`, with `rewind: n`: the last `n` publications the history still holds
+///   (`replay_from` the first of them).
+fn replay(
+    state: &ChannelState,
+    name: &Arc<str>,
+    outbox: &Outbox,
+    since: Option<&Position>,
+    rewind: Option<u64>,
+) -> (bool, Option<u64>) {
+    let entries = &state.history.entries;
+    let oldest = entries.front().map_or(state.seq + 1, |(seq, _, _)| *seq);
+    // History seqs are consecutive, so the first one to replay is an index.
+    let queue_from = |first: u64| {
+        let skip = usize::try_from(first.saturating_sub(oldest)).unwrap_or(usize::MAX);
+        outbox.push_replay(
+            name,
+            entries
+                .range(skip.min(entries.len())..)
+                .map(|(_, _, frame)| frame.clone()),
+        )
+    };
+    match (since, rewind) {
+        (Some(position), _) if *position.epoch == *state.epoch => {
+            let reachable = position.seq <= state.seq && oldest <= position.seq + 1;
+            (reachable && queue_from(position.seq + 1), None)
+        }
+        (Some(_), _) => {
+            let from_start = oldest == 1 && !entries.is_empty();
+            if from_start && queue_from(1) {
+                (false, Some(1))
+            } else {
+                (false, None)
+            }
+        }
+        (None, Some(n)) if n > 0 && !entries.is_empty() => {
+            let first = state.seq.saturating_sub(n).saturating_add(1).max(oldest);
+            if queue_from(first) {
+                (true, Some(first))
+            } else {
+                (true, None)
+            }
+        }
+        (None, _) => (true, None),
     }
 }
 

@@ -24,8 +24,12 @@ fn texts(outbox: &Outbox) -> Vec<String> {
 fn publications_reach_only_subscribers_with_consecutive_seq() {
     let channels = Channels::default();
     let (a, b) = (outbox(), outbox());
-    channels.subscribe("x", ConnectionId(1), &a, None).unwrap();
-    channels.subscribe("y", ConnectionId(2), &b, None).unwrap();
+    channels
+        .subscribe("x", ConnectionId(1), &a, None, None)
+        .unwrap();
+    channels
+        .subscribe("y", ConnectionId(2), &b, None, None)
+        .unwrap();
     let data = Payload::from_json("1").unwrap();
     assert_eq!(
         channels.publish("x", data.as_raw()),
@@ -57,9 +61,15 @@ fn publications_reach_only_subscribers_with_consecutive_seq() {
 fn the_last_unsubscribe_removes_the_channel() {
     let channels = Channels::default();
     let (a, b) = (outbox(), outbox());
-    channels.subscribe("x", ConnectionId(1), &a, None).unwrap();
-    channels.subscribe("x", ConnectionId(2), &b, None).unwrap();
-    channels.subscribe("x", ConnectionId(2), &b, None).unwrap();
+    channels
+        .subscribe("x", ConnectionId(1), &a, None, None)
+        .unwrap();
+    channels
+        .subscribe("x", ConnectionId(2), &b, None, None)
+        .unwrap();
+    channels
+        .subscribe("x", ConnectionId(2), &b, None, None)
+        .unwrap();
     channels.unsubscribe("x", ConnectionId(1));
     assert_eq!(channels.len(), 1);
     let data = Payload::from_json("2").unwrap();
@@ -85,7 +95,9 @@ async fn a_subscribe_with_since_replays_exactly_what_was_missed() {
     let channels = Channels::new(HistoryLimits::per_channel(3, Duration::from_secs(10)), None);
     let a = outbox();
     let data = Payload::from_json("0").unwrap();
-    let (_, start) = channels.subscribe("x", ConnectionId(1), &a, None).unwrap();
+    let (_, start) = channels
+        .subscribe("x", ConnectionId(1), &a, None, None)
+        .unwrap();
     assert_eq!((start.seq, start.recovered), (0, true));
     for _ in 0..5 {
         channels.publish("x", data.as_raw());
@@ -99,7 +111,7 @@ async fn a_subscribe_with_since_replays_exactly_what_was_missed() {
         seq: 2,
     };
     let (_, position) = channels
-        .subscribe("x", ConnectionId(1), &a, Some(&since))
+        .subscribe("x", ConnectionId(1), &a, Some(&since), None)
         .unwrap();
     assert_eq!((position.seq, position.recovered), (5, true));
     assert_eq!(texts(&a).len(), 3);
@@ -109,7 +121,7 @@ async fn a_subscribe_with_since_replays_exactly_what_was_missed() {
         seq: 1,
     };
     let (_, position) = channels
-        .subscribe("x", ConnectionId(1), &a, Some(&too_old))
+        .subscribe("x", ConnectionId(1), &a, Some(&too_old), None)
         .unwrap();
     assert!(!position.recovered);
     assert!(texts(&a).is_empty());
@@ -119,14 +131,16 @@ async fn a_subscribe_with_since_replays_exactly_what_was_missed() {
         seq: 4,
     };
     let (_, position) = channels
-        .subscribe("x", ConnectionId(1), &a, Some(&other_epoch))
+        .subscribe("x", ConnectionId(1), &a, Some(&other_epoch), None)
         .unwrap();
     assert!(!position.recovered);
     channels.unsubscribe("x", ConnectionId(1));
     // Once the history expires the channel is forgotten, and a new epoch begins.
     tokio::time::advance(Duration::from_secs(11)).await;
     channels.sweep();
-    let (_, fresh) = channels.subscribe("x", ConnectionId(1), &a, None).unwrap();
+    let (_, fresh) = channels
+        .subscribe("x", ConnectionId(1), &a, None, None)
+        .unwrap();
     assert_ne!(fresh.epoch, start.epoch);
     assert_eq!(fresh.seq, 0);
 }
@@ -152,7 +166,7 @@ fn concurrent_subscribes_unsubscribes_publishes_and_sweeps_do_not_deadlock() {
                     match (i + t) % 4 {
                         0 => {
                             channels
-                                .subscribe(&name, ConnectionId(t), &outbox, None)
+                                .subscribe(&name, ConnectionId(t), &outbox, None, None)
                                 .unwrap();
                         }
                         1 => channels.unsubscribe(&name, ConnectionId(t)),
@@ -217,7 +231,7 @@ fn history_over_all_channels_stays_within_its_bytes_oldest_forgotten_first() {
         seq: 0,
     };
     let (_, position) = channels
-        .subscribe("c0", ConnectionId(1), &a, Some(&since))
+        .subscribe("c0", ConnectionId(1), &a, Some(&since), None)
         .unwrap();
     assert!(!position.recovered);
 
@@ -225,7 +239,7 @@ fn history_over_all_channels_stays_within_its_bytes_oldest_forgotten_first() {
     let channels = bounded(100, 20_000, 1_000_000);
     let b = outbox();
     let (_, start) = channels
-        .subscribe("watched", ConnectionId(2), &b, None)
+        .subscribe("watched", ConnectionId(2), &b, None, None)
         .unwrap();
     for _ in 0..20 {
         channels.publish("watched", data.as_raw());
@@ -239,7 +253,7 @@ fn history_over_all_channels_stays_within_its_bytes_oldest_forgotten_first() {
         seq: 10,
     };
     let (_, position) = channels
-        .subscribe("watched", ConnectionId(3), &outbox(), Some(&since))
+        .subscribe("watched", ConnectionId(3), &outbox(), Some(&since), None)
         .unwrap();
     assert!(
         position.recovered,
@@ -255,7 +269,7 @@ fn past_the_channel_bound_history_only_channels_go_first_and_subscribed_ones_sta
     let data = Payload::from_json("1").unwrap();
     let a = outbox();
     channels
-        .subscribe("kept", ConnectionId(1), &a, None)
+        .subscribe("kept", ConnectionId(1), &a, None, None)
         .unwrap();
     for i in 0..1000 {
         channels.publish(&format!("c{i}"), data.as_raw());
@@ -269,10 +283,13 @@ fn past_the_channel_bound_history_only_channels_go_first_and_subscribed_ones_sta
 
     // When every channel has a subscriber, a new one is refused rather than evicting.
     let full = bounded(10, usize::MAX, 2);
-    full.subscribe("a", ConnectionId(1), &a, None).unwrap();
-    full.subscribe("b", ConnectionId(1), &a, None).unwrap();
+    full.subscribe("a", ConnectionId(1), &a, None, None)
+        .unwrap();
+    full.subscribe("b", ConnectionId(1), &a, None, None)
+        .unwrap();
     assert_eq!(
-        full.subscribe("c", ConnectionId(1), &a, None).unwrap_err(),
+        full.subscribe("c", ConnectionId(1), &a, None, None)
+            .unwrap_err(),
         ChannelsFull(2)
     );
     assert_eq!(full.publish("c", data.as_raw()).seq, 0);
@@ -291,7 +308,7 @@ fn a_sweep_stuck_on_one_channel_holds_up_no_other_shard() {
     ));
     let a = outbox();
     channels
-        .subscribe("busy", ConnectionId(1), &a, None)
+        .subscribe("busy", ConnectionId(1), &a, None, None)
         .unwrap();
     let busy = channels.channel("busy").unwrap();
     let busy_shard = (0..SHARDS)
@@ -315,7 +332,7 @@ fn a_sweep_stuck_on_one_channel_holds_up_no_other_shard() {
                     continue;
                 }
                 channels
-                    .subscribe(&name, ConnectionId(2), &b, None)
+                    .subscribe(&name, ConnectionId(2), &b, None, None)
                     .unwrap();
                 channels.publish(&name, data.as_raw());
                 channels.unsubscribe(&name, ConnectionId(2));

@@ -216,8 +216,10 @@ impl Core {
             WsMessage::Ping => reply(WsMessage::Pong),
             WsMessage::Pong => Step::Nothing,
             WsMessage::Subscribe {
-                channels, since, ..
-            } => self.subscribe_request(channels, since),
+                channels,
+                since,
+                rewind,
+            } => self.subscribe_request(channels, since, rewind),
             WsMessage::Unsubscribe { channels } => self.unsubscribe(channels),
             WsMessage::Publish {
                 channel,

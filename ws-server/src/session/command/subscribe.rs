@@ -9,7 +9,7 @@ use ws_protocol::{
 };
 
 use super::super::core::{Core, Step, reply};
-use crate::hub::{AttachError, Attached};
+use crate::hub::{AttachError, Attached, Replay};
 
 /// A `Subscribe` that passed the checks, waiting for its channels to be attached.
 pub(crate) struct SubscribeRequest {
@@ -17,6 +17,8 @@ pub(crate) struct SubscribeRequest {
     pub(crate) channels: Vec<String>,
     /// Where the client's copy of each channel ends, for the replay of what followed.
     since: BTreeMap<String, Position>,
+    /// How many of the latest publications to replay for channels without a `since`.
+    rewind: Option<u64>,
 }
 
 impl Core {
@@ -26,11 +28,16 @@ impl Core {
         &mut self,
         channels: Vec<String>,
         since: BTreeMap<String, Position>,
+        rewind: Option<u64>,
     ) -> Step {
         if let Some((code, message)) = self.refusal(&channels) {
             return reply(WsMessage::subscribe_refused(code, message, &channels));
         }
-        Step::Subscribe(SubscribeRequest { channels, since })
+        Step::Subscribe(SubscribeRequest {
+            channels,
+            since,
+            rewind,
+        })
     }
 
     /// Subscribes to the channels of `request` once [`Hub::attach`](crate::hub::Hub::attach)
@@ -40,7 +47,11 @@ impl Core {
         request: SubscribeRequest,
         attached: Result<Attached, AttachError>,
     ) -> Step {
-        let SubscribeRequest { channels, since } = request;
+        let SubscribeRequest {
+            channels,
+            since,
+            rewind,
+        } = request;
         let attached = match attached {
             Ok(attached) => attached,
             Err(AttachError { channel, error }) => {
@@ -64,7 +75,10 @@ impl Core {
                 channel,
                 self.id,
                 &self.outbox,
-                since.get(channel),
+                Replay {
+                    since: since.get(channel),
+                    rewind,
+                },
                 new,
             );
             let (key, position) = match subscribed {
