@@ -254,7 +254,14 @@ impl ServerBuilder {
         self
     }
 
-    /// Capacity of the queue behind [`Incoming`](crate::Incoming).
+    /// How long the application has to answer a client's `Request` (`WS_REQUEST_TIMEOUT`).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+
+    /// Capacity of the queues behind [`Incoming`](crate::Incoming) and
+    /// [`Requests`](crate::Requests).
     pub fn incoming_capacity(mut self, frames: usize) -> Self {
         self.incoming_capacity = frames;
         self

@@ -26,6 +26,7 @@ use crate::connections::{ConnectionId, Connections};
 use crate::error::{Result, ServerError};
 use crate::metrics::{Gauges, HubMetrics};
 use crate::outbox::Outbox;
+use crate::requests::Request;
 
 /// tungstenite's read buffer per connection, allocated up front and kept. Small, because the
 /// socket is read in large chunks through a scratch buffer per thread ([`ReadAhead`]), so
@@ -56,6 +57,8 @@ pub(crate) struct Hub {
     /// accept and given back once the upgrade is done.
     pub(crate) upgrading: Arc<Semaphore>,
     incoming: RwLock<Option<mpsc::Sender<(ConnectionId, WsMessage)>>>,
+    /// Where client requests go, while the application takes them.
+    requests: RwLock<Option<mpsc::Sender<Request>>>,
     incoming_capacity: usize,
     /// Cancelled at shutdown: every task of the hub ends.
     pub(crate) token: CancellationToken,
@@ -169,6 +172,7 @@ impl Hub {
             connection_slots: Arc::new(Semaphore::new(connection_slots)),
             upgrading: Arc::new(Semaphore::new(pending_upgrades)),
             incoming: RwLock::new(None),
+            requests: RwLock::new(None),
             incoming_capacity: options.incoming_capacity.max(1),
             accepting: token.child_token(),
             token,
@@ -374,9 +378,27 @@ impl Hub {
         rx
     }
 
-    /// Ends the queue of application frames.
+    /// Ends the queues of application frames and requests.
     pub(crate) fn close_incoming(&self) {
         *self.incoming.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.requests.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Where client requests go, if the application takes them.
+    pub(crate) fn request_sender(&self) -> Option<mpsc::Sender<Request>> {
+        self.requests
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|sender| !sender.is_closed())
+            .cloned()
+    }
+
+    /// A new queue of client requests, replacing (and ending) the previous one.
+    pub(crate) fn open_requests(&self) -> mpsc::Receiver<Request> {
+        let (tx, rx) = mpsc::channel(self.incoming_capacity);
+        *self.requests.write().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
     }
 }
 

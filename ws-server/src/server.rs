@@ -18,6 +18,7 @@ use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::incoming::Incoming;
 use crate::outbox::Outgoing;
+use crate::requests::Requests;
 
 /// The fan-out hub.
 ///
@@ -155,6 +156,16 @@ impl WebSocketServer {
     pub fn incoming(&self) -> Incoming {
         Incoming {
             rx: self.hub.open_incoming(),
+        }
+    }
+
+    /// Starts receiving clients' `Request` frames, to answer each with
+    /// [`Request::reply`](crate::Request::reply) or [`Request::fail`](crate::Request::fail)
+    /// within `WS_REQUEST_TIMEOUT`. A later call replaces the earlier `Requests`, which then
+    /// ends. Without one, requests are answered `Error { code: "unsupported" }`.
+    pub fn requests(&self) -> Requests {
+        Requests {
+            rx: self.hub.open_requests(),
         }
     }
 

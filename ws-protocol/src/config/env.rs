@@ -104,6 +104,7 @@ pub(super) struct EnvVars {
     ws_max_channels: Option<usize>,
     ws_idempotency_window: Option<f64>,
     ws_idempotency_max_keys: Option<usize>,
+    ws_request_timeout: Option<f64>,
     ws_reconnect_hint: Option<f64>,
     ws_conflate_key: Option<String>,
     ws_redis_url: Option<String>,
@@ -180,6 +181,8 @@ impl EnvVars {
             idempotency_max_keys: self
                 .ws_idempotency_max_keys
                 .unwrap_or(d.idempotency_max_keys),
+            request_timeout: secs("WS_REQUEST_TIMEOUT", self.ws_request_timeout)?
+                .unwrap_or(d.request_timeout),
             reconnect_hint: secs("WS_RECONNECT_HINT", self.ws_reconnect_hint)?
                 .unwrap_or(d.reconnect_hint),
             conflate_key: self.ws_conflate_key.unwrap_or(d.conflate_key),

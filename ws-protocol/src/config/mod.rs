@@ -204,6 +204,9 @@ pub struct WebSocketConfig {
     /// channels; a keyed `Publish` past it is refused (`unavailable`) until older keys
     /// expire. Default 100000. (With Redis the keys live in Redis, bounded by the window.)
     pub idempotency_max_keys: usize,
+    /// `WS_REQUEST_TIMEOUT`: how long the hub waits for the embedding application to answer
+    /// a client's `Request` before answering `Error { code: "timeout" }`. Default 10 s.
+    pub request_timeout: Duration,
     /// `WS_RECONNECT_HINT`: the delay the hub's 1012 close asks clients to wait before
     /// reconnecting ("retry after N ms"). Default 1 s.
     pub reconnect_hint: Duration,
@@ -257,6 +260,7 @@ impl Default for WebSocketConfig {
             max_channels: 100_000,
             idempotency_window: Duration::from_secs(120),
             idempotency_max_keys: 100_000,
+            request_timeout: Duration::from_secs(10),
             reconnect_hint: Duration::from_secs(1),
             conflate_key: "symbol".to_owned(),
             redis_url: None,

@@ -38,6 +38,7 @@ impl WebSocketConfig {
             ("WS_DRAIN_WINDOW", self.drain_window, false),
             ("WS_HISTORY_TTL", self.history_ttl, false),
             ("WS_IDEMPOTENCY_WINDOW", self.idempotency_window, false),
+            ("WS_REQUEST_TIMEOUT", self.request_timeout, true),
             ("WS_RECONNECT_HINT", self.reconnect_hint, false),
         ];
         for (variable, value, positive) in durations {

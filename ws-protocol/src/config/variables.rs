@@ -57,6 +57,7 @@ pub(super) const VARIABLES: &[(&str, Option<Number>)] = &[
     ("WS_MAX_CHANNELS", Some(Number::Count)),
     ("WS_IDEMPOTENCY_WINDOW", Some(Number::Seconds)),
     ("WS_IDEMPOTENCY_MAX_KEYS", Some(Number::Count)),
+    ("WS_REQUEST_TIMEOUT", Some(Number::Seconds)),
     ("WS_RECONNECT_HINT", Some(Number::Seconds)),
     ("WS_CONFLATE_KEY", None),
     ("WS_REDIS_URL", None),

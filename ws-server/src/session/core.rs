@@ -59,6 +59,15 @@ pub(crate) enum Step {
     /// Hand an application frame to the application; if it cannot take it, answer with
     /// [`Core::forward_refused`].
     Forward(WsMessage),
+    /// Ask the application (see `requests.rs`); its answer is queued to the connection.
+    Request {
+        /// The client's `id`.
+        id: u64,
+        /// What is asked.
+        method: String,
+        /// The request's data.
+        data: Payload,
+    },
 }
 
 /// One connection's protocol state. See the module documentation.
@@ -230,6 +239,7 @@ impl Core {
             message @ (WsMessage::PriceUpdate { .. } | WsMessage::AccountUpdate { .. }) => {
                 Step::Forward(message)
             }
+            WsMessage::Request { id, method, data } => Step::Request { id, method, data },
             other => reply(WsMessage::error(
                 codes::UNSUPPORTED,
                 format!(

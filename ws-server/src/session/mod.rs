@@ -263,6 +263,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Step::Replies(texts) => Box::pin(self.send_texts(texts)).await,
             Step::Subscribe(request) => Box::pin(self.subscribe(request)).await,
             Step::Forward(message) => Box::pin(self.forward(message)).await,
+            Step::Request { id, method, data } => {
+                let core = &self.core;
+                let subject = core.grant.as_ref().and_then(|g| g.user_id.clone());
+                let refused = crate::requests::ask(
+                    &core.hub,
+                    &core.outbox,
+                    core.id,
+                    subject,
+                    id,
+                    method,
+                    data,
+                );
+                match refused {
+                    Some(text) => self.send_text(text).await,
+                    None => Ok(()),
+                }
+            }
         }
     }
 
