@@ -248,3 +248,19 @@ async fn across_hubs_on_redis_a_key_publishes_once_cluster_wide() -> Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn in_process_publishing_with_a_key_is_idempotent_too() -> Result<()> {
+    let hub = spawn_server(ServerBuilder::default()).await?;
+    let mut subscriber = RawClient::connect(hub.local_addr()).await?;
+    subscriber.subscribe(&["fills"]).await?;
+    let first = hub.publish_with_key("fills", "fill-1", &1).await?;
+    let again = hub.publish_with_key("fills", "fill-1", &1).await?;
+    ensure!(first.seq == 1 && !first.duplicate, "{first:?}");
+    ensure!(again.seq == 1 && again.duplicate, "{again:?}");
+    hub.publish("fills", &2).await?;
+    ensure!(next_publication(&mut subscriber).await? == (1, "1".to_owned()));
+    ensure!(next_publication(&mut subscriber).await? == (2, "2".to_owned()));
+    ensure!(hub.publish_with_key("fills", "", &3).await.is_err());
+    Ok(())
+}

@@ -138,6 +138,40 @@ impl WebSocketServer {
         Ok(self.hub.publish(channel, payload.as_raw(), None).await?)
     }
 
+    /// Publishes like [`publish`](Self::publish), at most once per `key` on `channel` within
+    /// `WS_IDEMPOTENCY_WINDOW` (on every hub, with Redis): publishing again with a key already
+    /// used returns the first publication's `seq` with
+    /// [`duplicate`](Published::duplicate) set, and publishes nothing. A data utility that
+    /// retries after an error or a restart cannot publish twice.
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish); also [`ServerError::Broker`] if the key is empty or
+    /// longer than 128 bytes, or if `WS_IDEMPOTENCY_MAX_KEYS` keys are held.
+    pub async fn publish_with_key<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        key: &str,
+        data: &T,
+    ) -> Result<Published> {
+        if !is_valid_name(channel) {
+            return Err(ServerError::InvalidChannel(channel.to_owned()));
+        }
+        if key.is_empty() || key.len() > ws_protocol::MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(ServerError::Broker(crate::BrokerError::Unavailable(
+                format!(
+                    "an idempotency key must be 1 to {} bytes, not {}",
+                    ws_protocol::MAX_IDEMPOTENCY_KEY_LEN,
+                    key.len()
+                ),
+            )));
+        }
+        let payload = Payload::from_value(data)?;
+        Ok(self
+            .hub
+            .publish(channel, payload.as_raw(), Some(key))
+            .await?)
+    }
+
     /// Sends `message` as it is to one connection, queued like a broadcast.
     ///
     /// # Errors
