@@ -57,9 +57,42 @@ async def main():
     await publisher.send(json.dumps({"type": "Publish", "channel": "py:ticks", "data": {"n": 51}}))
     assert (await next_of(subscriber, "Publication"))["seq"] == 51
 
-    for ws in (subscriber, publisher, late):
+    # Acknowledged publishing: `Published` with the id; a repeated key is published once.
+    await publisher.send(json.dumps(
+        {"type": "Publish", "channel": "py:ticks", "data": {"n": 52}, "id": 1, "key": "py-52"}))
+    published = await next_of(publisher, "Published")
+    assert (published["id"], published["seq"], published["duplicate"]) == (1, 52, False), published
+    await publisher.send(json.dumps(
+        {"type": "Publish", "channel": "py:ticks", "data": {"n": 52}, "id": 2, "key": "py-52"}))
+    published = await next_of(publisher, "Published")
+    assert (published["id"], published["seq"], published["duplicate"]) == (2, 52, True), published
+    await publisher.send(json.dumps({"type": "Publish", "channel": "", "data": 1, "id": 3}))
+    error = await next_of(publisher, "Error")
+    assert (error["code"], error["id"]) == ("invalid_channel", 3), error
+    await publisher.send(json.dumps({"type": "Publish", "channel": "py:ticks", "data": {"n": 53}, "id": 4}))
+    assert (await next_of(publisher, "Published"))["seq"] == 53
+    # The subscriber got 52 once, then 53.
+    assert [(await next_of(subscriber, "Publication"))["seq"] for _ in range(2)] == [52, 53]
+
+    # Rewind: the last two publications at once, then live ones.
+    fresh = await websockets.connect(URL)
+    await next_of(fresh, "Connected")
+    await fresh.send(json.dumps({"type": "Subscribe", "channels": ["py:ticks"], "rewind": 2}))
+    position = (await next_of(fresh, "Subscribed"))["positions"]["py:ticks"]
+    assert position["replay_from"] == 52, position
+    await publisher.send(json.dumps({"type": "Publish", "channel": "py:ticks", "data": {"n": 54}}))
+    rewound = [(await next_of(fresh, "Publication"))["seq"] for _ in range(3)]
+    assert rewound == [52, 53, 54], rewound
+
+    # The standalone hub has no application to answer requests.
+    await publisher.send(json.dumps({"type": "Request", "id": 5, "method": "orders.place", "data": {}}))
+    error = await next_of(publisher, "Error")
+    assert (error["code"], error["id"]) == ("unsupported", 5), error
+
+    for ws in (subscriber, publisher, late, fresh):
         await ws.close()
-    print("python websockets client: subscribe, publish, recovery and errors OK")
+    print("python websockets client: subscribe, publish, recovery, errors, acknowledgements, "
+          "idempotency keys, rewind and requests OK")
 
 
 asyncio.run(main())
