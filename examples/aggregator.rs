@@ -55,7 +55,7 @@ async fn main() -> Result<()> {
                 let Some((source, data)) = next else { break };
                 count += 1;
                 println!("#{count:<6} {source}: {data}");
-                if let Err(e) = clients[0].publish(MERGED_CHANNEL, data.as_raw()).await {
+                if let Err(e) = clients[0].publish_unacknowledged(MERGED_CHANNEL, data.as_raw()).await {
                     println!("not republished: {e}");
                 }
             }

@@ -64,7 +64,8 @@ async fn main() -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {
                 let update = prices.next_update();
-                match client.publish(SOL_USDC_CHANNEL, &update).await {
+                // Prices go stale: not acknowledged, no retry (`publish` would wait for the hub).
+                match client.publish_unacknowledged(SOL_USDC_CHANNEL, &update).await {
                     Ok(()) => println!("published {} ({:?})", update.to_json(), client.state()),
                     // Disconnected for longer than the buffer holds: say so, keep going.
                     Err(Error::BufferFull(_)) => println!("buffer full while {:?}; price skipped", client.state()),

@@ -372,7 +372,7 @@ async fn two_tasks_share_one_client() -> Result<()> {
         for n in 0..500 {
             loop {
                 match sender.publish("loop", &Tick { n }).await {
-                    Ok(()) => break,
+                    Ok(_) => break,
                     Err(Error::BufferFull(_)) => tokio::task::yield_now().await,
                     Err(e) => return Err(e),
                 }

@@ -31,6 +31,10 @@ pub(crate) struct ClientPublishArgs {
     /// The client's outbound buffer, in messages.
     #[arg(long, default_value_t = 65_536)]
     pub buffer: usize,
+    /// Publish with `publish` (each acknowledged by the hub, this many in flight at once)
+    /// instead of `publish_unacknowledged`.
+    #[arg(long)]
+    pub acknowledged: Option<usize>,
     /// Write the report as JSON here too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -43,6 +47,10 @@ pub(crate) struct ClientPublishReport {
     pub sent: u64,
     /// Times `publish` answered `BufferFull` (the caller retried).
     pub buffer_full: u64,
+    /// Publications acknowledged by the hub (with `--acknowledged`).
+    pub acknowledged: u64,
+    /// Acknowledged publications per second.
+    pub acknowledged_per_s: f64,
     /// Messages the subscriber received.
     pub received: u64,
     /// Received messages per second.
@@ -95,13 +103,44 @@ pub(crate) async fn run(args: &ClientPublishArgs) -> Result<ClientPublishReport>
     let (mut sent, mut full) = (0u64, 0u64);
     let started = Instant::now();
     let duration = Duration::from_secs_f64(args.duration);
-    while started.elapsed() < duration {
+    let mut acknowledged = 0u64;
+    if let Some(in_flight) = args.acknowledged {
+        // Pipelined: `in_flight` publishes awaiting their acknowledgement at once.
+        let mut waiting = futures_util::stream::FuturesUnordered::new();
+        while started.elapsed() < duration {
+            while waiting.len() < in_flight.max(1) {
+                body.clear();
+                payload::write(&mut body, 0, sent + 1, payload::now_ns(), args.size);
+                let json = String::from_utf8(body.clone()).unwrap_or_default();
+                let client = client.clone();
+                sent += 1;
+                waiting.push(async move { client.publish_json("bench", &json).await });
+            }
+            match futures_util::StreamExt::next(&mut waiting).await {
+                Some(Ok(_)) => acknowledged += 1,
+                Some(Err(Error::BufferFull(_))) => {
+                    full += 1;
+                    sent -= 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
+            }
+        }
+        while let Some(outcome) = futures_util::StreamExt::next(&mut waiting).await {
+            if outcome.is_ok() {
+                acknowledged += 1;
+            }
+        }
+    }
+    while args.acknowledged.is_none() && started.elapsed() < duration {
         for _ in 0..256 {
             body.clear();
             payload::write(&mut body, 0, sent + 1, payload::now_ns(), args.size);
             // The payload is ASCII JSON written by the bench.
             let json = std::str::from_utf8(&body).unwrap_or("{}");
-            match client.publish_json("bench", json).await {
+            let raw: &serde_json::value::RawValue = serde_json::from_str(json)?;
+            match client.publish_unacknowledged("bench", raw).await {
                 Ok(()) => sent += 1,
                 Err(Error::BufferFull(_)) => {
                     // Back off instead of spinning: the subscriber shares this core.
@@ -124,6 +163,8 @@ pub(crate) async fn run(args: &ClientPublishArgs) -> Result<ClientPublishReport>
     Ok(ClientPublishReport {
         sent,
         buffer_full: full,
+        acknowledged,
+        acknowledged_per_s: acknowledged as f64 / duration_s,
         received: shared.deliveries.load(Ordering::Relaxed),
         received_per_s: received_in_window as f64 / duration_s,
         duration_s,

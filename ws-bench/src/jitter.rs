@@ -176,7 +176,9 @@ pub(crate) async fn run(args: &JitterArgs) -> Result<JitterReport> {
     while started.elapsed().as_secs_f64() < args.duration {
         tick.tick().await;
         published += 1;
-        publisher.publish("jitter", &published).await?;
+        publisher
+            .publish_unacknowledged("jitter", &published)
+            .await?;
         if published.is_multiple_of(20) {
             let delivered: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
             eprintln!(

@@ -189,7 +189,9 @@ async fn run_one(args: &Arc<RedundancyArgs>, legs: usize) -> Result<RedundancyRu
     while started.elapsed().as_secs_f64() < args.duration {
         tick.tick().await;
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        publisher.publish(&channel, &Stamp { us }).await?;
+        publisher
+            .publish_unacknowledged(&channel, &Stamp { us })
+            .await?;
         published += 1;
     }
     // Let the slowest path deliver what is in flight.

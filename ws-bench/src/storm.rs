@@ -127,7 +127,7 @@ pub(crate) async fn run(args: &StormArgs) -> Result<StormReport> {
             let mut n = 0u64;
             loop {
                 n += 1;
-                client.publish("storm", &n).await?;
+                client.publish_unacknowledged("storm", &n).await?;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             #[allow(unreachable_code)]

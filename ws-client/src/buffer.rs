@@ -43,6 +43,8 @@ impl OutboundFrame {
 pub(crate) struct Pending {
     pub(crate) frame: OutboundFrame,
     pub(crate) queued_at: Instant,
+    /// The `id` of an acknowledged publication (see `acks.rs`).
+    pub(crate) ack: Option<u64>,
 }
 
 /// See the module documentation.
@@ -68,17 +70,28 @@ impl OutboundBuffer {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a text frame, or gives it back if the buffer is full.
     /// Queues `frame`, or gives it back if the buffer is full.
     pub(crate) fn push_frame(&self, frame: OutboundFrame) -> Result<(), OutboundFrame> {
+        self.push(frame, None, 0)
+    }
+
+    /// Queues `frame`, the acknowledged publication `ack` if given, or gives it back if the
+    /// buffer is full counting `waiting` more (publications sent and not yet acknowledged).
+    pub(crate) fn push(
+        &self,
+        frame: OutboundFrame,
+        ack: Option<u64>,
+        waiting: usize,
+    ) -> Result<(), OutboundFrame> {
         let mut queue = self.lock();
-        if queue.len() >= self.capacity {
+        if queue.len() + waiting >= self.capacity {
             return Err(frame);
         }
         let was_empty = queue.is_empty();
         queue.push_back(Pending {
             frame,
             queued_at: Instant::now(),
+            ack,
         });
         drop(queue);
         if was_empty {
@@ -93,8 +106,8 @@ impl OutboundBuffer {
     }
 
     /// Moves every frame still young enough into `batch`, in order; returns how many were
-    /// dropped for their age.
-    pub(crate) fn take(&self, batch: &mut VecDeque<Pending>) -> usize {
+    /// dropped for their age, and adds to `expired` the acknowledged publications among them.
+    pub(crate) fn take(&self, batch: &mut VecDeque<Pending>, expired: &mut Vec<u64>) -> usize {
         let mut queue = self.lock();
         std::mem::swap(&mut *queue, batch);
         drop(queue);
@@ -103,8 +116,33 @@ impl OutboundBuffer {
         };
         let now = Instant::now();
         let before = batch.len();
-        batch.retain(|p| now.duration_since(p.queued_at) <= max_age);
+        batch.retain(|p| {
+            let young = now.duration_since(p.queued_at) <= max_age;
+            if !young && let Some(id) = p.ack {
+                expired.push(id);
+            }
+            young
+        });
         before - batch.len()
+    }
+
+    /// Queues acknowledged publications to send again (their connection was lost) at the
+    /// front, oldest first, whatever the capacity: they were accepted already.
+    pub(crate) fn requeue_acked(&self, frames: Vec<(u64, String)>) {
+        if frames.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut queue = self.lock();
+        for (id, frame) in frames.into_iter().rev() {
+            queue.push_front(Pending {
+                frame: OutboundFrame::Text(frame),
+                queued_at: now,
+                ack: Some(id),
+            });
+        }
+        drop(queue);
+        self.ready.notify_one();
     }
 
     /// Puts frames that could not be written back at the front, ahead of newer ones. They may
@@ -152,7 +190,7 @@ mod tests {
         assert_eq!(buffer.push_frame(text("b")), Ok(()));
         assert_eq!(buffer.push_frame(text("c")), Err(text("c")));
         let mut batch = VecDeque::new();
-        assert_eq!(buffer.take(&mut batch), 0);
+        assert_eq!(buffer.take(&mut batch, &mut Vec::new()), 0);
         assert_eq!(texts(&batch), ["a", "b"]);
         assert_eq!(buffer.push_frame(text("c")), Ok(()));
     }
@@ -163,11 +201,11 @@ mod tests {
         buffer.push_frame(text("1")).unwrap();
         buffer.push_frame(text("2")).unwrap();
         let mut batch = VecDeque::new();
-        buffer.take(&mut batch);
+        buffer.take(&mut batch, &mut Vec::new());
         buffer.push_frame(text("3")).unwrap();
         buffer.requeue_front(&mut batch);
         let mut again = VecDeque::new();
-        buffer.take(&mut again);
+        buffer.take(&mut again, &mut Vec::new());
         assert_eq!(texts(&again), ["1", "2", "3"]);
     }
 
@@ -179,7 +217,7 @@ mod tests {
         buffer.push_frame(text("young")).unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         let mut batch = VecDeque::new();
-        assert_eq!(buffer.take(&mut batch), 1);
+        assert_eq!(buffer.take(&mut batch, &mut Vec::new()), 1);
         assert_eq!(texts(&batch), ["young"]);
     }
 

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ws_protocol::WebSocketConfig;
 
+use crate::acks::Acks;
 use crate::buffer::OutboundBuffer;
-use crate::client::{Inbox, WebSocketClient};
+use crate::client::{ClientParts, Inbox, WebSocketClient};
 use crate::combined_state::CombinedState;
 use crate::driver::{Driver, DriverParts};
 use crate::error::{Error, Result};
@@ -33,6 +34,9 @@ pub const DEFAULT_MAX_BUFFER_AGE: Duration = Duration::from_secs(30);
 pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
 /// Default for [`ClientBuilder::max_message_size`]: 16 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// Default for [`ClientBuilder::publish_timeout`]: as long as a frame may wait in the
+/// outbound buffer, plus time for the hub to answer.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// Builds a [`WebSocketClient`]; start from [`WebSocketClient::builder`].
 ///
@@ -69,6 +73,8 @@ pub struct ClientBuilder {
     redundancy: Option<usize>,
     max_connection_age: Option<Duration>,
     gap_timeout: Duration,
+    rewind: Option<u64>,
+    publish_timeout: Duration,
     headers: Vec<(String, String)>,
     auto_reconnect: bool,
     reconnect_interval: Duration,
@@ -114,6 +120,8 @@ impl ClientBuilder {
             redundancy: None,
             max_connection_age: None,
             gap_timeout: DEFAULT_GAP_TIMEOUT,
+            rewind: None,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             headers: Vec::new(),
             auto_reconnect: true,
             reconnect_interval: config.reconnect_interval,
@@ -143,6 +151,8 @@ impl ClientBuilder {
             redundancy: self.redundancy,
             max_connection_age: self.max_connection_age,
             gap_timeout: self.gap_timeout,
+            rewind: self.rewind,
+            publish_timeout: self.publish_timeout,
             headers: self.headers,
             roots: self.roots,
             on_connect: self.on_connect,
@@ -197,6 +207,23 @@ impl ClientBuilder {
     /// [`DEFAULT_GAP_TIMEOUT`]).
     pub fn gap_timeout(mut self, timeout: Duration) -> Self {
         self.gap_timeout = timeout;
+        self
+    }
+
+    /// Every [`subscribe`](WebSocketClient::subscribe) asks the hub for the last `n`
+    /// publications it still holds of each channel before live ones (a strategy gets the
+    /// current price at once), unless the call says otherwise
+    /// ([`subscribe_with_rewind`](WebSocketClient::subscribe_with_rewind)). Default: none.
+    pub fn rewind(mut self, n: u64) -> Self {
+        self.rewind = Some(n);
+        self
+    }
+
+    /// How long [`publish`](WebSocketClient::publish) waits for the hub's acknowledgement,
+    /// reconnects included, before failing with [`Error::OutcomeUnknown`] (or
+    /// [`Error::NotSent`] if it never went out). Default [`DEFAULT_PUBLISH_TIMEOUT`].
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
         self
     }
 
@@ -458,6 +485,7 @@ impl ClientBuilder {
             self.max_buffer_age,
         ));
         let counters = Arc::new(Counters::new(connections));
+        let acks = Arc::new(Acks::default());
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut commands = Vec::with_capacity(connections);
@@ -478,6 +506,8 @@ impl ClientBuilder {
                 state: state.clone(),
                 counters: counters.clone(),
                 token: token.child_token(),
+                acks: acks.clone(),
+                rewind: self.rewind,
             });
             tracker.spawn(driver.run(first));
         }
@@ -487,9 +517,17 @@ impl ClientBuilder {
             sequencer: Sequencer::new(self.gap_timeout, counters.clone()),
             finished: false,
         };
-        Ok(WebSocketClient::new(
-            commands, inbox, buffer, state_rx, counters, token, tracker,
-        ))
+        Ok(WebSocketClient::new(ClientParts {
+            connections: commands,
+            inbox,
+            buffer,
+            acks,
+            publish_timeout: self.publish_timeout,
+            state: state_rx,
+            counters,
+            token,
+            tracker,
+        }))
     }
 }
 

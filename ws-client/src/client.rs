@@ -1,6 +1,7 @@
 //! [`WebSocketClient`]: the handle strategies hold.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -12,8 +13,9 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
-use ws_protocol::{invalid_channel_name, is_valid_channel_name};
+use ws_protocol::{Payload, invalid_channel_name, is_valid_channel_name};
 
+use crate::acks::Acks;
 use crate::buffer::OutboundBuffer;
 use crate::buffer::OutboundFrame;
 use crate::builder::ClientBuilder;
@@ -32,9 +34,25 @@ pub(crate) struct Inbox {
     pub(crate) finished: bool,
 }
 
+/// Everything a [`WebSocketClient`] is made of, from the builder.
+pub(crate) struct ClientParts {
+    pub(crate) connections: Vec<mpsc::Sender<Command>>,
+    pub(crate) inbox: Inbox,
+    pub(crate) buffer: Arc<OutboundBuffer>,
+    pub(crate) acks: Arc<Acks>,
+    pub(crate) publish_timeout: Duration,
+    pub(crate) state: watch::Receiver<ConnectionState>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) token: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
 struct Shared {
     /// One command queue per connection.
     connections: Vec<mpsc::Sender<Command>>,
+    /// Publications and requests waiting for an answer.
+    acks: Arc<Acks>,
+    publish_timeout: Duration,
     inbox: Mutex<Inbox>,
     /// Channels unsubscribed since the sequencer last looked, for it to forget.
     forgotten: std::sync::Mutex<Vec<String>>,
@@ -80,18 +98,23 @@ impl std::fmt::Debug for WebSocketClient {
 }
 
 impl WebSocketClient {
-    pub(crate) fn new(
-        connections: Vec<mpsc::Sender<Command>>,
-        inbox: Inbox,
-        buffer: Arc<OutboundBuffer>,
-        state: watch::Receiver<ConnectionState>,
-        counters: Arc<Counters>,
-        token: CancellationToken,
-        tracker: TaskTracker,
-    ) -> Self {
+    pub(crate) fn new(parts: ClientParts) -> Self {
+        let ClientParts {
+            connections,
+            inbox,
+            buffer,
+            acks,
+            publish_timeout,
+            state,
+            counters,
+            token,
+            tracker,
+        } = parts;
         Self {
             shared: Arc::new(Shared {
                 connections,
+                acks,
+                publish_timeout,
                 inbox: Mutex::new(inbox),
                 forgotten: std::sync::Mutex::new(Vec::new()),
                 any_forgotten: std::sync::atomic::AtomicBool::new(false),
@@ -189,30 +212,131 @@ impl WebSocketClient {
             .map_err(Error::BufferFull)
     }
 
-    /// Publishes `data` on a hub channel (a `Publish` frame), queued like [`send`](Self::send).
+    /// Publishes `data` on a hub channel and returns its `seq` once the hub has acknowledged
+    /// it (with Redis: once Redis has appended it). Nothing is lost or doubled on the way:
+    /// the `Publish` carries an `id` and an idempotency key made from this client and a
+    /// counter, and if the connection dies before the acknowledgement the frame is sent again
+    /// after the reconnect (or on another connection) and published once. Many publishes may
+    /// be in flight at once (call it from several tasks, or join the futures): they are sent
+    /// in order, pipelined. Unacknowledged publications count against the outbound buffer.
+    ///
+    /// # Errors
+    /// [`Error::BufferFull`] at once when the buffer (with what awaits acknowledgement) is
+    /// full; [`Error::Refused`] when the hub refused it (not published: a forbidden channel,
+    /// a rate limit, Redis unreachable, …); [`Error::OutcomeUnknown`] or
+    /// [`Error::NotSent`] when no acknowledgement came within
+    /// [`publish_timeout`](crate::ClientBuilder::publish_timeout) (publishing again with the
+    /// same data is not deduplicated: it gets a new key); [`Error::Encode`],
+    /// [`Error::Failed`], [`Error::Closed`] as for [`send`](Self::send).
+    pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<u64> {
+        self.usable()?;
+        let acks = &self.shared.acks;
+        let (id, key) = acks.next();
+        let frame = serde_json::to_string(&PublishRef {
+            channel,
+            data,
+            id: Some(id),
+            key: Some(&key),
+        })?;
+        let answer = acks.expect_published(id, frame.clone());
+        let waiting = acks.unacknowledged().saturating_sub(1);
+        if let Err(unsent) = self
+            .shared
+            .buffer
+            .push(OutboundFrame::Text(frame), Some(id), waiting)
+        {
+            let _ = acks.give_up(id, "publication");
+            return Err(Error::BufferFull(unsent));
+        }
+        match tokio::time::timeout(self.shared.publish_timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(self.ended_error()),
+            Err(_) => Err(acks.give_up(id, "publication")),
+        }
+    }
+
+    /// Publishes `data` on a hub channel without waiting for an acknowledgement (a plain
+    /// `Publish` frame), queued like [`send`](Self::send): the fastest way, for data where a
+    /// publication lost with a dying connection does not matter.
     ///
     /// # Errors
     /// As [`send`](Self::send).
-    pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<()> {
-        #[derive(Serialize)]
-        #[serde(tag = "type", rename = "Publish")]
-        struct PublishRef<'a, T: ?Sized> {
-            channel: &'a str,
-            data: &'a T,
-        }
-        self.send(&PublishRef { channel, data }).await
+    pub async fn publish_unacknowledged<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        data: &T,
+    ) -> Result<()> {
+        let frame = PublishRef {
+            channel,
+            data,
+            id: None,
+            key: None,
+        };
+        self.send(&frame).await
     }
 
-    /// Publishes data that is already JSON text, without re-encoding it.
+    /// Publishes data that is already JSON text, without re-encoding it, acknowledged like
+    /// [`publish`](Self::publish).
     ///
     /// # Errors
-    /// As [`send`](Self::send); [`Error::Decode`] if `json` is not one JSON value.
-    pub async fn publish_json(&self, channel: &str, json: &str) -> Result<()> {
+    /// As [`publish`](Self::publish); [`Error::Decode`] if `json` is not one JSON value.
+    pub async fn publish_json(&self, channel: &str, json: &str) -> Result<u64> {
         let raw: &RawValue = serde_json::from_str(json).map_err(|e| Error::Decode {
             text: json.to_owned(),
             reason: e.to_string(),
         })?;
         self.publish(channel, raw).await
+    }
+
+    /// Asks the application embedding the hub (`method`, `data`) and returns its reply's
+    /// data. A request is sent once, when connected, and never again by itself: it may be an
+    /// order.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] with the application's (or the hub's) code when it refused;
+    /// [`Error::OutcomeUnknown`] when no reply came within `timeout` or the connection was
+    /// lost after sending it (it may or may not have been acted on: check before asking
+    /// again); [`Error::NotSent`] when it could not be sent within `timeout`;
+    /// [`Error::Encode`], [`Error::Failed`], [`Error::Closed`] as for [`send`](Self::send).
+    pub async fn request<T: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        data: &T,
+        timeout: Duration,
+    ) -> Result<Payload> {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename = "Request")]
+        struct RequestRef<'a, T: ?Sized> {
+            id: u64,
+            method: &'a str,
+            data: &'a T,
+        }
+        self.usable()?;
+        let acks = &self.shared.acks;
+        let (id, _) = acks.next();
+        let frame = serde_json::to_string(&RequestRef { id, method, data })?;
+        let answer = acks.expect_reply(id);
+        // One connection carries it: the first that takes the command.
+        let mut sent = false;
+        for connection in &self.shared.connections {
+            let command = Command::Request {
+                id,
+                frame: frame.clone(),
+            };
+            if connection.send(command).await.is_ok() {
+                sent = true;
+                break;
+            }
+        }
+        if !sent {
+            let _ = acks.give_up(id, "request");
+            return Err(self.ended_error());
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(self.ended_error()),
+            Err(_) => Err(acks.give_up(id, "request")),
+        }
     }
 
     /// Subscribes to hub channels; resolves once the hub confirms with `Subscribed`. The
@@ -222,6 +346,29 @@ impl WebSocketClient {
     /// [`Error::Subscribe`] for an empty or over-long name or a server that is not our hub;
     /// [`Error::Failed`] or [`Error::Closed`] when the client ends first.
     pub async fn subscribe<I, S>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.subscribe_inner(channels, None).await
+    }
+
+    /// Subscribes like [`subscribe`](Self::subscribe), asking the hub first for the last
+    /// `rewind` publications it still holds of each channel (they are delivered before live
+    /// ones, with no gap and no duplicate at the seam): a strategy gets the current price at
+    /// once.
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe).
+    pub async fn subscribe_with_rewind<I, S>(&self, channels: I, rewind: u64) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.subscribe_inner(channels, Some(rewind)).await
+    }
+
+    async fn subscribe_inner<I, S>(&self, channels: I, rewind: Option<u64>) -> Result<()>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -237,6 +384,7 @@ impl WebSocketClient {
             let (done, reply) = oneshot::channel();
             let command = Command::Subscribe {
                 channels: channels.clone(),
+                rewind,
                 done,
             };
             if connection.send(command).await.is_ok() {
@@ -405,7 +553,20 @@ impl WebSocketClient {
             let _ = reply.await;
         }
         self.shared.tracker.wait().await;
+        self.shared.acks.fail_all(&Error::Closed);
     }
+}
+
+/// A `Publish` frame, written without copying `data` into an intermediate value.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "Publish")]
+struct PublishRef<'a, T: ?Sized> {
+    channel: &'a str,
+    data: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
 }
 
 /// Sleeps until `deadline`, or forever without one.

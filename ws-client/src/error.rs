@@ -50,6 +50,25 @@ pub enum Error {
     /// would refuse.
     #[error("cannot subscribe: {0}")]
     Subscribe(String),
+    /// The hub (or the application behind it) refused an acknowledged publication or a
+    /// request: it was not done. `code` is the protocol's (see `ws_protocol::codes`) or the
+    /// application's.
+    #[error("refused: {code}: {message}")]
+    Refused {
+        /// Why, as a stable identifier.
+        code: String,
+        /// Why, for people.
+        message: String,
+    },
+    /// A publication or request was sent but its answer never came (its timeout passed, or
+    /// the connection was lost first): it may or may not have been done. A request is never
+    /// sent again by itself; check before repeating it.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// A publication or request could not be sent in time (the client was not connected): it
+    /// was not done, and may be tried again.
+    #[error("not sent: {0}")]
+    NotSent(String),
 }
 
 impl From<serde_json::Error> for Error {

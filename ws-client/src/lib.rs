@@ -33,6 +33,7 @@
 // A library logs through `tracing`; printing is for binaries.
 #![cfg_attr(not(test), warn(clippy::print_stdout, clippy::print_stderr))]
 
+mod acks;
 mod buffer;
 mod builder;
 mod client;
@@ -52,7 +53,7 @@ mod tls;
 pub use buffer::OutboundFrame;
 pub use builder::{
     ClientBuilder, DEFAULT_BACKOFF_RESET_AFTER, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_BUFFER_AGE,
-    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PUBLISH_TIMEOUT,
 };
 pub use client::WebSocketClient;
 pub use error::{Error, Result};

@@ -24,12 +24,18 @@ pub(crate) enum Inbound {
     Lagged { channel: String, missed: u64 },
     /// The hub replaced `skipped` queued publications of `channel` on purpose.
     Conflated { channel: String, skipped: u64 },
-    /// The hub refused something; `channels` names the refused subscriptions, if any.
+    /// The hub refused something; `channels` names the refused subscriptions, if any, and
+    /// `id` the refused publication or request.
     Error {
         code: String,
         message: String,
         channels: Vec<String>,
+        id: Option<u64>,
     },
+    /// The hub acknowledged publication `id` as `seq`.
+    Published { id: u64, seq: u64 },
+    /// The application answered request `id`.
+    Reply { id: u64, data: Payload },
     /// The hub's protocol-level `Ping`: answer `Pong`.
     Ping,
     /// A hub frame that needs nothing (`Unsubscribed`, `Pong`, `Connected`,
@@ -77,12 +83,15 @@ pub(crate) fn decode(frame: Message, hub: bool) -> Inbound {
             code,
             message,
             channels,
-            ..
+            id,
         }) => Inbound::Error {
             code,
             message,
             channels,
+            id,
         },
+        Ok(WsMessage::Published { id, seq, .. }) => Inbound::Published { id, seq },
+        Ok(WsMessage::Reply { id, data }) => Inbound::Reply { id, data },
         Ok(WsMessage::Ping) => Inbound::Ping,
         Ok(
             WsMessage::Unsubscribed { .. }

@@ -37,6 +37,7 @@ use ws_protocol::{Position, close};
 
 use self::arrival::Arrival;
 use self::subscriptions::Subscriptions;
+use crate::acks::Acks;
 use crate::buffer::{OutboundBuffer, Pending};
 use crate::combined_state::CombinedState;
 use crate::error::{Error, Result};
@@ -50,9 +51,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A request from a handle (or the sequencer) to a connection task.
 pub(crate) enum Command {
-    /// Subscribe to `channels`; answered once the hub confirms or refuses.
+    /// Subscribe to `channels` (with the last `rewind` publications first, if given);
+    /// answered once the hub confirms or refuses.
     Subscribe {
         channels: Vec<String>,
+        rewind: Option<u64>,
         done: oneshot::Sender<Result<()>>,
     },
     /// Unsubscribe from `channels`; answered at once.
@@ -60,6 +63,8 @@ pub(crate) enum Command {
         channels: Vec<String>,
         done: oneshot::Sender<Result<()>>,
     },
+    /// Send request `id` (its whole frame) now if connected, or once connected; never again.
+    Request { id: u64, frame: String },
     /// Ask the hub for `channel`'s publications after `since` (a gap).
     Fill { channel: String, since: Position },
     /// Close the connection; answered once it is closed.
@@ -88,6 +93,10 @@ pub(crate) struct Driver {
     state: Arc<CombinedState>,
     counters: Arc<Counters>,
     token: CancellationToken,
+    /// Publications and requests waiting for an answer, shared by every connection.
+    acks: Arc<Acks>,
+    /// Requests to send once connected.
+    requests: Vec<(u64, String)>,
     subscriptions: Subscriptions,
     batch: VecDeque<Pending>,
     /// Decoded, waiting for room in the arrival queue.
@@ -113,6 +122,8 @@ pub(crate) struct DriverParts {
     pub(crate) state: Arc<CombinedState>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) token: CancellationToken,
+    pub(crate) acks: Arc<Acks>,
+    pub(crate) rewind: Option<u64>,
 }
 
 impl Driver {
@@ -127,6 +138,8 @@ impl Driver {
             state,
             counters,
             token,
+            acks,
+            rewind,
         } = parts;
         Self {
             connection,
@@ -138,7 +151,9 @@ impl Driver {
             state,
             counters,
             token,
-            subscriptions: Subscriptions::default(),
+            acks,
+            requests: Vec::new(),
+            subscriptions: Subscriptions::new(rewind),
             batch: VecDeque::new(),
             out: VecDeque::new(),
             hub: false,
@@ -177,6 +192,13 @@ impl Driver {
 
     fn finish(mut self, state: ConnectionState, error: Error) {
         self.subscriptions.fail_pending(&error);
+        for (id, _) in self.requests.drain(..) {
+            self.acks
+                .not_sent(id, format!("the connection ended: {error}"));
+        }
+        // Another connection may still send what this one had not got acknowledged.
+        self.buffer
+            .requeue_acked(self.acks.connection_lost(self.connection));
         self.set_state(state);
     }
 }

@@ -29,6 +29,10 @@ impl Driver {
             if let Some(opened) = link.take() {
                 let connected_at = Instant::now();
                 let ended = self.serve(opened, reconnected).await;
+                // Publications written to the lost socket and not acknowledged go out again
+                // (their keys keep them from being published twice); its requests fail.
+                self.buffer
+                    .requeue_acked(self.acks.connection_lost(self.connection));
                 if std::mem::take(&mut self.up) {
                     self.counters.disconnected();
                 }
@@ -112,14 +116,16 @@ impl Driver {
                         let _ = done.send(());
                         return None;
                     }
-                    Some(Command::Subscribe { channels, done }) => {
+                    Some(Command::Subscribe { channels, rewind, done }) => {
                         if !self.hub {
                             let _ = done.send(Err(not_a_hub()));
                             continue;
                         }
                         // Sent with the resubscribe after the reconnect.
-                        self.subscriptions.subscribe(channels, done, false);
+                        self.subscriptions.subscribe(channels, rewind, done, false);
                     }
+                    // Sent once connected, if its caller still waits.
+                    Some(Command::Request { id, frame }) => self.requests.push((id, frame)),
                     Some(Command::Unsubscribe { channels, done }) => {
                         self.subscriptions.unsubscribe(&channels);
                         let _ = done.send(Ok(()));

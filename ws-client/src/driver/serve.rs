@@ -54,6 +54,12 @@ impl Driver {
             connection_id: hub,
             reconnected,
         });
+        // Requests made while disconnected go out now, if their callers still wait.
+        for (id, frame) in std::mem::take(&mut self.requests) {
+            if let Err(ended) = self.command(&mut ws, Command::Request { id, frame }).await {
+                return ended;
+            }
+        }
 
         let settings = self.settings.clone();
         let mut heartbeat = Heartbeat::new(
@@ -125,6 +131,9 @@ impl Driver {
                 step = rotation.next(reading), if rotation.is_on() => {
                     if let Some(successor) = self.rotate(step, &mut rotation).await {
                         let mut old = std::mem::replace(&mut ws, successor);
+                        // Answers to what went out on the old socket will not be read: its
+                        // publications go out again on the new one, its requests fail.
+                        self.buffer.requeue_acked(self.acks.connection_lost(self.connection));
                         // The new connection has caught up: the old one may go.
                         let goodbye = CloseFrame { code: CloseCode::Normal, reason: "rotated".into() };
                         let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.send(Message::Close(Some(goodbye)))).await;
@@ -193,6 +202,7 @@ impl Driver {
                                 code,
                                 message,
                                 channels,
+                                ..
                             } if !channels.is_empty() => {
                                 self.subscriptions.refused(&channels, &code, &message);
                                 return Err(format!(
@@ -241,12 +251,16 @@ impl Driver {
 
     async fn command(&mut self, ws: &mut Socket, command: Command) -> Result<(), Ended> {
         match command {
-            Command::Subscribe { channels, done } => {
+            Command::Subscribe {
+                channels,
+                rewind,
+                done,
+            } => {
                 if !self.hub {
                     let _ = done.send(Err(not_a_hub()));
                     return Ok(());
                 }
-                match self.subscriptions.subscribe(channels, done, true) {
+                match self.subscriptions.subscribe(channels, rewind, done, true) {
                     Some(frame) => self.write_now(ws, frame).await,
                     None => Ok(()),
                 }
@@ -272,6 +286,15 @@ impl Driver {
                     }
                     None => Ok(()),
                 }
+            }
+            Command::Request { id, frame } => {
+                if !self.acks.is_waiting(id) {
+                    return Ok(());
+                }
+                // Marked sent before the write: a write that fails midway may have reached
+                // the hub, so the request must not be sent again.
+                self.acks.sent(id, self.connection);
+                self.write_now(ws, frame).await
             }
             Command::Close { done } => {
                 let _ = done.send(());
@@ -329,7 +352,27 @@ impl Driver {
             Inbound::Error {
                 code,
                 message,
+                id: Some(id),
+                ..
+            } if self.acks.refused(id, &code, &message) => {
+                heartbeat.on_frame();
+                return;
+            }
+            Inbound::Published { id, seq } => {
+                heartbeat.on_frame();
+                self.acks.published(id, seq);
+                return;
+            }
+            Inbound::Reply { id, data } => {
+                heartbeat.on_frame();
+                self.acks.replied(id, data);
+                return;
+            }
+            Inbound::Error {
+                code,
+                message,
                 channels,
+                ..
             } => {
                 heartbeat.on_frame();
                 Counters::add(&self.counters.errors, 1);

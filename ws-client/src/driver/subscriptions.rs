@@ -30,6 +30,12 @@ struct Standing {
 /// See the module documentation.
 #[derive(Default)]
 pub(crate) struct Subscriptions {
+    /// How many of the latest publications a new subscription asks for (the builder's
+    /// `rewind`), unless its call says otherwise.
+    rewind: Option<u64>,
+    /// The rewind each channel was subscribed with, for the resubscribe of channels that
+    /// have no position yet.
+    rewinds: HashMap<String, u64>,
     channels: BTreeSet<String>,
     pending: Vec<PendingSubscribe>,
     standing: HashMap<String, Standing>,
@@ -38,6 +44,14 @@ pub(crate) struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// No subscriptions yet; new ones ask for the last `rewind` publications.
+    pub(crate) fn new(rewind: Option<u64>) -> Self {
+        Self {
+            rewind,
+            ..Self::default()
+        }
+    }
+
     /// Whether the connection is subscribed to nothing.
     pub(crate) fn is_empty(&self) -> bool {
         self.channels.is_empty()
@@ -49,17 +63,24 @@ impl Subscriptions {
     pub(crate) fn subscribe(
         &mut self,
         channels: Vec<String>,
+        rewind: Option<u64>,
         done: oneshot::Sender<Result<()>>,
         connected: bool,
     ) -> Option<String> {
+        let rewind = rewind.or(self.rewind).filter(|n| *n > 0);
+        if let Some(n) = rewind {
+            for channel in &channels {
+                self.rewinds.insert(channel.clone(), n);
+            }
+        }
         let frame = connected.then(|| {
             for channel in &channels {
                 self.asked.insert(channel.clone(), Asked::Fresh);
             }
             WsMessage::Subscribe {
-                rewind: None,
                 channels: channels.clone(),
                 since: BTreeMap::new(),
+                rewind,
             }
             .to_json()
         });
@@ -82,6 +103,7 @@ impl Subscriptions {
         for channel in channels {
             self.channels.remove(channel);
             self.standing.remove(channel);
+            self.rewinds.remove(channel);
         }
     }
 
@@ -125,10 +147,16 @@ impl Subscriptions {
             };
             self.asked.insert(channel.clone(), asked);
         }
+        // Channels without a position yet get the rewind they were subscribed with.
+        let rewind = channels
+            .iter()
+            .filter(|c| !since.contains_key(*c))
+            .filter_map(|c| self.rewinds.get(c).copied())
+            .max();
         let frame = WsMessage::Subscribe {
-            rewind: None,
             channels,
             since: since.clone(),
+            rewind,
         }
         .to_json();
         (frame, since)
@@ -257,7 +285,9 @@ mod tests {
     fn a_subscribe_is_answered_when_the_hub_confirms_all_its_channels() {
         let mut subs = Subscriptions::default();
         let (done, mut answer) = oneshot::channel();
-        let frame = subs.subscribe(names(&["a", "b"]), done, true).unwrap();
+        let frame = subs
+            .subscribe(names(&["a", "b"]), None, done, true)
+            .unwrap();
         assert!(frame.contains("\"Subscribe\""));
         let mut out = VecDeque::new();
         let positions = BTreeMap::from([("a".to_owned(), position("e", 3, false))]);
@@ -280,11 +310,11 @@ mod tests {
     fn a_refusal_fails_the_call_and_drops_only_what_it_added() {
         let mut subs = Subscriptions::default();
         let (first, _) = oneshot::channel();
-        subs.subscribe(names(&["a"]), first, true);
+        subs.subscribe(names(&["a"]), None, first, true);
         let positions = BTreeMap::from([("a".to_owned(), position("e", 0, true))]);
         subs.on_subscribed(0, &names(&["a"]), positions, &mut VecDeque::new());
         let (second, mut answer) = oneshot::channel();
-        subs.subscribe(names(&["a", "forbidden"]), second, true);
+        subs.subscribe(names(&["a", "forbidden"]), None, second, true);
         subs.refused(&names(&["a", "forbidden"]), "forbidden", "no");
         let error = answer.try_recv().unwrap().unwrap_err();
         assert!(error.to_string().contains("forbidden: no"), "{error}");
@@ -297,7 +327,7 @@ mod tests {
     fn resubscribe_resumes_from_the_last_seq_seen_in_the_same_epoch() {
         let mut subs = Subscriptions::default();
         let (done, _) = oneshot::channel();
-        subs.subscribe(names(&["a", "b"]), done, true);
+        subs.subscribe(names(&["a", "b"]), None, done, true);
         let mut out = VecDeque::new();
         let positions = BTreeMap::from([("a".to_owned(), position("e1", 5, false))]);
         subs.on_subscribed(1, &names(&["a"]), positions, &mut out);
@@ -340,7 +370,7 @@ mod tests {
         };
         assert!(subs.fill("a".to_owned(), since.clone()).is_none());
         let (done, _) = oneshot::channel();
-        assert!(subs.subscribe(names(&["a"]), done, false).is_none());
+        assert!(subs.subscribe(names(&["a"]), None, done, false).is_none());
         let frame = subs.fill("a".to_owned(), since).unwrap();
         assert!(frame.contains("\"since\""));
         subs.unsubscribe(&names(&["a"]));
@@ -351,7 +381,7 @@ mod tests {
     fn pending_calls_fail_with_the_connections_error() {
         let mut subs = Subscriptions::default();
         let (done, mut answer) = oneshot::channel();
-        subs.subscribe(names(&["a"]), done, false);
+        subs.subscribe(names(&["a"]), None, done, false);
         subs.fail_pending(&Error::Closed);
         assert!(matches!(answer.try_recv().unwrap(), Err(Error::Closed)));
     }

@@ -25,7 +25,11 @@ impl Driver {
     /// Writes everything buffered with one flush. Frames not handed to the socket when it
     /// fails go back to the front of the buffer.
     pub(super) async fn write_buffered(&mut self, ws: &mut Socket) -> Result<(), Ended> {
-        let expired = self.buffer.take(&mut self.batch);
+        let mut expired_acks = Vec::new();
+        let expired = self.buffer.take(&mut self.batch, &mut expired_acks);
+        for id in expired_acks {
+            self.acks.expired(id);
+        }
         if expired > 0 {
             warn!(
                 expired,
@@ -36,6 +40,7 @@ impl Driver {
         }
         let (mut count, mut bytes) = (0u64, 0u64);
         let batch = &mut self.batch;
+        let (acks, connection) = (&self.acks, self.connection);
         let write = async {
             while let Some(pending) = batch.pop_front() {
                 let len = pending.frame.len() as u64;
@@ -46,6 +51,9 @@ impl Driver {
                 if let Err(e) = ws.feed(message).await {
                     batch.push_front(pending);
                     return Err(e);
+                }
+                if let Some(id) = pending.ack {
+                    acks.sent(id, connection);
                 }
                 count += 1;
                 bytes += len;

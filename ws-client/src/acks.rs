@@ -1,0 +1,288 @@
+//! [`Acks`]: the publications and requests waiting for the hub's answer, shared by every
+//! connection of the client.
+//!
+//! An acknowledged publication carries an `id` and an idempotency `key` made from this client
+//! instance and the `id`. Until its `Published` arrives its frame is kept here: if the
+//! connection it went out on dies, the frame is queued again and sent after the reconnect (or
+//! on another connection); the key makes the hub publish it once however many times it is
+//! sent. A request is never sent twice: if its connection dies before the reply, it fails
+//! with [`Error::OutcomeUnknown`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::oneshot;
+use ws_protocol::Payload;
+
+use crate::error::{Error, Result};
+
+/// A publication waiting for its `Published`.
+#[derive(Debug)]
+struct PendingPublish {
+    /// The whole `Publish` frame, to send again after a reconnect.
+    frame: String,
+    done: oneshot::Sender<Result<u64>>,
+    /// The connection it was last written to; `None` while it waits in the buffer.
+    sent_on: Option<usize>,
+}
+
+/// A request waiting for its `Reply`.
+#[derive(Debug)]
+struct PendingRequest {
+    done: oneshot::Sender<Result<Payload>>,
+    /// The connection it was written to; `None` until then.
+    sent_on: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    /// By `id`, so that frames sent again keep their order.
+    publishes: BTreeMap<u64, PendingPublish>,
+    requests: HashMap<u64, PendingRequest>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Acks {
+    /// This client instance, in every idempotency key it makes.
+    instance: String,
+    next_id: AtomicU64,
+    waiting: Mutex<Waiting>,
+}
+
+impl Default for Acks {
+    fn default() -> Self {
+        Self {
+            instance: format!("{:016x}", fastrand::u64(..)),
+            next_id: AtomicU64::new(1),
+            waiting: Mutex::new(Waiting::default()),
+        }
+    }
+}
+
+impl Acks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh `id`, and the idempotency key that goes with it.
+    pub(crate) fn next(&self) -> (u64, String) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        (id, format!("{}-{id}", self.instance))
+    }
+
+    /// Publications waiting for their acknowledgement.
+    pub(crate) fn unacknowledged(&self) -> usize {
+        self.lock().publishes.len()
+    }
+
+    /// Waits for the acknowledgement of publication `id`, whose frame is `frame`.
+    pub(crate) fn expect_published(
+        &self,
+        id: u64,
+        frame: String,
+    ) -> oneshot::Receiver<Result<u64>> {
+        let (done, answer) = oneshot::channel();
+        let pending = PendingPublish {
+            frame,
+            done,
+            sent_on: None,
+        };
+        self.lock().publishes.insert(id, pending);
+        answer
+    }
+
+    /// Waits for the reply to request `id`.
+    pub(crate) fn expect_reply(&self, id: u64) -> oneshot::Receiver<Result<Payload>> {
+        let (done, answer) = oneshot::channel();
+        let pending = PendingRequest {
+            done,
+            sent_on: None,
+        };
+        self.lock().requests.insert(id, pending);
+        answer
+    }
+
+    /// Whether request `id` still waits (its caller may have given up).
+    pub(crate) fn is_waiting(&self, id: u64) -> bool {
+        self.lock().requests.contains_key(&id)
+    }
+
+    /// Frame `id` (a publication or a request) was written to `connection`.
+    pub(crate) fn sent(&self, id: u64, connection: usize) {
+        let mut waiting = self.lock();
+        if let Some(pending) = waiting.publishes.get_mut(&id) {
+            pending.sent_on = Some(connection);
+        } else if let Some(pending) = waiting.requests.get_mut(&id) {
+            pending.sent_on = Some(connection);
+        }
+    }
+
+    /// The caller stopped waiting for `id` (its timeout): the error to give it, which says
+    /// whether the frame had been sent.
+    pub(crate) fn give_up(&self, id: u64, what: &str) -> Error {
+        let mut waiting = self.lock();
+        let sent = match waiting.publishes.remove(&id) {
+            Some(pending) => pending.sent_on.is_some(),
+            None => waiting
+                .requests
+                .remove(&id)
+                .is_some_and(|pending| pending.sent_on.is_some()),
+        };
+        if sent {
+            Error::OutcomeUnknown(format!("no answer to the {what} in time"))
+        } else {
+            Error::NotSent(format!(
+                "the {what} could not be sent in time (not connected)"
+            ))
+        }
+    }
+
+    /// The hub acknowledged publication `id` as `seq`; `false` if nobody waits for it.
+    pub(crate) fn published(&self, id: u64, seq: u64) -> bool {
+        let Some(pending) = self.lock().publishes.remove(&id) else {
+            return false;
+        };
+        let _ = pending.done.send(Ok(seq));
+        true
+    }
+
+    /// The application replied to request `id`; `false` if nobody waits for it.
+    pub(crate) fn replied(&self, id: u64, data: Payload) -> bool {
+        let Some(pending) = self.lock().requests.remove(&id) else {
+            return false;
+        };
+        let _ = pending.done.send(Ok(data));
+        true
+    }
+
+    /// The hub or the application refused `id`; `false` if nobody waits for it.
+    pub(crate) fn refused(&self, id: u64, code: &str, message: &str) -> bool {
+        let mut waiting = self.lock();
+        let error = Error::Refused {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        };
+        if let Some(pending) = waiting.publishes.remove(&id) {
+            let _ = pending.done.send(Err(error));
+            return true;
+        }
+        if let Some(pending) = waiting.requests.remove(&id) {
+            let _ = pending.done.send(Err(error));
+            return true;
+        }
+        false
+    }
+
+    /// Request `id` could not be sent: `why`.
+    pub(crate) fn not_sent(&self, id: u64, why: String) {
+        if let Some(pending) = self.lock().requests.remove(&id) {
+            let _ = pending.done.send(Err(Error::NotSent(why)));
+        }
+    }
+
+    /// Publication `id` was dropped from the outbound buffer for its age, never sent.
+    pub(crate) fn expired(&self, id: u64) {
+        if let Some(pending) = self.lock().publishes.remove(&id) {
+            let error =
+                Error::NotSent("the publication waited past the buffer's maximum age".to_owned());
+            let _ = pending.done.send(Err(error));
+        }
+    }
+
+    /// `connection` died: the publications written to it and not acknowledged, oldest first,
+    /// to send again (their keys keep them from being published twice); the requests written
+    /// to it fail, their outcome unknown.
+    pub(crate) fn connection_lost(&self, connection: usize) -> Vec<(u64, String)> {
+        let mut waiting = self.lock();
+        let resend = waiting
+            .publishes
+            .iter_mut()
+            .filter(|(_, pending)| pending.sent_on == Some(connection))
+            .map(|(id, pending)| {
+                pending.sent_on = None;
+                (*id, pending.frame.clone())
+            })
+            .collect();
+        let lost: Vec<u64> = waiting
+            .requests
+            .iter()
+            .filter(|(_, pending)| pending.sent_on == Some(connection))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some(pending) = waiting.requests.remove(&id) {
+                let error = Error::OutcomeUnknown(
+                    "the connection was lost before the reply; the request may or may not have \
+                     been acted on, and is not sent again"
+                        .to_owned(),
+                );
+                let _ = pending.done.send(Err(error));
+            }
+        }
+        resend
+    }
+
+    /// The client ended: everything waiting fails with `error`.
+    pub(crate) fn fail_all(&self, error: &Error) {
+        let mut waiting = self.lock();
+        for (_, pending) in std::mem::take(&mut waiting.publishes) {
+            let _ = pending.done.send(Err(error.clone()));
+        }
+        for (_, pending) in waiting.requests.drain() {
+            let _ = pending.done.send(Err(error.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publications_resolve_once_and_go_out_again_after_a_lost_connection() {
+        let acks = Acks::default();
+        let (one, key_one) = acks.next();
+        let (two, key_two) = acks.next();
+        assert_ne!(key_one, key_two);
+        let mut first = acks.expect_published(one, "one".into());
+        let mut second = acks.expect_published(two, "two".into());
+        acks.sent(one, 0);
+        acks.sent(two, 0);
+        assert_eq!(acks.unacknowledged(), 2);
+        assert!(acks.published(one, 41));
+        assert!(!acks.published(one, 41), "answered once");
+        assert_eq!(first.try_recv().unwrap().unwrap(), 41);
+        assert_eq!(acks.connection_lost(1), []);
+        assert_eq!(acks.connection_lost(0), [(two, "two".to_owned())]);
+        assert!(
+            second.try_recv().is_err(),
+            "still waiting, to be sent again"
+        );
+        assert!(matches!(
+            acks.give_up(two, "publication"),
+            Error::NotSent(_)
+        ));
+    }
+
+    #[test]
+    fn requests_are_never_sent_twice() {
+        let acks = Acks::default();
+        let (id, _) = acks.next();
+        let mut reply = acks.expect_reply(id);
+        acks.sent(id, 2);
+        assert_eq!(acks.connection_lost(2), []);
+        assert!(matches!(
+            reply.try_recv().unwrap(),
+            Err(Error::OutcomeUnknown(_))
+        ));
+        let (id, _) = acks.next();
+        let mut refused = acks.expect_reply(id);
+        assert!(acks.refused(id, "insufficient_funds", "no"));
+        assert!(matches!(
+            refused.try_recv().unwrap(),
+            Err(Error::Refused { code, .. }) if code == "insufficient_funds"
+        ));
+    }
+}
