@@ -158,27 +158,43 @@ async fn embedded_publishes_are_acknowledged_and_keys_publish_once() -> Result<(
 }
 
 #[tokio::test]
-async fn keys_are_remembered_within_their_bound_and_refused_past_it() -> Result<()> {
+async fn past_the_key_bound_a_channels_oldest_keys_go_and_only_a_full_hub_refuses() -> Result<()> {
     let mut config = ws_protocol::WebSocketConfig::default();
     config.idempotency_max_keys = 2;
     let hub = spawn_server(ServerBuilder::from_config(config).admin_addr("127.0.0.1:0")).await?;
     let mut publisher = RawClient::connect(hub.local_addr()).await?;
-    for (id, key) in [(1, "a"), (2, "b")] {
+    for (id, key) in [(1, "a"), (2, "b"), (3, "c")] {
         publisher
             .send(&publish("c", "1", Some(id), Some(key)))
             .await?;
         ensure!(matches!(
             answer(&mut publisher).await?,
-            WsMessage::Published { .. }
+            WsMessage::Published {
+                duplicate: false,
+                ..
+            }
         ));
     }
+    // "a" was the channel's oldest: forgotten to make room for "c"; "b" is still known.
     publisher
-        .send(&publish("c", "1", Some(3), Some("c")))
+        .send(&publish("c", "1", Some(4), Some("b")))
+        .await?;
+    ensure!(matches!(
+        answer(&mut publisher).await?,
+        WsMessage::Published {
+            seq: 2,
+            duplicate: true,
+            ..
+        }
+    ));
+    // Another channel with no key of its own cannot take one while "c" holds them all.
+    publisher
+        .send(&publish("d", "1", Some(5), Some("x")))
         .await?;
     match answer(&mut publisher).await? {
         WsMessage::Error {
             code,
-            id: Some(3),
+            id: Some(5),
             message,
             ..
         } if code == codes::UNAVAILABLE => {
@@ -186,24 +202,18 @@ async fn keys_are_remembered_within_their_bound_and_refused_past_it() -> Result<
         }
         other => bail!("expected unavailable past the key bound, got {other:?}"),
     }
-    // A known key is still recognised, and a publication without a key still goes.
-    publisher
-        .send(&publish("c", "1", Some(4), Some("a")))
-        .await?;
+    // A publication without a key still goes.
+    publisher.send(&publish("d", "1", Some(6), None)).await?;
     ensure!(matches!(
         answer(&mut publisher).await?,
-        WsMessage::Published {
-            duplicate: true,
-            ..
-        }
-    ));
-    publisher.send(&publish("c", "1", Some(5), None)).await?;
-    ensure!(matches!(
-        answer(&mut publisher).await?,
-        WsMessage::Published { seq: 3, .. }
+        WsMessage::Published { seq: 1, .. }
     ));
     let metrics = hub_metrics(&hub).await?;
     ensure!(metrics.contains("ws_idempotency_keys 2"), "{metrics}");
+    ensure!(
+        metrics.contains("ws_idempotency_evicted_total 1"),
+        "{metrics}"
+    );
     ensure!(
         metrics.contains("ws_idempotency_refused_total 1"),
         "{metrics}"

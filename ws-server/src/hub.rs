@@ -343,6 +343,7 @@ impl Hub {
             evicted_channels: usage.evicted_channels,
             idempotency_keys: usage.idempotency_keys,
             idempotency_refused: usage.idempotency_refused,
+            idempotency_evicted: usage.idempotency_evicted,
             draining: self.is_draining(),
         });
         let broker = self.broker.status();

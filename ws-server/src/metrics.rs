@@ -66,6 +66,7 @@ impl HubMetrics {
             evicted_channels,
             idempotency_keys,
             idempotency_refused,
+            idempotency_evicted,
             draining,
         } = *gauges;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -121,8 +122,14 @@ impl HubMetrics {
         metric(
             "ws_idempotency_refused_total",
             "counter",
-            "Keyed publications refused because WS_IDEMPOTENCY_MAX_KEYS keys were remembered.",
+            "Keyed publications refused because WS_IDEMPOTENCY_MAX_KEYS keys were remembered, all for other channels.",
             idempotency_refused,
+        );
+        metric(
+            "ws_idempotency_evicted_total",
+            "counter",
+            "Idempotency keys forgotten before WS_IDEMPOTENCY_WINDOW ended, oldest of their channel first, to stay within WS_IDEMPOTENCY_MAX_KEYS.",
+            idempotency_evicted,
         );
         metric(
             "ws_pending_upgrades",
@@ -232,6 +239,7 @@ pub(crate) struct Gauges {
     pub(crate) evicted_channels: u64,
     pub(crate) idempotency_keys: usize,
     pub(crate) idempotency_refused: u64,
+    pub(crate) idempotency_evicted: u64,
     pub(crate) draining: bool,
 }
 

@@ -201,8 +201,9 @@ pub struct WebSocketConfig {
     /// so that the same key on the same channel is not published twice. Default 120 s.
     pub idempotency_window: Duration,
     /// `WS_IDEMPOTENCY_MAX_KEYS`: idempotency keys the hub remembers at once over all
-    /// channels; a keyed `Publish` past it is refused (`unavailable`) until older keys
-    /// expire. Default 100000. (With Redis the keys live in Redis, bounded by the window.)
+    /// channels (with Redis: per channel, in Redis); past it a channel's oldest keys are
+    /// forgotten first, and a keyed `Publish` is refused (`unavailable`) only when other
+    /// channels hold every key. Default 100000.
     pub idempotency_max_keys: usize,
     /// `WS_REQUEST_TIMEOUT`: how long the hub waits for the embedding application to answer
     /// a client's `Request` before answering `Error { code: "timeout" }`. Default 10 s.

@@ -174,6 +174,7 @@ impl Channels {
             evicted_channels: self.evicted_channels.load(Ordering::Relaxed),
             idempotency_keys: self.keys_held.load(Ordering::Relaxed),
             idempotency_refused: self.keys_refused.load(Ordering::Relaxed),
+            idempotency_evicted: self.keys_evicted.load(Ordering::Relaxed),
         }
     }
 }
@@ -193,4 +194,6 @@ pub(crate) struct ChannelUsage {
     pub(crate) idempotency_keys: usize,
     /// Keyed publications refused because `WS_IDEMPOTENCY_MAX_KEYS` keys were held.
     pub(crate) idempotency_refused: u64,
+    /// Keys forgotten before their window ended, to stay within `WS_IDEMPOTENCY_MAX_KEYS`.
+    pub(crate) idempotency_evicted: u64,
 }

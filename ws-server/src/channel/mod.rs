@@ -98,8 +98,8 @@ impl std::fmt::Display for PublishRefused {
         match self {
             Self::KeysFull(n) => write!(
                 f,
-                "the hub holds its maximum of {n} idempotency keys (WS_IDEMPOTENCY_MAX_KEYS); \
-                 retry once older keys expire"
+                "the hub holds its maximum of {n} idempotency keys (WS_IDEMPOTENCY_MAX_KEYS), \
+                 all for other channels; retry once older keys expire"
             ),
             Self::ChannelsFull(n) => ChannelsFull(*n).fmt(f),
         }
@@ -180,6 +180,8 @@ pub(crate) struct Channels {
     /// because `max_keys` were held.
     keys_held: AtomicUsize,
     keys_refused: AtomicU64,
+    /// Keys forgotten before their window ended, to stay within `max_keys`.
+    keys_evicted: AtomicU64,
 }
 
 impl Default for Channels {
@@ -208,6 +210,7 @@ impl Channels {
             evicting_channels: AtomicBool::new(false),
             keys_held: AtomicUsize::new(0),
             keys_refused: AtomicU64::new(0),
+            keys_evicted: AtomicU64::new(0),
         }
     }
 
@@ -389,8 +392,15 @@ impl Channels {
                     return Ok(Published::duplicate_of(first));
                 }
                 if self.keys_held.load(Ordering::Relaxed) >= self.limits.max_keys {
-                    self.keys_refused.fetch_add(1, Ordering::Relaxed);
-                    return Err(PublishRefused::KeysFull(self.limits.max_keys));
+                    // Full: this channel's oldest key goes, so that a publisher at any rate
+                    // keeps going (a key is needed only while its publication may still be
+                    // sent again, which is never long). Refused only when other channels
+                    // hold every key.
+                    if !state.forget_oldest_key(&self.keys_held) {
+                        self.keys_refused.fetch_add(1, Ordering::Relaxed);
+                        return Err(PublishRefused::KeysFull(self.limits.max_keys));
+                    }
+                    self.keys_evicted.fetch_add(1, Ordering::Relaxed);
                 }
                 let next = state.seq + 1;
                 state.remember_key(key, next, now, &self.keys_held);

@@ -164,6 +164,20 @@ impl ChannelState {
         }
     }
 
+    /// Forgets the oldest key; `false` if the channel has none.
+    pub(super) fn forget_oldest_key(&mut self, held: &AtomicUsize) -> bool {
+        let Some(keys) = &mut self.keys else {
+            return false;
+        };
+        while let Some((_, key)) = keys.order.pop_front() {
+            if keys.seqs.remove(&key).is_some() {
+                held.fetch_sub(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Forgets every key (the channel is forgotten).
     pub(super) fn clear_keys(&mut self, held: &AtomicUsize) {
         if let Some(keys) = self.keys.take() {

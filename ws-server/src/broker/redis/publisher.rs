@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::RedisBroker;
-use super::schema::{idempotency_key, key, new_epoch};
+use super::schema::{key, new_epoch};
 use crate::broker::BrokerError;
 use crate::channel::Published;
 use crate::metrics::HubMetrics;
@@ -116,8 +116,8 @@ impl RedisBroker {
                 .arg(key(&request.channel, "epoch"))
                 .arg(key(&request.channel, "seq"))
                 .arg(key(&request.channel, "stream"));
-            if let Some(idempotency) = &request.key {
-                command.arg(idempotency_key(&request.channel, idempotency));
+            if request.key.is_some() {
+                command.arg(key(&request.channel, "keys"));
             }
             command
                 .arg(new_epoch())
@@ -125,6 +125,9 @@ impl RedisBroker {
                 .arg(self.limits.size)
                 .arg(self.expiry_ms())
                 .arg(window_ms);
+            if let Some(idempotency) = &request.key {
+                command.arg(idempotency).arg(self.limits.max_keys.max(1));
+            }
         }
         match pipe
             .query_async::<Vec<(String, u64, u8)>>(&mut connection)

@@ -12,21 +12,25 @@ local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
-  redis.call('DEL', KEYS[2], KEYS[3])
+  for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 end
 "
     };
 }
 
-/// Takes the next `seq`, appends the publication, refreshes the expiry; with an idempotency
-/// key (KEYS\[4\]) seen within the window, publishes nothing and returns the first `seq`.
-/// KEYS: epoch, seq, stream, and the idempotency key if any. ARGV: epoch if none yet, data,
-/// history size, expiry ms, idempotency window ms. Returns `{epoch, seq, duplicate}`.
+/// Takes the next `seq`, appends the publication, refreshes the expiry. With an idempotency
+/// key (ARGV\[6\]) the channel's keys (KEYS\[4\], a sorted set of key → `seq`) are looked at
+/// first: a key seen before publishes nothing and returns the first `seq`; a new one is
+/// remembered, the channel keeping its latest ARGV\[7\] keys for ARGV\[5\] ms after its
+/// last keyed publication.
+/// KEYS: epoch, seq, stream, and the channel's keys if the publication has one. ARGV: epoch
+/// if none yet, data, history size, expiry ms, idempotency window ms, key, keys kept.
+/// Returns `{epoch, seq, duplicate}`.
 pub(super) const PUBLISH: &str = concat!(
     epoch_or_new!(),
     r"
 if KEYS[4] then
-  local first = redis.call('GET', KEYS[4])
+  local first = redis.call('ZSCORE', KEYS[4], ARGV[6])
   if first then return {epoch, tonumber(first), 1} end
 end
 local seq = redis.call('INCR', KEYS[2])
@@ -36,7 +40,12 @@ if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '0-' .. seq, 'e', epoch, 't', ms, 'd', ARGV[2])
 end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-if KEYS[4] then redis.call('SET', KEYS[4], seq, 'PX', ARGV[5]) end
+if KEYS[4] then
+  redis.call('ZADD', KEYS[4], seq, ARGV[6])
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[7])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+end
 return {epoch, seq, 0}
 "
 );
@@ -67,11 +76,6 @@ return out
 
 pub(super) fn key(channel: &str, part: &str) -> String {
     format!("ws:{{{channel}}}:{part}")
-}
-
-/// The key remembering an idempotency `key` of `channel` (in the channel's hash slot).
-pub(super) fn idempotency_key(channel: &str, key: &str) -> String {
-    format!("ws:{{{channel}}}:key:{key}")
 }
 
 /// A fresh epoch name, for a channel Redis does not know.
