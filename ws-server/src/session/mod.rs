@@ -99,6 +99,7 @@ pub(crate) async fn run<S>(
         batch: VecDeque::new(),
         notices: Vec::new(),
         signal_pending: false,
+        unflushed: false,
         publishing: VecDeque::new(),
         out: Vec::new(),
         out_sent: AtomicUsize::new(0),
@@ -131,6 +132,8 @@ enum Wake {
     Frame(Option<Result<Message, WsError>>),
     /// The ping, idle or deadline timer fired.
     Timer,
+    /// Replies were written since the last flush, and nothing else is ready.
+    Flush,
     /// The oldest pipelined publication is done (or refused).
     Published(Result<Result<Published, BrokerError>, oneshot::error::RecvError>),
 }
@@ -143,6 +146,8 @@ struct Session<S> {
     notices: Vec<Notice>,
     /// The outbox signalled while a write was in progress: drain it next.
     signal_pending: bool,
+    /// Replies were handed to the socket and not flushed yet (see [`Wake::Flush`]).
+    unflushed: bool,
     /// Publications handed to the broker and not yet done, oldest first (Redis broker), with
     /// their channel and `id`.
     publishing: VecDeque<InFlight>,
@@ -180,6 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 output_first = !output_first;
                 let (outbox, ws) = (&self.core.outbox, &mut self.ws);
                 let publishing = &mut self.publishing;
+                let unflushed = self.unflushed;
                 let mut timer = timer.as_mut();
                 std::future::poll_fn(|cx| {
                     if let Some((_, _, reply)) = publishing.front_mut()
@@ -195,6 +201,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                     if !output_first && outbox.poll_ready(cx).is_ready() {
                         return Poll::Ready(Wake::Outbox);
+                    }
+                    // Nothing more to read or write now: the replies written meanwhile go out
+                    // before the task waits, in one system call.
+                    if unflushed {
+                        return Poll::Ready(Wake::Flush);
                     }
                     if timer.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::Timer);
@@ -225,6 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 },
                 Wake::Frame(Some(Err(error))) => Err(read_error(error)),
                 Wake::Frame(None) => Err(End::Gone("connection closed by client".to_owned())),
+                Wake::Flush => self.flush_replies().await,
                 Wake::Timer => match self.core.on_timer(Instant::now()) {
                     Ok(step) => self.perform(step).await,
                     Err(end) => Err(end),

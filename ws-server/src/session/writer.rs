@@ -116,12 +116,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         .await
     }
 
-    /// Writes one reply (JSON) at once, ahead of queued publications.
+    /// Writes one reply (JSON) ahead of queued publications. It is flushed with the other
+    /// replies of a burst before the task waits for anything ([`Wake::Flush`]), or before the
+    /// next batch of publications, so that a publisher's acknowledgements cost one system
+    /// call per burst rather than one each.
+    ///
+    /// [`Wake::Flush`]: super::Wake::Flush
     pub(super) async fn send_text(&mut self, text: String) -> Result<(), End> {
         let metrics = &self.core.hub.metrics;
         HubMetrics::add(&metrics.frames_out, 1);
         HubMetrics::add(&metrics.bytes_out, text.len() as u64);
-        self.write_now(Message::text(text)).await
+        let Self {
+            ws,
+            core,
+            signal_pending,
+            unflushed,
+            ..
+        } = self;
+        *unflushed = true;
+        let timeout = core.hub.config.write_timeout;
+        let feed = ws.feed(Message::text(text));
+        Self::guarded(&core.outbox, signal_pending, timeout, None, feed).await
+    }
+
+    /// Flushes the replies written since the last flush.
+    pub(super) async fn flush_replies(&mut self) -> Result<(), End> {
+        let Self {
+            ws,
+            core,
+            signal_pending,
+            unflushed,
+            ..
+        } = self;
+        *unflushed = false;
+        let timeout = core.hub.config.write_timeout;
+        Self::guarded(&core.outbox, signal_pending, timeout, None, ws.flush()).await
     }
 
     /// Writes everything queued in the outbox, then flushes once.
@@ -145,8 +174,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             signal_pending,
             out,
             out_sent,
+            unflushed,
             ..
         } = self;
+        // The flush below sends the replies written since the last one too.
+        *unflushed = false;
         out.clear();
         out_sent.store(0, Ordering::Relaxed);
         let frames = batch.len() + notices.len();
