@@ -3,6 +3,8 @@
 //! that comes back with its old position gets `recovered: false` and then everything the new
 //! epoch accepted, from `seq` 1, when the history still holds it.
 
+use std::time::Duration;
+
 use anyhow::{Result, bail, ensure};
 use integration_tests::{RawClient, spawn_server, within};
 use ws_protocol::{ChannelPosition, Position, WsMessage};
@@ -89,5 +91,65 @@ async fn after_an_epoch_change_the_new_epoch_is_replayed_from_its_first_seq() ->
     ensure!(position.replay_from == Some(1), "{position:?}");
     hub.publish("prices", &4).await?;
     ensure!(seqs(&mut client, 4).await? == [1, 2, 3, 4]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_strategy_loses_nothing_the_restarted_hub_accepted_before_it_came_back() -> Result<()> {
+    use ws_client::{Event, WebSocketClient};
+    // The hub the strategy first talks to.
+    let first = spawn_server(ServerBuilder::default()).await?;
+    let addr = first.local_addr();
+    let client = WebSocketClient::builder()
+        .url(format!("ws://{addr}"))
+        .reconnect_interval(Duration::from_millis(200))
+        .build()
+        .await?;
+    client.subscribe(["prices"]).await?;
+    for n in 1..=3u64 {
+        first.publish("prices", &n).await?;
+    }
+    let mut n = 1;
+    while n <= 3 {
+        match within("a price", client.next_event()).await? {
+            Some(Event::Publication { seq, .. }) => {
+                ensure!(seq == n);
+                n += 1;
+            }
+            Some(Event::Connected { .. }) => {}
+            other => bail!("expected publication {n}, got {other:?}"),
+        }
+    }
+    // The hub goes away and another takes its port, accepting five prices before the
+    // strategy is back (or while it comes back: either order must deliver all five).
+    first.shutdown().await;
+    drop(first);
+    let second = ServerBuilder::default().bind(addr).await?;
+    for n in 1..=5u64 {
+        second.publish("prices", &(100 + n)).await?;
+    }
+    let mut unrecovered = false;
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match within("the new epoch", client.next_event()).await? {
+            Some(Event::Unrecovered { seq, .. }) => {
+                ensure!(
+                    seq == 0,
+                    "delivery goes on from the new epoch's start, not {seq}"
+                );
+                unrecovered = true;
+            }
+            Some(Event::Publication { seq, data, .. }) => seen.push((seq, data.decode::<u64>()?)),
+            Some(Event::Connected { .. } | Event::Disconnected { .. }) => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    ensure!(unrecovered, "the lost epoch was not reported");
+    ensure!(
+        seen == [(1, 101), (2, 102), (3, 103), (4, 104), (5, 105)],
+        "{seen:?}"
+    );
+    client.close().await;
+    second.shutdown().await;
     Ok(())
 }
