@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use ws_protocol::Payload;
 
 use crate::error::{Error, Result};
@@ -25,6 +26,8 @@ struct PendingPublish {
     done: oneshot::Sender<Result<u64>>,
     /// The connection it was last written to; `None` while it waits in the buffer.
     sent_on: Option<usize>,
+    /// When its caller stops waiting.
+    deadline: Instant,
 }
 
 /// A request waiting for its `Reply`.
@@ -77,17 +80,20 @@ impl Acks {
         self.lock().publishes.len()
     }
 
-    /// Waits for the acknowledgement of publication `id`, whose frame is `frame`.
+    /// Waits for the acknowledgement of publication `id`, whose frame is `frame`, until
+    /// `deadline` (see [`Acks::expire`]).
     pub(crate) fn expect_published(
         &self,
         id: u64,
         frame: String,
+        deadline: Instant,
     ) -> oneshot::Receiver<Result<u64>> {
         let (done, answer) = oneshot::channel();
         let pending = PendingPublish {
             frame,
             done,
             sent_on: None,
+            deadline,
         };
         self.lock().publishes.insert(id, pending);
         answer
@@ -224,6 +230,27 @@ impl Acks {
         resend
     }
 
+    /// Fails the publications whose deadline passed by `now`, as
+    /// [`give_up`](Self::give_up) would: one sweep for all of them rather than a timer each.
+    /// Publications are kept in `id` order, which is the order of their deadlines.
+    pub(crate) fn expire(&self, now: Instant) {
+        let mut waiting = self.lock();
+        while let Some(entry) = waiting.publishes.first_entry() {
+            if entry.get().deadline > now {
+                break;
+            }
+            let pending = entry.remove();
+            let error = if pending.sent_on.is_some() {
+                Error::OutcomeUnknown("no answer to the publication in time".to_owned())
+            } else {
+                Error::NotSent(
+                    "the publication could not be sent in time (not connected)".to_owned(),
+                )
+            };
+            let _ = pending.done.send(Err(error));
+        }
+    }
+
     /// The client ended: everything waiting fails with `error`.
     pub(crate) fn fail_all(&self, error: &Error) {
         let mut waiting = self.lock();
@@ -246,8 +273,9 @@ mod tests {
         let (one, key_one) = acks.next();
         let (two, key_two) = acks.next();
         assert_ne!(key_one, key_two);
-        let mut first = acks.expect_published(one, "one".into());
-        let mut second = acks.expect_published(two, "two".into());
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let mut first = acks.expect_published(one, "one".into(), later);
+        let mut second = acks.expect_published(two, "two".into(), later);
         acks.sent(one, 0);
         acks.sent(two, 0);
         assert_eq!(acks.unacknowledged(), 2);

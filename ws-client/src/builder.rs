@@ -511,6 +511,13 @@ impl ClientBuilder {
             });
             tracker.spawn(driver.run(first));
         }
+        // One sweep for every acknowledged publication's deadline, rather than a timer each.
+        let sweep = token.child_token();
+        tracker.spawn(expire_publications(
+            acks.clone(),
+            self.publish_timeout,
+            sweep.clone(),
+        ));
         tracker.close();
         let inbox = Inbox {
             arrivals,
@@ -526,8 +533,23 @@ impl ClientBuilder {
             state: state_rx,
             counters,
             token,
+            sweep,
             tracker,
         }))
+    }
+}
+
+/// Fails acknowledged publications whose deadline passed, a few times per `timeout`, until
+/// `token` is cancelled. Owned by the client's task tracker.
+async fn expire_publications(acks: Arc<Acks>, timeout: Duration, token: CancellationToken) {
+    let every = (timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = tick.tick() => acks.expire(tokio::time::Instant::now()),
+        }
     }
 }
 

@@ -44,6 +44,8 @@ pub(crate) struct ClientParts {
     pub(crate) state: watch::Receiver<ConnectionState>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) token: CancellationToken,
+    /// Stops the deadline sweep of acknowledged publications (see `Acks::expire`).
+    pub(crate) sweep: CancellationToken,
     pub(crate) tracker: TaskTracker,
 }
 
@@ -53,6 +55,7 @@ struct Shared {
     /// Publications and requests waiting for an answer.
     acks: Arc<Acks>,
     publish_timeout: Duration,
+    sweep: CancellationToken,
     inbox: Mutex<Inbox>,
     /// Channels unsubscribed since the sequencer last looked, for it to forget.
     forgotten: std::sync::Mutex<Vec<String>>,
@@ -108,6 +111,7 @@ impl WebSocketClient {
             state,
             counters,
             token,
+            sweep,
             tracker,
         } = parts;
         Self {
@@ -115,6 +119,7 @@ impl WebSocketClient {
                 connections,
                 acks,
                 publish_timeout,
+                sweep,
                 inbox: Mutex::new(inbox),
                 forgotten: std::sync::Mutex::new(Vec::new()),
                 any_forgotten: std::sync::atomic::AtomicBool::new(false),
@@ -238,7 +243,8 @@ impl WebSocketClient {
             id: Some(id),
             key: Some(&key),
         })?;
-        let answer = acks.expect_published(id, frame.clone());
+        let deadline = Instant::now() + self.shared.publish_timeout;
+        let answer = acks.expect_published(id, frame.clone(), deadline);
         let waiting = acks.unacknowledged().saturating_sub(1);
         if let Err(unsent) = self
             .shared
@@ -248,10 +254,10 @@ impl WebSocketClient {
             let _ = acks.give_up(id, "publication");
             return Err(Error::BufferFull(unsent));
         }
-        match tokio::time::timeout(self.shared.publish_timeout, answer).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(self.ended_error()),
-            Err(_) => Err(acks.give_up(id, "publication")),
+        // No timer of its own: the client's deadline sweep (`Acks::expire`) answers it.
+        match answer.await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(self.ended_error()),
         }
     }
 
@@ -552,6 +558,7 @@ impl WebSocketClient {
         for reply in replies {
             let _ = reply.await;
         }
+        self.shared.sweep.cancel();
         self.shared.tracker.wait().await;
         self.shared.acks.fail_all(&Error::Closed);
     }

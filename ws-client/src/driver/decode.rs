@@ -52,6 +52,18 @@ pub(crate) enum Inbound {
     WebSocketControl,
 }
 
+/// How the hub writes a `Published` frame (serde writes the tag first).
+const PUBLISHED_PREFIX: &str = r#"{"type":"Published","#;
+
+/// The fields of a `Published` frame the client needs.
+#[derive(serde::Deserialize)]
+struct Acknowledgement<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    id: u64,
+    seq: u64,
+}
+
 /// Classifies `frame`; `hub` says whether the server speaks the hub protocol (otherwise
 /// every text frame is the application's).
 pub(crate) fn decode(frame: Message, hub: bool) -> Inbound {
@@ -65,6 +77,17 @@ pub(crate) fn decode(frame: Message, hub: bool) -> Inbound {
     };
     if !hub {
         return Inbound::Text(text.as_str().to_owned());
+    }
+    // An acknowledgement, one per acknowledged publication: read its two numbers without
+    // decoding every field a frame may carry.
+    if text.as_str().starts_with(PUBLISHED_PREFIX)
+        && let Ok(ack) = serde_json::from_str::<Acknowledgement<'_>>(text.as_str())
+        && ack.kind == "Published"
+    {
+        return Inbound::Published {
+            id: ack.id,
+            seq: ack.seq,
+        };
     }
     match WsMessage::from_json(text.as_str()) {
         Ok(WsMessage::Publication { channel, seq, data }) => {
