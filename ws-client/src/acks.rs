@@ -136,13 +136,7 @@ impl Acks {
                 .remove(&id)
                 .is_some_and(|pending| pending.sent_on.is_some()),
         };
-        if sent {
-            Error::OutcomeUnknown(format!("no answer to the {what} in time"))
-        } else {
-            Error::NotSent(format!(
-                "the {what} could not be sent in time (not connected)"
-            ))
-        }
+        unanswered(sent, what)
     }
 
     /// The hub acknowledged publication `id` as `seq`; `false` if nobody waits for it.
@@ -240,13 +234,7 @@ impl Acks {
                 break;
             }
             let pending = entry.remove();
-            let error = if pending.sent_on.is_some() {
-                Error::OutcomeUnknown("no answer to the publication in time".to_owned())
-            } else {
-                Error::NotSent(
-                    "the publication could not be sent in time (not connected)".to_owned(),
-                )
-            };
+            let error = unanswered(pending.sent_on.is_some(), "publication");
             let _ = pending.done.send(Err(error));
         }
     }
@@ -260,6 +248,18 @@ impl Acks {
         for (_, pending) in waiting.requests.drain() {
             let _ = pending.done.send(Err(error.clone()));
         }
+    }
+}
+
+/// The error for a `what` whose answer did not come in time: its outcome is unknown if it
+/// was `sent`, and it was not done otherwise.
+fn unanswered(sent: bool, what: &str) -> Error {
+    if sent {
+        Error::OutcomeUnknown(format!("no answer to the {what} in time"))
+    } else {
+        Error::NotSent(format!(
+            "the {what} could not be sent in time (not connected)"
+        ))
     }
 }
 

@@ -1,4 +1,7 @@
 //! [`ClientBuilder`]: every setting of the client, then `build().await`.
+//!
+//! One concept kept whole (over 500 lines): one short setter per setting, each next to its
+//! documentation, then `build`, which wires the connections' tasks together.
 
 use std::sync::Arc;
 use std::time::Duration;

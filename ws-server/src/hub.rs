@@ -337,13 +337,7 @@ impl Hub {
             connections: self.connections.len(),
             pending_upgrades: self.pending_upgrades(),
             channels: self.channels.len(),
-            channels_held: usage.held,
-            history_bytes: usage.history_bytes,
-            evicted_publications: usage.evicted_publications,
-            evicted_channels: usage.evicted_channels,
-            idempotency_keys: usage.idempotency_keys,
-            idempotency_refused: usage.idempotency_refused,
-            idempotency_evicted: usage.idempotency_evicted,
+            usage,
             draining: self.is_draining(),
         });
         let broker = self.broker.status();

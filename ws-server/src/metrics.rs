@@ -4,6 +4,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::channel::ChannelUsage;
+
 /// Upper bounds (seconds) of the fan-out time histogram.
 const FANOUT_BUCKETS: [f64; 10] = [1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 1e-1];
 
@@ -60,13 +62,16 @@ impl HubMetrics {
             connections,
             pending_upgrades,
             channels,
-            channels_held,
-            history_bytes,
-            evicted_publications,
-            evicted_channels,
-            idempotency_keys,
-            idempotency_refused,
-            idempotency_evicted,
+            usage:
+                ChannelUsage {
+                    held: channels_held,
+                    history_bytes,
+                    evicted_publications,
+                    evicted_channels,
+                    idempotency_keys,
+                    idempotency_refused,
+                    idempotency_evicted,
+                },
             draining,
         } = *gauges;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -233,13 +238,8 @@ pub(crate) struct Gauges {
     pub(crate) connections: usize,
     pub(crate) pending_upgrades: usize,
     pub(crate) channels: usize,
-    pub(crate) channels_held: usize,
-    pub(crate) history_bytes: usize,
-    pub(crate) evicted_publications: u64,
-    pub(crate) evicted_channels: u64,
-    pub(crate) idempotency_keys: usize,
-    pub(crate) idempotency_refused: u64,
-    pub(crate) idempotency_evicted: u64,
+    /// The channel registry's figures.
+    pub(crate) usage: ChannelUsage,
     pub(crate) draining: bool,
 }
 
@@ -256,7 +256,10 @@ mod tests {
         let text = metrics.render(&Gauges {
             connections: 5,
             channels: 2,
-            history_bytes: 1234,
+            usage: ChannelUsage {
+                history_bytes: 1234,
+                ..ChannelUsage::default()
+            },
             ..Gauges::default()
         });
         assert!(text.contains("ws_history_bytes 1234\n"));

@@ -180,7 +180,7 @@ impl Channels {
 }
 
 /// What the registry holds, for `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct ChannelUsage {
     /// Channels held (with subscribers or history).
     pub(crate) held: usize,

@@ -21,6 +21,8 @@
 //! and sweeping channels holds one shard at a time, never every channel at once.
 
 mod bounds;
+mod outcome;
+mod replay;
 mod state;
 
 use std::collections::HashMap;
@@ -39,6 +41,10 @@ use crate::connections::ConnectionId;
 use crate::frame::Frame;
 use crate::outbox::{Outbox, Outgoing};
 
+pub(crate) use self::bounds::ChannelUsage;
+pub use self::outcome::Published;
+pub(crate) use self::outcome::{ChannelsFull, PublishRefused};
+use self::replay::replay;
 use self::state::{Channel, ChannelState, History};
 
 /// The longest channel name accepted, in bytes.
@@ -49,76 +55,6 @@ const SHARDS: usize = 64;
 /// What one kept publication costs besides its frame's bytes (the entry and the frame's
 /// allocation), counted against `WS_HISTORY_MAX_BYTES`.
 const ENTRY_OVERHEAD: usize = 64;
-
-/// What one publish did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    /// The publication's `seq` in its channel; 0 when nothing kept or received it.
-    pub seq: u64,
-    /// How many subscribers on this hub it was queued to; `None` with the Redis broker, where
-    /// every hub delivers it as it reads it back from Redis.
-    pub recipients: Option<usize>,
-    /// The publication carried an idempotency key seen within `WS_IDEMPOTENCY_WINDOW`: it
-    /// was not published again, and `seq` is the first one's.
-    pub duplicate: bool,
-}
-
-impl Published {
-    /// A publication that got `seq`, queued to `recipients` subscribers here (`None`: every
-    /// hub delivers it as it reads it back from Redis).
-    pub(crate) fn new(seq: u64, recipients: Option<usize>) -> Self {
-        Self {
-            seq,
-            recipients,
-            duplicate: false,
-        }
-    }
-
-    /// A repeated key: nothing was published; `seq` is the first publication's.
-    pub(crate) fn duplicate_of(seq: u64) -> Self {
-        Self {
-            seq,
-            recipients: None,
-            duplicate: true,
-        }
-    }
-}
-
-/// Why the registry could not take a keyed publication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PublishRefused {
-    /// `WS_IDEMPOTENCY_MAX_KEYS` keys are held: the key could not be remembered.
-    KeysFull(usize),
-    /// No room for the channel that would remember the key.
-    ChannelsFull(usize),
-}
-
-impl std::fmt::Display for PublishRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::KeysFull(n) => write!(
-                f,
-                "the hub holds its maximum of {n} idempotency keys (WS_IDEMPOTENCY_MAX_KEYS), \
-                 all for other channels; retry once older keys expire"
-            ),
-            Self::ChannelsFull(n) => ChannelsFull(*n).fmt(f),
-        }
-    }
-}
-
-/// The hub holds `WS_MAX_CHANNELS` channels, all with subscribers: no new one fits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ChannelsFull(pub(crate) usize);
-
-impl std::fmt::Display for ChannelsFull {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the hub holds its maximum of {} channels (WS_MAX_CHANNELS), all with subscribers",
-            self.0
-        )
-    }
-}
 
 /// How much history the hub keeps.
 #[derive(Debug, Clone, Copy)]
@@ -566,61 +502,6 @@ impl Channels {
     /// How many channels have at least one subscriber.
     pub(crate) fn len(&self) -> usize {
         self.subscribed.load(Ordering::Relaxed)
-    }
-}
-
-/// Queues to `outbox` what a subscriber asks to have replayed, from `state`'s history, under
-/// the channel's lock (so nothing is missed or repeated at the seam with live publications).
-/// Returns `(recovered, replay_from)` for its position:
-///
-/// - with `since` in the current epoch: what followed it, if the history still reaches back
-///   that far (`recovered`);
-/// - with `since` in another epoch (the hub restarted, or Redis lost the channel): not
-///   recovered, but if the history still holds the new epoch from its first `seq`, all of it
-///   (`replay_from: 1`), so that nothing the new epoch accepted is lost;
-/// - without `since`, with `rewind: n`: the last `n` publications the history still holds
-///   (`replay_from` the first of them).
-fn replay(
-    state: &ChannelState,
-    name: &Arc<str>,
-    outbox: &Outbox,
-    since: Option<&Position>,
-    rewind: Option<u64>,
-) -> (bool, Option<u64>) {
-    let entries = &state.history.entries;
-    let oldest = entries.front().map_or(state.seq + 1, |(seq, _, _)| *seq);
-    // History seqs are consecutive, so the first one to replay is an index.
-    let queue_from = |first: u64| {
-        let skip = usize::try_from(first.saturating_sub(oldest)).unwrap_or(usize::MAX);
-        outbox.push_replay(
-            name,
-            entries
-                .range(skip.min(entries.len())..)
-                .map(|(_, _, frame)| frame.clone()),
-        )
-    };
-    match (since, rewind) {
-        (Some(position), _) if *position.epoch == *state.epoch => {
-            let reachable = position.seq <= state.seq && oldest <= position.seq + 1;
-            (reachable && queue_from(position.seq + 1), None)
-        }
-        (Some(_), _) => {
-            let from_start = oldest == 1 && !entries.is_empty();
-            if from_start && queue_from(1) {
-                (false, Some(1))
-            } else {
-                (false, None)
-            }
-        }
-        (None, Some(n)) if n > 0 && !entries.is_empty() => {
-            let first = state.seq.saturating_sub(n).saturating_add(1).max(oldest);
-            if queue_from(first) {
-                (true, Some(first))
-            } else {
-                (true, None)
-            }
-        }
-        (None, _) => (true, None),
     }
 }
 
