@@ -389,3 +389,137 @@ fn the_admin_port_does_not_spin_when_file_descriptors_run_out() {
         "the hub used {used:.2} s of CPU in 2 s with no descriptors left"
     );
 }
+
+/// The address in the binary's "hub ready on ws://..." line.
+fn ready_address(lines: &mpsc::Receiver<String>) -> String {
+    loop {
+        let line = lines.recv_timeout(WAIT).expect("the hub logs its address");
+        if line.contains("hub ready on ws://") {
+            return line
+                .rsplit("ws://")
+                .next()
+                .expect("an address")
+                .trim()
+                .to_owned();
+        }
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to the hub and reads past its `Connected`.
+async fn connect(addr: &str) -> Socket {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+        .await
+        .expect("the hub accepts");
+    let connected = next_json(&mut ws).await;
+    assert_eq!(connected["type"], "Connected", "{connected}");
+    ws
+}
+
+/// The next text frame as JSON, within [`WAIT`].
+async fn next_json(ws: &mut Socket) -> serde_json::Value {
+    use futures_util::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the connection stays open")
+            .expect("no error");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            return serde_json::from_str(&text).expect("JSON");
+        }
+    }
+}
+
+/// Sends `value` as one text frame.
+async fn send_json(ws: &mut Socket, value: serde_json::Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        value.to_string(),
+    ))
+    .await
+    .expect("the frame is sent");
+}
+
+/// Issue 15's restart seam, from outside: the hub process is killed with SIGKILL (no drain, no
+/// goodbye), another takes its port and accepts five prices before the subscriber comes back
+/// with its old position. The subscriber is told its old epoch is lost and then gets all five.
+#[test]
+fn after_kill_9_a_subscriber_gets_all_the_restarted_hub_accepted_before_it_came_back() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let (mut first, lines) = spawn_hub(&[("RUST_LOG", "info")]);
+    let addr = ready_address(&lines);
+    let port = addr.rsplit(':').next().expect("a port").to_owned();
+    let (epoch, seq) = runtime.block_on(async {
+        let mut ws = connect(&addr).await;
+        send_json(
+            &mut ws,
+            serde_json::json!({"type": "Subscribe", "channels": ["prices"]}),
+        )
+        .await;
+        let subscribed = next_json(&mut ws).await;
+        assert_eq!(subscribed["type"], "Subscribed", "{subscribed}");
+        let epoch = subscribed["positions"]["prices"]["epoch"]
+            .as_str()
+            .expect("an epoch")
+            .to_owned();
+        for n in 1..=3 {
+            send_json(
+                &mut ws,
+                serde_json::json!({"type": "Publish", "channel": "prices", "data": n}),
+            )
+            .await;
+        }
+        let mut seq = 0;
+        while seq < 3 {
+            let publication = next_json(&mut ws).await;
+            assert_eq!(publication["type"], "Publication", "{publication}");
+            seq = publication["seq"].as_u64().expect("a seq");
+        }
+        (epoch, seq)
+    });
+    first.kill().expect("SIGKILL is sent");
+    first.wait().expect("the hub is gone");
+
+    let (mut second, lines) = spawn_hub(&[("RUST_LOG", "info"), ("WS_PORT", port.as_str())]);
+    let again = ready_address(&lines);
+    assert_eq!(again, addr, "the new hub took the same port");
+    runtime.block_on(async {
+        let mut publisher = connect(&addr).await;
+        for n in 1..=5 {
+            send_json(
+                &mut publisher,
+                serde_json::json!({"type": "Publish", "channel": "prices", "data": 100 + n, "id": n}),
+            )
+            .await;
+            let published = next_json(&mut publisher).await;
+            assert_eq!(published["type"], "Published", "{published}");
+            assert_eq!(published["seq"], n, "{published}");
+        }
+        let mut subscriber = connect(&addr).await;
+        send_json(
+            &mut subscriber,
+            serde_json::json!({
+                "type": "Subscribe",
+                "channels": ["prices"],
+                "since": {"prices": {"epoch": epoch, "seq": seq}},
+            }),
+        )
+        .await;
+        let subscribed = next_json(&mut subscriber).await;
+        let position = &subscribed["positions"]["prices"];
+        assert_eq!(position["recovered"], false, "{subscribed}");
+        assert_ne!(position["epoch"].as_str(), Some(epoch.as_str()));
+        assert_eq!(position["replay_from"], 1, "{subscribed}");
+        for n in 1..=5u64 {
+            let publication = next_json(&mut subscriber).await;
+            assert_eq!(publication["type"], "Publication", "{publication}");
+            assert_eq!(publication["seq"], n, "{publication}");
+            assert_eq!(publication["data"], 100 + n, "{publication}");
+        }
+    });
+    second.kill().expect("SIGKILL is sent");
+    second.wait().expect("the hub is gone");
+}
