@@ -4,9 +4,17 @@
 //! started, and every client that stayed subscribed saw every publication exactly once and in
 //! order, except where it was told it could not be recovered (only after a hub restart).
 //!
+//! A ws-client publishes too, acknowledged, through its own proxy that is cut and frozen
+//! like the others: every `publish` resolves with a `seq`, no subscriber gets one of its
+//! publications twice within an epoch, and every acknowledged publication reaches every
+//! subscriber, except those it was told it could not be recovered (their hub restarted); the
+//! ones published after the last restart reach everyone, at the `seq` they were acknowledged
+//! with.
+//!
 //! `CHAOS_SEED=N cargo test -p integration-tests --test chaos -- --nocapture` replays a
 //! schedule; the seed in use is printed.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,15 +32,31 @@ use ws_server::WebSocketServer;
 const CLIENTS: usize = 8;
 const CHAOS_FOR: Duration = Duration::from_secs(8);
 const CHANNEL: &str = "chaos";
+/// The channel the publishing client publishes on, acknowledged.
+const ACKED: &str = "chaos:acked";
 
 /// What one client saw, checked as it arrives.
 #[derive(Debug, Default)]
 struct Seen {
-    /// The last `seq` delivered in the current epoch.
-    last: u64,
+    /// The last `seq` delivered in the current epoch, per channel.
+    last: HashMap<String, u64>,
     publications: u64,
     unrecovered: u64,
+    /// The publishing client's numbers on [`ACKED`], with their `seq`, one map per epoch the
+    /// subscriber saw (a new one after each `Unrecovered` of that channel).
+    acked_epochs: Vec<HashMap<u64, u64>>,
     violations: Vec<String>,
+}
+
+impl Seen {
+    fn last(&self, channel: &str) -> u64 {
+        self.last.get(channel).copied().unwrap_or(0)
+    }
+
+    /// Whether `n` was delivered in any epoch.
+    fn delivered(&self, n: u64) -> bool {
+        self.acked_epochs.iter().any(|epoch| epoch.contains_key(&n))
+    }
 }
 
 struct Subject {
@@ -64,8 +88,11 @@ async fn subject(hub: SocketAddr) -> Result<Subject> {
         .pong_timeout(Duration::from_millis(400))
         .build()
         .await?;
-    client.subscribe([CHANNEL]).await?;
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    client.subscribe([CHANNEL, ACKED]).await?;
+    let seen = Arc::new(Mutex::new(Seen {
+        acked_epochs: vec![HashMap::new()],
+        ..Seen::default()
+    }));
     let paused = Arc::new(AtomicBool::new(false));
     let reader = {
         let (client, seen, paused) = (client.clone(), seen.clone(), paused.clone());
@@ -73,22 +100,42 @@ async fn subject(hub: SocketAddr) -> Result<Subject> {
             while let Some(event) = client.next_event().await {
                 let mut seen = seen.lock().await;
                 match event {
-                    Event::Publication { seq, .. } => {
-                        if seq != seen.last + 1 {
-                            let message = format!("seq {seq} after {}", seen.last);
+                    Event::Publication { channel, seq, data } => {
+                        let last = seen.last(&channel);
+                        if seq != last + 1 {
+                            let message = format!("{channel}: seq {seq} after {last}");
                             seen.violations.push(message);
                         }
-                        seen.last = seq;
+                        if channel == ACKED {
+                            match data.decode::<u64>() {
+                                Ok(n) => {
+                                    let epoch = seen.acked_epochs.last_mut();
+                                    if let Some(Some(first)) = epoch.map(|e| e.insert(n, seq)) {
+                                        let message =
+                                            format!("{n} twice in one epoch: seq {first}, {seq}");
+                                        seen.violations.push(message);
+                                    }
+                                }
+                                Err(e) => seen.violations.push(format!("{ACKED}: {e}")),
+                            }
+                        }
+                        seen.last.insert(channel, seq);
                         seen.publications += 1;
                     }
-                    Event::Unrecovered { seq, .. } => {
-                        seen.unrecovered += 1;
-                        seen.last = seq;
+                    Event::Unrecovered { channel, seq, .. } => {
+                        if channel == ACKED {
+                            seen.acked_epochs.push(HashMap::new());
+                        } else {
+                            seen.unrecovered += 1;
+                        }
+                        seen.last.insert(channel, seq);
                     }
                     Event::Gap {
-                        expected, received, ..
+                        channel,
+                        expected,
+                        received,
                     } => {
-                        let message = format!("gap {expected}..{received}");
+                        let message = format!("{channel}: gap {expected}..{received}");
                         seen.violations.push(message);
                     }
                     _ => {}
@@ -188,6 +235,41 @@ async fn a_seeded_storm_of_faults_breaks_no_invariant() -> Result<()> {
         })
     };
 
+    // The publishing client: acknowledged publications of 1, 2, 3, ... every 2 ms, many in
+    // flight at once, through its own proxy. `generation` counts the hubs started after the
+    // first; each publication remembers the one that was up when it was made.
+    let generation = Arc::new(AtomicU64::new(0));
+    let publishing_proxy = TcpProxy::start(addr).await?;
+    let publishing = WebSocketClient::builder()
+        .url(format!("ws://{}", publishing_proxy.addr()))
+        .reconnect_interval(Duration::from_millis(50))
+        .max_reconnect_delay(Duration::from_millis(300))
+        .ping_interval(Duration::from_millis(100))
+        .pong_timeout(Duration::from_millis(400))
+        .build()
+        .await?;
+    let acked_publisher = {
+        let (client, stop, generation) = (publishing.clone(), stop.clone(), generation.clone());
+        tokio::spawn(async move {
+            let mut in_flight = tokio::task::JoinSet::new();
+            let mut outcomes = Vec::new();
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                n += 1;
+                let (client, made_in) = (client.clone(), generation.load(Ordering::SeqCst));
+                in_flight.spawn(async move { (n, made_in, client.publish(ACKED, &n).await) });
+                while let Some(done) = in_flight.try_join_next() {
+                    outcomes.push(done);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            while let Some(done) = in_flight.join_next().await {
+                outcomes.push(done);
+            }
+            outcomes
+        })
+    };
+
     let started = tokio::time::Instant::now();
     let mut restarts = 0;
     let mut faults = Vec::new();
@@ -195,9 +277,17 @@ async fn a_seeded_storm_of_faults_breaks_no_invariant() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(rng.u64(50..250))).await;
         let victim = rng.usize(..CLIENTS);
         match rng.u32(..100) {
+            0..25 if rng.u32(..4) == 0 => {
+                publishing_proxy.cut_existing();
+                faults.push("publisher cut");
+            }
             0..25 => {
                 subjects[victim].proxy.cut_existing();
                 faults.push("cut");
+            }
+            25..40 if rng.u32(..4) == 0 => {
+                publishing_proxy.freeze_existing();
+                faults.push("publisher freeze");
             }
             25..40 => {
                 subjects[victim].proxy.freeze_existing();
@@ -228,6 +318,7 @@ async fn a_seeded_storm_of_faults_breaks_no_invariant() -> Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(rng.u64(50..300))).await;
                 *hub.lock().await = Some(hub_builder().bind(addr).await?);
+                generation.fetch_add(1, Ordering::SeqCst);
                 faults.push("hub restart");
             }
             _ => {}
@@ -235,6 +326,32 @@ async fn a_seeded_storm_of_faults_breaks_no_invariant() -> Result<()> {
     }
     stop.cancel();
     within("publisher", publisher).await??;
+    let outcomes = within(
+        "the publishing client's last acknowledgements",
+        acked_publisher,
+    )
+    .await??
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let final_generation = generation.load(Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for (n, made_in, outcome) in outcomes {
+        match outcome {
+            Ok(seq) => acked.push((n, made_in, seq)),
+            Err(e) => bail!("publication {n} was not acknowledged: {e}"),
+        }
+    }
+    let last_hub: Vec<(u64, u64)> = acked
+        .iter()
+        .filter(|(_, made_in, _)| *made_in == final_generation)
+        .map(|&(n, _, seq)| (n, seq))
+        .collect();
+    eprintln!(
+        "the publishing client had {} publications acknowledged, {} by the last hub",
+        acked.len(),
+        last_hub.len()
+    );
+    ensure!(!last_hub.is_empty(), "nothing acknowledged by the last hub");
     for subject in &subjects {
         subject.paused.store(false, Ordering::Relaxed);
     }
@@ -255,10 +372,27 @@ async fn a_seeded_storm_of_faults_breaks_no_invariant() -> Result<()> {
     for (i, subject) in subjects.iter().enumerate() {
         let seen = subject.seen.clone();
         within(&format!("client {i} catching up to {final_seq}"), async {
-            while seen.lock().await.last < final_seq {
+            while seen.lock().await.last(CHANNEL) < final_seq {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
+        .await?;
+        within(
+            &format!("client {i} getting what the last hub acknowledged"),
+            async {
+                loop {
+                    let seen = seen.lock().await;
+                    let Some(epoch) = seen.acked_epochs.last() else {
+                        break;
+                    };
+                    if last_hub.iter().all(|(n, _)| epoch.contains_key(n)) {
+                        break;
+                    }
+                    drop(seen);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        )
         .await?;
     }
     for (i, subject) in subjects.iter().enumerate() {
@@ -274,9 +408,29 @@ async fn a_seeded_storm_of_faults_breaks_no_invariant() -> Result<()> {
             seen.unrecovered
         );
         ensure!(seen.publications > 0, "client {i} received nothing");
+        // Acknowledged means delivered: in the epoch it was acknowledged in, at its `seq`.
+        let Some(epoch) = seen.acked_epochs.last() else {
+            bail!("client {i}: no epoch")
+        };
+        for &(n, seq) in &last_hub {
+            ensure!(
+                epoch.get(&n) == Some(&seq),
+                "client {i}: {n} acknowledged at seq {seq}, delivered at {:?}",
+                epoch.get(&n)
+            );
+        }
+        let lost_an_epoch = seen.acked_epochs.len() > 1;
+        for &(n, _, seq) in &acked {
+            ensure!(
+                seen.delivered(n) || lost_an_epoch,
+                "client {i}: {n} acknowledged at seq {seq} and never delivered"
+            );
+        }
     }
 
     // Everything winds down: no connection, subscription or task is left behind.
+    publishing.close().await;
+    drop(publishing_proxy);
     for subject in subjects {
         subject.client.close().await;
         subject.reader.abort();
