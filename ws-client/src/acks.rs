@@ -12,8 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::{Serialize, Serializer};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use ws_protocol::Payload;
 
 use crate::error::{Error, Result};
@@ -21,11 +23,11 @@ use crate::error::{Error, Result};
 /// A publication waiting for its `Published`.
 #[derive(Debug)]
 struct PendingPublish {
-    /// The whole `Publish` frame, to send again after a reconnect.
-    frame: String,
     done: oneshot::Sender<Result<u64>>,
-    /// The connection it was last written to; `None` while it waits in the buffer.
-    sent_on: Option<usize>,
+    /// The connection it was last written to and the whole `Publish` frame (shared with the
+    /// write, not copied), to send again if that connection dies; `None` while it waits in
+    /// the buffer.
+    sent: Option<(usize, Utf8Bytes)>,
     /// When its caller stops waiting.
     deadline: Instant,
 }
@@ -69,34 +71,42 @@ impl Acks {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A fresh `id`, and the idempotency key that goes with it.
-    pub(crate) fn next(&self) -> (u64, String) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        (id, format!("{}-{id}", self.instance))
+    /// A fresh `id`.
+    pub(crate) fn next(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The idempotency key of publication `id`: this instance and the `id`.
+    pub(crate) fn key(&self, id: u64) -> Key<'_> {
+        Key {
+            instance: &self.instance,
+            id,
+        }
     }
 
     /// Publications waiting for their acknowledgement.
+    #[cfg(test)]
     pub(crate) fn unacknowledged(&self) -> usize {
         self.lock().publishes.len()
     }
 
-    /// Waits for the acknowledgement of publication `id`, whose frame is `frame`, until
-    /// `deadline` (see [`Acks::expire`]).
+    /// Waits for the acknowledgement of publication `id` until `deadline` (see
+    /// [`Acks::expire`]); also returns how many other publications wait.
     pub(crate) fn expect_published(
         &self,
         id: u64,
-        frame: String,
         deadline: Instant,
-    ) -> oneshot::Receiver<Result<u64>> {
+    ) -> (oneshot::Receiver<Result<u64>>, usize) {
         let (done, answer) = oneshot::channel();
         let pending = PendingPublish {
-            frame,
             done,
-            sent_on: None,
+            sent: None,
             deadline,
         };
-        self.lock().publishes.insert(id, pending);
-        answer
+        let mut waiting = self.lock();
+        let others = waiting.publishes.len();
+        waiting.publishes.insert(id, pending);
+        (answer, others)
     }
 
     /// Waits for the reply to request `id`.
@@ -115,12 +125,16 @@ impl Acks {
         self.lock().requests.contains_key(&id)
     }
 
-    /// Frame `id` (a publication or a request) was written to `connection`.
-    pub(crate) fn sent(&self, id: u64, connection: usize) {
-        let mut waiting = self.lock();
-        if let Some(pending) = waiting.publishes.get_mut(&id) {
-            pending.sent_on = Some(connection);
-        } else if let Some(pending) = waiting.requests.get_mut(&id) {
+    /// Publication `id`, whose frame is `frame`, was written to `connection`.
+    pub(crate) fn published_on(&self, id: u64, connection: usize, frame: &Utf8Bytes) {
+        if let Some(pending) = self.lock().publishes.get_mut(&id) {
+            pending.sent = Some((connection, frame.clone()));
+        }
+    }
+
+    /// Request `id` was written to `connection`.
+    pub(crate) fn requested_on(&self, id: u64, connection: usize) {
+        if let Some(pending) = self.lock().requests.get_mut(&id) {
             pending.sent_on = Some(connection);
         }
     }
@@ -130,7 +144,7 @@ impl Acks {
     pub(crate) fn give_up(&self, id: u64, what: &str) -> Error {
         let mut waiting = self.lock();
         let sent = match waiting.publishes.remove(&id) {
-            Some(pending) => pending.sent_on.is_some(),
+            Some(pending) => pending.sent.is_some(),
             None => waiting
                 .requests
                 .remove(&id)
@@ -194,15 +208,17 @@ impl Acks {
     /// `connection` died: the publications written to it and not acknowledged, oldest first,
     /// to send again (their keys keep them from being published twice); the requests written
     /// to it fail, their outcome unknown.
-    pub(crate) fn connection_lost(&self, connection: usize) -> Vec<(u64, String)> {
+    pub(crate) fn connection_lost(&self, connection: usize) -> Vec<(u64, Utf8Bytes)> {
         let mut waiting = self.lock();
         let resend = waiting
             .publishes
             .iter_mut()
-            .filter(|(_, pending)| pending.sent_on == Some(connection))
-            .map(|(id, pending)| {
-                pending.sent_on = None;
-                (*id, pending.frame.clone())
+            .filter_map(|(id, pending)| match pending.sent.take() {
+                Some((on, frame)) if on == connection => Some((*id, frame)),
+                other => {
+                    pending.sent = other;
+                    None
+                }
             })
             .collect();
         let lost: Vec<u64> = waiting
@@ -234,7 +250,7 @@ impl Acks {
                 break;
             }
             let pending = entry.remove();
-            let error = unanswered(pending.sent_on.is_some(), "publication");
+            let error = unanswered(pending.sent.is_some(), "publication");
             let _ = pending.done.send(Err(error));
         }
     }
@@ -247,6 +263,39 @@ impl Acks {
         }
         for (_, pending) in waiting.requests.drain() {
             let _ = pending.done.send(Err(error.clone()));
+        }
+    }
+}
+
+/// An idempotency key, `<instance>-<id>`, serialized as a JSON string without a `String` of
+/// its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Key<'a> {
+    instance: &'a str,
+    id: u64,
+}
+
+impl Serialize for Key<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        // 16 hex digits, a dash and at most 20 decimal ones.
+        let mut key = [0u8; 64];
+        let mut digits = itoa::Buffer::new();
+        let id = digits.format(self.id).as_bytes();
+        let instance = self.instance.as_bytes();
+        let len = instance.len() + 1 + id.len();
+        let Some(out) = key.get_mut(..len) else {
+            return serializer.collect_str(&format_args!("{}-{}", self.instance, self.id));
+        };
+        let (head, tail) = out.split_at_mut(instance.len());
+        head.copy_from_slice(instance);
+        if let Some((dash, rest)) = tail.split_first_mut() {
+            *dash = b'-';
+            rest.copy_from_slice(id);
+        }
+        // ASCII: hex digits, a dash and decimal digits.
+        match std::str::from_utf8(out) {
+            Ok(text) => serializer.serialize_str(text),
+            Err(_) => serializer.collect_str(&format_args!("{}-{}", self.instance, self.id)),
         }
     }
 }
@@ -270,20 +319,22 @@ mod tests {
     #[test]
     fn publications_resolve_once_and_go_out_again_after_a_lost_connection() {
         let acks = Acks::default();
-        let (one, key_one) = acks.next();
-        let (two, key_two) = acks.next();
-        assert_ne!(key_one, key_two);
+        let (one, two) = (acks.next(), acks.next());
+        let key = |id| serde_json::to_string(&acks.key(id)).unwrap();
+        assert_ne!(key(one), key(two));
+        assert_eq!(key(two), format!("\"{}-{two}\"", acks.instance));
         let later = Instant::now() + std::time::Duration::from_secs(60);
-        let mut first = acks.expect_published(one, "one".into(), later);
-        let mut second = acks.expect_published(two, "two".into(), later);
-        acks.sent(one, 0);
-        acks.sent(two, 0);
+        let (mut first, _) = acks.expect_published(one, later);
+        let (mut second, others) = acks.expect_published(two, later);
+        assert_eq!(others, 1);
+        acks.published_on(one, 0, &"one".into());
+        acks.published_on(two, 0, &"two".into());
         assert_eq!(acks.unacknowledged(), 2);
         assert!(acks.published(one, 41));
         assert!(!acks.published(one, 41), "answered once");
         assert_eq!(first.try_recv().unwrap().unwrap(), 41);
         assert_eq!(acks.connection_lost(1), []);
-        assert_eq!(acks.connection_lost(0), [(two, "two".to_owned())]);
+        assert_eq!(acks.connection_lost(0), [(two, Utf8Bytes::from("two"))]);
         assert!(
             second.try_recv().is_err(),
             "still waiting, to be sent again"
@@ -297,15 +348,15 @@ mod tests {
     #[test]
     fn requests_are_never_sent_twice() {
         let acks = Acks::default();
-        let (id, _) = acks.next();
+        let id = acks.next();
         let mut reply = acks.expect_reply(id);
-        acks.sent(id, 2);
+        acks.requested_on(id, 2);
         assert_eq!(acks.connection_lost(2), []);
         assert!(matches!(
             reply.try_recv().unwrap(),
             Err(Error::OutcomeUnknown(_))
         ));
-        let (id, _) = acks.next();
+        let id = acks.next();
         let mut refused = acks.expect_reply(id);
         assert!(acks.refused(id, "insufficient_funds", "no"));
         assert!(matches!(

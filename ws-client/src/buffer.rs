@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// A frame the client sends: queued in the outbound buffer, or given back in
 /// [`Error::BufferFull`](crate::Error::BufferFull) when the buffer had no room for it.
@@ -38,10 +39,21 @@ impl OutboundFrame {
     }
 }
 
-/// One frame waiting to be written.
+impl From<OutboundFrame> for Message {
+    fn from(frame: OutboundFrame) -> Self {
+        match frame {
+            OutboundFrame::Text(text) => Message::text(text),
+            OutboundFrame::Binary(bytes) => Message::binary(bytes),
+        }
+    }
+}
+
+/// One frame waiting to be written: the message itself, whose text or bytes are shared (not
+/// copied) with the write and, for an acknowledged publication, with what awaits its
+/// acknowledgement.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    pub(crate) frame: OutboundFrame,
+    pub(crate) frame: Message,
     pub(crate) queued_at: Instant,
     /// The `id` of an acknowledged publication (see `acks.rs`).
     pub(crate) ack: Option<u64>,
@@ -72,7 +84,7 @@ impl OutboundBuffer {
 
     /// Queues `frame`, or gives it back if the buffer is full.
     pub(crate) fn push_frame(&self, frame: OutboundFrame) -> Result<(), OutboundFrame> {
-        self.push(frame, None, 0)
+        self.push(frame, None, 0, Instant::now())
     }
 
     /// Queues `frame`, the acknowledged publication `ack` if given, or gives it back if the
@@ -82,6 +94,7 @@ impl OutboundBuffer {
         frame: OutboundFrame,
         ack: Option<u64>,
         waiting: usize,
+        now: Instant,
     ) -> Result<(), OutboundFrame> {
         let mut queue = self.lock();
         if queue.len() + waiting >= self.capacity {
@@ -89,8 +102,8 @@ impl OutboundBuffer {
         }
         let was_empty = queue.is_empty();
         queue.push_back(Pending {
-            frame,
-            queued_at: Instant::now(),
+            frame: frame.into(),
+            queued_at: now,
             ack,
         });
         drop(queue);
@@ -128,7 +141,7 @@ impl OutboundBuffer {
 
     /// Queues acknowledged publications to send again (their connection was lost) at the
     /// front, oldest first, whatever the capacity: they were accepted already.
-    pub(crate) fn requeue_acked(&self, frames: Vec<(u64, String)>) {
+    pub(crate) fn requeue_acked(&self, frames: Vec<(u64, Utf8Bytes)>) {
         if frames.is_empty() {
             return;
         }
@@ -136,7 +149,7 @@ impl OutboundBuffer {
         let mut queue = self.lock();
         for (id, frame) in frames.into_iter().rev() {
             queue.push_front(Pending {
-                frame: OutboundFrame::Text(frame),
+                frame: Message::Text(frame),
                 queued_at: now,
                 ack: Some(id),
             });
@@ -176,10 +189,7 @@ mod tests {
     fn texts(batch: &VecDeque<Pending>) -> Vec<&str> {
         batch
             .iter()
-            .map(|p| match &p.frame {
-                OutboundFrame::Text(text) => text.as_str(),
-                OutboundFrame::Binary(_) => "<binary>",
-            })
+            .map(|p| p.frame.to_text().unwrap_or("<binary>"))
             .collect()
     }
 

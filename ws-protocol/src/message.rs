@@ -361,6 +361,30 @@ pub fn write_publication(out: &mut Vec<u8>, channel: &str, seq: u64, data: &RawV
     }
 }
 
+/// A `Published` frame's JSON, as [`WsMessage::Published`] encodes it, written directly
+/// (the hub answers every acknowledged publication with one).
+pub fn encode_published(id: u64, channel: &str, seq: u64, duplicate: bool) -> String {
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename = "Published")]
+    struct PublishedRef<'a> {
+        id: u64,
+        channel: &'a str,
+        seq: u64,
+        duplicate: bool,
+    }
+    let published = PublishedRef {
+        id,
+        channel,
+        seq,
+        duplicate,
+    };
+    let mut out = Vec::with_capacity(64 + channel.len());
+    // Writing into a Vec cannot fail and every field is serializable.
+    let _ = serde_json::to_writer(&mut out, &published);
+    // serde_json writes valid UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +396,22 @@ mod tests {
         assert_eq!(WsMessage::from_json(&text), Ok(message.clone()), "{text}");
         let via_serde: WsMessage = serde_json::from_str(&text).unwrap();
         assert_eq!(via_serde, message);
+    }
+
+    #[test]
+    fn published_is_encoded_as_the_message_is() {
+        for (id, channel, seq, duplicate) in [(7, "orders", 12, false), (0, "a\"b", 1, true)] {
+            let message = WsMessage::Published {
+                id,
+                channel: channel.to_owned(),
+                seq,
+                duplicate,
+            };
+            assert_eq!(
+                encode_published(id, channel, seq, duplicate),
+                message.to_json()
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use ws_protocol::Payload;
 
 use super::WebSocketClient;
+use crate::acks::Key;
 use crate::buffer::OutboundFrame;
 use crate::driver::Command;
 use crate::error::{Error, Result};
@@ -72,20 +73,19 @@ impl WebSocketClient {
     pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<u64> {
         self.usable()?;
         let acks = &self.shared.acks;
-        let (id, key) = acks.next();
+        let id = acks.next();
         let frame = serde_json::to_string(&PublishRef {
             channel,
             data,
             id: Some(id),
-            key: Some(&key),
+            key: Some(acks.key(id)),
         })?;
-        let deadline = Instant::now() + self.shared.publish_timeout;
-        let answer = acks.expect_published(id, frame.clone(), deadline);
-        let waiting = acks.unacknowledged().saturating_sub(1);
-        if let Err(unsent) = self
-            .shared
-            .buffer
-            .push(OutboundFrame::Text(frame), Some(id), waiting)
+        let now = Instant::now();
+        let (answer, waiting) = acks.expect_published(id, now + self.shared.publish_timeout);
+        if let Err(unsent) =
+            self.shared
+                .buffer
+                .push(OutboundFrame::Text(frame), Some(id), waiting, now)
         {
             let _ = acks.give_up(id, "publication");
             return Err(Error::BufferFull(unsent));
@@ -155,7 +155,7 @@ impl WebSocketClient {
         }
         self.usable()?;
         let acks = &self.shared.acks;
-        let (id, _) = acks.next();
+        let id = acks.next();
         let frame = serde_json::to_string(&RequestRef { id, method, data })?;
         let answer = acks.expect_reply(id);
         // One connection carries it: the first that takes the command.
@@ -191,5 +191,5 @@ struct PublishRef<'a, T: ?Sized> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<&'a str>,
+    key: Option<Key<'a>>,
 }

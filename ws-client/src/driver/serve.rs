@@ -293,7 +293,7 @@ impl Driver {
                 }
                 // Marked sent before the write: a write that fails midway may have reached
                 // the hub, so the request must not be sent again.
-                self.acks.sent(id, self.connection);
+                self.acks.requested_on(id, self.connection);
                 self.write_now(ws, frame).await
             }
             Command::Close { done } => {

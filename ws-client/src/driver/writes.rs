@@ -6,7 +6,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::warn;
 
 use super::{Driver, Ended};
-use crate::buffer::OutboundFrame;
 use crate::event::Event;
 use crate::link::Socket;
 use crate::metrics::Counters;
@@ -44,16 +43,14 @@ impl Driver {
         let write = async {
             while let Some(pending) = batch.pop_front() {
                 let len = pending.frame.len() as u64;
-                let message = match &pending.frame {
-                    OutboundFrame::Text(text) => Message::text(text.clone()),
-                    OutboundFrame::Binary(bytes) => Message::binary(bytes.clone()),
-                };
-                if let Err(e) = ws.feed(message).await {
+                // A reference count, not a copy: the frame goes back to the buffer if the
+                // write fails.
+                if let Err(e) = ws.feed(pending.frame.clone()).await {
                     batch.push_front(pending);
                     return Err(e);
                 }
-                if let Some(id) = pending.ack {
-                    acks.sent(id, connection);
+                if let (Some(id), Message::Text(frame)) = (pending.ack, &pending.frame) {
+                    acks.published_on(id, connection, frame);
                 }
                 count += 1;
                 bytes += len;

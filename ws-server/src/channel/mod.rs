@@ -321,10 +321,12 @@ impl Channels {
                 // Forgotten since the lookup: its successor (if any) is the channel now.
                 continue;
             }
+            // One reading of the clock for the keys and the history.
+            let now = Instant::now();
             if let Some(key) = key {
-                let now = Instant::now();
                 state.expire_keys(self.limits.key_window, &self.keys_held, now);
-                if let Some(first) = state.key_seq(key) {
+                let hash = state.key_hash(key);
+                if let Some(first) = state.key_seq(hash) {
                     return Ok(Published::duplicate_of(first));
                 }
                 if self.keys_held.load(Ordering::Relaxed) >= self.limits.max_keys {
@@ -339,11 +341,11 @@ impl Channels {
                     self.keys_evicted.fetch_add(1, Ordering::Relaxed);
                 }
                 let next = state.seq + 1;
-                state.remember_key(key, next, now, &self.keys_held);
+                state.remember_key(hash, next, now, &self.keys_held);
             }
             state.seq += 1;
             let seq = state.seq;
-            let recipients = Some(self.fan_out(&channel, &mut state, seq, data));
+            let recipients = Some(self.fan_out(&channel, &mut state, seq, data, now));
             drop(state);
             self.bound_history();
             return Ok(Published::new(seq, recipients));
@@ -395,7 +397,7 @@ impl Channels {
             return Some(0);
         }
         state.seq = seq;
-        let recipients = self.fan_out(&channel, &mut state, seq, data);
+        let recipients = self.fan_out(&channel, &mut state, seq, data, Instant::now());
         drop(state);
         self.bound_history();
         Some(recipients)
@@ -481,10 +483,10 @@ impl Channels {
         state: &mut ChannelState,
         seq: u64,
         data: &RawValue,
+        now: Instant,
     ) -> usize {
         let frame = Self::encode(&channel.name, seq, data);
         if self.limits.size > 0 {
-            let now = Instant::now();
             state
                 .history
                 .push(&self.history_bytes, seq, now, frame.clone());

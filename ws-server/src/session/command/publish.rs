@@ -5,8 +5,8 @@
 
 use tokio::sync::oneshot;
 use ws_protocol::{
-    MAX_IDEMPOTENCY_KEY_LEN, Payload, WsMessage, codes, excerpt, invalid_channel_name,
-    is_valid_channel_name,
+    MAX_IDEMPOTENCY_KEY_LEN, Payload, WsMessage, codes, encode_published, excerpt,
+    invalid_channel_name, is_valid_channel_name,
 };
 
 use super::super::core::{Core, Step, reply};
@@ -62,13 +62,12 @@ pub(crate) fn publication_outcome(
 ) -> Option<String> {
     let error = match outcome {
         Ok(Ok(published)) => {
-            let published = WsMessage::Published {
-                id: id?,
-                channel: channel.to_owned(),
-                seq: published.seq,
-                duplicate: published.duplicate,
-            };
-            return Some(published.to_json());
+            return Some(encode_published(
+                id?,
+                channel,
+                published.seq,
+                published.duplicate,
+            ));
         }
         Ok(Err(error)) => error.to_string(),
         Err(_) => "the broker stopped".to_owned(),
