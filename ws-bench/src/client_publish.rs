@@ -109,7 +109,7 @@ pub(crate) async fn run(args: &ClientPublishArgs) -> Result<ClientPublishReport>
         let mut waiting = futures_util::stream::FuturesUnordered::new();
         let mut round = 0u32;
         // The clock is read every 64 acknowledgements: the bench's own cost stays small.
-        while round % 64 != 0 || started.elapsed() < duration {
+        while !round.is_multiple_of(64) || started.elapsed() < duration {
             round = round.wrapping_add(1);
             while waiting.len() < in_flight.max(1) {
                 body.clear();
