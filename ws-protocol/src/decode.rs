@@ -49,6 +49,38 @@ pub(crate) struct Fields<'a> {
     duplicate: Option<bool>,
 }
 
+/// Exactly the fields of a `Publish`, for the hub's most frequent frame: a struct of five
+/// fields decodes in a fraction of the time of [`Fields`]. Any frame it does not take whole
+/// (another `type`, an extra or a duplicate field, a wrong type) goes through [`Fields`],
+/// which decides, so both paths accept the same frames and only [`Fields`] words errors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishFields<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    channel: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    id: Option<u64>,
+    key: Option<String>,
+}
+
+impl PublishFields<'_> {
+    /// The `Publish` these fields make, if they are one and its data is portable.
+    pub(crate) fn into_message(self) -> Option<WsMessage> {
+        if self.kind != "Publish" {
+            return None;
+        }
+        crate::payload::check_portable(self.data.get()).ok()?;
+        Some(WsMessage::Publish {
+            channel: self.channel,
+            data: self.data.to_owned().into(),
+            id: self.id,
+            key: self.key,
+        })
+    }
+}
+
 /// Keeps `"data": null` as the JSON value `null` rather than as an absent field.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
     Box::<RawValue>::deserialize(d).map(Some)

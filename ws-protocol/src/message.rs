@@ -6,7 +6,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use crate::decode::Fields;
+use crate::decode::{Fields, PublishFields};
 use crate::error::DecodeError;
 use crate::payload::Payload;
 
@@ -222,6 +222,13 @@ impl WsMessage {
     /// [`DecodeError`] says whether the text is not JSON, has no or an unknown `type`, or lacks
     /// a field; [`DecodeError::code`] gives the matching [`codes`](crate::codes) value.
     pub fn from_json(text: &str) -> Result<Self, DecodeError> {
+        if text.starts_with(r#"{"type":"Publish""#)
+            && let Some(publish) = serde_json::from_str::<PublishFields<'_>>(text)
+                .ok()
+                .and_then(PublishFields::into_message)
+        {
+            return Ok(publish);
+        }
         let fields: Fields<'_> =
             serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         fields.into_message()
@@ -396,6 +403,31 @@ mod tests {
         assert_eq!(WsMessage::from_json(&text), Ok(message.clone()), "{text}");
         let via_serde: WsMessage = serde_json::from_str(&text).unwrap();
         assert_eq!(via_serde, message);
+    }
+
+    #[test]
+    fn the_publish_fast_path_accepts_and_refuses_what_the_general_one_does() {
+        let general = |text: &str| {
+            serde_json::from_str::<Fields<'_>>(text)
+                .map_err(|e| DecodeError::Malformed(e.to_string()))
+                .and_then(Fields::into_message)
+        };
+        for text in [
+            r#"{"type":"Publish","channel":"a","data":{"p":1}}"#,
+            r#"{"type":"Publish","channel":"a","data":null,"id":7,"key":"k-1"}"#,
+            r#"{"type":"Publish","channel":"a","data":[1],"id":null,"key":null}"#,
+            r#"{"type":"Publish","channel":"a","data":1,"seq":5}"#,
+            r#"{"type":"Publish","channel":"a","data":1,"seq":"five"}"#,
+            r#"{"type":"Publish","channel":"a","data":1,"channel":"b"}"#,
+            r#"{"type":"Publish","channel":"a","data":1,"id":-1}"#,
+            r#"{"type":"Publish","channel":"a","data":1e400}"#,
+            r#"{"type":"Publish","channel":"a"}"#,
+            r#"{"type":"Publish","data":1}"#,
+            r#"{"type":"Publish","channel":"a","data":1"#,
+            r#"{"type":"Publisher","channel":"a","data":1}"#,
+        ] {
+            assert_eq!(WsMessage::from_json(text), general(text), "{text}");
+        }
     }
 
     #[test]

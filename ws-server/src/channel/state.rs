@@ -206,7 +206,13 @@ impl ChannelState {
 
     /// Remembers that the key with digest `hash` was published as `seq` at `now` (it is not
     /// remembered yet).
-    pub(super) fn remember_key(&mut self, hash: KeyHash, seq: u64, now: Instant, held: &AtomicUsize) {
+    pub(super) fn remember_key(
+        &mut self,
+        hash: KeyHash,
+        seq: u64,
+        now: Instant,
+        held: &AtomicUsize,
+    ) {
         let keys = self.keys.get_or_insert_with(Box::default);
         keys.insert(hash, seq, now);
         held.fetch_add(1, Ordering::Relaxed);
