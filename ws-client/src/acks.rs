@@ -8,7 +8,7 @@
 //! sent. A request is never sent twice: if its connection dies before the reply, it fails
 //! with [`Error::OutcomeUnknown`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,10 +40,72 @@ struct PendingRequest {
     sent_on: Option<usize>,
 }
 
+/// The publications waiting, in `id` order (so that frames sent again keep their order):
+/// publication `id` is slot `id - first`. Publication ids are handed out under the lock that
+/// makes their slot, so slots are only ever added at the back; a request's id leaves an
+/// empty slot. The front slot is never empty.
+#[derive(Debug, Default)]
+struct Publishes {
+    first: u64,
+    slots: VecDeque<Option<PendingPublish>>,
+    len: usize,
+}
+
+impl Publishes {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds publication `id`, newer than every one held.
+    fn push(&mut self, id: u64, pending: PendingPublish) {
+        if self.slots.is_empty() {
+            self.first = id;
+        }
+        let index = usize::try_from(id.saturating_sub(self.first)).unwrap_or(usize::MAX);
+        while self.slots.len() < index {
+            self.slots.push_back(None);
+        }
+        self.slots.push_back(Some(pending));
+        self.len += 1;
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut PendingPublish> {
+        let index = usize::try_from(id.checked_sub(self.first)?).ok()?;
+        self.slots.get_mut(index)?.as_mut()
+    }
+
+    fn remove(&mut self, id: u64) -> Option<PendingPublish> {
+        let index = usize::try_from(id.checked_sub(self.first)?).ok()?;
+        let pending = self.slots.get_mut(index)?.take()?;
+        self.len -= 1;
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+        Some(pending)
+    }
+
+    /// The oldest publication held.
+    fn oldest(&self) -> Option<&PendingPublish> {
+        self.slots.front()?.as_ref()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut PendingPublish)> {
+        let first = self.first;
+        (first..)
+            .zip(self.slots.iter_mut())
+            .filter_map(|(id, slot)| Some((id, slot.as_mut()?)))
+    }
+
+    fn take_all(&mut self) -> impl Iterator<Item = PendingPublish> {
+        self.len = 0;
+        std::mem::take(&mut self.slots).into_iter().flatten()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Waiting {
-    /// By `id`, so that frames sent again keep their order.
-    publishes: BTreeMap<u64, PendingPublish>,
+    publishes: Publishes,
     requests: HashMap<u64, PendingRequest>,
 }
 
@@ -90,13 +152,12 @@ impl Acks {
         self.lock().publishes.len()
     }
 
-    /// Waits for the acknowledgement of publication `id` until `deadline` (see
+    /// A fresh publication `id`, waiting for its acknowledgement until `deadline` (see
     /// [`Acks::expire`]); also returns how many other publications wait.
     pub(crate) fn expect_published(
         &self,
-        id: u64,
         deadline: Instant,
-    ) -> (oneshot::Receiver<Result<u64>>, usize) {
+    ) -> (u64, oneshot::Receiver<Result<u64>>, usize) {
         let (done, answer) = oneshot::channel();
         let pending = PendingPublish {
             done,
@@ -104,9 +165,11 @@ impl Acks {
             deadline,
         };
         let mut waiting = self.lock();
+        // Under the lock, so that ids reach `push` in order.
+        let id = self.next();
         let others = waiting.publishes.len();
-        waiting.publishes.insert(id, pending);
-        (answer, others)
+        waiting.publishes.push(id, pending);
+        (id, answer, others)
     }
 
     /// Waits for the reply to request `id`.
@@ -127,7 +190,7 @@ impl Acks {
 
     /// Publication `id`, whose frame is `frame`, was written to `connection`.
     pub(crate) fn published_on(&self, id: u64, connection: usize, frame: &Utf8Bytes) {
-        if let Some(pending) = self.lock().publishes.get_mut(&id) {
+        if let Some(pending) = self.lock().publishes.get_mut(id) {
             pending.sent = Some((connection, frame.clone()));
         }
     }
@@ -143,7 +206,7 @@ impl Acks {
     /// whether the frame had been sent.
     pub(crate) fn give_up(&self, id: u64, what: &str) -> Error {
         let mut waiting = self.lock();
-        let sent = match waiting.publishes.remove(&id) {
+        let sent = match waiting.publishes.remove(id) {
             Some(pending) => pending.sent.is_some(),
             None => waiting
                 .requests
@@ -155,7 +218,7 @@ impl Acks {
 
     /// The hub acknowledged publication `id` as `seq`; `false` if nobody waits for it.
     pub(crate) fn published(&self, id: u64, seq: u64) -> bool {
-        let Some(pending) = self.lock().publishes.remove(&id) else {
+        let Some(pending) = self.lock().publishes.remove(id) else {
             return false;
         };
         let _ = pending.done.send(Ok(seq));
@@ -178,7 +241,7 @@ impl Acks {
             code: code.to_owned(),
             message: message.to_owned(),
         };
-        if let Some(pending) = waiting.publishes.remove(&id) {
+        if let Some(pending) = waiting.publishes.remove(id) {
             let _ = pending.done.send(Err(error));
             return true;
         }
@@ -198,7 +261,7 @@ impl Acks {
 
     /// Publication `id` was dropped from the outbound buffer for its age, never sent.
     pub(crate) fn expired(&self, id: u64) {
-        if let Some(pending) = self.lock().publishes.remove(&id) {
+        if let Some(pending) = self.lock().publishes.remove(id) {
             let error =
                 Error::NotSent("the publication waited past the buffer's maximum age".to_owned());
             let _ = pending.done.send(Err(error));
@@ -214,7 +277,7 @@ impl Acks {
             .publishes
             .iter_mut()
             .filter_map(|(id, pending)| match pending.sent.take() {
-                Some((on, frame)) if on == connection => Some((*id, frame)),
+                Some((on, frame)) if on == connection => Some((id, frame)),
                 other => {
                     pending.sent = other;
                     None
@@ -245,11 +308,14 @@ impl Acks {
     /// Publications are kept in `id` order, which is the order of their deadlines.
     pub(crate) fn expire(&self, now: Instant) {
         let mut waiting = self.lock();
-        while let Some(entry) = waiting.publishes.first_entry() {
-            if entry.get().deadline > now {
+        while let Some(oldest) = waiting.publishes.oldest() {
+            if oldest.deadline > now {
                 break;
             }
-            let pending = entry.remove();
+            let first = waiting.publishes.first;
+            let Some(pending) = waiting.publishes.remove(first) else {
+                break;
+            };
             let error = unanswered(pending.sent.is_some(), "publication");
             let _ = pending.done.send(Err(error));
         }
@@ -258,7 +324,7 @@ impl Acks {
     /// The client ended: everything waiting fails with `error`.
     pub(crate) fn fail_all(&self, error: &Error) {
         let mut waiting = self.lock();
-        for (_, pending) in std::mem::take(&mut waiting.publishes) {
+        for pending in waiting.publishes.take_all() {
             let _ = pending.done.send(Err(error.clone()));
         }
         for (_, pending) in waiting.requests.drain() {
@@ -319,14 +385,15 @@ mod tests {
     #[test]
     fn publications_resolve_once_and_go_out_again_after_a_lost_connection() {
         let acks = Acks::default();
-        let (one, two) = (acks.next(), acks.next());
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let (one, mut first, _) = acks.expect_published(later);
+        // A request's id between them leaves an empty slot.
+        let _request = acks.next();
+        let (two, mut second, others) = acks.expect_published(later);
+        assert_eq!(others, 1);
         let key = |id| serde_json::to_string(&acks.key(id)).unwrap();
         assert_ne!(key(one), key(two));
         assert_eq!(key(two), format!("\"{}-{two}\"", acks.instance));
-        let later = Instant::now() + std::time::Duration::from_secs(60);
-        let (mut first, _) = acks.expect_published(one, later);
-        let (mut second, others) = acks.expect_published(two, later);
-        assert_eq!(others, 1);
         acks.published_on(one, 0, &"one".into());
         acks.published_on(two, 0, &"two".into());
         assert_eq!(acks.unacknowledged(), 2);
@@ -343,6 +410,39 @@ mod tests {
             acks.give_up(two, "publication"),
             Error::NotSent(_)
         ));
+    }
+
+    #[test]
+    fn publications_wait_in_id_order_whatever_order_they_are_answered_in() {
+        let acks = Acks::default();
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let ids: Vec<u64> = (0..4)
+            .map(|_| {
+                let (id, _answer, _) = acks.expect_published(later);
+                let _request = acks.next();
+                id
+            })
+            .collect();
+        for &id in &ids {
+            acks.published_on(id, 0, &id.to_string().into());
+        }
+        assert!(acks.published(ids[1], 1));
+        assert!(acks.published(ids[0], 1));
+        assert!(!acks.published(ids[0], 1));
+        assert_eq!(acks.unacknowledged(), 2);
+        let resend: Vec<u64> = acks
+            .connection_lost(0)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(resend, [ids[2], ids[3]]);
+        // Past the deadline, the oldest go first, and an emptied table takes new ones.
+        acks.expire(later + std::time::Duration::from_secs(1));
+        assert_eq!(acks.unacknowledged(), 0);
+        let (id, _answer, others) = acks.expect_published(later);
+        assert_eq!(others, 0);
+        assert!(id > ids[3]);
+        assert!(acks.published(id, 9));
     }
 
     #[test]

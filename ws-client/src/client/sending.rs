@@ -73,15 +73,21 @@ impl WebSocketClient {
     pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<u64> {
         self.usable()?;
         let acks = &self.shared.acks;
-        let id = acks.next();
-        let frame = serde_json::to_string(&PublishRef {
+        let now = Instant::now();
+        let (id, answer, waiting) = acks.expect_published(now + self.shared.publish_timeout);
+        let encoded = serde_json::to_string(&PublishRef {
             channel,
             data,
             id: Some(id),
             key: Some(acks.key(id)),
-        })?;
-        let now = Instant::now();
-        let (answer, waiting) = acks.expect_published(id, now + self.shared.publish_timeout);
+        });
+        let frame = match encoded {
+            Ok(frame) => frame,
+            Err(e) => {
+                let _ = acks.give_up(id, "publication");
+                return Err(e.into());
+            }
+        };
         if let Err(unsent) =
             self.shared
                 .buffer
