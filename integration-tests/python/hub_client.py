@@ -89,10 +89,21 @@ async def main():
     error = await next_of(publisher, "Error")
     assert (error["code"], error["id"]) == ("unsupported", 5), error
 
+    # Acknowledgements in runs: every id answered once, at its own seq, whatever the counts.
+    for n in range(20):
+        await publisher.send(json.dumps({"type": "Publish", "channel": "py:ranged", "data": n,
+                                         "id": 100 + n, "key": f"py-r{n}", "ack_range": True}))
+    answered = []
+    while len(answered) < 20:
+        published = await next_of(publisher, "Published")
+        count = published.get("count", 1)
+        answered += [(published["id"] + i, published["seq"] + i) for i in range(count)]
+    assert answered == [(100 + n, 1 + n) for n in range(20)], answered
+
     for ws in (subscriber, publisher, late, fresh):
         await ws.close()
     print("python websockets client: subscribe, publish, recovery, errors, acknowledgements, "
-          "idempotency keys, rewind and requests OK")
+          "idempotency keys, acknowledgement runs, rewind and requests OK")
 
 
 asyncio.run(main())

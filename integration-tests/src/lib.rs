@@ -186,6 +186,7 @@ impl RawClient {
             key: None,
             channel: channel.to_owned(),
             data,
+            ack_range: false,
         })
         .await
     }

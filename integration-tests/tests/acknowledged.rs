@@ -15,6 +15,7 @@ fn publish(channel: &str, data: &str, id: Option<u64>, key: Option<&str>) -> WsM
         data: Payload::from_json(data).unwrap_or_else(|e| panic!("{data}: {e}")),
         id,
         key: key.map(str::to_owned),
+        ack_range: false,
     }
 }
 
@@ -58,6 +59,7 @@ async fn acknowledged_and_idempotent(
             channel,
             seq: 1,
             duplicate: false,
+            count: 1,
         } if channel == "orders" => {}
         other => bail!("expected Published id 7 seq 1, got {other:?}"),
     }
@@ -272,5 +274,102 @@ async fn in_process_publishing_with_a_key_is_idempotent_too() -> Result<()> {
     ensure!(next_publication(&mut subscriber).await? == (1, "1".to_owned()));
     ensure!(next_publication(&mut subscriber).await? == (2, "2".to_owned()));
     ensure!(hub.publish_with_key("fills", "", &3).await.is_err());
+    Ok(())
+}
+
+/// Sends `messages` with one flush, so that the hub reads them as one burst.
+async fn send_burst(client: &mut RawClient, messages: &[WsMessage]) -> Result<()> {
+    use futures_util::SinkExt;
+    for message in messages {
+        let text = message.to_json();
+        client
+            .ws
+            .feed(tokio_tungstenite::tungstenite::Message::text(text))
+            .await?;
+    }
+    client.ws.flush().await?;
+    Ok(())
+}
+
+fn ranged(channel: &str, id: u64, key: &str) -> WsMessage {
+    let mut message = publish(channel, "1", Some(id), Some(key));
+    if let WsMessage::Publish { ack_range, .. } = &mut message {
+        *ack_range = true;
+    }
+    message
+}
+
+#[tokio::test]
+async fn publications_sent_with_ack_range_are_acknowledged_in_runs_one_seq_each() -> Result<()> {
+    let hub = spawn_server(ServerBuilder::default()).await?;
+    let mut publisher = RawClient::connect(hub.local_addr()).await?;
+    let burst: Vec<WsMessage> = (1..=50)
+        .map(|id| ranged("r", id, &format!("k{id}")))
+        .collect();
+    send_burst(&mut publisher, &burst).await?;
+    // Every id answered once, at its own seq, in fewer frames than publications.
+    let (mut next, mut frames) = (1u64, 0);
+    while next <= 50 {
+        match answer(&mut publisher).await? {
+            WsMessage::Published {
+                id,
+                channel,
+                seq,
+                duplicate: false,
+                count,
+            } if channel == "r" && id == next && seq == next && count >= 1 => {
+                next += count;
+                frames += 1;
+            }
+            other => bail!("expected Published from id {next}, got {other:?}"),
+        }
+    }
+    ensure!(next == 51, "acknowledged past the last id: {next}");
+    ensure!(
+        frames < 50,
+        "50 publications in one burst took {frames} frames"
+    );
+
+    // A run ends at a publication that did not ask for one, at a duplicate, and at another
+    // channel; every answer keeps its place.
+    let mut plain = publish("r", "1", Some(52), Some("k52"));
+    if let WsMessage::Publish { ack_range, .. } = &mut plain {
+        *ack_range = false;
+    }
+    send_burst(
+        &mut publisher,
+        &[
+            ranged("r", 51, "k51"),
+            plain,
+            ranged("r", 53, "k1"),
+            ranged("s", 54, "k54"),
+            ranged("r", 55, "k55"),
+        ],
+    )
+    .await?;
+    let expected = [
+        (51, "r", 51, false),
+        (52, "r", 52, false),
+        (53, "r", 1, true),
+        (54, "s", 1, false),
+        (55, "r", 53, false),
+    ];
+    for (want_id, want_channel, want_seq, want_duplicate) in expected {
+        match answer(&mut publisher).await? {
+            WsMessage::Published {
+                id,
+                channel,
+                seq,
+                duplicate,
+                count: 1,
+            } if id == want_id
+                && channel == want_channel
+                && seq == want_seq
+                && duplicate == want_duplicate => {}
+            other => {
+                bail!("expected Published {want_id} ({want_channel} seq {want_seq}), got {other:?}")
+            }
+        }
+    }
     Ok(())
 }

@@ -29,6 +29,7 @@ fn envelope(c: &mut Criterion) {
         key: None,
         channel: "prices:SOL-USDC".into(),
         data: data.clone(),
+        ack_range: false,
     }
     .to_json();
     let publication = encode_publication("prices:SOL-USDC", 42, data.as_raw());

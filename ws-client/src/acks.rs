@@ -216,13 +216,23 @@ impl Acks {
         unanswered(sent, what)
     }
 
-    /// The hub acknowledged publication `id` as `seq`; `false` if nobody waits for it.
-    pub(crate) fn published(&self, id: u64, seq: u64) -> bool {
-        let Some(pending) = self.lock().publishes.remove(id) else {
-            return false;
-        };
-        let _ = pending.done.send(Ok(seq));
-        true
+    /// The hub acknowledged publications `id` to `id + count - 1` as `seq` to
+    /// `seq + count - 1`; `false` if nobody waited for any of them.
+    pub(crate) fn published(&self, id: u64, seq: u64, count: u64) -> bool {
+        let mut waiting = self.lock();
+        let mut answered = false;
+        // No more than the ids held, whatever the count says.
+        let count = count.min(waiting.publishes.slots.len() as u64);
+        for n in 0..count {
+            let (Some(id), Some(seq)) = (id.checked_add(n), seq.checked_add(n)) else {
+                break;
+            };
+            if let Some(pending) = waiting.publishes.remove(id) {
+                let _ = pending.done.send(Ok(seq));
+                answered = true;
+            }
+        }
+        answered
     }
 
     /// The application replied to request `id`; `false` if nobody waits for it.
@@ -397,8 +407,8 @@ mod tests {
         acks.published_on(one, 0, &"one".into());
         acks.published_on(two, 0, &"two".into());
         assert_eq!(acks.unacknowledged(), 2);
-        assert!(acks.published(one, 41));
-        assert!(!acks.published(one, 41), "answered once");
+        assert!(acks.published(one, 41, 1));
+        assert!(!acks.published(one, 41, 1), "answered once");
         assert_eq!(first.try_recv().unwrap().unwrap(), 41);
         assert_eq!(acks.connection_lost(1), []);
         assert_eq!(acks.connection_lost(0), [(two, Utf8Bytes::from("two"))]);
@@ -426,9 +436,9 @@ mod tests {
         for &id in &ids {
             acks.published_on(id, 0, &id.to_string().into());
         }
-        assert!(acks.published(ids[1], 1));
-        assert!(acks.published(ids[0], 1));
-        assert!(!acks.published(ids[0], 1));
+        assert!(acks.published(ids[1], 1, 1));
+        assert!(acks.published(ids[0], 1, 1));
+        assert!(!acks.published(ids[0], 1, 1));
         assert_eq!(acks.unacknowledged(), 2);
         let resend: Vec<u64> = acks
             .connection_lost(0)
@@ -442,7 +452,25 @@ mod tests {
         let (id, _answer, others) = acks.expect_published(later);
         assert_eq!(others, 0);
         assert!(id > ids[3]);
-        assert!(acks.published(id, 9));
+        assert!(acks.published(id, 9, 1));
+    }
+
+    #[test]
+    fn a_range_answers_each_publication_in_it_with_its_own_seq() {
+        let acks = Acks::default();
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let mut answers: Vec<_> = (0..3)
+            .map(|_| {
+                let (id, answer, _) = acks.expect_published(later);
+                (id, answer)
+            })
+            .collect();
+        let first = answers[0].0;
+        assert!(acks.published(first, 10, u64::MAX));
+        for (n, (_, answer)) in answers.iter_mut().enumerate() {
+            assert_eq!(answer.try_recv().unwrap().unwrap(), 10 + n as u64);
+        }
+        assert!(!acks.published(first, 10, 3), "answered once");
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub(crate) struct Fields<'a> {
     rewind: Option<u64>,
     method: Option<String>,
     duplicate: Option<bool>,
+    ack_range: Option<bool>,
+    count: Option<u64>,
 }
 
 /// Exactly the fields of a `Publish`, for the hub's most frequent frame: a struct of five
@@ -63,6 +65,7 @@ pub(crate) struct PublishFields<'a> {
     data: &'a RawValue,
     id: Option<u64>,
     key: Option<String>,
+    ack_range: Option<bool>,
 }
 
 impl PublishFields<'_> {
@@ -77,6 +80,7 @@ impl PublishFields<'_> {
             data: self.data.to_owned().into(),
             id: self.id,
             key: self.key,
+            ack_range: self.ack_range.unwrap_or_default(),
         })
     }
 }
@@ -127,6 +131,7 @@ impl Fields<'_> {
                     data: data.into(),
                     id: self.id,
                     key: self.key,
+                    ack_range: self.ack_range.unwrap_or_default(),
                 }
             }
             MessageType::Published => WsMessage::Published {
@@ -134,6 +139,7 @@ impl Fields<'_> {
                 channel: self.channel.ok_or_else(|| need("channel"))?,
                 seq: self.seq.ok_or_else(|| need("seq"))?,
                 duplicate: self.duplicate.unwrap_or_default(),
+                count: self.count.unwrap_or(1),
             },
             MessageType::Request => {
                 let data = self.data.ok_or_else(|| need("data"))?;

@@ -106,8 +106,14 @@ pub enum WsMessage {
         /// with the same channel and key within `WS_IDEMPOTENCY_WINDOW` is not published again.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+        /// With an `id`: the hub may acknowledge this publication together with the ones
+        /// that follow it on the connection in one `Published` with a `count`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        ack_range: bool,
     },
-    /// Hub → client: the `Publish` with this `id` has its `seq`.
+    /// Hub → client: the `Publish` with this `id` has its `seq`; with a `count` above 1, the
+    /// `Publish`es with ids `id` to `id + count - 1` (all sent with `ack_range`) have `seq` to
+    /// `seq + count - 1`, one each, none a duplicate.
     Published {
         /// The `id` of the `Publish`.
         id: u64,
@@ -118,6 +124,10 @@ pub enum WsMessage {
         /// `true` when the key was seen before: this `Publish` was not published again.
         #[serde(default)]
         duplicate: bool,
+        /// How many publications this acknowledges: 1 (and omitted) unless they asked with
+        /// `ack_range`.
+        #[serde(skip_serializing_if = "is_one")]
+        count: u64,
     },
     /// Client → hub: a request for the application embedding the hub, answered by `Reply`
     /// or by an `Error` with the same `id`.
@@ -213,6 +223,14 @@ pub enum WsMessage {
         /// How many publications were replaced.
         skipped: u64,
     },
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+fn is_one(value: &u64) -> bool {
+    *value == 1
 }
 
 impl WsMessage {
@@ -369,8 +387,8 @@ pub fn write_publication(out: &mut Vec<u8>, channel: &str, seq: u64, data: &RawV
 }
 
 /// A `Published` frame's JSON, as [`WsMessage::Published`] encodes it, written directly
-/// (the hub answers every acknowledged publication with one).
-pub fn encode_published(id: u64, channel: &str, seq: u64, duplicate: bool) -> String {
+/// (the hub answers every acknowledged publication, or run of them, with one).
+pub fn encode_published(id: u64, channel: &str, seq: u64, duplicate: bool, count: u64) -> String {
     #[derive(Serialize)]
     #[serde(tag = "type", rename = "Published")]
     struct PublishedRef<'a> {
@@ -378,14 +396,17 @@ pub fn encode_published(id: u64, channel: &str, seq: u64, duplicate: bool) -> St
         channel: &'a str,
         seq: u64,
         duplicate: bool,
+        #[serde(skip_serializing_if = "is_one")]
+        count: u64,
     }
     let published = PublishedRef {
         id,
         channel,
         seq,
         duplicate,
+        count,
     };
-    let mut out = Vec::with_capacity(64 + channel.len());
+    let mut out = Vec::with_capacity(80 + channel.len());
     // Writing into a Vec cannot fail and every field is serializable.
     let _ = serde_json::to_writer(&mut out, &published);
     // serde_json writes valid UTF-8.
@@ -432,15 +453,20 @@ mod tests {
 
     #[test]
     fn published_is_encoded_as_the_message_is() {
-        for (id, channel, seq, duplicate) in [(7, "orders", 12, false), (0, "a\"b", 1, true)] {
+        for (id, channel, seq, duplicate, count) in [
+            (7, "orders", 12, false, 1),
+            (0, "a\"b", 1, true, 1),
+            (9, "c", 4, false, 30),
+        ] {
             let message = WsMessage::Published {
                 id,
                 channel: channel.to_owned(),
                 seq,
                 duplicate,
+                count,
             };
             assert_eq!(
-                encode_published(id, channel, seq, duplicate),
+                encode_published(id, channel, seq, duplicate, count),
                 message.to_json()
             );
         }
@@ -474,6 +500,7 @@ mod tests {
                 key: None,
                 channel: "a".into(),
                 data: data.clone(),
+                ack_range: false,
             },
             WsMessage::Authenticate { token: "t".into() },
             WsMessage::Authenticated {
@@ -543,12 +570,28 @@ mod tests {
             data: data.clone(),
             id: Some(7),
             key: Some("k-1".into()),
+            ack_range: false,
+        });
+        round_trip(WsMessage::Publish {
+            channel: "c".into(),
+            data: data.clone(),
+            id: Some(8),
+            key: Some("k-2".into()),
+            ack_range: true,
         });
         round_trip(WsMessage::Published {
             id: 7,
             channel: "c".into(),
             seq: 3,
             duplicate: true,
+            count: 1,
+        });
+        round_trip(WsMessage::Published {
+            id: 8,
+            channel: "c".into(),
+            seq: 4,
+            duplicate: false,
+            count: 25,
         });
         round_trip(WsMessage::Request {
             id: 9,
@@ -585,7 +628,8 @@ mod tests {
                 id: None,
                 key: None,
                 channel: "c".into(),
-                data: Payload::from_json("null").unwrap()
+                data: Payload::from_json("null").unwrap(),
+                ack_range: false,
             })
         );
     }

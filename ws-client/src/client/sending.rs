@@ -80,6 +80,7 @@ impl WebSocketClient {
             data,
             id: Some(id),
             key: Some(acks.key(id)),
+            ack_range: true,
         });
         let frame = match encoded {
             Ok(frame) => frame,
@@ -119,6 +120,7 @@ impl WebSocketClient {
             data,
             id: None,
             key: None,
+            ack_range: false,
         };
         self.send(&frame).await
     }
@@ -198,4 +200,7 @@ struct PublishRef<'a, T: ?Sized> {
     id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<Key<'a>>,
+    /// The hub may acknowledge it with the ones next to it in one `Published`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ack_range: bool,
 }

@@ -32,8 +32,9 @@ pub(crate) enum Inbound {
         channels: Vec<String>,
         id: Option<u64>,
     },
-    /// The hub acknowledged publication `id` as `seq`.
-    Published { id: u64, seq: u64 },
+    /// The hub acknowledged publications `id` to `id + count - 1` as `seq` to
+    /// `seq + count - 1`.
+    Published { id: u64, seq: u64, count: u64 },
     /// The application answered request `id`.
     Reply { id: u64, data: Payload },
     /// The hub's protocol-level `Ping`: answer `Pong`.
@@ -62,6 +63,7 @@ struct Acknowledgement<'a> {
     kind: &'a str,
     id: u64,
     seq: u64,
+    count: Option<u64>,
 }
 
 /// Classifies `frame`; `hub` says whether the server speaks the hub protocol (otherwise
@@ -87,6 +89,7 @@ pub(crate) fn decode(frame: Message, hub: bool) -> Inbound {
         return Inbound::Published {
             id: ack.id,
             seq: ack.seq,
+            count: ack.count.unwrap_or(1),
         };
     }
     match WsMessage::from_json(text.as_str()) {
@@ -113,7 +116,7 @@ pub(crate) fn decode(frame: Message, hub: bool) -> Inbound {
             channels,
             id,
         },
-        Ok(WsMessage::Published { id, seq, .. }) => Inbound::Published { id, seq },
+        Ok(WsMessage::Published { id, seq, count, .. }) => Inbound::Published { id, seq, count },
         Ok(WsMessage::Reply { id, data }) => Inbound::Reply { id, data },
         Ok(WsMessage::Ping) => Inbound::Ping,
         Ok(

@@ -358,9 +358,9 @@ impl Driver {
                 heartbeat.on_frame();
                 return;
             }
-            Inbound::Published { id, seq } => {
+            Inbound::Published { id, seq, count } => {
                 heartbeat.on_frame();
-                self.acks.published(id, seq);
+                self.acks.published(id, seq, count);
                 return;
             }
             Inbound::Reply { id, data } => {

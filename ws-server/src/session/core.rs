@@ -52,6 +52,8 @@ pub(crate) enum Step {
         id: Option<u64>,
         /// The idempotency key, checked.
         key: Option<String>,
+        /// The client accepts its `Published` in a run ([`WsMessage::Publish`]'s `ack_range`).
+        ack_range: bool,
     },
     /// Attach the channels to the broker ([`Hub::attach`]), then give the outcome to
     /// [`Core::subscribe`].
@@ -235,7 +237,8 @@ impl Core {
                 data,
                 id,
                 key,
-            } => self.publish(channel, data, id, key),
+                ack_range,
+            } => self.publish(channel, data, id, key, ack_range),
             message @ (WsMessage::PriceUpdate { .. } | WsMessage::AccountUpdate { .. }) => {
                 Step::Forward(message)
             }

@@ -16,6 +16,7 @@
 //! the write guard and its timeout), `ending.rs` (why a connection ends and the close
 //! handshake).
 
+mod ack_run;
 mod admission;
 mod command;
 mod core;
@@ -46,7 +47,7 @@ use crate::hub::Hub;
 use crate::metrics::HubMetrics;
 use crate::outbox::{Notice, Outbox, Outgoing};
 
-use self::command::publish::publication_outcome;
+use self::ack_run::{AckRun, Answer};
 use self::command::subscribe::SubscribeRequest;
 use self::core::{Core, Step};
 use self::ending::{End, read_error};
@@ -101,6 +102,7 @@ pub(crate) async fn run<S>(
         signal_pending: false,
         unflushed: false,
         publishing: VecDeque::new(),
+        ack_run: None,
         out: Vec::new(),
         out_sent: AtomicUsize::new(0),
     };
@@ -151,6 +153,9 @@ struct Session<S> {
     /// Publications handed to the broker and not yet done, oldest first (Redis broker), with
     /// their channel and `id`.
     publishing: VecDeque<InFlight>,
+    /// Acknowledgements waiting to go out as one `Published` (boxed: most connections never
+    /// have one).
+    ack_run: Option<Box<AckRun>>,
     /// The bytes of one batch of queued frames, written with one call.
     out: Vec<u8>,
     /// How much of `out` the socket took. Short of `out.len()` only when a write was cut off
@@ -228,10 +233,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     step
                 }
                 Wake::Published(outcome) => match self.publishing.pop_front() {
-                    Some((channel, id, _)) => match publication_outcome(&channel, id, outcome) {
-                        Some(text) => self.send_text(text).await,
-                        None => Ok(()),
-                    },
+                    Some((channel, answer, _)) => {
+                        Box::pin(self.answer_publication(channel, answer, outcome)).await
+                    }
                     None => Ok(()),
                 },
                 Wake::Frame(Some(Err(error))) => Err(read_error(error)),
@@ -268,10 +272,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 data,
                 id,
                 key,
-            } => match self.publish(channel, data, id, key.as_deref()).await {
-                Some(answer) => self.send_text(answer).await,
-                None => Ok(()),
-            },
+                ack_range,
+            } => {
+                let answer = Answer {
+                    id,
+                    ranged: ack_range,
+                };
+                self.publish(channel, data, answer, key.as_deref()).await
+            }
             Step::Replies(texts) => Box::pin(self.send_texts(texts)).await,
             Step::Subscribe(request) => Box::pin(self.subscribe(request)).await,
             Step::Forward(message) => Box::pin(self.forward(message)).await,
@@ -329,33 +337,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
-    /// Hands a publication to the broker, and returns what to answer now, if anything (see
-    /// [`publication_outcome`]). The embedded broker publishes at once; with Redis a
-    /// publication travels pipelined and its outcome is looked at when it arrives, in order.
+    /// Hands a publication to the broker and answers it (see [`Session::answer_publication`]).
+    /// The embedded broker publishes at once; with Redis a publication travels pipelined and
+    /// its outcome is answered when it arrives, in order.
     async fn publish(
         &mut self,
         channel: String,
         data: Payload,
-        id: Option<u64>,
+        answer: Answer,
         key: Option<&str>,
-    ) -> Option<String> {
+    ) -> Result<(), End> {
         let submitted = match self.core.hub.submit(&channel, data.as_raw(), key) {
             Either::Left(done) => done.into_inner(),
             Either::Right(later) => later.await,
         };
         drop(data);
-        match submitted {
-            Ok(Submission::Done(published)) => publication_outcome(&channel, id, Ok(Ok(published))),
+        let (channel, answer, outcome) = match submitted {
+            Ok(Submission::Done(published)) => (channel, answer, Ok(Ok(published))),
             Ok(Submission::Queued(reply)) => {
-                self.publishing.push_back((channel, id, reply));
+                self.publishing.push_back((channel, answer, reply));
                 if self.publishing.len() <= MAX_PUBLISHING {
-                    return None;
+                    return Ok(());
                 }
-                let (channel, id, reply) = self.publishing.pop_front()?;
-                publication_outcome(&channel, id, reply.await)
+                let Some((channel, answer, reply)) = self.publishing.pop_front() else {
+                    return Ok(());
+                };
+                (channel, answer, reply.await)
             }
-            Err(error) => publication_outcome(&channel, id, Ok(Err(error))),
-        }
+            Err(error) => (channel, answer, Ok(Err(error))),
+        };
+        Box::pin(self.answer_publication(channel, answer, outcome)).await
     }
 }
 
@@ -363,9 +374,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 /// next waits for the oldest.
 const MAX_PUBLISHING: usize = 256;
 
-/// A publication handed to the broker: its channel, its `id`, and where its outcome comes.
+/// A publication handed to the broker: its channel, how to answer it, and where its
+/// outcome comes.
 type InFlight = (
     String,
-    Option<u64>,
+    Answer,
     oneshot::Receiver<Result<Published, BrokerError>>,
 );

@@ -123,6 +123,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ///
     /// [`Wake::Flush`]: super::Wake::Flush
     pub(super) async fn send_text(&mut self, text: String) -> Result<(), End> {
+        // A run of acknowledgements goes first: no answer overtakes another. (Boxed: only
+        // publishers that ask for runs have one, and every idle connection's task would
+        // otherwise carry room for this await.)
+        if self.ack_run.is_some() {
+            Box::pin(self.send_ack_run()).await?;
+        }
+        self.send_reply(text).await
+    }
+
+    /// Writes one reply, as [`send_text`](Self::send_text) does, without looking at the run
+    /// of acknowledgements.
+    pub(super) async fn send_reply(&mut self, text: String) -> Result<(), End> {
         let metrics = &self.core.hub.metrics;
         HubMetrics::add(&metrics.frames_out, 1);
         HubMetrics::add(&metrics.bytes_out, text.len() as u64);
@@ -139,8 +151,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Self::guarded(&core.outbox, signal_pending, timeout, None, feed).await
     }
 
-    /// Flushes the replies written since the last flush.
+    /// Flushes the replies written since the last flush, the run of acknowledgements last.
     pub(super) async fn flush_replies(&mut self) -> Result<(), End> {
+        if self.ack_run.is_some() {
+            Box::pin(self.send_ack_run()).await?;
+        }
         let Self {
             ws,
             core,

@@ -22,6 +22,7 @@ impl Core {
         data: Payload,
         id: Option<u64>,
         key: Option<String>,
+        ack_range: bool,
     ) -> Step {
         let refusal = if !is_valid_channel_name(&channel) {
             WsMessage::error(codes::INVALID_CHANNEL, invalid_channel_name(&channel))
@@ -47,6 +48,7 @@ impl Core {
                 data,
                 id,
                 key,
+                ack_range,
             };
         };
         reply(refusal.with_id(id))
@@ -67,6 +69,7 @@ pub(crate) fn publication_outcome(
                 channel,
                 published.seq,
                 published.duplicate,
+                1,
             ));
         }
         Ok(Err(error)) => error.to_string(),
