@@ -50,7 +50,8 @@ pub use config::{Secret, SlowConsumerPolicy, WebSocketConfig};
 pub use error::{ConfigError, DecodeError};
 pub use message::{
     ChannelPosition, MAX_ERROR_MESSAGE_LEN, MAX_IDEMPOTENCY_KEY_LEN, Position, WsMessage,
-    encode_publication, encode_published, excerpt, write_publication,
+    encode_publication, encode_published, excerpt, publication_prefix, write_publication,
+    write_publication_after,
 };
 pub use message_type::MessageType;
 pub use payload::{MAX_DATA_DEPTH, Payload};

@@ -386,6 +386,29 @@ pub fn write_publication(out: &mut Vec<u8>, channel: &str, seq: u64, data: &RawV
     }
 }
 
+/// The start of every `Publication` frame of `channel`, up to its `seq`
+/// (`{"type":"Publication","channel":"…","seq":`): made once per channel, so that
+/// [`write_publication_after`] escapes nothing.
+pub fn publication_prefix(channel: &str) -> String {
+    let mut out = Vec::with_capacity(channel.len() + 48);
+    out.extend_from_slice(br#"{"type":"Publication","channel":"#);
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, channel);
+    out.extend_from_slice(br#","seq":"#);
+    // serde_json writes valid UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends a `Publication` frame's JSON to `out`, as [`write_publication`] writes it, given
+/// its channel's [`publication_prefix`].
+pub fn write_publication_after(out: &mut Vec<u8>, prefix: &str, seq: u64, data: &RawValue) {
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    out.extend_from_slice(br#","data":"#);
+    out.extend_from_slice(data.get().as_bytes());
+    out.push(b'}');
+}
+
 /// A `Published` frame's JSON, as [`WsMessage::Published`] encodes it, written directly
 /// (the hub answers every acknowledged publication, or run of them, with one).
 pub fn encode_published(id: u64, channel: &str, seq: u64, duplicate: bool, count: u64) -> String {
@@ -448,6 +471,28 @@ mod tests {
             r#"{"type":"Publisher","channel":"a","data":1}"#,
         ] {
             assert_eq!(WsMessage::from_json(text), general(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_publication_written_after_its_prefix_is_the_one_serde_writes() {
+        let data = Payload::from_json(r#"{"p":[1,"\u00e9\""]}"#).unwrap();
+        for channel in ["prices:SOL-USDC", "a\"b\\c", "é\u{1}\n", ""] {
+            for seq in [0, 7, u64::MAX] {
+                let mut serde = Vec::new();
+                write_publication(&mut serde, channel, seq, data.as_raw());
+                let mut direct = Vec::new();
+                write_publication_after(
+                    &mut direct,
+                    &publication_prefix(channel),
+                    seq,
+                    data.as_raw(),
+                );
+                assert_eq!(
+                    String::from_utf8(direct).unwrap(),
+                    String::from_utf8(serde).unwrap()
+                );
+            }
         }
     }
 

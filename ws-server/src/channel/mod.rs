@@ -34,7 +34,9 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use tokio::time::Instant;
-use ws_protocol::{ChannelPosition, Position, WsMessage, write_publication};
+use ws_protocol::{
+    ChannelPosition, Position, WsMessage, publication_prefix, write_publication_after,
+};
 
 use crate::conflation_key::ConflationKey;
 use crate::connections::ConnectionId;
@@ -188,6 +190,7 @@ impl Channels {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed);
                 Arc::new(Channel {
                     name: key.clone(),
+                    prefix: publication_prefix(key).into_boxed_str(),
                     state: Mutex::new(ChannelState {
                         epoch: Arc::from(format!("{}-{generation}", self.hub_epoch)),
                         seq: 0,
@@ -430,7 +433,7 @@ impl Channels {
             state.history.clear(&self.history_bytes);
             let now = Instant::now();
             for (seq, age, data) in history {
-                let frame = Self::encode(&channel.name, seq, &data);
+                let frame = Self::encode(&channel, seq, &data);
                 let at = now.checked_sub(age).unwrap_or(now);
                 state.history.push(&self.history_bytes, seq, at, frame);
             }
@@ -470,9 +473,11 @@ impl Channels {
         Some((state.epoch.clone(), state.seq))
     }
 
-    fn encode(name: &str, seq: u64, data: &RawValue) -> Frame {
-        Frame::text_with(name.len() + data.get().len() + 64, |buf| {
-            write_publication(buf, name, seq, data);
+    /// Publication `seq` of `channel`, as it goes on the wire.
+    fn encode(channel: &Channel, seq: u64, data: &RawValue) -> Frame {
+        let prefix = &channel.prefix;
+        Frame::text_with(prefix.len() + data.get().len() + 32, |buf| {
+            write_publication_after(buf, prefix, seq, data);
         })
     }
 
@@ -485,7 +490,7 @@ impl Channels {
         data: &RawValue,
         now: Instant,
     ) -> usize {
-        let frame = Self::encode(&channel.name, seq, data);
+        let frame = Self::encode(channel, seq, data);
         if self.limits.size > 0 {
             state
                 .history

@@ -88,6 +88,8 @@ pub(super) struct KeyHash {
 /// A channel of the registry.
 pub(super) struct Channel {
     pub(super) name: Arc<str>,
+    /// Every `Publication` frame of the channel begins with this (its name escaped once).
+    pub(super) prefix: Box<str>,
     pub(super) state: Mutex<ChannelState>,
 }
 
