@@ -373,3 +373,22 @@ async fn publications_sent_with_ack_range_are_acknowledged_in_runs_one_seq_each(
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_run_is_not_held_back_by_the_publishers_own_deliveries() -> Result<()> {
+    // The publisher subscribes to its channel: its deliveries are written (and flushed) as a
+    // batch, which must take the pending run of acknowledgements along.
+    let hub = spawn_server(ServerBuilder::default()).await?;
+    let mut publisher = RawClient::connect(hub.local_addr()).await?;
+    publisher.subscribe(&["own"]).await?;
+    for id in 1..=20 {
+        publisher
+            .send(&ranged("own", id, &format!("own-{id}")))
+            .await?;
+        match answer(&mut publisher).await? {
+            WsMessage::Published { id: got, seq, .. } if got == id && seq == id => {}
+            other => bail!("expected Published {id}, got {other:?}"),
+        }
+    }
+    Ok(())
+}

@@ -7,8 +7,8 @@
 //! (another channel, a gap in either number, a duplicate, a refusal, any other reply) sends
 //! the run first, so that no answer overtakes another. The run goes out when it holds
 //! [`MAX_RUN`] publications (the publisher's window must keep moving while it sends), else
-//! when the task has nothing more to read (the same moment the replies are flushed), and
-//! before the close.
+//! when the task has nothing more to read or writes queued publications (the moments the
+//! replies are flushed), and before the close.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;

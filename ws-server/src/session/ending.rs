@@ -139,6 +139,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // reply behind its frames. Either way, the hub does not wait for the reply: it ends
         // its side (FIN) and drains the raw socket for a while, so that closing it does not
         // send a TCP reset that could destroy the close frame in flight.
+        // Acknowledgements not sent yet go first: their publications are published.
+        let run = self
+            .ack_run
+            .take()
+            .map(|run| Message::text(run.into_text()));
         let linger = matches!(end, End::TooBig | End::Abuse);
         let Self {
             ws, out, out_sent, ..
@@ -148,7 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // the cut, and a half-written one would turn the goodbye into garbage.
             ws.flush().await?;
             write_counted(ws.get_mut(), out, out_sent).await?;
-            for frame in frames {
+            for frame in run.into_iter().chain(frames) {
                 ws.feed(frame).await?;
             }
             ws.flush().await?;

@@ -168,8 +168,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Self::guarded(&core.outbox, signal_pending, timeout, None, ws.flush()).await
     }
 
-    /// Writes everything queued in the outbox, then flushes once.
+    /// Writes everything queued in the outbox, then flushes once (with the replies and the
+    /// run of acknowledgements written before it).
     pub(super) async fn write_queued(&mut self) -> Result<(), End> {
+        if self.ack_run.is_some() {
+            // The flush below must not leave it behind.
+            Box::pin(self.send_ack_run()).await?;
+        }
         let (state, more) =
             self.core
                 .outbox
