@@ -20,6 +20,7 @@ use crate::client::{ClientParts, Inbox, WebSocketClient};
 use crate::combined_state::CombinedState;
 use crate::driver::{Driver, DriverParts};
 use crate::error::{Error, Result};
+use crate::feed::{FeedSequencer, SequenceBy};
 use crate::link::open;
 use crate::metrics::Counters;
 use crate::sequencer::{DEFAULT_GAP_TIMEOUT, Sequencer};
@@ -76,6 +77,7 @@ pub struct ClientBuilder {
     redundancy: Option<usize>,
     max_connection_age: Option<Duration>,
     gap_timeout: Duration,
+    sequence_by: SequenceBy,
     rewind: Option<u64>,
     publish_timeout: Duration,
     headers: Vec<(String, String)>,
@@ -123,6 +125,7 @@ impl ClientBuilder {
             redundancy: None,
             max_connection_age: None,
             gap_timeout: DEFAULT_GAP_TIMEOUT,
+            sequence_by: SequenceBy::default(),
             rewind: None,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             headers: Vec::new(),
@@ -154,6 +157,7 @@ impl ClientBuilder {
             redundancy: self.redundancy,
             max_connection_age: self.max_connection_age,
             gap_timeout: self.gap_timeout,
+            sequence_by: self.sequence_by,
             rewind: self.rewind,
             publish_timeout: self.publish_timeout,
             headers: self.headers,
@@ -188,8 +192,9 @@ impl ClientBuilder {
     /// publication once, from whichever connection brings it first; later copies are
     /// dropped by `(channel, seq)`. Each connection reconnects on its own, and the client
     /// delivers as long as one is up. [`Metrics::wins`](crate::Metrics::wins) shows which
-    /// connection won how often. Deduplication needs the hub protocol: with a plain server
-    /// every connection's messages are delivered.
+    /// connection won how often. With a server that is not the hub, say how its messages
+    /// are numbered with [`sequence_by`](Self::sequence_by); without it every connection's
+    /// messages are delivered.
     pub fn redundancy(mut self, n: usize) -> Self {
         self.redundancy = Some(n);
         self
@@ -210,6 +215,50 @@ impl ClientBuilder {
     /// [`DEFAULT_GAP_TIMEOUT`]).
     pub fn gap_timeout(mut self, timeout: Duration) -> Self {
         self.gap_timeout = timeout;
+        self
+    }
+
+    /// For a feed that is not our hub (an exchange's or a sequencer's own WebSocket): `f`
+    /// finds each text frame's stream key and sequence number, borrowed from the frame, and
+    /// with [`redundancy`](Self::redundancy) the first copy of each `(key, seq)` is
+    /// delivered and later copies dropped ([`Metrics`](crate::Metrics) counts them and how
+    /// much earlier the winner was). A jump in a key's numbers is held for the
+    /// [`gap_timeout`](Self::gap_timeout), for a copy from another connection to fill it,
+    /// then reported as [`Event::Gap`](crate::Event::Gap); numbers that start again lower
+    /// on a connection (the feed began a new session) are reported as
+    /// [`Event::Unrecovered`](crate::Event::Unrecovered) and delivery goes on. Frames `f`
+    /// gives `None` for pass as they are. Memory per key is bounded: the last `seq`, and at
+    /// most 1,024 messages held behind a gap.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> ws_client::Result<()> {
+    /// // {"stream":"btcusdt@depth","data":{...},"u":123456}
+    /// let client = ws_client::WebSocketClient::builder()
+    ///     .url("wss://feed.example/ws")
+    ///     .redundancy(3)
+    ///     .sequence_by(|frame: &str| {
+    ///         let stream = frame.split("\"stream\":\"").nth(1)?.split('"').next()?;
+    ///         let seq = frame.rsplit("\"u\":").next()?.trim_end_matches('}').parse().ok()?;
+    ///         Some((stream, seq))
+    ///     })
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sequence_by<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&str) -> Option<(&str, u64)> + Send + Sync + 'static,
+    {
+        self.sequence_by.text = Some(Arc::new(f));
+        self
+    }
+
+    /// [`sequence_by`](Self::sequence_by) for a feed of binary frames.
+    pub fn sequence_by_binary<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&[u8]) -> Option<(&[u8], u64)> + Send + Sync + 'static,
+    {
+        self.sequence_by.binary = Some(Arc::new(f));
         self
     }
 
@@ -524,7 +573,13 @@ impl ClientBuilder {
         tracker.close();
         let inbox = Inbox {
             arrivals,
-            sequencer: Sequencer::new(self.gap_timeout, counters.clone()),
+            sequencer: Sequencer::new(
+                self.gap_timeout,
+                counters.clone(),
+                self.sequence_by.is_set().then(|| {
+                    FeedSequencer::new(self.sequence_by.clone(), self.gap_timeout, counters.clone())
+                }),
+            ),
             finished: false,
         };
         Ok(WebSocketClient::new(ClientParts {

@@ -41,12 +41,14 @@ mod combined_state;
 mod driver;
 mod error;
 mod event;
+mod feed;
 mod heartbeat;
 mod link;
 mod metrics;
 mod rotation;
 mod sequencer;
 mod settings;
+mod stamped;
 mod state;
 mod tls;
 
@@ -58,8 +60,9 @@ pub use builder::{
 pub use client::WebSocketClient;
 pub use error::{Error, Result};
 pub use event::Event;
-pub use metrics::Metrics;
+pub use metrics::{LEADS_KEPT, Metrics};
 pub use sequencer::DEFAULT_GAP_TIMEOUT;
 pub use settings::ServerProtocol;
+pub use stamped::Stamped;
 pub use state::{ConnectionState, StateChanges};
 pub use ws_protocol::{self, WsMessage};

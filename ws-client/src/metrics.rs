@@ -1,5 +1,6 @@
 //! [`Metrics`]: counters of what the client did.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,7 +41,18 @@ pub struct Metrics {
     pub rotations: u64,
     /// Connections up now.
     pub connections_up: usize,
+    /// Copies dropped because another connection delivered them first
+    /// ([`sequence_by`](crate::ClientBuilder::sequence_by) feeds).
+    pub copies_dropped: u64,
+    /// How much earlier the winning copy arrived than a dropped one, over the latest
+    /// [`LEADS_KEPT`] dropped copies: median and 99th percentile (`None` before any).
+    pub lead_p50: Option<Duration>,
+    /// See [`lead_p50`](Self::lead_p50).
+    pub lead_p99: Option<Duration>,
 }
+
+/// How many of the latest leads [`Metrics::lead_p50`] and [`Metrics::lead_p99`] look at.
+pub const LEADS_KEPT: usize = 4096;
 
 /// The live counters behind [`Metrics`].
 #[derive(Debug, Default)]
@@ -57,6 +69,9 @@ pub(crate) struct Counters {
     /// Microseconds; 0 while none was measured.
     pub(crate) last_rtt_micros: AtomicU64,
     times: Mutex<Times>,
+    copies_dropped: AtomicU64,
+    /// The latest leads of a winning copy over a dropped one, microseconds.
+    leads: Mutex<VecDeque<u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +102,19 @@ impl Counters {
         }
     }
 
+    /// A copy lost the race; `lead` is how much earlier the winner arrived, when known.
+    pub(crate) fn copy_lost(&self, lead: Option<Duration>) {
+        self.copies_dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(lead) = lead {
+            let micros = u64::try_from(lead.as_micros()).unwrap_or(u64::MAX);
+            let mut leads = self.leads.lock().unwrap_or_else(|p| p.into_inner());
+            if leads.len() == LEADS_KEPT {
+                leads.pop_front();
+            }
+            leads.push_back(micros);
+        }
+    }
+
     pub(crate) fn connected(&self) {
         let mut times = self.times.lock().unwrap_or_else(|p| p.into_inner());
         times.up += 1;
@@ -114,6 +142,20 @@ impl Counters {
         let times = self.times.lock().unwrap_or_else(|p| p.into_inner());
         let connected_for = times.connected_at.map(|at| at.elapsed());
         let rtt = self.last_rtt_micros.load(Ordering::Relaxed);
+        let mut leads: Vec<u64> = self
+            .leads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        leads.sort_unstable();
+        let percentile = |p: usize| {
+            let last = leads.len().checked_sub(1)?;
+            leads
+                .get(last * p / 100)
+                .map(|&us| Duration::from_micros(us))
+        };
         Metrics {
             messages_sent: self.messages_sent.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
@@ -133,6 +175,9 @@ impl Counters {
                 .collect(),
             rotations: self.rotations.load(Ordering::Relaxed),
             connections_up: times.up,
+            copies_dropped: self.copies_dropped.load(Ordering::Relaxed),
+            lead_p50: percentile(50),
+            lead_p99: percentile(99),
         }
     }
 }

@@ -27,7 +27,9 @@ use ws_protocol::{ChannelPosition, Payload, Position};
 
 pub(crate) use crate::driver::arrival::{Arrival, Asked};
 use crate::event::Event;
+use crate::feed::FeedSequencer;
 use crate::metrics::Counters;
+use crate::stamped::Stamped;
 
 /// Default for [`ClientBuilder::gap_timeout`](crate::ClientBuilder::gap_timeout).
 pub const DEFAULT_GAP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,8 +47,8 @@ pub(crate) struct FillRequest {
 struct Track {
     epoch: String,
     delivered: u64,
-    /// Publications after a gap, by `seq`, with the connection that brought them.
-    held: BTreeMap<u64, (Payload, usize)>,
+    /// Publications after a gap, by `seq`, with the connection that brought them and when.
+    held: BTreeMap<u64, (Payload, usize, Instant)>,
     /// Per connection: publications the hub said it conflated and not yet skipped over.
     conflated: Vec<u64>,
     /// When the open gap was noticed.
@@ -85,13 +87,20 @@ pub(crate) struct Sequencer {
     /// Set when a gap opens; cleared by `deadline` once none is left open.
     gaps_opened: bool,
     gap_timeout: Duration,
-    ready: VecDeque<Event>,
+    ready: VecDeque<Stamped>,
     fills: Vec<FillRequest>,
     counters: Arc<Counters>,
+    /// Messages of a server that is not the hub, deduplicated by their own numbers
+    /// ([`ClientBuilder::sequence_by`](crate::ClientBuilder::sequence_by)).
+    feed: Option<FeedSequencer>,
 }
 
 impl Sequencer {
-    pub(crate) fn new(gap_timeout: Duration, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(
+        gap_timeout: Duration,
+        counters: Arc<Counters>,
+        feed: Option<FeedSequencer>,
+    ) -> Self {
         Self {
             tracks: HashMap::new(),
             held: 0,
@@ -100,12 +109,18 @@ impl Sequencer {
             ready: VecDeque::new(),
             fills: Vec::new(),
             counters,
+            feed,
         }
     }
 
     /// The next event for the application, if one is ready.
-    pub(crate) fn pop(&mut self) -> Option<Event> {
+    pub(crate) fn pop(&mut self) -> Option<Stamped> {
         self.ready.pop_front()
+    }
+
+    /// An event the client made itself, for the application.
+    fn emit(&mut self, event: Event) {
+        self.ready.push_back(Stamped::unstamped(event));
     }
 
     /// The gap fills to ask for now.
@@ -116,12 +131,14 @@ impl Sequencer {
     /// When the oldest open gap times out. Asked before every wait, so without a gap it
     /// answers without looking at any channel.
     pub(crate) fn deadline(&mut self) -> Option<Instant> {
+        let feed = self.feed.as_ref().and_then(FeedSequencer::deadline);
         if !self.gaps_opened {
-            return None;
+            return feed;
         }
         let oldest = self.tracks.values().filter_map(|t| t.gap_since).min();
         self.gaps_opened = oldest.is_some();
-        oldest.map(|at| at + self.gap_timeout)
+        let hub = oldest.map(|at| at + self.gap_timeout);
+        hub.into_iter().chain(feed).min()
     }
 
     /// Stops tracking `channel` (the application unsubscribed).
@@ -140,7 +157,22 @@ impl Sequencer {
                 channel,
                 seq,
                 data,
-            } => self.publication(connection, epoch.as_deref(), channel, seq, data, now),
+                received_at,
+            } => {
+                let from = (connection, received_at);
+                self.publication(from, epoch.as_deref(), channel, seq, data, now);
+            }
+            Arrival::Message {
+                connection,
+                event,
+                received_at,
+            } => match &mut self.feed {
+                Some(feed) => feed.accept(connection, event, received_at, now, &mut self.ready),
+                None => {
+                    let stamped = Stamped::arrived(event, connection, received_at);
+                    self.ready.push_back(stamped);
+                }
+            },
             Arrival::Position {
                 connection,
                 channel,
@@ -158,13 +190,13 @@ impl Sequencer {
                     }
                     track.conflated[connection] += skipped;
                 }
-                self.ready.push_back(Event::Conflated {
+                self.emit(Event::Conflated {
                     channel: channel.clone(),
                     skipped,
                 });
                 self.release(&channel);
             }
-            Arrival::Event(event) => self.ready.push_back(event),
+            Arrival::Event(event) => self.emit(event),
         }
     }
 
@@ -180,6 +212,9 @@ impl Sequencer {
             warn!(%channel, timeout = ?self.gap_timeout, "gap not filled in time");
             self.give_up(&channel);
         }
+        if let Some(feed) = &mut self.feed {
+            feed.expire(now, &mut self.ready);
+        }
     }
 
     /// Every connection has ended: deliver whatever is held, reporting its gaps.
@@ -188,17 +223,27 @@ impl Sequencer {
         for channel in channels {
             self.give_up(&channel);
         }
+        if let Some(feed) = &mut self.feed {
+            feed.finish(&mut self.ready);
+        }
     }
 
-    fn deliver(&mut self, connection: usize, channel: String, seq: u64, data: Payload) {
+    fn deliver(
+        &mut self,
+        (connection, at): (usize, Instant),
+        channel: String,
+        seq: u64,
+        data: Payload,
+    ) {
         self.counters.won(connection);
+        let event = Event::Publication { channel, seq, data };
         self.ready
-            .push_back(Event::Publication { channel, seq, data });
+            .push_back(Stamped::arrived(event, connection, at));
     }
 
     fn publication(
         &mut self,
-        connection: usize,
+        (connection, at): (usize, Instant),
         epoch: Option<&str>,
         channel: String,
         seq: u64,
@@ -207,7 +252,7 @@ impl Sequencer {
     ) {
         let Some(track) = self.tracks.get_mut(&channel) else {
             // Not tracked (no Subscribed seen, or unsubscribed meanwhile): as it comes.
-            return self.deliver(connection, channel, seq, data);
+            return self.deliver((connection, at), channel, seq, data);
         };
         if epoch.is_some_and(|e| e != track.epoch)
             || seq <= track.delivered
@@ -221,13 +266,13 @@ impl Sequencer {
         {
             track.delivered = seq;
             if track.held.is_empty() {
-                return self.deliver(connection, channel, seq, data);
+                return self.deliver((connection, at), channel, seq, data);
             }
             // It filled a gap: what was held behind it may follow.
-            self.deliver(connection, channel.clone(), seq, data);
+            self.deliver((connection, at), channel.clone(), seq, data);
             return self.release(&channel);
         }
-        track.held.insert(seq, (data, connection));
+        track.held.insert(seq, (data, connection, at));
         self.held += 1;
         if track.gap_since.is_none() {
             track.gap_since = Some(now);
@@ -271,7 +316,7 @@ impl Sequencer {
             warn!(%channel, "missed publications could not be recovered (new epoch)");
             self.held -= track.held.len();
             *track = Track::new(position.epoch.clone(), start);
-            self.ready.push_back(Event::Unrecovered {
+            self.emit(Event::Unrecovered {
                 channel,
                 epoch: position.epoch,
                 seq: start,
@@ -309,7 +354,7 @@ impl Sequencer {
                     warn!(%channel, "missed publications could not be recovered");
                     track.delivered = position.seq;
                     track.gap_since = None;
-                    self.ready.push_back(Event::Unrecovered {
+                    self.emit(Event::Unrecovered {
                         channel,
                         epoch: position.epoch,
                         seq: position.seq,
@@ -329,22 +374,22 @@ impl Sequencer {
             return;
         };
         let mut released = Vec::new();
-        while let Some((&seq, &(_, connection))) = track.held.first_key_value() {
+        while let Some((&seq, &(_, connection, _))) = track.held.first_key_value() {
             if seq != track.delivered + 1 && !track.conflated_over(connection, seq) {
                 break;
             }
-            let Some((seq, (data, connection))) = track.held.pop_first() else {
+            let Some((seq, (data, connection, at))) = track.held.pop_first() else {
                 break;
             };
             track.delivered = seq;
-            released.push((connection, seq, data));
+            released.push(((connection, at), seq, data));
         }
         if track.held.is_empty() {
             track.gap_since = None;
         }
         self.held -= released.len();
-        for (connection, seq, data) in released {
-            self.deliver(connection, channel.to_owned(), seq, data);
+        for (from, seq, data) in released {
+            self.deliver(from, channel.to_owned(), seq, data);
         }
     }
 
@@ -361,7 +406,7 @@ impl Sequencer {
             };
             let expected = track.delivered + 1;
             track.delivered = next - 1;
-            self.ready.push_back(Event::Gap {
+            self.emit(Event::Gap {
                 channel: channel.to_owned(),
                 expected,
                 received: next,
@@ -375,7 +420,7 @@ mod tests {
     use super::*;
 
     fn sequencer() -> Sequencer {
-        Sequencer::new(Duration::from_secs(1), Arc::new(Counters::new(3)))
+        Sequencer::new(Duration::from_secs(1), Arc::new(Counters::new(3)), None)
     }
 
     fn publication(connection: usize, seq: u64) -> Arrival {
@@ -385,6 +430,7 @@ mod tests {
             channel: "c".into(),
             seq,
             data: Payload::from_json(seq.to_string()).unwrap(),
+            received_at: Instant::now(),
         }
     }
 
@@ -418,7 +464,7 @@ mod tests {
     /// Drains the ready events as short strings.
     fn out(s: &mut Sequencer) -> Vec<String> {
         std::iter::from_fn(|| s.pop())
-            .map(|e| match e {
+            .map(|e| match e.event {
                 Event::Publication { seq, .. } => seq.to_string(),
                 Event::Gap {
                     expected, received, ..
@@ -541,6 +587,7 @@ mod tests {
                     channel: "c".into(),
                     seq,
                     data: Payload::from_json(seq.to_string()).unwrap(),
+                    received_at: now,
                 },
                 now,
             );
@@ -585,6 +632,7 @@ mod tests {
                 channel: "c".into(),
                 seq: 3,
                 data: Payload::from_json("3").unwrap(),
+                received_at: now,
             },
             now,
         );

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::metrics::{Counters, Metrics};
 use crate::sequencer::{Arrival, Sequencer};
+use crate::stamped::Stamped;
 use crate::state::{ConnectionState, StateChanges};
 
 /// The application's side of the arrival queue: the sequencer runs here, in `next_event`.
@@ -289,6 +290,14 @@ impl WebSocketClient {
     /// The next event: publications, other messages, connection changes, lag and expiry
     /// reports. `None` once the client has ended and every event was taken.
     pub async fn next_event(&self) -> Option<Event> {
+        self.next_stamped().await.map(|stamped| stamped.event)
+    }
+
+    /// The next event as [`next_event`](Self::next_event) gives it, with the connection
+    /// that delivered it and the instant its frame was read from the socket (for
+    /// publications and messages): for measuring latency, or which connection of a race
+    /// wins.
+    pub async fn next_stamped(&self) -> Option<Stamped> {
         let mut inbox = self.shared.inbox.lock().await;
         let Inbox {
             arrivals,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
 use ws_protocol::{ChannelPosition, Payload};
 
 use crate::event::Event;
@@ -28,6 +29,17 @@ pub(crate) enum Arrival {
         channel: String,
         seq: u64,
         data: Payload,
+        /// When its frame was read from the socket.
+        received_at: Instant,
+    },
+    /// A text or binary frame that is not part of the hub's protocol
+    /// ([`Event::Message`] or [`Event::Binary`]), for the application or, with
+    /// `sequence_by`, for the feed sequencer first.
+    Message {
+        connection: usize,
+        event: Event,
+        /// When its frame was read from the socket.
+        received_at: Instant,
     },
     /// A channel's position from a `Subscribed`.
     Position {

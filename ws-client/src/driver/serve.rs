@@ -322,6 +322,7 @@ impl Driver {
                     channel,
                     seq,
                     data,
+                    received_at: now,
                 }
             }
             Inbound::Subscribed {
@@ -393,11 +394,19 @@ impl Driver {
             }
             Inbound::Text(text) => {
                 heartbeat.on_data(now);
-                Arrival::Event(Event::Message(text))
+                Arrival::Message {
+                    connection: self.connection,
+                    event: Event::Message(text),
+                    received_at: now,
+                }
             }
             Inbound::Binary(bytes) => {
                 heartbeat.on_data(now);
-                Arrival::Event(Event::Binary(bytes.to_vec()))
+                Arrival::Message {
+                    connection: self.connection,
+                    event: Event::Binary(bytes.to_vec()),
+                    received_at: now,
+                }
             }
             Inbound::WebSocketPong(payload) => {
                 if let Some(rtt) = heartbeat.on_pong(&payload, now) {
