@@ -9,6 +9,7 @@
 
 mod baseline;
 mod client_publish;
+mod client_receive;
 mod hub_process;
 mod jitter;
 mod load;
@@ -47,6 +48,8 @@ enum Command {
     Jitter(jitter::JitterArgs),
     /// Latency with 1, 2 or 3 redundant connections over delaying paths (scenario S11).
     Redundancy(redundancy::RedundancyArgs),
+    /// One client reading as fast as a sender sends, or at a rate (scenario S12).
+    ClientReceive(client_receive::ClientReceiveArgs),
     /// Runs a baseline server.
     Serve {
         /// Which baseline.
@@ -64,6 +67,8 @@ enum Baseline {
     Naive,
     /// Encode once, write the same bytes to every socket, batched writes.
     Raw,
+    /// S12's sender: numbered frames to every reader, at `/?rate=N` or as fast as it can.
+    Blast,
 }
 
 fn main() -> Result<()> {
@@ -84,6 +89,21 @@ fn main() -> Result<()> {
             Command::Load(args) => {
                 let report = load::run(&args).await?;
                 println!("{}", report.table());
+                write_json(args.json.as_deref(), &report)?;
+            }
+            Command::ClientReceive(args) => {
+                let report = client_receive::run(&args).await?;
+                println!(
+                    "== S12 client receive ({:?}, rate {})\nreceived {} = {:.0}/s over {:.1} s, latency p50 {:.0} us p99 {:.0} us p99.9 {:.0} us",
+                    report.reader,
+                    report.rate,
+                    report.received,
+                    report.received_per_s,
+                    report.duration_s,
+                    report.latency_us.p50,
+                    report.latency_us.p99,
+                    report.latency_us.p999,
+                );
                 write_json(args.json.as_deref(), &report)?;
             }
             Command::ClientPublish(args) => {
@@ -133,6 +153,7 @@ fn main() -> Result<()> {
                 match kind {
                     Baseline::Naive => baseline::naive::serve(listener).await?,
                     Baseline::Raw => baseline::raw::serve(listener).await?,
+                    Baseline::Blast => baseline::blast::serve(listener).await?,
                 }
             }
         }

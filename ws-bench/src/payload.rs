@@ -12,6 +12,14 @@ pub(crate) fn now_ns() -> u64 {
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Nanoseconds since the Unix epoch: comparable between the bench's processes on one
+/// machine (S12's sender and reader).
+pub(crate) fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// Writes a payload of at least `size` bytes (exactly `size` when `size` is large enough).
 pub(crate) fn write(out: &mut Vec<u8>, publisher: u32, seq: u64, sent_ns: u64, size: usize) {
     use std::io::Write;

@@ -1,0 +1,164 @@
+//! Scenario S12: one client reading 128 B text frames from the `blast` baseline (its own
+//! process): how many per second reach the application at the highest rate the sender
+//! reaches, and at a fixed rate the latency from the sender's clock to the application, for
+//! `ws-client` (`next_stamped`, which also gives the time from the frame's read to its
+//! return: what the client adds) and for a bare tokio-tungstenite reader beside it.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use ws_client::{Event, ServerProtocol, WebSocketClient};
+
+use crate::payload;
+use crate::stats::Latency;
+
+/// Which reader S12 measures.
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Reader {
+    /// `ws_client::WebSocketClient::next_stamped`.
+    WsClient,
+    /// A bare `tokio_tungstenite::connect_async` stream.
+    Tungstenite,
+}
+
+/// Settings of S12.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ClientReceiveArgs {
+    /// The sender, `ws://HOST:PORT` (`ws-bench serve blast`).
+    #[arg(long, default_value = "ws://127.0.0.1:9001")]
+    pub url: String,
+    /// The reader.
+    #[arg(long, value_enum, default_value = "ws-client")]
+    pub reader: Reader,
+    /// Frames per second; 0: as fast as the sender can.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Seconds of reading.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// What S12 measured.
+#[derive(Debug, Serialize)]
+pub(crate) struct ClientReceiveReport {
+    /// The reader.
+    pub reader: Reader,
+    /// The sender's rate (0: as fast as it can).
+    pub rate: u64,
+    /// Frames handed to the application.
+    pub received: u64,
+    /// Frames handed to the application per second.
+    pub received_per_s: f64,
+    /// Seconds of reading.
+    pub duration_s: f64,
+    /// From the sender's clock in the frame to the application (at a fixed rate).
+    pub latency_us: Latency,
+    /// `ws-client` only: from the frame's read off the socket to its return by
+    /// `next_stamped`.
+    pub added_us: Option<Latency>,
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000_000, 3)?)
+}
+
+fn latency(hist: &Histogram<u64>) -> Latency {
+    let at = |q: f64| hist.value_at_quantile(q) as f64 / 1_000.0;
+    Latency {
+        samples: hist.len(),
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: hist.max() as f64 / 1_000.0,
+    }
+}
+
+/// Runs S12.
+pub(crate) async fn run(args: &ClientReceiveArgs) -> Result<ClientReceiveReport> {
+    let url = format!(
+        "{}/?rate={}&size={}",
+        args.url.trim_end_matches('/'),
+        args.rate,
+        args.size
+    );
+    let duration = Duration::from_secs_f64(args.duration);
+    let (mut e2e, mut added) = (histogram()?, histogram()?);
+    // Latency only at a fixed rate: as fast as it can, the sender's clock runs ahead of a
+    // queue that only grows.
+    let timed = args.rate > 0;
+    let mut received = 0u64;
+    let (started, duration_s);
+    match args.reader {
+        Reader::WsClient => {
+            let client = WebSocketClient::builder()
+                .url(&url)
+                .protocol(ServerProtocol::Raw)
+                .build()
+                .await?;
+            started = Instant::now();
+            while started.elapsed() < duration {
+                let Some(stamped) = client.next_stamped().await else {
+                    bail!("the client ended");
+                };
+                if let Event::Message(text) = &stamped.event {
+                    received += 1;
+                    if timed {
+                        let now = payload::unix_ns();
+                        if let Some((_, _, sent)) = payload::scan(text.as_bytes()) {
+                            let _ = e2e.record(now.saturating_sub(sent).max(1));
+                        }
+                        if let Some(at) = stamped.received_at {
+                            let took = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                            let _ = added.record(took.max(1));
+                        }
+                    }
+                }
+            }
+            duration_s = started.elapsed().as_secs_f64();
+            client.close().await;
+        }
+        Reader::Tungstenite => {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
+            started = Instant::now();
+            while started.elapsed() < duration {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        received += 1;
+                        if timed && let Some((_, _, sent)) = payload::scan(text.as_bytes()) {
+                            let now = payload::unix_ns();
+                            let _ = e2e.record(now.saturating_sub(sent).max(1));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => bail!("the sender closed"),
+                }
+            }
+            duration_s = started.elapsed().as_secs_f64();
+            let _ = ws.close(None).await;
+        }
+    }
+    Ok(ClientReceiveReport {
+        reader: args.reader,
+        rate: args.rate,
+        received,
+        received_per_s: received as f64 / duration_s,
+        duration_s,
+        latency_us: latency(&e2e),
+        added_us: matches!(args.reader, Reader::WsClient).then(|| latency(&added)),
+    })
+}
