@@ -27,6 +27,9 @@ use crate::sequencer::{Arrival, Sequencer};
 use crate::stamped::Stamped;
 use crate::state::{ConnectionState, StateChanges};
 
+/// Arrivals taken into the sequencer at once when the application waits for an event.
+const ARRIVAL_BATCH: usize = 64;
+
 /// The application's side of the arrival queue: the sequencer runs here, in `next_event`.
 pub(crate) struct Inbox {
     pub(crate) arrivals: mpsc::Receiver<Arrival>,
@@ -329,7 +332,17 @@ impl WebSocketClient {
             let deadline = sequencer.deadline();
             tokio::select! {
                 arrival = arrivals.recv() => match arrival {
-                    Some(arrival) => sequencer.accept(arrival, Instant::now()),
+                    Some(arrival) => {
+                        let now = Instant::now();
+                        sequencer.accept(arrival, now);
+                        // And what else is queued, up to a batch: one wait per burst.
+                        for _ in 0..ARRIVAL_BATCH {
+                            match arrivals.try_recv() {
+                                Ok(more) => sequencer.accept(more, now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => {
                         sequencer.finish();
                         *finished = true;

@@ -2,8 +2,9 @@
 //! select loop until the connection ends, and what each command and each inbound frame
 //! calls for.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc::OwnedPermit;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -72,12 +73,19 @@ impl Driver {
         let mut permit: Option<OwnedPermit<Arrival>> = None;
         let mut close_frame: Option<CloseFrame> = None;
         loop {
-            // Hand over what was decoded before reading more.
-            if permit.is_some() && !self.out.is_empty() {
-                if let (Some(p), Some(arrival)) = (permit.take(), self.out.pop_front()) {
-                    p.send(arrival);
+            // Hand over what was decoded before reading more: at once while the queue has
+            // room, else through a permit waited for below (the application is behind).
+            if let Some(p) = permit.take() {
+                match self.out.pop_front() {
+                    Some(arrival) => {
+                        p.send(arrival);
+                    }
+                    None => permit = Some(p),
                 }
-                continue;
+            }
+            if !self.hand_over_now() {
+                // The receiver lives as long as the handles: they are all gone.
+                return self.close(&mut ws).await;
             }
             let expecting_data = !self.hub || !self.subscriptions.is_empty();
             let reading = self.out.len() < READ_AHEAD;
@@ -99,7 +107,7 @@ impl Driver {
                 () = self.buffer.ready() => if let Err(ended) = self.write_buffered(&mut ws).await {
                     return ended;
                 },
-                reserved = self.arrivals.clone().reserve_owned(), if permit.is_none() => match reserved {
+                reserved = self.arrivals.clone().reserve_owned(), if permit.is_none() && !self.out.is_empty() => match reserved {
                     Ok(p) => {
                         heartbeat.resume(Instant::now());
                         permit = Some(p);
@@ -107,25 +115,18 @@ impl Driver {
                     // The receiver lives as long as the handles: they are all gone.
                     Err(_) => return self.close(&mut ws).await,
                 },
-                frame = ws.next(), if reading => match frame {
-                    Some(Ok(Message::Close(frame))) => {
-                        heartbeat.on_frame();
-                        close_frame = frame;
-                    }
-                    Some(Ok(frame)) => {
-                        self.receive(frame, &mut heartbeat);
-                        if std::mem::take(&mut self.owe_pong)
-                            && let Err(ended) = self.write_now(&mut ws, WsMessage::Pong.to_json()).await {
-                                return ended;
-                            }
-                    }
-                    end @ (Some(Err(_)) | None) => {
-                        let why = match end {
-                            Some(Err(error)) => error.to_string(),
-                            _ => "the server closed the connection".to_owned(),
-                        };
-                        self.retry_hint = close_frame.as_ref().and_then(|f| close::retry_after(&f.reason));
-                        return ended_by(close_frame.as_ref(), &why);
+                frame = ws.next(), if reading => {
+                    let mut frame = Some(frame);
+                    // And every frame already read, up to the read-ahead: one pass of this
+                    // loop per burst rather than per frame.
+                    while let Some(next) = frame {
+                        if let Err(ended) = self.on_frame(&mut ws, next, &mut heartbeat, &mut close_frame).await {
+                            // What this burst brought goes to the application now if it
+                            // can, not only after a reconnect that may never come.
+                            self.hand_over_now();
+                            return ended;
+                        }
+                        frame = if self.out.len() < READ_AHEAD { ws.next().now_or_never() } else { None };
                     }
                 },
                 step = rotation.next(reading), if rotation.is_on() => {
@@ -172,6 +173,56 @@ impl Driver {
                         None => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Hands what was decoded to the application while its queue has room; `false` if the
+    /// application is gone.
+    fn hand_over_now(&mut self) -> bool {
+        while let Some(arrival) = self.out.pop_front() {
+            match self.arrivals.try_send(arrival) {
+                Ok(()) => {}
+                Err(TrySendError::Full(arrival)) => {
+                    self.out.push_front(arrival);
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    /// Takes in what the socket gave: a frame, or its end.
+    async fn on_frame(
+        &mut self,
+        ws: &mut Socket,
+        frame: Option<Result<Message, WsError>>,
+        heartbeat: &mut Heartbeat,
+        close_frame: &mut Option<CloseFrame>,
+    ) -> Result<(), Ended> {
+        match frame {
+            Some(Ok(Message::Close(frame))) => {
+                heartbeat.on_frame();
+                *close_frame = frame;
+                Ok(())
+            }
+            Some(Ok(frame)) => {
+                self.receive(frame, heartbeat);
+                if std::mem::take(&mut self.owe_pong) {
+                    self.write_now(ws, WsMessage::Pong.to_json()).await?;
+                }
+                Ok(())
+            }
+            end @ (Some(Err(_)) | None) => {
+                let why = match end {
+                    Some(Err(error)) => error.to_string(),
+                    _ => "the server closed the connection".to_owned(),
+                };
+                self.retry_hint = close_frame
+                    .as_ref()
+                    .and_then(|f| close::retry_after(&f.reason));
+                Err(ended_by(close_frame.as_ref(), &why))
             }
         }
     }
