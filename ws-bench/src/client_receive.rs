@@ -2,7 +2,8 @@
 //! process): how many per second reach the application at the highest rate the sender
 //! reaches, and at a fixed rate the latency from the sender's clock to the application, for
 //! `ws-client` (`next_stamped`, which also gives the time from the frame's read to its
-//! return: what the client adds) and for a bare tokio-tungstenite reader beside it.
+//! return: what the client adds) and for bare readers beside it: tokio-tungstenite,
+//! fastwebsockets and sockudo-ws.
 
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ pub(crate) enum Reader {
     WsClient,
     /// A bare `tokio_tungstenite::connect_async` stream.
     Tungstenite,
+    /// A bare `fastwebsockets::WebSocket` after a hand-written upgrade.
+    Fastwebsockets,
+    /// A bare `sockudo_ws` client stream (HTTP/1.1, no compression).
+    Sockudo,
 }
 
 /// Settings of S12.
@@ -85,6 +90,34 @@ fn latency(hist: &Histogram<u64>) -> Latency {
         p999: at(0.999),
         max: hist.max() as f64 / 1_000.0,
     }
+}
+
+/// Opens a TCP connection to `url` and upgrades it by hand (what the feed reader this
+/// scenario stands for did before fastwebsockets); returns the stream right after the
+/// response's blank line, nothing of the first frames read.
+async fn upgrade(url: &str) -> Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = crate::load::socket_addr(url)?;
+    let rest = url.strip_prefix("ws://").unwrap_or(url);
+    let path = rest.find('/').map_or("/", |at| &rest[at..]);
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            bail!("no end to the upgrade response");
+        }
+        head.push(stream.read_u8().await?);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        bail!("upgrade refused: {}", String::from_utf8_lossy(&head));
+    }
+    Ok(stream)
 }
 
 /// Runs S12.
@@ -150,6 +183,52 @@ pub(crate) async fn run(args: &ClientReceiveArgs) -> Result<ClientReceiveReport>
             }
             duration_s = started.elapsed().as_secs_f64();
             let _ = ws.close(None).await;
+        }
+        Reader::Fastwebsockets => {
+            use fastwebsockets::{OpCode, Role, WebSocket};
+            let stream = upgrade(&url).await?;
+            let mut ws = WebSocket::after_handshake(stream, Role::Client);
+            ws.set_auto_close(true);
+            ws.set_auto_pong(true);
+            started = Instant::now();
+            while started.elapsed() < duration {
+                let frame = ws.read_frame().await?;
+                match frame.opcode {
+                    OpCode::Text => {
+                        received += 1;
+                        if timed && let Some((_, _, sent)) = payload::scan(&frame.payload) {
+                            let now = payload::unix_ns();
+                            let _ = e2e.record(now.saturating_sub(sent).max(1));
+                        }
+                    }
+                    OpCode::Close => bail!("the sender closed"),
+                    _ => {}
+                }
+            }
+            duration_s = started.elapsed().as_secs_f64();
+        }
+        Reader::Sockudo => {
+            use sockudo_ws::{Config, Message as SockudoMessage, WebSocketStream};
+            // Its client handshake needs the http2 feature; the same hand-written upgrade
+            // as fastwebsockets' instead.
+            let stream = upgrade(&url).await?;
+            let mut ws = WebSocketStream::client(stream, Config::default());
+            started = Instant::now();
+            while started.elapsed() < duration {
+                match ws.next().await {
+                    Some(Ok(SockudoMessage::Text(bytes))) => {
+                        received += 1;
+                        if timed && let Some((_, _, sent)) = payload::scan(&bytes) {
+                            let now = payload::unix_ns();
+                            let _ = e2e.record(now.saturating_sub(sent).max(1));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => bail!("sockudo-ws: {e}"),
+                    None => bail!("the sender closed"),
+                }
+            }
+            duration_s = started.elapsed().as_secs_f64();
         }
     }
     Ok(ClientReceiveReport {
