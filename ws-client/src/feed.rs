@@ -401,6 +401,40 @@ mod tests {
     }
 
     #[test]
+    fn a_binary_feed_is_raced_by_its_own_numbers_and_text_passes() {
+        // Frames of a binary feed: one key byte, then a big-endian u64.
+        let by = SequenceBy {
+            text: None,
+            binary: Some(Arc::new(|frame: &[u8]| {
+                let (key, seq) = frame.split_at_checked(1)?;
+                Some((key, u64::from_be_bytes(seq.try_into().ok()?)))
+            })),
+        };
+        let mut s = FeedSequencer::new(by, Duration::from_millis(100), Arc::new(Counters::new(2)));
+        let (mut out, now) = (VecDeque::new(), Instant::now());
+        let frame = |key: u8, seq: u64| {
+            let mut bytes = vec![key];
+            bytes.extend_from_slice(&seq.to_be_bytes());
+            Event::Binary(bytes)
+        };
+        for (connection, event) in [
+            (0, frame(b'a', 1)),
+            (1, frame(b'a', 1)),
+            (1, frame(b'a', 2)),
+            (0, frame(b'a', 2)),
+            (0, Event::Message("a:1".into())),
+        ] {
+            s.accept(connection, event, now, now, &mut out);
+        }
+        let delivered: Vec<Event> = out.drain(..).map(|s| s.event).collect();
+        assert_eq!(
+            delivered,
+            [frame(b'a', 1), frame(b'a', 2), Event::Message("a:1".into())]
+        );
+        assert_eq!(s.counters.snapshot(0).copies_dropped, 2);
+    }
+
+    #[test]
     fn an_unfilled_gap_is_reported_after_the_timeout_and_delivery_goes_on() {
         let (mut s, mut out, now) = (sequencer(), VecDeque::new(), Instant::now());
         for text in ["a:1", "a:3", "a:4"] {
