@@ -18,9 +18,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use ws_client::{Event, WebSocketClient};
+use ws_client::{Event, ServerProtocol, WebSocketClient};
 
 use crate::load::socket_addr;
+use crate::payload;
 
 /// Settings of S11.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,6 +47,10 @@ pub(crate) struct RedundancyArgs {
     /// Longest spike, milliseconds (spikes are uniform up to it).
     #[arg(long, default_value_t = 50.0)]
     pub spike_ms: f64,
+    /// Race a plain numbered feed (`ws-bench serve blast` at `--url`) with `sequence_by`
+    /// instead of the hub: the feed sends `--rate` numbers per second on every connection.
+    #[arg(long)]
+    pub feed: bool,
     /// Write the report as JSON here too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -158,6 +163,13 @@ async fn run_one(args: &Arc<RedundancyArgs>, legs: usize) -> Result<RedundancyRu
         urls.push(format!("ws://{}", listener.local_addr()?));
         proxies.spawn(proxy(listener, hub, args.clone()));
     }
+    if args.feed {
+        let rate = args.rate.max(1.0) as u64;
+        let urls = urls.into_iter().map(|url| format!("{url}/?rate={rate}"));
+        let run = run_feed(args, legs, urls).await;
+        proxies.abort_all();
+        return run;
+    }
     let channel = format!("redundancy-{legs}");
     let subscriber = WebSocketClient::builder()
         .urls(urls)
@@ -210,6 +222,69 @@ async fn run_one(args: &Arc<RedundancyArgs>, legs: usize) -> Result<RedundancyRu
     Ok(RedundancyRun {
         legs,
         published,
+        delivered,
+        p50_us: latency.value_at_quantile(0.5),
+        p99_us: latency.value_at_quantile(0.99),
+        p999_us: latency.value_at_quantile(0.999),
+        max_us: latency.max(),
+        wins,
+    })
+}
+
+/// S11 against a plain feed: the first copy of each number wins by `sequence_by`; latency
+/// from the moment the feed had the number due to its delivery.
+async fn run_feed(
+    args: &Arc<RedundancyArgs>,
+    legs: usize,
+    urls: impl Iterator<Item = String>,
+) -> Result<RedundancyRun> {
+    let subscriber = WebSocketClient::builder()
+        .urls(urls)
+        .redundancy(legs)
+        .protocol(ServerProtocol::Raw)
+        .sequence_by(|frame: &str| {
+            let (_, seq, _) = payload::scan(frame.as_bytes())?;
+            Some(("feed", seq))
+        })
+        .build()
+        .await?;
+    let started = Instant::now();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut first, mut last, mut delivered) = (None, 0u64, 0u64);
+    let duration = Duration::from_secs_f64(args.duration);
+    while started.elapsed() < duration {
+        let Ok(event) = tokio::time::timeout(Duration::from_secs(5), subscriber.next_event()).await
+        else {
+            bail!("{legs} connections: nothing from the feed for 5 s");
+        };
+        match event {
+            Some(Event::Message(text)) => {
+                let Some((_, seq, due)) = payload::scan(text.as_bytes()) else {
+                    bail!("not a feed frame: {text}");
+                };
+                if first.is_some() && seq != last + 1 {
+                    bail!("{legs} connections: {seq} after {last}");
+                }
+                first.get_or_insert(seq);
+                last = seq;
+                delivered += 1;
+                let us = payload::unix_ns().saturating_sub(due) / 1_000;
+                latency.saturating_record(us.max(1));
+            }
+            Some(Event::Gap {
+                expected, received, ..
+            }) => {
+                bail!("{legs} connections: gap {expected}..{received}");
+            }
+            Some(_) => {}
+            None => bail!("the client ended"),
+        }
+    }
+    let wins = subscriber.metrics().wins;
+    subscriber.close().await;
+    Ok(RedundancyRun {
+        legs,
+        published: first.map_or(0, |first| last - first + 1),
         delivered,
         p50_us: latency.value_at_quantile(0.5),
         p99_us: latency.value_at_quantile(0.99),

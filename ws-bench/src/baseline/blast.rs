@@ -1,7 +1,8 @@
 //! The sender of S12: after a hand-written upgrade, every connection gets bench payloads as
 //! text frames, as fast as the socket takes them (`/?rate=0`, the default) or at a fixed
-//! rate (`/?rate=N` frames per second, sent each millisecond with the wall-clock time in
-//! them, so that the reader can time them). `&size=N` sets the payload size (128).
+//! rate (`/?rate=N` frames per second, sent each millisecond with the wall-clock time they
+//! were due in them, so that the reader can time them; at a rate every connection carries the
+//! same numbers: one feed, for racing). `&size=N` sets the payload size (128).
 
 use std::time::Duration;
 
@@ -91,18 +92,23 @@ async fn connection(mut stream: TcpStream) -> Result<()> {
         }
         return Ok(());
     }
+    // At a rate, number `n` is due at `n / rate` seconds of the Unix clock: every connection
+    // carries the same numbers at the same moments, one feed seen through several
+    // connections, each frame stamped with the moment it was due.
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let started = tokio::time::Instant::now();
+    let period_ns = (1_000_000_000 / rate).max(1);
+    let mut next = payload::unix_ns() / period_ns + 1;
     while !draining.is_finished() {
         tick.tick().await;
         // Frames due by now, so that the rate holds whatever the timer's granularity.
-        let due =
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX) * rate / 1_000_000;
+        let due = payload::unix_ns() / period_ns;
         out.clear();
-        while seq < due {
-            seq += 1;
-            frame(&mut out, seq);
+        while next <= due {
+            body.clear();
+            payload::write(&mut body, 0, next, next * period_ns, size);
+            wire::write_server_frame(&mut out, OP_TEXT, &body);
+            next += 1;
         }
         if !out.is_empty() {
             writer.write_all(&out).await?;
