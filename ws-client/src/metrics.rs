@@ -41,8 +41,9 @@ pub struct Metrics {
     pub rotations: u64,
     /// Connections up now.
     pub connections_up: usize,
-    /// Copies dropped because another connection delivered them first
-    /// ([`sequence_by`](crate::ClientBuilder::sequence_by) feeds).
+    /// Copies dropped because another connection delivered them first (hub publications
+    /// with [`redundancy`](crate::ClientBuilder::redundancy), and
+    /// [`sequence_by`](crate::ClientBuilder::sequence_by) feeds).
     pub copies_dropped: u64,
     /// How much earlier the winning copy arrived than a dropped one, over the latest
     /// [`LEADS_KEPT`] dropped copies: median and 99th percentile (`None` before any).
@@ -93,6 +94,11 @@ impl Counters {
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// How many connections the client has.
+    pub(crate) fn connections(&self) -> usize {
+        self.wins.len()
     }
 
     /// Connection `connection` delivered a publication first.

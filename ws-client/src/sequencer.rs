@@ -27,7 +27,7 @@ use ws_protocol::{ChannelPosition, Payload, Position};
 
 pub(crate) use crate::driver::arrival::{Arrival, Asked};
 use crate::event::Event;
-use crate::feed::FeedSequencer;
+use crate::feed::{FeedSequencer, RECENT};
 use crate::metrics::Counters;
 use crate::stamped::Stamped;
 
@@ -53,6 +53,9 @@ struct Track {
     conflated: Vec<u64>,
     /// When the open gap was noticed.
     gap_since: Option<Instant>,
+    /// With several connections: `(seq, when it arrived)` of the latest deliveries, to time
+    /// the copies that lose.
+    recent: VecDeque<(u64, Instant)>,
 }
 
 impl Track {
@@ -63,7 +66,28 @@ impl Track {
             held: BTreeMap::new(),
             conflated: Vec::new(),
             gap_since: None,
+            recent: VecDeque::new(),
         }
+    }
+
+    /// Notes when `seq`'s winning copy arrived (with several connections only).
+    fn remember(&mut self, racing: bool, seq: u64, at: Instant) {
+        if !racing {
+            return;
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, at));
+    }
+
+    /// When the winning copy of `seq` arrived, if it is still known.
+    fn won_at(&self, seq: u64) -> Option<Instant> {
+        if let Some((_, _, at)) = self.held.get(&seq) {
+            return Some(*at);
+        }
+        let index = self.recent.binary_search_by_key(&seq, |&(s, _)| s).ok()?;
+        self.recent.get(index).map(|&(_, at)| at)
     }
 
     /// Whether a jump from the last delivered `seq` to `seq` on `connection` is covered by what the
@@ -93,6 +117,8 @@ pub(crate) struct Sequencer {
     /// Messages of a server that is not the hub, deduplicated by their own numbers
     /// ([`ClientBuilder::sequence_by`](crate::ClientBuilder::sequence_by)).
     feed: Option<FeedSequencer>,
+    /// Several connections race: copies that lose are timed against the winner.
+    racing: bool,
 }
 
 impl Sequencer {
@@ -108,6 +134,7 @@ impl Sequencer {
             gap_timeout,
             ready: VecDeque::new(),
             fills: Vec::new(),
+            racing: counters.connections() > 1,
             counters,
             feed,
         }
@@ -254,17 +281,23 @@ impl Sequencer {
             // Not tracked (no Subscribed seen, or unsubscribed meanwhile): as it comes.
             return self.deliver((connection, at), channel, seq, data);
         };
-        if epoch.is_some_and(|e| e != track.epoch)
-            || seq <= track.delivered
-            || track.held.contains_key(&seq)
-        {
-            // Another incarnation of the channel, or a copy already delivered or held.
+        if epoch.is_some_and(|e| e != track.epoch) {
+            // Another incarnation of the channel.
+            return;
+        }
+        if seq <= track.delivered || track.held.contains_key(&seq) {
+            // A copy already delivered or held: timed against the winner when racing.
+            if self.racing {
+                let lead = track.won_at(seq).map(|won| at - won);
+                self.counters.copy_lost(lead);
+            }
             return;
         }
         if seq == track.delivered + 1
             || (track.held.is_empty() && track.conflated_over(connection, seq))
         {
             track.delivered = seq;
+            track.remember(self.racing, seq, at);
             if track.held.is_empty() {
                 return self.deliver((connection, at), channel, seq, data);
             }
@@ -370,6 +403,7 @@ impl Sequencer {
 
     /// Delivers held publications that have become next in line.
     fn release(&mut self, channel: &str) {
+        let racing = self.racing;
         let Some(track) = self.tracks.get_mut(channel) else {
             return;
         };
@@ -382,6 +416,7 @@ impl Sequencer {
                 break;
             };
             track.delivered = seq;
+            track.remember(racing, seq, at);
             released.push(((connection, at), seq, data));
         }
         if track.held.is_empty() {
@@ -495,6 +530,9 @@ mod tests {
         assert!(s.take_fills().is_empty());
         let metrics = s.counters.snapshot(0);
         assert_eq!(metrics.wins, [2, 2, 0]);
+        // Three copies lost the race, each timed against its winner (microseconds apart).
+        assert_eq!(metrics.copies_dropped, 3);
+        assert!(metrics.lead_p99.is_some_and(|lead| lead < Duration::from_secs(1)));
     }
 
     #[test]
