@@ -532,7 +532,11 @@ mod tests {
         assert_eq!(metrics.wins, [2, 2, 0]);
         // Three copies lost the race, each timed against its winner (microseconds apart).
         assert_eq!(metrics.copies_dropped, 3);
-        assert!(metrics.lead_p99.is_some_and(|lead| lead < Duration::from_secs(1)));
+        assert!(
+            metrics
+                .lead_p99
+                .is_some_and(|lead| lead < Duration::from_secs(1))
+        );
     }
 
     #[test]
