@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The Autobahn WebSocket conformance cases (run by kosoku, a Python 3 runner of the same case
 # files) against the hub's connection handling (examples/autobahn_server) and against
-# ws-client (examples/autobahn_client). Compression cases (12.*, 13.*) are excluded: the
+# ws-client (examples/autobahn_client) on each of its transports (tokio-tungstenite, and
+# sockudo-ws with WS_CLIENT_TRANSPORT=sockudo). Compression cases (12.*, 13.*) are excluded: the
 # toolkit does not negotiate permessage-deflate. Fails when any case is neither OK nor an
-# accepted NON-STRICT / INFORMATIONAL. Reports: target/autobahn/{servers,clients}/index.html.
+# accepted NON-STRICT / INFORMATIONAL. Reports:
+# target/autobahn/{servers,clients,clients-sockudo}/index.html.
 #   scripts/autobahn.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +19,8 @@ if [ ! -x "$VENV/bin/kosoku" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q kosoku
 fi
-cargo build --release -q -p examples --example autobahn_server --example autobahn_client
+cargo build --release -q -p examples --features ws-client/sockudo \
+  --example autobahn_server --example autobahn_client
 rm -rf "$OUT"
 
 pids=()
@@ -40,19 +43,30 @@ wait_port "$SERVER_PORT"
 timeout 600 "$VENV/bin/kosoku" -m fuzzingclient -p 8 -x '12.*' -x '13.*' \
   -o "$OUT/servers" "127.0.0.1:$SERVER_PORT" | tail -n 2
 
-echo "== ws-client (autobahn_client -> fuzzingserver)"
-timeout 600 "$VENV/bin/kosoku" -m fuzzingserver -x '12.*' -x '13.*' \
-  -o "$OUT/clients" "127.0.0.1:$CLIENT_PORT" >"$OUT.fuzzingserver.log" 2>&1 &
-pids+=($!)
-wait_port "$CLIENT_PORT"
-RUST_LOG=error timeout 600 target/release/examples/autobahn_client "ws://127.0.0.1:$CLIENT_PORT"
-for _ in $(seq 1 100); do [ -f "$OUT/clients/index.json" ] && break; sleep 0.1; done
+# One fuzzing server per transport, each writing its own report.
+client_cases() {
+  local transport=$1 out=$2 port=$3
+  echo "== ws-client on $transport (autobahn_client -> fuzzingserver)"
+  timeout 600 "$VENV/bin/kosoku" -m fuzzingserver -x '12.*' -x '13.*' \
+    -o "$out" "127.0.0.1:$port" >"$out.fuzzingserver.log" 2>&1 &
+  pids+=($!)
+  wait_port "$port"
+  WS_CLIENT_TRANSPORT=$transport RUST_LOG=error timeout 600 \
+    target/release/examples/autobahn_client "ws://127.0.0.1:$port"
+  for _ in $(seq 1 100); do [ -f "$out/index.json" ] && break; sleep 0.1; done
+}
+mkdir -p "$OUT"
+client_cases tungstenite "$OUT/clients" "$CLIENT_PORT"
+client_cases sockudo "$OUT/clients-sockudo" "$((CLIENT_PORT + 1))"
 
-python3 - "$OUT/servers/index.json" "$OUT/clients/index.json" <<'PY'
+python3 - "$OUT/servers/index.json" "$OUT/clients/index.json" \
+  "$OUT/clients-sockudo/index.json" <<'PY'
 import collections, json, sys
 accepted = {"OK", "NON-STRICT", "INFORMATIONAL"}
 failed = False
-for title, path in zip(["hub (autobahn_server)", "ws-client (autobahn_client)"], sys.argv[1:]):
+titles = ["hub (autobahn_server)", "ws-client (autobahn_client)",
+          "ws-client on sockudo-ws (autobahn_client)"]
+for title, path in zip(titles, sys.argv[1:]):
     report = json.load(open(path))
     cases = next(iter(report.values()))
     counts = collections.Counter(c["behavior"] for c in cases.values())

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use ws_client::{Event, ServerProtocol, WebSocketClient};
+use ws_client::{Event, ServerProtocol, Transport, WebSocketClient};
 
 use crate::payload;
 use crate::stats::Latency;
@@ -23,8 +23,10 @@ use crate::stats::Latency;
 #[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Reader {
-    /// `ws_client::WebSocketClient::next_stamped`.
+    /// `ws_client::WebSocketClient::next_stamped` on its default transport (tokio-tungstenite).
     WsClient,
+    /// The same on sockudo-ws (`Transport::Sockudo`).
+    WsClientSockudo,
     /// A bare `tokio_tungstenite::connect_async` stream.
     Tungstenite,
     /// A bare `fastwebsockets::WebSocket` after a hand-written upgrade.
@@ -136,10 +138,15 @@ pub(crate) async fn run(args: &ClientReceiveArgs) -> Result<ClientReceiveReport>
     let mut received = 0u64;
     let (started, duration_s);
     match args.reader {
-        Reader::WsClient => {
+        Reader::WsClient | Reader::WsClientSockudo => {
+            let transport = match args.reader {
+                Reader::WsClientSockudo => Transport::Sockudo,
+                _ => Transport::Tungstenite,
+            };
             let client = WebSocketClient::builder()
                 .url(&url)
                 .protocol(ServerProtocol::Raw)
+                .transport(transport)
                 .build()
                 .await?;
             started = Instant::now();
@@ -238,6 +245,7 @@ pub(crate) async fn run(args: &ClientReceiveArgs) -> Result<ClientReceiveReport>
         received_per_s: received as f64 / duration_s,
         duration_s,
         latency_us: latency(&e2e),
-        added_us: matches!(args.reader, Reader::WsClient).then(|| latency(&added)),
+        added_us: matches!(args.reader, Reader::WsClient | Reader::WsClientSockudo)
+            .then(|| latency(&added)),
     })
 }

@@ -27,6 +27,7 @@ use crate::sequencer::{DEFAULT_GAP_TIMEOUT, Sequencer};
 use crate::settings::{ServerProtocol, Settings};
 use crate::state::ConnectionState;
 use crate::tls;
+use crate::transport::Transport;
 
 /// Default for [`ClientBuilder::backoff_reset_after`].
 pub const DEFAULT_BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
@@ -98,6 +99,7 @@ pub struct ClientBuilder {
     protocol: ServerProtocol,
     on_connect: Vec<String>,
     roots: Vec<CertificateDer<'static>>,
+    transport: Transport,
     deferred: Option<Error>,
 }
 
@@ -146,12 +148,29 @@ impl ClientBuilder {
             protocol: ServerProtocol::Auto,
             on_connect: Vec::new(),
             roots: Vec::new(),
+            transport: Transport::default(),
             deferred: None,
         }
+        .transport_from(config.client_transport)
+    }
+
+    /// The transport `WS_CLIENT_TRANSPORT` names; one this build lacks is refused at `build`.
+    fn transport_from(mut self, transport: ws_protocol::ClientTransport) -> Self {
+        match Transport::named(transport) {
+            Some(transport) => self.transport = transport,
+            None => {
+                self.deferred.get_or_insert(Error::InvalidConfig(
+                    "WS_CLIENT_TRANSPORT=sockudo needs ws-client built with its `sockudo` feature"
+                        .to_owned(),
+                ));
+            }
+        }
+        self
     }
 
     /// Takes every client setting of `config`, keeping the URL, headers and TLS roots.
     pub fn config(self, config: &WebSocketConfig) -> Self {
+        let mut fresh = Self::from_config(config);
         Self {
             urls: self.urls,
             redundancy: self.redundancy,
@@ -164,8 +183,8 @@ impl ClientBuilder {
             roots: self.roots,
             on_connect: self.on_connect,
             protocol: self.protocol,
-            deferred: self.deferred,
-            ..Self::from_config(config)
+            deferred: self.deferred.or(fresh.deferred.take()),
+            ..fresh
         }
     }
 
@@ -344,6 +363,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Which WebSocket implementation carries the connections (default:
+    /// [`Transport::default`], tokio-tungstenite unless the crate is built with its
+    /// `sockudo` feature).
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
     /// Limit for TCP + TLS + WebSocket handshake, and for the hub's `Subscribed` answer after
     /// a reconnect (`WS_CONNECT_TIMEOUT`, default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -416,7 +443,7 @@ impl ClientBuilder {
         self
     }
 
-    fn settings(&mut self) -> Result<Settings> {
+    pub(crate) fn settings(&mut self) -> Result<Settings> {
         if let Some(error) = self.deferred.take() {
             return Err(error);
         }
@@ -500,6 +527,7 @@ impl ClientBuilder {
             },
             on_connect: std::mem::take(&mut self.on_connect),
             tls,
+            transport: self.transport,
         })
     }
 
@@ -573,6 +601,7 @@ impl ClientBuilder {
         tracker.close();
         let inbox = Inbox {
             arrivals,
+            batch: Vec::new(),
             sequencer: Sequencer::new(
                 self.gap_timeout,
                 counters.clone(),

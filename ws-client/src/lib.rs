@@ -51,6 +51,7 @@ mod settings;
 mod stamped;
 mod state;
 mod tls;
+mod transport;
 
 pub use buffer::OutboundFrame;
 pub use builder::{
@@ -65,4 +66,5 @@ pub use sequencer::DEFAULT_GAP_TIMEOUT;
 pub use settings::ServerProtocol;
 pub use stamped::Stamped;
 pub use state::{ConnectionState, StateChanges};
+pub use transport::Transport;
 pub use ws_protocol::{self, WsMessage};

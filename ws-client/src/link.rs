@@ -3,17 +3,12 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as TungsteniteConfig;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use ws_protocol::WsMessage;
 
 use crate::settings::{ServerProtocol, Settings};
-
-/// A client WebSocket, plain or TLS.
-pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) use crate::transport::Socket;
+use crate::transport::connect;
 
 /// How long `Auto` waits for a first frame to tell our hub from another server.
 const DETECT_WINDOW: Duration = Duration::from_secs(1);
@@ -29,23 +24,9 @@ pub(crate) struct Link {
 
 /// Opens one connection: TCP, TLS, upgrade, then tells our hub from another server.
 pub(crate) async fn open(settings: &Settings, url: &str) -> Result<Link, String> {
-    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-    for (name, value) in &settings.headers {
-        request.headers_mut().insert(name.clone(), value.clone());
-    }
-    let config = TungsteniteConfig::default()
-        .max_message_size(Some(settings.max_message_size))
-        .max_frame_size(Some(settings.max_message_size))
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(64 * 1024 + 2 * settings.max_message_size)
-        .read_buffer_size(64 * 1024);
-    let connector = settings.tls.clone().map(Connector::Rustls);
-    let connecting =
-        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
-    let (mut ws, _) = tokio::time::timeout(settings.connect_timeout, connecting)
+    let mut ws = tokio::time::timeout(settings.connect_timeout, connect(settings, url))
         .await
-        .map_err(|_| format!("timed out after {:?}", settings.connect_timeout))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| format!("timed out after {:?}", settings.connect_timeout))??;
 
     let window = match settings.protocol {
         ServerProtocol::Raw => {

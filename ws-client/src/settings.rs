@@ -41,4 +41,5 @@ pub(crate) struct Settings {
     pub(crate) protocol: ServerProtocol,
     pub(crate) on_connect: Vec<String>,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) transport: crate::transport::Transport,
 }

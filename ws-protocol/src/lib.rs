@@ -46,7 +46,7 @@ mod message_type;
 mod payload;
 
 pub use channel::{MAX_CHANNEL_NAME_LEN, invalid_channel_name, is_valid_channel_name};
-pub use config::{Secret, SlowConsumerPolicy, WebSocketConfig};
+pub use config::{ClientTransport, Secret, SlowConsumerPolicy, WebSocketConfig};
 pub use error::{ConfigError, DecodeError};
 pub use message::{
     ChannelPosition, MAX_ERROR_MESSAGE_LEN, MAX_IDEMPOTENCY_KEY_LEN, Position, WsMessage,

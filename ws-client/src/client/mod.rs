@@ -33,6 +33,9 @@ const ARRIVAL_BATCH: usize = 64;
 /// The application's side of the arrival queue: the sequencer runs here, in `next_event`.
 pub(crate) struct Inbox {
     pub(crate) arrivals: mpsc::Receiver<Arrival>,
+    /// Arrivals taken from the queue at once (at most [`ARRIVAL_BATCH`]), kept for its
+    /// allocation.
+    pub(crate) batch: Vec<Arrival>,
     pub(crate) sequencer: Sequencer,
     /// Every connection has ended and what was held has been let go.
     pub(crate) finished: bool,
@@ -304,6 +307,7 @@ impl WebSocketClient {
         let mut inbox = self.shared.inbox.lock().await;
         let Inbox {
             arrivals,
+            batch,
             sequencer,
             finished,
         } = &mut *inbox;
@@ -331,21 +335,15 @@ impl WebSocketClient {
             }
             let deadline = sequencer.deadline();
             tokio::select! {
-                arrival = arrivals.recv() => match arrival {
-                    Some(arrival) => {
-                        let now = Instant::now();
+                // Every queued arrival up to a batch in one take: one wait, one lock and
+                // one release of queue room per burst rather than per frame.
+                taken = arrivals.recv_many(batch, ARRIVAL_BATCH) => if taken == 0 {
+                    sequencer.finish();
+                    *finished = true;
+                } else {
+                    let now = Instant::now();
+                    for arrival in batch.drain(..) {
                         sequencer.accept(arrival, now);
-                        // And what else is queued, up to a batch: one wait per burst.
-                        for _ in 0..ARRIVAL_BATCH {
-                            match arrivals.try_recv() {
-                                Ok(more) => sequencer.accept(more, now),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    None => {
-                        sequencer.finish();
-                        *finished = true;
                     }
                 },
                 () = sleep_until_some(deadline) => sequencer.expire(Instant::now()),

@@ -49,7 +49,7 @@ impl Driver {
         self.up = true;
         self.counters.connected();
         self.set_state(ConnectionState::Connected);
-        info!(url = %self.url, connection = self.connection, connection_id = ?hub, reconnected, "connected");
+        info!(url = %self.url, connection = self.connection, connection_id = ?hub, reconnected, transport = ?self.settings.transport, "connected");
         self.lifecycle(Event::Connected {
             connection: self.connection,
             connection_id: hub,
@@ -180,14 +180,33 @@ impl Driver {
     /// Hands what was decoded to the application while its queue has room; `false` if the
     /// application is gone.
     fn hand_over_now(&mut self) -> bool {
-        while let Some(arrival) = self.out.pop_front() {
-            match self.arrivals.try_send(arrival) {
-                Ok(()) => {}
-                Err(TrySendError::Full(arrival)) => {
-                    self.out.push_front(arrival);
-                    break;
+        while !self.out.is_empty() {
+            // Room for as many as are waiting, taken at once (other connections share the
+            // queue: what is free may be gone by the time it is taken, then one at a time).
+            let room = self.out.len().min(self.arrivals.capacity());
+            if room == 0 {
+                return !self.arrivals.is_closed();
+            }
+            match self.arrivals.try_reserve_many(room) {
+                Ok(permits) => {
+                    for (permit, arrival) in permits.zip(self.out.drain(..room)) {
+                        permit.send(arrival);
+                    }
                 }
-                Err(TrySendError::Closed(_)) => return false,
+                Err(TrySendError::Full(())) => {
+                    let Some(arrival) = self.out.pop_front() else {
+                        break;
+                    };
+                    match self.arrivals.try_send(arrival) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(arrival)) => {
+                            self.out.push_front(arrival);
+                            break;
+                        }
+                        Err(TrySendError::Closed(_)) => return false,
+                    }
+                }
+                Err(TrySendError::Closed(())) => return false,
             }
         }
         true

@@ -75,6 +75,7 @@ pub(super) struct EnvVars {
     ws_pong_timeout: Option<f64>,
     ws_connect_timeout: Option<f64>,
     ws_message_buffer_size: Option<usize>,
+    ws_client_transport: Option<String>,
     ws_idle_timeout: Option<f64>,
     ws_handshake_timeout: Option<f64>,
     ws_max_message_size: Option<usize>,
@@ -127,6 +128,14 @@ impl EnvVars {
             connect_timeout: secs("WS_CONNECT_TIMEOUT", self.ws_connect_timeout)?
                 .unwrap_or(d.connect_timeout),
             message_buffer_size: self.ws_message_buffer_size.unwrap_or(d.message_buffer_size),
+            client_transport: match self.ws_client_transport {
+                None => d.client_transport,
+                Some(value) => value.parse().map_err(|reason| ConfigError::OutOfRange {
+                    variable: "WS_CLIENT_TRANSPORT",
+                    value,
+                    reason,
+                })?,
+            },
             idle_timeout: secs("WS_IDLE_TIMEOUT", self.ws_idle_timeout)?.unwrap_or(d.idle_timeout),
             handshake_timeout: secs("WS_HANDSHAKE_TIMEOUT", self.ws_handshake_timeout)?
                 .unwrap_or(d.handshake_timeout),

@@ -41,6 +41,31 @@ impl FromStr for SlowConsumerPolicy {
     }
 }
 
+/// Which WebSocket implementation `ws-client` uses for its connections
+/// (`WS_CLIENT_TRANSPORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ClientTransport {
+    /// tokio-tungstenite, the default.
+    #[default]
+    Tungstenite,
+    /// sockudo-ws: needs `ws-client` built with its `sockudo` feature (a client built
+    /// without it refuses the setting rather than silently using tungstenite).
+    Sockudo,
+}
+
+impl FromStr for ClientTransport {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tungstenite" => Ok(Self::Tungstenite),
+            "sockudo" => Ok(Self::Sockudo),
+            _ => Err("expected `tungstenite` or `sockudo`"),
+        }
+    }
+}
+
 /// A secret setting: its `Debug` never shows the value, so configurations can be logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -105,6 +130,8 @@ pub struct WebSocketConfig {
     pub connect_timeout: Duration,
     /// `WS_MESSAGE_BUFFER_SIZE`: messages the client queues while disconnected. Default 1000.
     pub message_buffer_size: usize,
+    /// `WS_CLIENT_TRANSPORT`: `tungstenite` (default) or `sockudo`; see [`ClientTransport`].
+    pub client_transport: ClientTransport,
     /// `WS_IDLE_TIMEOUT`: the hub closes a connection from which nothing (not even a pong)
     /// arrived for this long. Default 90 s (three missed pings).
     pub idle_timeout: Duration,
@@ -232,6 +259,7 @@ impl Default for WebSocketConfig {
             pong_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             message_buffer_size: 1000,
+            client_transport: ClientTransport::Tungstenite,
             idle_timeout: Duration::from_secs(90),
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 64 * 1024,
@@ -314,6 +342,7 @@ mod tests {
             ("WS_MAX_MESSAGE_SIZE", "4096"),
             ("WS_SEND_QUEUE_SIZE", "16"),
             ("WS_SLOW_CONSUMER_POLICY", "drop_oldest"),
+            ("WS_CLIENT_TRANSPORT", "sockudo"),
             ("WS_MAX_CONNECTIONS", "5"),
             ("WS_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
             ("WS_JWT_PUBLIC_KEY", "/keys/pub.pem"),
@@ -340,6 +369,7 @@ mod tests {
         assert_eq!(config.max_message_size, 4096);
         assert_eq!(config.send_queue_size, 16);
         assert_eq!(config.slow_consumer_policy, SlowConsumerPolicy::DropOldest);
+        assert_eq!(config.client_transport, ClientTransport::Sockudo);
         assert_eq!(config.max_connections, 5);
         assert_eq!(
             config.jwt_secret.as_ref().map(Secret::expose),
@@ -372,6 +402,7 @@ mod tests {
             ("WS_MAX_RECONNECT_ATTEMPTS", "-2"),
             ("WS_MESSAGE_BUFFER_SIZE", "many"),
             ("WS_SLOW_CONSUMER_POLICY", "panic"),
+            ("WS_CLIENT_TRANSPORT", "fastest"),
             ("WS_MAX_MESSAGE_SIZE", "10"),
             ("WS_SEND_QUEUE_SIZE", "0"),
             ("WS_RATE_LIMIT", "0"),

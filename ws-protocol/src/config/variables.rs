@@ -28,6 +28,7 @@ pub(super) const VARIABLES: &[(&str, Option<Number>)] = &[
     ("WS_PONG_TIMEOUT", Some(Number::Seconds)),
     ("WS_CONNECT_TIMEOUT", Some(Number::Seconds)),
     ("WS_MESSAGE_BUFFER_SIZE", Some(Number::Count)),
+    ("WS_CLIENT_TRANSPORT", None),
     ("WS_IDLE_TIMEOUT", Some(Number::Seconds)),
     ("WS_HANDSHAKE_TIMEOUT", Some(Number::Seconds)),
     ("WS_MAX_MESSAGE_SIZE", Some(Number::Count)),

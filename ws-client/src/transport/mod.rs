@@ -1,0 +1,250 @@
+//! The client's socket behind a small seam: [`Transport::Tungstenite`] (tokio-tungstenite,
+//! the default) or, built with the `sockudo` feature, [`Transport::Sockudo`] (sockudo-ws).
+//!
+//! The connection's task sees one [`Socket`] either way: a `Stream` of inbound frames and a
+//! `Sink` of outbound ones, both as tungstenite's `Message` (the client's own vocabulary for
+//! a frame), with the transport's errors as tungstenite's `Error`. Each backend file opens a
+//! connection (TCP, TLS, upgrade) and, for sockudo-ws, translates frames at the seam.
+//! Files: this one (the choice and the seam), `tungstenite.rs`, `sockudo.rs`.
+
+#[cfg(feature = "sockudo")]
+mod sockudo;
+mod tungstenite;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, Stream};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::settings::Settings;
+
+/// Which WebSocket implementation carries the client's connections
+/// ([`ClientBuilder::transport`](crate::ClientBuilder::transport)).
+///
+/// tokio-tungstenite is the default. Built with the `sockudo` feature, the client can use
+/// sockudo-ws instead ([`ClientBuilder::transport`](crate::ClientBuilder::transport) or
+/// `WS_CLIENT_TRANSPORT=sockudo`): its frame reader is faster (see docs/BENCHMARKS.md, S12);
+/// the client behaves the same on both. The feature alone changes nothing, so that another
+/// crate turning it on does not change the transport of yours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Transport {
+    /// tokio-tungstenite, the default.
+    #[default]
+    Tungstenite,
+    /// sockudo-ws (with the `sockudo` feature).
+    #[cfg(feature = "sockudo")]
+    Sockudo,
+}
+
+impl Transport {
+    /// The transport a configuration names, if this build has it.
+    pub(crate) fn named(transport: ws_protocol::ClientTransport) -> Option<Self> {
+        match transport {
+            ws_protocol::ClientTransport::Tungstenite => Some(Self::Tungstenite),
+            #[cfg(feature = "sockudo")]
+            ws_protocol::ClientTransport::Sockudo => Some(Self::Sockudo),
+            #[cfg(not(feature = "sockudo"))]
+            ws_protocol::ClientTransport::Sockudo => None,
+            _ => None,
+        }
+    }
+}
+
+/// One open WebSocket, whichever transport carries it.
+pub(crate) enum Socket {
+    /// tokio-tungstenite.
+    Tungstenite(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+    /// sockudo-ws.
+    #[cfg(feature = "sockudo")]
+    Sockudo(Box<sockudo::SockudoSocket>),
+}
+
+/// Opens a connection to `url` (TCP, TLS for `wss://`, the upgrade) on the transport the
+/// settings name, within no time limit of its own (the caller has one).
+pub(crate) async fn connect(settings: &Settings, url: &str) -> Result<Socket, String> {
+    match settings.transport {
+        Transport::Tungstenite => tungstenite::connect(settings, url)
+            .await
+            .map(|ws| Socket::Tungstenite(Box::new(ws))),
+        #[cfg(feature = "sockudo")]
+        Transport::Sockudo => sockudo::connect(settings, url)
+            .await
+            .map(|ws| Socket::Sockudo(Box::new(ws))),
+    }
+}
+
+impl Stream for Socket {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            Socket::Tungstenite(ws) => Pin::new(ws.as_mut()).poll_next(cx),
+            #[cfg(feature = "sockudo")]
+            Socket::Sockudo(ws) => Pin::new(ws.as_mut()).poll_next(cx),
+        }
+    }
+}
+
+impl Sink<Message> for Socket {
+    type Error = WsError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            Socket::Tungstenite(ws) => Pin::new(ws.as_mut()).poll_ready(cx),
+            #[cfg(feature = "sockudo")]
+            Socket::Sockudo(ws) => Pin::new(ws.as_mut()).poll_ready(cx),
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Message) -> Result<(), WsError> {
+        match self.get_mut() {
+            Socket::Tungstenite(ws) => Pin::new(ws.as_mut()).start_send(frame),
+            #[cfg(feature = "sockudo")]
+            Socket::Sockudo(ws) => Pin::new(ws.as_mut()).start_send(frame),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            Socket::Tungstenite(ws) => Pin::new(ws.as_mut()).poll_flush(cx),
+            #[cfg(feature = "sockudo")]
+            Socket::Sockudo(ws) => Pin::new(ws.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            Socket::Tungstenite(ws) => Pin::new(ws.as_mut()).poll_close(cx),
+            #[cfg(feature = "sockudo")]
+            Socket::Sockudo(ws) => Pin::new(ws.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    use super::*;
+    use crate::WebSocketClient;
+
+    /// What the echo server saw of the upgrade: the request target and the `x-token` header.
+    type Seen = (String, Option<String>);
+
+    /// A tokio-tungstenite server on 127.0.0.1:0 that echoes text and binary frames and
+    /// answers a close; its URL, and what it saw of the upgrade.
+    #[allow(clippy::result_large_err)] // tungstenite's callback type, not ours
+    async fn echo_server() -> (String, oneshot::Receiver<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, seen) = oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let callback = |request: &Request, response: Response| {
+                let token = request
+                    .headers()
+                    .get("x-token")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let _ = seen_tx.send((request.uri().to_string(), token));
+                Ok(response)
+            };
+            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback)
+                .await
+                .unwrap();
+            while let Some(Ok(frame)) = ws.next().await {
+                // tungstenite answers pings and the close by itself, on the next read.
+                if let Message::Text(_) | Message::Binary(_) = frame {
+                    ws.send(frame).await.unwrap();
+                }
+            }
+        });
+        (format!("ws://{addr}/feed?depth=5"), seen)
+    }
+
+    async fn next(ws: &mut Socket) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the connection is open")
+            .expect("a good frame")
+    }
+
+    /// Frames of every kind cross the seam both ways unchanged; the upgrade carries the
+    /// path, the query and the application's headers.
+    async fn frames_cross_the_seam(transport: Transport) {
+        let (url, seen) = echo_server().await;
+        let settings = WebSocketClient::builder()
+            .url(&url)
+            .header("x-token", "t0k3n")
+            .transport(transport)
+            .settings()
+            .unwrap();
+        let mut ws = connect(&settings, &url).await.unwrap();
+        let (target, token) = seen.await.unwrap();
+        assert_eq!(target, "/feed?depth=5");
+        assert_eq!(token.as_deref(), Some("t0k3n"));
+
+        ws.send(Message::text("héllo")).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text("héllo"));
+        ws.send(Message::binary(vec![0u8, 255, 7])).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::binary(vec![0u8, 255, 7]));
+        ws.send(Message::Ping(vec![1u8, 2].into())).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::Pong(vec![1u8, 2].into()));
+        let goodbye = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        ws.send(Message::Close(Some(goodbye))).await.unwrap();
+        match next(&mut ws).await {
+            Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Normal),
+            other => panic!("expected the server's close, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_cross_the_tungstenite_seam() {
+        frames_cross_the_seam(Transport::Tungstenite).await;
+    }
+
+    #[cfg(feature = "sockudo")]
+    #[tokio::test]
+    async fn frames_cross_the_sockudo_seam() {
+        frames_cross_the_seam(Transport::Sockudo).await;
+    }
+
+    #[cfg(feature = "sockudo")]
+    #[test]
+    fn ws_client_transport_picks_sockudo() {
+        let config =
+            ws_protocol::WebSocketConfig::from_vars([("WS_CLIENT_TRANSPORT", "sockudo")]).unwrap();
+        let settings = crate::ClientBuilder::from_config(&config)
+            .url("ws://127.0.0.1:1")
+            .settings()
+            .unwrap();
+        assert_eq!(settings.transport, Transport::Sockudo);
+    }
+
+    #[cfg(not(feature = "sockudo"))]
+    #[test]
+    fn ws_client_transport_sockudo_is_refused_without_the_feature() {
+        let config =
+            ws_protocol::WebSocketConfig::from_vars([("WS_CLIENT_TRANSPORT", "sockudo")]).unwrap();
+        let error = crate::ClientBuilder::from_config(&config)
+            .url("ws://127.0.0.1:1")
+            .settings()
+            .unwrap_err();
+        assert!(error.to_string().contains("sockudo"), "{error}");
+    }
+}

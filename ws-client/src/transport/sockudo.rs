@@ -1,0 +1,180 @@
+//! Opening a connection with sockudo-ws (the `sockudo` feature), and the frames and errors
+//! translated at the seam: sockudo-ws frames in and out as tungstenite's `Message`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, Stream};
+use rustls_pki_types::ServerName;
+use sockudo_ws::client::WebSocketClient as Upgrade;
+use sockudo_ws::error::CloseReason;
+use sockudo_ws::{Config, Http1, Message as SockudoMessage, WebSocketStream};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use url::{Host, Url};
+
+use crate::settings::Settings;
+
+/// A sockudo-ws connection, seen as a stream and sink of tungstenite `Message`s.
+pub(crate) struct SockudoSocket {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// TCP (no Nagle), TLS for `wss://` with the settings' roots, the upgrade with the
+/// settings' headers. sockudo-ws's own keepalive and idle timeout are off: the client's
+/// heartbeat does that job on either transport.
+pub(super) async fn connect(settings: &Settings, url: &str) -> Result<SockudoSocket, String> {
+    let parsed = Url::parse(url).map_err(|e| format!("bad URL {url:?}: {e}"))?;
+    let secure = match parsed.scheme() {
+        "ws" => false,
+        "wss" => true,
+        other => return Err(format!("unsupported URL scheme {other:?} (ws or wss)")),
+    };
+    let host = parsed
+        .host()
+        .ok_or_else(|| format!("no host in URL {url:?}"))?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| format!("no port in URL {url:?}"))?;
+    let tcp = match &host {
+        Host::Domain(name) => TcpStream::connect((*name, port)).await,
+        Host::Ipv4(ip) => TcpStream::connect((*ip, port)).await,
+        Host::Ipv6(ip) => TcpStream::connect((*ip, port)).await,
+    }
+    .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let stream = if secure {
+        let tls = settings
+            .tls
+            .clone()
+            .ok_or_else(|| "no TLS configuration for a wss:// URL".to_owned())?;
+        let name = match &host {
+            Host::Domain(name) => ServerName::try_from((*name).to_owned())
+                .map_err(|e| format!("bad TLS server name {name:?}: {e}"))?,
+            Host::Ipv4(ip) => ServerName::from(std::net::IpAddr::V4(*ip)),
+            Host::Ipv6(ip) => ServerName::from(std::net::IpAddr::V6(*ip)),
+        };
+        let tls = TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        MaybeTlsStream::Rustls(tls)
+    } else {
+        MaybeTlsStream::Plain(tcp)
+    };
+    // The Host header: the authority as the URL gives it (brackets around IPv6, the port
+    // unless it is the scheme's default).
+    let authority = match parsed.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let target = match parsed.query() {
+        Some(query) => format!("{}?{query}", parsed.path()),
+        None => parsed.path().to_owned(),
+    };
+    let headers = settings
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            value
+                .to_str()
+                .map(|value| (name.as_str().to_owned(), value.to_owned()))
+                .map_err(|_| format!("header {name} is not visible ASCII"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = Config::builder()
+        .max_message_size(settings.max_message_size)
+        .max_frame_size(settings.max_message_size)
+        .idle_timeout(0)
+        .auto_ping(false)
+        .ping_interval(0)
+        .pong_timeout(0)
+        .close_timeout(1)
+        .build();
+    let (ws, _) = Upgrade::<Http1>::new(config)
+        .connect_raw_with_headers(stream, &authority, &target, None, Some(&headers))
+        .await
+        .map_err(|e| format!("WebSocket upgrade: {e}"))?;
+    Ok(SockudoSocket { ws })
+}
+
+/// An inbound sockudo-ws frame as tungstenite's. Text was validated as UTF-8 by sockudo-ws;
+/// tungstenite's type checks it again (no unchecked constructor without `unsafe`).
+fn inbound(frame: SockudoMessage) -> Result<Message, WsError> {
+    Ok(match frame {
+        SockudoMessage::Text(bytes) => {
+            Message::Text(Utf8Bytes::try_from(bytes).map_err(|e| WsError::Utf8(e.to_string()))?)
+        }
+        SockudoMessage::Binary(bytes) => Message::Binary(bytes),
+        SockudoMessage::Ping(bytes) => Message::Ping(bytes),
+        SockudoMessage::Pong(bytes) => Message::Pong(bytes),
+        SockudoMessage::Close(reason) => Message::Close(reason.map(|r| CloseFrame {
+            code: r.code.into(),
+            reason: r.reason.into(),
+        })),
+    })
+}
+
+/// An outbound tungstenite frame as sockudo-ws's.
+fn outbound(frame: Message) -> Result<SockudoMessage, WsError> {
+    Ok(match frame {
+        Message::Text(text) => SockudoMessage::Text(Bytes::from(text)),
+        Message::Binary(bytes) => SockudoMessage::Binary(bytes),
+        Message::Ping(bytes) => SockudoMessage::Ping(bytes),
+        Message::Pong(bytes) => SockudoMessage::Pong(bytes),
+        Message::Close(frame) => SockudoMessage::Close(
+            frame.map(|f| CloseReason::new(u16::from(f.code), f.reason.as_str())),
+        ),
+        Message::Frame(_) => {
+            return Err(WsError::Io(std::io::Error::other(
+                "raw frames are not sent through sockudo-ws",
+            )));
+        }
+    })
+}
+
+/// A sockudo-ws error as tungstenite's: I/O errors as they are, the end of the connection
+/// as `ConnectionClosed`, the rest with sockudo-ws's words.
+fn error(error: sockudo_ws::Error) -> WsError {
+    match error {
+        sockudo_ws::Error::Io(e) => WsError::Io(e),
+        sockudo_ws::Error::ConnectionClosed | sockudo_ws::Error::Closed(_) => {
+            WsError::ConnectionClosed
+        }
+        other => WsError::Io(std::io::Error::other(other.to_string())),
+    }
+}
+
+impl Stream for SockudoSocket {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.ws)
+            .poll_next(cx)
+            .map(|next| next.map(|frame| frame.map_err(error).and_then(inbound)))
+    }
+}
+
+impl Sink<Message> for SockudoSocket {
+    type Error = WsError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Pin::new(&mut self.ws).poll_ready(cx).map_err(error)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, frame: Message) -> Result<(), WsError> {
+        let frame = outbound(frame)?;
+        Pin::new(&mut self.ws).start_send(frame).map_err(error)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Pin::new(&mut self.ws).poll_flush(cx).map_err(error)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Pin::new(&mut self.ws).poll_close(cx).map_err(error)
+    }
+}
