@@ -50,6 +50,10 @@ pub(crate) struct ClientReceiveArgs {
     /// Payload bytes.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// At a rate: the sender writes each frame alone at its moment (spinning between
+    /// them) instead of a millisecond's frames at once on its timer's tick.
+    #[arg(long)]
+    pub spaced: bool,
     /// Seconds of reading.
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
@@ -65,6 +69,8 @@ pub(crate) struct ClientReceiveReport {
     pub reader: Reader,
     /// The sender's rate (0: as fast as it can).
     pub rate: u64,
+    /// Whether the sender wrote each frame alone at its moment (`--spaced`).
+    pub spaced: bool,
     /// Frames handed to the application.
     pub received: u64,
     /// Frames handed to the application per second.
@@ -125,10 +131,11 @@ async fn upgrade(url: &str) -> Result<tokio::net::TcpStream> {
 /// Runs S12.
 pub(crate) async fn run(args: &ClientReceiveArgs) -> Result<ClientReceiveReport> {
     let url = format!(
-        "{}/?rate={}&size={}",
+        "{}/?rate={}&size={}&spaced={}",
         args.url.trim_end_matches('/'),
         args.rate,
-        args.size
+        args.size,
+        u8::from(args.spaced)
     );
     let duration = Duration::from_secs_f64(args.duration);
     let (mut e2e, mut added) = (histogram()?, histogram()?);
@@ -241,6 +248,7 @@ pub(crate) async fn run(args: &ClientReceiveArgs) -> Result<ClientReceiveReport>
     Ok(ClientReceiveReport {
         reader: args.reader,
         rate: args.rate,
+        spaced: args.spaced,
         received,
         received_per_s: received as f64 / duration_s,
         duration_s,

@@ -559,7 +559,8 @@ impl ClientBuilder {
         }
         let (state, state_rx) = CombinedState::new(connections);
         let state = Arc::new(state);
-        let (arrivals_tx, arrivals) = mpsc::channel(settings.event_capacity);
+        let (arrivals_tx, arrivals) =
+            mpsc::channel(crate::driver::queue_batches(settings.event_capacity));
         let buffer = Arc::new(OutboundBuffer::new(
             self.message_buffer_size,
             self.max_buffer_age,

@@ -2,7 +2,9 @@
 //! text frames, as fast as the socket takes them (`/?rate=0`, the default) or at a fixed
 //! rate (`/?rate=N` frames per second, sent each millisecond with the wall-clock time they
 //! were due in them, so that the reader can time them; at a rate every connection carries the
-//! same numbers: one feed, for racing). `&size=N` sets the payload size (128).
+//! same numbers: one feed, for racing). `&size=N` sets the payload size (128); `&spaced=1`
+//! sends each frame alone at the moment it is due rather than a millisecond's worth on each
+//! tick (the sender spins between frames: for one reader on a core of its own).
 
 use std::time::Duration;
 
@@ -59,6 +61,7 @@ async fn connection(mut stream: TcpStream) -> Result<()> {
         .context("no Sec-WebSocket-Key")?;
     let rate = query(&head, "rate").unwrap_or(0);
     let size = usize::try_from(query(&head, "size").unwrap_or(128)).unwrap_or(128);
+    let spaced = query(&head, "spaced").unwrap_or(0) == 1;
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         derive_accept_key(key.as_bytes())
@@ -101,6 +104,25 @@ async fn connection(mut stream: TcpStream) -> Result<()> {
     let mut next = payload::unix_ns() / period_ns + 1;
     while !draining.is_finished() {
         tick.tick().await;
+        if spaced {
+            // Each frame alone at the moment it is due, up to the next tick: the sender
+            // spins between them (it runs alone on its core for S12), so that a reader sees
+            // one frame at a time rather than a millisecond's worth at once.
+            let horizon = payload::unix_ns() + 1_000_000;
+            while next * period_ns <= horizon {
+                let at = next * period_ns;
+                while payload::unix_ns() < at {
+                    std::hint::spin_loop();
+                }
+                out.clear();
+                body.clear();
+                payload::write(&mut body, 0, next, at, size);
+                wire::write_server_frame(&mut out, OP_TEXT, &body);
+                writer.write_all(&out).await?;
+                next += 1;
+            }
+            continue;
+        }
         // Frames due by now, so that the rate holds whatever the timer's granularity.
         let due = payload::unix_ns() / period_ns;
         out.clear();

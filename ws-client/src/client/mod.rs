@@ -20,22 +20,24 @@ use crate::acks::Acks;
 use crate::buffer::OutboundBuffer;
 use crate::builder::ClientBuilder;
 use crate::driver::Command;
+use crate::driver::arrival::Batch;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::metrics::{Counters, Metrics};
-use crate::sequencer::{Arrival, Sequencer};
+use crate::sequencer::Sequencer;
 use crate::stamped::Stamped;
 use crate::state::{ConnectionState, StateChanges};
 
-/// Arrivals taken into the sequencer at once when the application waits for an event.
-const ARRIVAL_BATCH: usize = 64;
+/// Batches of arrivals taken into the sequencer at once when the application waits for an
+/// event.
+const BATCHES_AT_ONCE: usize = 4;
 
 /// The application's side of the arrival queue: the sequencer runs here, in `next_event`.
 pub(crate) struct Inbox {
-    pub(crate) arrivals: mpsc::Receiver<Arrival>,
-    /// Arrivals taken from the queue at once (at most [`ARRIVAL_BATCH`]), kept for its
+    pub(crate) arrivals: mpsc::Receiver<Batch>,
+    /// Batches taken from the queue at once (at most [`BATCHES_AT_ONCE`]), kept for its
     /// allocation.
-    pub(crate) batch: Vec<Arrival>,
+    pub(crate) batch: Vec<Batch>,
     pub(crate) sequencer: Sequencer,
     /// Every connection has ended and what was held has been let go.
     pub(crate) finished: bool,
@@ -335,14 +337,13 @@ impl WebSocketClient {
             }
             let deadline = sequencer.deadline();
             tokio::select! {
-                // Every queued arrival up to a batch in one take: one wait, one lock and
-                // one release of queue room per burst rather than per frame.
-                taken = arrivals.recv_many(batch, ARRIVAL_BATCH) => if taken == 0 {
+                // What is queued, a few bursts at once: one wait per burst or less.
+                taken = arrivals.recv_many(batch, BATCHES_AT_ONCE) => if taken == 0 {
                     sequencer.finish();
                     *finished = true;
                 } else {
                     let now = Instant::now();
-                    for arrival in batch.drain(..) {
+                    for arrival in batch.drain(..).flatten() {
                         sequencer.accept(arrival, now);
                     }
                 },

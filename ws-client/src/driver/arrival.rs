@@ -19,6 +19,11 @@ pub(crate) enum Asked {
     Fill,
 }
 
+/// What a connection hands over at once: every arrival one burst of reads brought (at most
+/// `READ_AHEAD` of them, or one lifecycle event), so that the queue between the connections
+/// and the application costs one operation per burst rather than one per frame.
+pub(crate) type Batch = Vec<Arrival>;
+
 /// One thing a connection received, for the sequencer.
 #[derive(Debug)]
 pub(crate) enum Arrival {

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn};
 use ws_protocol::{WsMessage, close};
 
-use super::arrival::Arrival;
+use super::arrival::{Arrival, Batch};
 use super::decode::{Inbound, decode};
 use super::{CLOSE_TIMEOUT, Command, Driver, Ended, ended_by, not_a_hub};
 use crate::event::Event;
@@ -28,7 +28,7 @@ const MAX_STASH: usize = 4096;
 /// read-ahead lets control replies (such as the `Subscribed` a `subscribe` call waits for)
 /// through while the application is not reading yet; beyond it the socket is not read, so
 /// the server sees backpressure.
-const READ_AHEAD: usize = 64;
+pub(crate) const READ_AHEAD: usize = 64;
 
 impl Driver {
     /// Restores subscriptions (or sends the application's on-connect frames), then serves the
@@ -70,17 +70,16 @@ impl Driver {
             Instant::now(),
         );
         let mut rotation = Rotation::new(settings.max_connection_age, Instant::now());
-        let mut permit: Option<OwnedPermit<Arrival>> = None;
+        let mut permit: Option<OwnedPermit<Batch>> = None;
         let mut close_frame: Option<CloseFrame> = None;
         loop {
             // Hand over what was decoded before reading more: at once while the queue has
             // room, else through a permit waited for below (the application is behind).
             if let Some(p) = permit.take() {
-                match self.out.pop_front() {
-                    Some(arrival) => {
-                        p.send(arrival);
-                    }
-                    None => permit = Some(p),
+                if self.out.is_empty() {
+                    permit = Some(p);
+                } else {
+                    p.send(self.out.drain(..).collect());
                 }
             }
             if !self.hand_over_now() {
@@ -180,36 +179,17 @@ impl Driver {
     /// Hands what was decoded to the application while its queue has room; `false` if the
     /// application is gone.
     fn hand_over_now(&mut self) -> bool {
-        while !self.out.is_empty() {
-            // Room for as many as are waiting, taken at once (other connections share the
-            // queue: what is free may be gone by the time it is taken, then one at a time).
-            let room = self.out.len().min(self.arrivals.capacity());
-            if room == 0 {
-                return !self.arrivals.is_closed();
-            }
-            match self.arrivals.try_reserve_many(room) {
-                Ok(permits) => {
-                    for (permit, arrival) in permits.zip(self.out.drain(..room)) {
-                        permit.send(arrival);
-                    }
-                }
-                Err(TrySendError::Full(())) => {
-                    let Some(arrival) = self.out.pop_front() else {
-                        break;
-                    };
-                    match self.arrivals.try_send(arrival) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(arrival)) => {
-                            self.out.push_front(arrival);
-                            break;
-                        }
-                        Err(TrySendError::Closed(_)) => return false,
-                    }
-                }
-                Err(TrySendError::Closed(())) => return false,
-            }
+        if self.out.is_empty() {
+            return true;
         }
-        true
+        match self.arrivals.try_reserve() {
+            Ok(permit) => {
+                permit.send(self.out.drain(..).collect());
+                true
+            }
+            Err(TrySendError::Full(())) => true,
+            Err(TrySendError::Closed(())) => false,
+        }
     }
 
     /// Takes in what the socket gave: a frame, or its end.
