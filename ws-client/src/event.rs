@@ -2,6 +2,8 @@
 
 use ws_protocol::Payload;
 
+use crate::text::Text;
+
 /// One thing that happened on the client, in the order it happened.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -17,7 +19,8 @@ pub enum Event {
     },
     /// A text frame that is not part of the hub's control protocol: a message the hub
     /// broadcast as is, or any frame from a server that does not speak the hub protocol.
-    Message(String),
+    /// On sockudo-ws it shares the buffer it was read into (see [`Text`]).
+    Message(Text),
     /// A binary frame (servers that do not speak the hub protocol).
     Binary(Vec<u8>),
     /// A connection is established (and, on a hub, every subscription is in effect again).

@@ -354,13 +354,13 @@ mod tests {
         text: &str,
         now: Instant,
     ) {
-        s.accept(connection, Event::Message(text.to_owned()), now, now, out);
+        s.accept(connection, Event::Message(text.into()), now, now, out);
     }
 
     fn drain(out: &mut VecDeque<Stamped>) -> Vec<String> {
         out.drain(..)
             .map(|stamped| match stamped.event {
-                Event::Message(text) => text,
+                Event::Message(text) => text.into_string(),
                 Event::Gap {
                     channel,
                     expected,

@@ -50,6 +50,7 @@ mod sequencer;
 mod settings;
 mod stamped;
 mod state;
+mod text;
 mod tls;
 mod transport;
 
@@ -66,5 +67,6 @@ pub use sequencer::DEFAULT_GAP_TIMEOUT;
 pub use settings::ServerProtocol;
 pub use stamped::Stamped;
 pub use state::{ConnectionState, StateChanges};
+pub use text::Text;
 pub use transport::Transport;
 pub use ws_protocol::{self, WsMessage};

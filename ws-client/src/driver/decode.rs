@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use ws_protocol::{ChannelPosition, Payload, WsMessage};
+
+use crate::text::Text;
 
 /// One inbound frame, classified.
 #[derive(Debug)]
@@ -44,7 +46,7 @@ pub(crate) enum Inbound {
     Control,
     /// A text frame for the application as it is (from a server that is not the hub, or a
     /// frame the hub protocol does not know, such as a broadcast `PriceUpdate`).
-    Text(String),
+    Text(Text),
     /// A binary frame for the application.
     Binary(Bytes),
     /// A WebSocket pong, with its payload.
@@ -67,8 +69,16 @@ struct Acknowledgement<'a> {
 }
 
 /// Classifies `frame`; `hub` says whether the server speaks the hub protocol (otherwise
-/// every text frame is the application's).
-pub(crate) fn decode(frame: Message, hub: bool) -> Inbound {
+/// every text frame is the application's), `share` whether the application's text may keep
+/// the transport's buffer (see [`Text`]) or gets a copy.
+pub(crate) fn decode(frame: Message, hub: bool, share: bool) -> Inbound {
+    let application = |text: Utf8Bytes| {
+        Inbound::Text(if share {
+            Text::shared(text)
+        } else {
+            Text::from(text.as_str().to_owned())
+        })
+    };
     let text = match frame {
         Message::Text(text) => text,
         Message::Binary(bytes) => return Inbound::Binary(bytes),
@@ -78,7 +88,7 @@ pub(crate) fn decode(frame: Message, hub: bool) -> Inbound {
         }
     };
     if !hub {
-        return Inbound::Text(text.as_str().to_owned());
+        return application(text);
     }
     // An acknowledgement, one per acknowledged publication: read its two numbers without
     // decoding every field a frame may carry.
@@ -125,7 +135,7 @@ pub(crate) fn decode(frame: Message, hub: bool) -> Inbound {
             | WsMessage::Connected { .. }
             | WsMessage::Authenticated { .. },
         ) => Inbound::Control,
-        _ => Inbound::Text(text.as_str().to_owned()),
+        _ => application(text),
     }
 }
 
@@ -140,7 +150,7 @@ mod tests {
     #[test]
     fn hub_frames_are_classified() {
         let publication = r#"{"type":"Publication","channel":"p","seq":4,"data":{"x":1}}"#;
-        match decode(text(publication), true) {
+        match decode(text(publication), true, false) {
             Inbound::Publication { channel, seq, data } => {
                 assert_eq!((channel.as_str(), seq), ("p", 4));
                 assert_eq!(data.as_raw().get(), r#"{"x":1}"#);
@@ -149,54 +159,77 @@ mod tests {
         }
         let subscribed = r#"{"type":"Subscribed","channels":["p"],"positions":{"p":{"epoch":"e","seq":2,"recovered":true}}}"#;
         assert!(matches!(
-            decode(text(subscribed), true),
+            decode(text(subscribed), true, false),
             Inbound::Subscribed { positions, .. } if positions["p"].seq == 2
         ));
         let refused = r#"{"type":"Error","code":"forbidden","message":"no","channels":["p"]}"#;
         assert!(matches!(
-            decode(text(refused), true),
+            decode(text(refused), true, false),
             Inbound::Error { code, channels, .. } if code == "forbidden" && channels == ["p"]
         ));
         assert!(matches!(
-            decode(text(r#"{"type":"Ping"}"#), true),
+            decode(text(r#"{"type":"Ping"}"#), true, false),
             Inbound::Ping
         ));
         assert!(matches!(
             decode(
                 text(r#"{"type":"Connected","connection_id":1,"server_time":2}"#),
-                true
+                true,
+                false
             ),
             Inbound::Control
         ));
         assert!(matches!(
-            decode(text(r#"{"type":"Lagged","channel":"p","missed":3}"#), true),
+            decode(
+                text(r#"{"type":"Lagged","channel":"p","missed":3}"#),
+                true,
+                false
+            ),
             Inbound::Lagged { missed: 3, .. }
         ));
         assert!(matches!(
             decode(
                 text(r#"{"type":"Conflated","channel":"p","skipped":2}"#),
-                true
+                true,
+                false
             ),
             Inbound::Conflated { skipped: 2, .. }
         ));
     }
 
     #[test]
+    fn the_applications_text_is_shared_or_copied_as_asked() {
+        let read = Utf8Bytes::from(String::from("price 1"));
+        let at = read.as_str().as_ptr();
+        let Inbound::Text(shared) = decode(Message::Text(read.clone()), false, true) else {
+            panic!("text");
+        };
+        assert_eq!(shared.as_str().as_ptr(), at);
+        let Inbound::Text(copied) = decode(Message::Text(read), false, false) else {
+            panic!("text");
+        };
+        assert_ne!(copied.as_str().as_ptr(), at);
+        assert_eq!(copied, "price 1");
+    }
+
+    #[test]
     fn what_the_hub_protocol_does_not_know_is_the_applications() {
-        assert!(matches!(decode(text("not json"), true), Inbound::Text(t) if t == "not json"));
+        assert!(
+            matches!(decode(text("not json"), true, false), Inbound::Text(t) if t == "not json")
+        );
         let price = r#"{"type":"PriceUpdate","input_mint":"a","output_mint":"b","price":1.0,"volume":1,"timestamp":1}"#;
-        assert!(matches!(decode(text(price), true), Inbound::Text(_)));
+        assert!(matches!(decode(text(price), true, false), Inbound::Text(_)));
         // From a server that is not the hub, even hub-shaped JSON is the application's.
         assert!(matches!(
-            decode(text(r#"{"type":"Ping"}"#), false),
+            decode(text(r#"{"type":"Ping"}"#), false, false),
             Inbound::Text(_)
         ));
         assert!(matches!(
-            decode(Message::binary(vec![1u8, 2]), true),
+            decode(Message::binary(vec![1u8, 2]), true, false),
             Inbound::Binary(b) if b.as_ref() == [1, 2]
         ));
         assert!(matches!(
-            decode(Message::Pong(Bytes::from_static(b"n")), true),
+            decode(Message::Pong(Bytes::from_static(b"n")), true, false),
             Inbound::WebSocketPong(_)
         ));
     }

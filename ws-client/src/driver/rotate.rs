@@ -67,7 +67,7 @@ impl Driver {
                 if let Inbound::Subscribed {
                     channels,
                     positions,
-                } = decode(Message::Text(text.clone()), true)
+                } = decode(Message::Text(text.clone()), true, false)
                 {
                     successor.targets =
                         Some(positions.iter().map(|(c, p)| (c.clone(), p.seq)).collect());

@@ -243,7 +243,7 @@ impl Driver {
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Text(text))) => {
-                        match decode(Message::Text(text.clone()), true) {
+                        match decode(Message::Text(text.clone()), true, false) {
                             Inbound::Subscribed {
                                 channels,
                                 positions,
@@ -362,7 +362,7 @@ impl Driver {
             Counters::add(&self.counters.messages_received, 1);
             Counters::add(&self.counters.bytes_received, frame.len() as u64);
         }
-        let arrival = match decode(frame, self.hub) {
+        let arrival = match decode(frame, self.hub, self.settings.transport.shares_text()) {
             Inbound::Publication { channel, seq, data } => {
                 heartbeat.on_data(now);
                 let epoch = self.subscriptions.on_publication(&channel, seq);

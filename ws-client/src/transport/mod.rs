@@ -41,6 +41,17 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Whether text read on this transport may be handed to the application without a copy:
+    /// sockudo-ws reads into a fresh buffer when the last one is still shared; tokio-tungstenite
+    /// would go on reading into what is left of it, in ever smaller pieces.
+    pub(crate) fn shares_text(self) -> bool {
+        match self {
+            Self::Tungstenite => false,
+            #[cfg(feature = "sockudo")]
+            Self::Sockudo => true,
+        }
+    }
+
     /// The transport a configuration names, if this build has it.
     pub(crate) fn named(transport: ws_protocol::ClientTransport) -> Option<Self> {
         match transport {

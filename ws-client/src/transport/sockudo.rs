@@ -85,7 +85,10 @@ pub(super) async fn connect(settings: &Settings, url: &str) -> Result<SockudoSoc
                 .map_err(|_| format!("header {name} is not visible ASCII"))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Text is checked as UTF-8 once, at the seam (tungstenite's `Utf8Bytes` needs that check
+    // to be made in safe code), rather than by sockudo-ws and again here.
     let config = Config::builder()
+        .validate_text_utf8(false)
         .max_message_size(settings.max_message_size)
         .max_frame_size(settings.max_message_size)
         .idle_timeout(0)
@@ -101,8 +104,8 @@ pub(super) async fn connect(settings: &Settings, url: &str) -> Result<SockudoSoc
     Ok(SockudoSocket { ws })
 }
 
-/// An inbound sockudo-ws frame as tungstenite's. Text was validated as UTF-8 by sockudo-ws;
-/// tungstenite's type checks it again (no unchecked constructor without `unsafe`).
+/// An inbound sockudo-ws frame as tungstenite's. Text is checked as UTF-8 here (sockudo-ws
+/// is told not to): invalid text fails the connection, as on tokio-tungstenite.
 fn inbound(frame: SockudoMessage) -> Result<Message, WsError> {
     Ok(match frame {
         SockudoMessage::Text(bytes) => {
