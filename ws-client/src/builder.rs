@@ -559,8 +559,7 @@ impl ClientBuilder {
         }
         let (state, state_rx) = CombinedState::new(connections);
         let state = Arc::new(state);
-        let (arrivals_tx, arrivals) =
-            mpsc::channel(crate::driver::queue_batches(settings.event_capacity));
+        let (arrivals_tx, arrivals) = crate::arrival_queue::arrival_queue(settings.event_capacity);
         let buffer = Arc::new(OutboundBuffer::new(
             self.message_buffer_size,
             self.max_buffer_age,

@@ -34,6 +34,7 @@
 #![cfg_attr(not(test), warn(clippy::print_stdout, clippy::print_stderr))]
 
 mod acks;
+mod arrival_queue;
 mod buffer;
 mod builder;
 mod client;

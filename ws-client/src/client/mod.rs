@@ -17,6 +17,7 @@ use ws_protocol::{invalid_channel_name, is_valid_channel_name};
 mod sending;
 
 use crate::acks::Acks;
+use crate::arrival_queue::ArrivalReceiver;
 use crate::buffer::OutboundBuffer;
 use crate::builder::ClientBuilder;
 use crate::driver::Command;
@@ -34,7 +35,7 @@ const BATCHES_AT_ONCE: usize = 4;
 
 /// The application's side of the arrival queue: the sequencer runs here, in `next_event`.
 pub(crate) struct Inbox {
-    pub(crate) arrivals: mpsc::Receiver<Batch>,
+    pub(crate) arrivals: ArrivalReceiver,
     /// Batches taken from the queue at once (at most [`BATCHES_AT_ONCE`]), kept for its
     /// allocation.
     pub(crate) batch: Vec<Batch>,
@@ -338,7 +339,7 @@ impl WebSocketClient {
             let deadline = sequencer.deadline();
             tokio::select! {
                 // What is queued, a few bursts at once: one wait per burst or less.
-                taken = arrivals.recv_many(batch, BATCHES_AT_ONCE) => if taken == 0 {
+                taken = arrivals.take(batch, BATCHES_AT_ONCE) => if taken == 0 {
                     sequencer.finish();
                     *finished = true;
                 } else {

@@ -35,9 +35,10 @@ use tracing::{debug, warn};
 use ws_protocol::backoff::Backoff;
 use ws_protocol::{Position, close};
 
-use self::arrival::{Arrival, Batch};
+use self::arrival::Arrival;
 use self::subscriptions::Subscriptions;
 use crate::acks::Acks;
+use crate::arrival_queue::ArrivalSender;
 use crate::buffer::{OutboundBuffer, Pending};
 use crate::combined_state::CombinedState;
 use crate::error::{Error, Result};
@@ -45,13 +46,6 @@ use crate::event::Event;
 use crate::metrics::Counters;
 use crate::settings::Settings;
 use crate::state::ConnectionState;
-
-/// Batches the arrival queue holds so that about `events` arrivals fit: batches carry up to
-/// [`serve::READ_AHEAD`] arrivals each, and grow to it when the application is behind (the
-/// connection's task gathers what it reads while the queue is full).
-pub(crate) fn queue_batches(events: usize) -> usize {
-    events.div_ceil(serve::READ_AHEAD).max(2)
-}
 
 /// How long the client waits for the server's close reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -96,7 +90,7 @@ pub(crate) struct Driver {
     settings: Arc<Settings>,
     commands: mpsc::Receiver<Command>,
     buffer: Arc<OutboundBuffer>,
-    arrivals: mpsc::Sender<Batch>,
+    arrivals: ArrivalSender,
     state: Arc<CombinedState>,
     counters: Arc<Counters>,
     token: CancellationToken,
@@ -125,7 +119,7 @@ pub(crate) struct DriverParts {
     pub(crate) settings: Arc<Settings>,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) buffer: Arc<OutboundBuffer>,
-    pub(crate) arrivals: mpsc::Sender<Batch>,
+    pub(crate) arrivals: ArrivalSender,
     pub(crate) state: Arc<CombinedState>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) token: CancellationToken,
@@ -186,7 +180,7 @@ impl Driver {
     fn lifecycle(&self, event: Event) {
         // Lifecycle events are advisory (the state and metrics always tell the same); they
         // are not worth stalling the connection for an application that does not read them.
-        if self.arrivals.try_send(vec![Arrival::Event(event)]).is_err() {
+        if !self.arrivals.offer(Arrival::Event(event)) {
             debug!("event queue full; lifecycle event not queued");
         }
     }

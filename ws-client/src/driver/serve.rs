@@ -3,8 +3,6 @@
 //! calls for.
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::mpsc::OwnedPermit;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -12,7 +10,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn};
 use ws_protocol::{WsMessage, close};
 
-use super::arrival::{Arrival, Batch};
+use super::arrival::Arrival;
 use super::decode::{Inbound, decode};
 use super::{CLOSE_TIMEOUT, Command, Driver, Ended, ended_by, not_a_hub};
 use crate::event::Event;
@@ -70,18 +68,10 @@ impl Driver {
             Instant::now(),
         );
         let mut rotation = Rotation::new(settings.max_connection_age, Instant::now());
-        let mut permit: Option<OwnedPermit<Batch>> = None;
         let mut close_frame: Option<CloseFrame> = None;
         loop {
-            // Hand over what was decoded before reading more: at once while the queue has
-            // room, else through a permit waited for below (the application is behind).
-            if let Some(p) = permit.take() {
-                if self.out.is_empty() {
-                    permit = Some(p);
-                } else {
-                    p.send(self.out.drain(..).collect());
-                }
-            }
+            // Hand over what was decoded before reading more, as far as the queue has room
+            // (else room is waited for below: the application is behind).
             if !self.hand_over_now() {
                 // The receiver lives as long as the handles: they are all gone.
                 return self.close(&mut ws).await;
@@ -106,11 +96,8 @@ impl Driver {
                 () = self.buffer.ready() => if let Err(ended) = self.write_buffered(&mut ws).await {
                     return ended;
                 },
-                reserved = self.arrivals.clone().reserve_owned(), if permit.is_none() && !self.out.is_empty() => match reserved {
-                    Ok(p) => {
-                        heartbeat.resume(Instant::now());
-                        permit = Some(p);
-                    }
+                room = self.arrivals.room(), if !self.out.is_empty() => match room {
+                    Ok(()) => heartbeat.resume(Instant::now()),
                     // The receiver lives as long as the handles: they are all gone.
                     Err(_) => return self.close(&mut ws).await,
                 },
@@ -179,17 +166,7 @@ impl Driver {
     /// Hands what was decoded to the application while its queue has room; `false` if the
     /// application is gone.
     fn hand_over_now(&mut self) -> bool {
-        if self.out.is_empty() {
-            return true;
-        }
-        match self.arrivals.try_reserve() {
-            Ok(permit) => {
-                permit.send(self.out.drain(..).collect());
-                true
-            }
-            Err(TrySendError::Full(())) => true,
-            Err(TrySendError::Closed(())) => false,
-        }
+        self.out.is_empty() || self.arrivals.hand_over(&mut self.out).is_ok()
     }
 
     /// Takes in what the socket gave: a frame, or its end.
