@@ -14,6 +14,11 @@
 //! clustered hubs) and delivers whichever copy arrives first, and
 //! [`ClientBuilder::max_connection_age`] replaces old connections make-before-break.
 //!
+//! Connections run on tokio-tungstenite. The `sockudo` cargo feature adds sockudo-ws, a
+//! faster frame reader, as a choice ([`Transport`], [`ClientBuilder::transport`] or
+//! `WS_CLIENT_TRANSPORT=sockudo`); turning the feature on does not by itself change the
+//! transport.
+//!
 //! ```no_run
 //! use serde::Deserialize;
 //! use ws_client::WebSocketClient;
