@@ -16,7 +16,9 @@ use crate::driver::arrival::{Arrival, Batch};
 
 /// Makes a queue for `capacity` arrivals (at least 1).
 pub(crate) fn arrival_queue(capacity: usize) -> (ArrivalSender, ArrivalReceiver) {
-    let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
+    // Places are taken a batch at a time with a `u32` count: no more of them than that.
+    let most = Semaphore::MAX_PERMITS.min(usize::try_from(u32::MAX).unwrap_or(usize::MAX));
+    let capacity = capacity.clamp(1, most);
     // Every batch holds at least one arrival, so the channel never holds more batches than
     // there is room for arrivals: the semaphore is the bound that matters.
     let (batches, taken) = mpsc::channel(capacity);
@@ -90,7 +92,11 @@ impl ArrivalSender {
             return false;
         };
         permit.forget();
-        self.batches.try_send(vec![arrival]).is_ok()
+        let queued = self.batches.try_send(vec![arrival]).is_ok();
+        if !queued {
+            self.room.add_permits(1);
+        }
+        queued
     }
 
     /// Waits until there is room for at least one arrival.

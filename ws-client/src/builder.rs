@@ -363,8 +363,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Which WebSocket implementation carries the connections (default:
-    /// [`Transport::default`], tokio-tungstenite unless the crate is built with its
+    /// Which WebSocket implementation carries the connections (`WS_CLIENT_TRANSPORT`;
+    /// default tokio-tungstenite, whatever the features; `Transport::Sockudo` needs the
     /// `sockudo` feature).
     pub fn transport(mut self, transport: Transport) -> Self {
         self.transport = transport;

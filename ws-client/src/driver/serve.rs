@@ -26,7 +26,7 @@ const MAX_STASH: usize = 4096;
 /// read-ahead lets control replies (such as the `Subscribed` a `subscribe` call waits for)
 /// through while the application is not reading yet; beyond it the socket is not read, so
 /// the server sees backpressure.
-pub(crate) const READ_AHEAD: usize = 64;
+const READ_AHEAD: usize = 64;
 
 impl Driver {
     /// Restores subscriptions (or sends the application's on-connect frames), then serves the

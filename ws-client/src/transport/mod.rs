@@ -58,8 +58,6 @@ impl Transport {
             ws_protocol::ClientTransport::Tungstenite => Some(Self::Tungstenite),
             #[cfg(feature = "sockudo")]
             ws_protocol::ClientTransport::Sockudo => Some(Self::Sockudo),
-            #[cfg(not(feature = "sockudo"))]
-            ws_protocol::ClientTransport::Sockudo => None,
             _ => None,
         }
     }
@@ -88,15 +86,22 @@ pub(crate) async fn connect(settings: &Settings, url: &str) -> Result<Socket, St
     }
 }
 
+/// The same call on whichever transport's socket this is.
+macro_rules! on_socket {
+    ($socket:expr, $ws:ident => $call:expr) => {
+        match $socket.get_mut() {
+            Socket::Tungstenite($ws) => $call,
+            #[cfg(feature = "sockudo")]
+            Socket::Sockudo($ws) => $call,
+        }
+    };
+}
+
 impl Stream for Socket {
     type Item = Result<Message, WsError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.get_mut() {
-            Socket::Tungstenite(ws) => Pin::new(ws.as_mut()).poll_next(cx),
-            #[cfg(feature = "sockudo")]
-            Socket::Sockudo(ws) => Pin::new(ws.as_mut()).poll_next(cx),
-        }
+        on_socket!(self, ws => Pin::new(ws.as_mut()).poll_next(cx))
     }
 }
 
@@ -104,35 +109,19 @@ impl Sink<Message> for Socket {
     type Error = WsError;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        match self.get_mut() {
-            Socket::Tungstenite(ws) => Pin::new(ws.as_mut()).poll_ready(cx),
-            #[cfg(feature = "sockudo")]
-            Socket::Sockudo(ws) => Pin::new(ws.as_mut()).poll_ready(cx),
-        }
+        on_socket!(self, ws => Pin::new(ws.as_mut()).poll_ready(cx))
     }
 
     fn start_send(self: Pin<&mut Self>, frame: Message) -> Result<(), WsError> {
-        match self.get_mut() {
-            Socket::Tungstenite(ws) => Pin::new(ws.as_mut()).start_send(frame),
-            #[cfg(feature = "sockudo")]
-            Socket::Sockudo(ws) => Pin::new(ws.as_mut()).start_send(frame),
-        }
+        on_socket!(self, ws => Pin::new(ws.as_mut()).start_send(frame))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        match self.get_mut() {
-            Socket::Tungstenite(ws) => Pin::new(ws.as_mut()).poll_flush(cx),
-            #[cfg(feature = "sockudo")]
-            Socket::Sockudo(ws) => Pin::new(ws.as_mut()).poll_flush(cx),
-        }
+        on_socket!(self, ws => Pin::new(ws.as_mut()).poll_flush(cx))
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        match self.get_mut() {
-            Socket::Tungstenite(ws) => Pin::new(ws.as_mut()).poll_close(cx),
-            #[cfg(feature = "sockudo")]
-            Socket::Sockudo(ws) => Pin::new(ws.as_mut()).poll_close(cx),
-        }
+        on_socket!(self, ws => Pin::new(ws.as_mut()).poll_close(cx))
     }
 }
 
