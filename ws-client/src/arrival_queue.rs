@@ -71,7 +71,16 @@ impl ArrivalSender {
             return Ok(());
         };
         permits.forget();
-        match self.batches.try_send(out.drain(..fits).collect()) {
+        let batch: Batch = if fits == out.len() {
+            // All of it, as it usually is: the whole buffer moves, and nothing is copied
+            // while its arrivals start at the front of its allocation, as they do in a
+            // fresh buffer pushed at the back only.
+            let capacity = fits;
+            Vec::from(std::mem::replace(out, VecDeque::with_capacity(capacity)))
+        } else {
+            out.drain(..fits).collect()
+        };
+        match self.batches.try_send(batch) {
             Ok(()) => Ok(()),
             // Not while every batch holds a place (see `arrival_queue`); if it ever did, the
             // batch waits for the next hand-over rather than being lost.

@@ -3,12 +3,14 @@
 //! One concept kept whole (over 500 lines): one short setter per setting, each next to its
 //! documentation, then `build`, which wires the connections' tasks together.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -602,6 +604,8 @@ impl ClientBuilder {
         let inbox = Inbox {
             arrivals,
             batch: Vec::new(),
+            taken: VecDeque::new(),
+            taken_at: Instant::now(),
             sequencer: Sequencer::new(
                 self.gap_timeout,
                 counters.clone(),
@@ -635,7 +639,7 @@ async fn expire_publications(acks: Arc<Acks>, timeout: Duration, token: Cancella
     loop {
         tokio::select! {
             () = token.cancelled() => return,
-            _ = tick.tick() => acks.expire(tokio::time::Instant::now()),
+            _ = tick.tick() => acks.expire(Instant::now()),
         }
     }
 }

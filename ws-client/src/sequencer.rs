@@ -145,6 +145,24 @@ impl Sequencer {
         self.ready.pop_front()
     }
 
+    /// Takes in one arrival and gives the next event, if one is ready then. A message that
+    /// needs no sequencing (no feed sequencer) with nothing ready before it goes straight
+    /// back, without a trip through the queue of ready events.
+    pub(crate) fn accept_next(&mut self, arrival: Arrival, now: Instant) -> Option<Stamped> {
+        if self.feed.is_none()
+            && self.ready.is_empty()
+            && let Arrival::Message {
+                connection,
+                event,
+                received_at,
+            } = arrival
+        {
+            return Some(Stamped::arrived(event, connection, received_at));
+        }
+        self.accept(arrival, now);
+        self.pop()
+    }
+
     /// An event the client made itself, for the application.
     fn emit(&mut self, event: Event) {
         self.ready.push_back(Stamped::unstamped(event));

@@ -9,9 +9,12 @@ use crate::event::Event;
 ///
 /// For a publication (hub) or a message (any server), `connection` is the connection whose
 /// copy was delivered (the first to arrive, with [`redundancy`](crate::ClientBuilder::redundancy))
-/// and `received_at` the instant its frame was read from that connection's socket: the
-/// difference to [`Instant::now`] when the application gets it is the time spent in the
-/// client. Both are `None` for events the client makes itself (connection changes, gaps).
+/// and `received_at` the instant its frame was read from that connection's socket (when
+/// the read that brought the frame's last bytes returned: one read often brings many
+/// frames, and they share its instant): the difference to [`Instant::now`] when the
+/// application gets it is the time spent in the client, a wait behind earlier frames of
+/// the same read included. Both are `None` for events the client makes itself (connection
+/// changes, gaps).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Stamped {

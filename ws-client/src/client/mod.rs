@@ -1,13 +1,15 @@
 //! [`WebSocketClient`]: the handle strategies hold. This file: connecting, state, subscribing,
 //! receiving and closing; `sending.rs`: frames, publications and requests.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::lock::Mutex;
 use futures_util::stream::FuturesUnordered;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -21,7 +23,7 @@ use crate::arrival_queue::ArrivalReceiver;
 use crate::buffer::OutboundBuffer;
 use crate::builder::ClientBuilder;
 use crate::driver::Command;
-use crate::driver::arrival::Batch;
+use crate::driver::arrival::{Arrival, Batch};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::metrics::{Counters, Metrics};
@@ -39,6 +41,11 @@ pub(crate) struct Inbox {
     /// Batches taken from the queue at once (at most [`BATCHES_AT_ONCE`]), kept for its
     /// allocation.
     pub(crate) batch: Vec<Batch>,
+    /// Arrivals taken from the queue, not yet through the sequencer: it takes them one at a
+    /// time, as the application asks for events (bounded by the batches taken at once).
+    pub(crate) taken: VecDeque<std::vec::IntoIter<Arrival>>,
+    /// When they were taken (the sequencer's "now" for them).
+    pub(crate) taken_at: Instant,
     pub(crate) sequencer: Sequencer,
     /// Every connection has ended and what was held has been let go.
     pub(crate) finished: bool,
@@ -66,6 +73,9 @@ struct Shared {
     acks: Arc<Acks>,
     publish_timeout: Duration,
     sweep: CancellationToken,
+    /// Held by the one `next_event` call that runs the sequencer. futures' async mutex: an
+    /// uncontended lock costs an atomic operation each way (tokio's also takes its waiter
+    /// list's lock on every release, a cost paid per event).
     inbox: Mutex<Inbox>,
     /// Channels unsubscribed since the sequencer last looked, for it to forget.
     forgotten: std::sync::Mutex<Vec<String>>,
@@ -307,14 +317,20 @@ impl WebSocketClient {
     /// publications and messages): for measuring latency, or which connection of a race
     /// wins.
     pub async fn next_stamped(&self) -> Option<Stamped> {
-        let mut inbox = self.shared.inbox.lock().await;
+        // Without a wait when no other call holds it, as is usual.
+        let mut inbox = match self.shared.inbox.try_lock() {
+            Some(inbox) => inbox,
+            None => self.shared.inbox.lock().await,
+        };
         let Inbox {
             arrivals,
             batch,
+            taken,
+            taken_at,
             sequencer,
             finished,
         } = &mut *inbox;
-        loop {
+        'next: loop {
             let shared = &self.shared;
             if shared
                 .any_forgotten
@@ -333,20 +349,31 @@ impl WebSocketClient {
             if let Some(event) = sequencer.pop() {
                 return Some(event);
             }
+            while let Some(arrivals) = taken.front_mut() {
+                match arrivals.next() {
+                    Some(arrival) => match sequencer.accept_next(arrival, *taken_at) {
+                        Some(event) => return Some(event),
+                        // It may have asked for a fill, or forgotten channels may have
+                        // come in: look again before the next.
+                        None => continue 'next,
+                    },
+                    None => {
+                        taken.pop_front();
+                    }
+                }
+            }
             if *finished {
                 return None;
             }
             let deadline = sequencer.deadline();
             tokio::select! {
                 // What is queued, a few bursts at once: one wait per burst or less.
-                taken = arrivals.take(batch, BATCHES_AT_ONCE) => if taken == 0 {
+                count = arrivals.take(batch, BATCHES_AT_ONCE) => if count == 0 {
                     sequencer.finish();
                     *finished = true;
                 } else {
-                    let now = Instant::now();
-                    for arrival in batch.drain(..).flatten() {
-                        sequencer.accept(arrival, now);
-                    }
+                    *taken_at = Instant::now();
+                    taken.extend(batch.drain(..).map(Vec::into_iter));
                 },
                 () = sleep_until_some(deadline) => sequencer.expire(Instant::now()),
             }

@@ -102,6 +102,9 @@ pub(crate) struct Driver {
     batch: VecDeque<Pending>,
     /// Decoded, waiting for room in the arrival queue.
     out: VecDeque<Arrival>,
+    /// Data frames and their payload bytes received but not yet added to the shared
+    /// counters: added once per burst of reads (see `hand_over_now`), not per frame.
+    unreported: (u64, u64),
     /// Whether the last connection was to our hub.
     hub: bool,
     /// Whether this connection counts as up in the metrics.
@@ -157,6 +160,7 @@ impl Driver {
             subscriptions: Subscriptions::new(rewind),
             batch: VecDeque::new(),
             out: VecDeque::new(),
+            unreported: (0, 0),
             hub: false,
             up: false,
             owe_pong: false,
@@ -191,7 +195,17 @@ impl Driver {
         self.finish(ConnectionState::Failed { reason }, error);
     }
 
+    /// Adds what was received since the last report to the shared counters.
+    fn report_received(&mut self) {
+        let (frames, bytes) = std::mem::take(&mut self.unreported);
+        if frames > 0 {
+            Counters::add(&self.counters.messages_received, frames);
+            Counters::add(&self.counters.bytes_received, bytes);
+        }
+    }
+
     fn finish(mut self, state: ConnectionState, error: Error) {
+        self.report_received();
         self.subscriptions.fail_pending(&error);
         for (id, _) in self.requests.drain(..) {
             self.acks

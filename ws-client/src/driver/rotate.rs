@@ -78,7 +78,8 @@ impl Driver {
                         &mut self.out,
                     );
                 } else {
-                    self.receive(Message::Text(text), &mut Heartbeat::disabled());
+                    let at = successor.ws.last_read();
+                    self.receive(Message::Text(text), at, &mut Heartbeat::disabled());
                     if let Some(Arrival::Publication { channel, seq, .. }) = self.out.back() {
                         let reached = successor.reached.entry(channel.clone()).or_default();
                         *reached = (*reached).max(*seq);

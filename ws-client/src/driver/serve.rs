@@ -42,7 +42,7 @@ impl Driver {
             return ended;
         }
         if let Some(frame) = early {
-            self.receive(frame, &mut Heartbeat::disabled());
+            self.receive(frame, ws.last_read(), &mut Heartbeat::disabled());
         }
         self.up = true;
         self.counters.connected();
@@ -106,7 +106,11 @@ impl Driver {
                     // And every frame already read, up to the read-ahead: one pass of this
                     // loop per burst rather than per frame.
                     while let Some(next) = frame {
-                        if let Err(ended) = self.on_frame(&mut ws, next, &mut heartbeat, &mut close_frame).await {
+                        let mut taken = self.on_frame(&ws, next, &mut heartbeat, &mut close_frame);
+                        if taken.is_ok() && std::mem::take(&mut self.owe_pong) {
+                            taken = self.write_now(&mut ws, WsMessage::Pong.to_json()).await;
+                        }
+                        if let Err(ended) = taken {
                             // What this burst brought goes to the application now if it
                             // can, not only after a reconnect that may never come.
                             self.hand_over_now();
@@ -163,16 +167,19 @@ impl Driver {
         }
     }
 
-    /// Hands what was decoded to the application while its queue has room; `false` if the
-    /// application is gone.
+    /// Hands what was decoded to the application while its queue has room (counting what
+    /// was received first, so the metrics never lag what the application has); `false` if
+    /// the application is gone.
     fn hand_over_now(&mut self) -> bool {
+        self.report_received();
         self.out.is_empty() || self.arrivals.hand_over(&mut self.out).is_ok()
     }
 
-    /// Takes in what the socket gave: a frame, or its end.
-    async fn on_frame(
+    /// Takes in what the socket gave: a frame, or its end. A hub `Ping` leaves a `Pong` owed
+    /// (`owe_pong`) for the caller to write: this stays synchronous, the path of every frame.
+    fn on_frame(
         &mut self,
-        ws: &mut Socket,
+        ws: &Socket,
         frame: Option<Result<Message, WsError>>,
         heartbeat: &mut Heartbeat,
         close_frame: &mut Option<CloseFrame>,
@@ -184,10 +191,7 @@ impl Driver {
                 Ok(())
             }
             Some(Ok(frame)) => {
-                self.receive(frame, heartbeat);
-                if std::mem::take(&mut self.owe_pong) {
-                    self.write_now(ws, WsMessage::Pong.to_json()).await?;
-                }
+                self.receive(frame, ws.last_read(), heartbeat);
                 Ok(())
             }
             end @ (Some(Err(_)) | None) => {
@@ -241,7 +245,7 @@ impl Driver {
                         if self.out.len() >= MAX_STASH {
                             return Err("too many frames before Subscribed".to_owned());
                         }
-                        self.receive(Message::Text(text), &mut heartbeat);
+                        self.receive(Message::Text(text), ws.last_read(), &mut heartbeat);
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(e.to_string()),
@@ -332,12 +336,12 @@ impl Driver {
 
     /// Takes in one frame: turns it into arrivals for the sequencer, or acts on it here (a
     /// `Subscribed` resolves calls, a refusal fails them, a hub `Ping` is owed a `Pong`), and
-    /// tells the heartbeat what arrived.
-    pub(super) fn receive(&mut self, frame: Message, heartbeat: &mut Heartbeat) {
-        let now = Instant::now();
+    /// tells the heartbeat what arrived. `now` is when the frame arrived (the socket's latest
+    /// read), its stamp.
+    pub(super) fn receive(&mut self, frame: Message, now: Instant, heartbeat: &mut Heartbeat) {
         if let Message::Text(_) | Message::Binary(_) = &frame {
-            Counters::add(&self.counters.messages_received, 1);
-            Counters::add(&self.counters.bytes_received, frame.len() as u64);
+            self.unreported.0 += 1;
+            self.unreported.1 += frame.len() as u64;
         }
         let arrival = match decode(frame, self.hub, self.settings.transport.shares_text()) {
             Inbound::Publication { channel, seq, data } => {

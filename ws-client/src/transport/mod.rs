@@ -4,22 +4,33 @@
 //! The connection's task sees one [`Socket`] either way: a `Stream` of inbound frames and a
 //! `Sink` of outbound ones, both as tungstenite's `Message` (the client's own vocabulary for
 //! a frame), with the transport's errors as tungstenite's `Error`. Each backend file opens a
-//! connection (TCP, TLS, upgrade) and, for sockudo-ws, translates frames at the seam.
-//! Files: this one (the choice and the seam), `tungstenite.rs`, `sockudo.rs`.
+//! connection (TCP, TLS, upgrade) and, for sockudo-ws, translates frames at the seam. Under
+//! either, the TCP stream is [`Clocked`]: the socket tells when it last read (see
+//! [`Socket::last_read`]).
+//! Files: this one (the choice, the TCP connection and the seam), `tungstenite.rs`,
+//! `sockudo.rs`, `read_clock.rs`.
 
+mod read_clock;
 #[cfg(feature = "sockudo")]
 mod sockudo;
 mod tungstenite;
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::{Sink, Stream};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use url::{Host, Url};
 
+use self::read_clock::{Clocked, ReadClock};
 use crate::settings::Settings;
+
+/// The byte stream under either transport: TCP, its reads noted on a [`ReadClock`].
+type Tcp = Clocked<TcpStream>;
 
 /// Which WebSocket implementation carries the client's connections
 /// ([`ClientBuilder::transport`](crate::ClientBuilder::transport)).
@@ -64,35 +75,79 @@ impl Transport {
 }
 
 /// One open WebSocket, whichever transport carries it.
-pub(crate) enum Socket {
+pub(crate) struct Socket {
+    kind: Kind,
+    clock: Arc<ReadClock>,
+}
+
+/// The transport under a [`Socket`].
+enum Kind {
     /// tokio-tungstenite.
-    Tungstenite(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+    Tungstenite(Box<WebSocketStream<MaybeTlsStream<Tcp>>>),
     /// sockudo-ws.
     #[cfg(feature = "sockudo")]
     Sockudo(Box<sockudo::SockudoSocket>),
 }
 
+impl Socket {
+    /// When the socket last read bytes: for the frame it just gave, when that frame arrived
+    /// (see `read_clock.rs`).
+    pub(crate) fn last_read(&self) -> Instant {
+        self.clock.last_read()
+    }
+}
+
 /// Opens a connection to `url` (TCP, TLS for `wss://`, the upgrade) on the transport the
 /// settings name, within no time limit of its own (the caller has one).
 pub(crate) async fn connect(settings: &Settings, url: &str) -> Result<Socket, String> {
-    match settings.transport {
-        Transport::Tungstenite => tungstenite::connect(settings, url)
+    let clock = ReadClock::new();
+    let kind = match settings.transport {
+        Transport::Tungstenite => tungstenite::connect(settings, url, clock.clone())
             .await
-            .map(|ws| Socket::Tungstenite(Box::new(ws))),
+            .map(|ws| Kind::Tungstenite(Box::new(ws)))?,
         #[cfg(feature = "sockudo")]
-        Transport::Sockudo => sockudo::connect(settings, url)
+        Transport::Sockudo => sockudo::connect(settings, url, clock.clone())
             .await
-            .map(|ws| Socket::Sockudo(Box::new(ws))),
+            .map(|ws| Kind::Sockudo(Box::new(ws)))?,
+    };
+    Ok(Socket { kind, clock })
+}
+
+/// The TCP connection to `url`'s host and port (no Nagle: frames go out as they are
+/// written), its reads noted on `clock`.
+async fn open_tcp(url: &Url, clock: Arc<ReadClock>) -> Result<Tcp, String> {
+    let host = url.host().ok_or_else(|| format!("no host in URL {url}"))?;
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| format!("no port in URL {url}"))?;
+    let tcp = match host {
+        Host::Domain(name) => TcpStream::connect((name, port)).await,
+        Host::Ipv4(ip) => TcpStream::connect((ip, port)).await,
+        Host::Ipv6(ip) => TcpStream::connect((ip, port)).await,
     }
+    .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(Clocked::new(tcp, clock))
+}
+
+/// `url` parsed, if its scheme is `ws` or `wss`; and whether it is `wss`.
+fn parse_url(url: &str) -> Result<(Url, bool), String> {
+    let parsed = Url::parse(url).map_err(|e| format!("bad URL {url:?}: {e}"))?;
+    let secure = match parsed.scheme() {
+        "ws" => false,
+        "wss" => true,
+        other => return Err(format!("unsupported URL scheme {other:?} (ws or wss)")),
+    };
+    Ok((parsed, secure))
 }
 
 /// The same call on whichever transport's socket this is.
 macro_rules! on_socket {
     ($socket:expr, $ws:ident => $call:expr) => {
-        match $socket.get_mut() {
-            Socket::Tungstenite($ws) => $call,
+        match &mut $socket.get_mut().kind {
+            Kind::Tungstenite($ws) => $call,
             #[cfg(feature = "sockudo")]
-            Socket::Sockudo($ws) => $call,
+            Kind::Sockudo($ws) => $call,
         }
     };
 }

@@ -2,6 +2,7 @@
 //! translated at the seam: sockudo-ws frames in and out as tungstenite's `Message`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::{Sink, Stream};
@@ -9,43 +10,34 @@ use rustls_pki_types::ServerName;
 use sockudo_ws::client::WebSocketClient as Upgrade;
 use sockudo_ws::error::CloseReason;
 use sockudo_ws::{Config, Http1, Message as SockudoMessage, WebSocketStream};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
-use url::{Host, Url};
+use url::Host;
 
+use super::read_clock::ReadClock;
+use super::{Tcp, open_tcp, parse_url};
 use crate::settings::Settings;
 
 /// A sockudo-ws connection, seen as a stream and sink of tungstenite `Message`s.
 pub(crate) struct SockudoSocket {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<MaybeTlsStream<Tcp>>,
 }
 
 /// TCP (no Nagle), TLS for `wss://` with the settings' roots, the upgrade with the
 /// settings' headers. sockudo-ws's own keepalive and idle timeout are off: the client's
 /// heartbeat does that job on either transport.
-pub(super) async fn connect(settings: &Settings, url: &str) -> Result<SockudoSocket, String> {
-    let parsed = Url::parse(url).map_err(|e| format!("bad URL {url:?}: {e}"))?;
-    let secure = match parsed.scheme() {
-        "ws" => false,
-        "wss" => true,
-        other => return Err(format!("unsupported URL scheme {other:?} (ws or wss)")),
-    };
+pub(super) async fn connect(
+    settings: &Settings,
+    url: &str,
+    clock: Arc<ReadClock>,
+) -> Result<SockudoSocket, String> {
+    let (parsed, secure) = parse_url(url)?;
     let host = parsed
         .host()
         .ok_or_else(|| format!("no host in URL {url:?}"))?;
-    let port = parsed
-        .port_or_known_default()
-        .ok_or_else(|| format!("no port in URL {url:?}"))?;
-    let tcp = match &host {
-        Host::Domain(name) => TcpStream::connect((*name, port)).await,
-        Host::Ipv4(ip) => TcpStream::connect((*ip, port)).await,
-        Host::Ipv6(ip) => TcpStream::connect((*ip, port)).await,
-    }
-    .map_err(|e| e.to_string())?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let tcp = open_tcp(&parsed, clock).await?;
     let stream = if secure {
         let tls = settings
             .tls

@@ -1,17 +1,22 @@
-//! Opening a connection with tokio-tungstenite: its own TCP, TLS and upgrade.
+//! Opening a connection with tokio-tungstenite: TLS and the upgrade over the seam's TCP.
 
-use tokio::net::TcpStream;
+use std::sync::Arc;
+
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as TungsteniteConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use super::read_clock::ReadClock;
+use super::{Tcp, open_tcp, parse_url};
 use crate::settings::Settings;
 
 /// TCP, TLS for `wss://` (with the settings' roots), the upgrade with the settings' headers.
 pub(super) async fn connect(
     settings: &Settings,
     url: &str,
-) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, String> {
+    clock: Arc<ReadClock>,
+) -> Result<WebSocketStream<MaybeTlsStream<Tcp>>, String> {
+    let (parsed, _) = parse_url(url)?;
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     for (name, value) in &settings.headers {
         request.headers_mut().insert(name.clone(), value.clone());
@@ -23,8 +28,9 @@ pub(super) async fn connect(
         .max_write_buffer_size(64 * 1024 + 2 * settings.max_message_size)
         .read_buffer_size(64 * 1024);
     let connector = settings.tls.clone().map(Connector::Rustls);
+    let tcp = open_tcp(&parsed, clock).await?;
     let (ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector)
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), connector)
             .await
             .map_err(|e| e.to_string())?;
     Ok(ws)
