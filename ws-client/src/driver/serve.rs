@@ -103,6 +103,7 @@ impl Driver {
                 },
                 frame = ws.next(), if reading => {
                     let mut frame = Some(frame);
+                    let mut first = true;
                     // And every frame already read, up to the read-ahead: one pass of this
                     // loop per burst rather than per frame.
                     while let Some(next) = frame {
@@ -115,6 +116,15 @@ impl Driver {
                             // can, not only after a reconnect that may never come.
                             self.hand_over_now();
                             return ended;
+                        }
+                        if std::mem::take(&mut first) && !self.out.is_empty() {
+                            // The burst's first frame goes to the application before the
+                            // socket is read again (a read that finds nothing costs a system
+                            // call): an application waiting for it runs now, not after that.
+                            if !self.hand_over_now() {
+                                return self.close(&mut ws).await;
+                            }
+                            tokio::task::yield_now().await;
                         }
                         frame = if self.out.len() < READ_AHEAD { ws.next().now_or_never() } else { None };
                     }
