@@ -105,6 +105,8 @@ pub(crate) struct Driver {
     /// Data frames and their payload bytes received but not yet added to the shared
     /// counters: added once per burst of reads (see `hand_over_now`), not per frame.
     unreported: (u64, u64),
+    /// Frames the last burst of reads brought (see `SHORT_BURST` in `serve.rs`).
+    last_burst: usize,
     /// Whether the last connection was to our hub.
     hub: bool,
     /// Whether this connection counts as up in the metrics.
@@ -161,6 +163,7 @@ impl Driver {
             batch: VecDeque::new(),
             out: VecDeque::new(),
             unreported: (0, 0),
+            last_burst: 0,
             hub: false,
             up: false,
             owe_pong: false,

@@ -27,6 +27,9 @@ const MAX_STASH: usize = 4096;
 /// through while the application is not reading yet; beyond it the socket is not read, so
 /// the server sees backpressure.
 const READ_AHEAD: usize = 64;
+/// A burst of reads shorter than this means frames arrive one at a time: the next burst's
+/// first frame is handed over before the socket is read again.
+const SHORT_BURST: usize = 4;
 
 impl Driver {
     /// Restores subscriptions (or sends the application's on-connect frames), then serves the
@@ -104,6 +107,7 @@ impl Driver {
                 frame = ws.next(), if reading => {
                     let mut frame = Some(frame);
                     let mut first = true;
+                    let mut burst = 0;
                     // And every frame already read, up to the read-ahead: one pass of this
                     // loop per burst rather than per frame.
                     while let Some(next) = frame {
@@ -117,10 +121,15 @@ impl Driver {
                             self.hand_over_now();
                             return ended;
                         }
-                        if std::mem::take(&mut first) && !self.out.is_empty() {
-                            // The burst's first frame goes to the application before the
-                            // socket is read again (a read that finds nothing costs a system
-                            // call): an application waiting for it runs now, not after that.
+                        burst += 1;
+                        if std::mem::take(&mut first)
+                            && self.last_burst < SHORT_BURST
+                            && !self.out.is_empty()
+                        {
+                            // Frames come one at a time: the first goes to the application
+                            // before the socket is read again (a read that finds nothing
+                            // costs a system call), so an application waiting for it runs
+                            // now, not after that. Under load, bursts go over whole.
                             if !self.hand_over_now() {
                                 return self.close(&mut ws).await;
                             }
@@ -128,6 +137,7 @@ impl Driver {
                         }
                         frame = if self.out.len() < READ_AHEAD { ws.next().now_or_never() } else { None };
                     }
+                    self.last_burst = burst;
                 },
                 step = rotation.next(reading), if rotation.is_on() => {
                     if let Some(successor) = self.rotate(step, &mut rotation).await {
