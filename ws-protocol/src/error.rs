@@ -14,6 +14,10 @@ pub enum DecodeError {
     /// The text is not one JSON object (the message says where it broke).
     #[error("malformed JSON frame: {0}")]
     Malformed(String),
+    /// A binary frame is not one MessagePack value that JSON can carry (the message says
+    /// what and where).
+    #[error("malformed MessagePack frame: {0}")]
+    MalformedMsgpack(String),
     /// The object has no `"type"` field.
     #[error("frame has no \"type\" field")]
     MissingType,

@@ -7,6 +7,8 @@
 //!
 //! - [`WsMessage`]: every frame a client or the hub sends, and [`Payload`], the raw JSON `data`
 //!   of a publication, kept as text so the hub forwards it without parsing it;
+//! - the same messages as MessagePack ([`WsMessage::to_msgpack`], [`msgpack_to_json`]): the
+//!   same shapes in binary frames, turned to and from their JSON at the edge;
 //! - [`close`]: the WebSocket close codes the hub uses and what a client should do on each;
 //! - [`codes`]: the `code` of every `Error` frame;
 //! - [`is_valid_channel_name`]: the rule for channel names, shared by both sides;
@@ -43,6 +45,7 @@ mod decode;
 mod error;
 mod message;
 mod message_type;
+mod msgpack;
 mod payload;
 
 pub use channel::{MAX_CHANNEL_NAME_LEN, invalid_channel_name, is_valid_channel_name};
@@ -54,4 +57,5 @@ pub use message::{
     write_publication_after,
 };
 pub use message_type::MessageType;
+pub use msgpack::{json_to_msgpack, msgpack_to_json};
 pub use payload::{MAX_DATA_DEPTH, Payload};
