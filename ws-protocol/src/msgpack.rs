@@ -276,18 +276,9 @@ impl<'a> Reader<'a> {
             Marker::I64 => push_int(json, self.array().map(i64::from_be_bytes)?),
             Marker::F32 => push_float(json, f64::from(self.array().map(f32::from_be_bytes)?), at)?,
             Marker::F64 => push_float(json, self.array().map(f64::from_be_bytes)?, at)?,
-            Marker::FixStr(n) => self.string(json, usize::from(n))?,
-            Marker::Str8 => {
-                let n = usize::from(self.u8()?);
-                self.string(json, n)?;
-            }
-            Marker::Str16 => {
-                let n = usize::from(self.u16()?);
-                self.string(json, n)?;
-            }
-            Marker::Str32 => {
-                let n = self.u32()? as usize;
-                self.string(json, n)?;
+            marker @ (Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32) => {
+                let len = self.str_len(marker)?;
+                self.string(json, len)?;
             }
             Marker::FixArray(n) => self.items(json, usize::from(n), depth)?,
             Marker::Array16 => {
@@ -331,6 +322,18 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// The length of a string with this marker, its length bytes read (callers pass only
+    /// string markers).
+    fn str_len(&mut self, marker: Marker) -> Result<usize, DecodeError> {
+        Ok(match marker {
+            Marker::Str8 => usize::from(self.u8()?),
+            Marker::Str16 => usize::from(self.u16()?),
+            Marker::Str32 => self.u32()? as usize,
+            Marker::FixStr(n) => usize::from(n),
+            _ => 0,
+        })
+    }
+
     fn string(&mut self, json: &mut String, len: usize) -> Result<(), DecodeError> {
         let at = self.at;
         let text = std::str::from_utf8(self.take(len)?)
@@ -372,26 +375,17 @@ impl<'a> Reader<'a> {
                 json.push(',');
             }
             let at = self.at;
-            match Marker::from_u8(self.u8()?) {
-                Marker::FixStr(n) => self.string(json, usize::from(n))?,
-                Marker::Str8 => {
-                    let n = usize::from(self.u8()?);
-                    self.string(json, n)?;
-                }
-                Marker::Str16 => {
-                    let n = usize::from(self.u16()?);
-                    self.string(json, n)?;
-                }
-                Marker::Str32 => {
-                    let n = self.u32()? as usize;
-                    self.string(json, n)?;
+            let key = match Marker::from_u8(self.u8()?) {
+                marker @ (Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32) => {
+                    self.str_len(marker)?
                 }
                 _ => {
                     return Err(malformed(format!(
                         "map key at byte {at} is not a string (JSON keys are strings)"
                     )));
                 }
-            }
+            };
+            self.string(json, key)?;
             json.push(':');
             self.value(json, depth)?;
         }
