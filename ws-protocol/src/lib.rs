@@ -8,7 +8,9 @@
 //! - [`WsMessage`]: every frame a client or the hub sends, and [`Payload`], the raw JSON `data`
 //!   of a publication, kept as text so the hub forwards it without parsing it;
 //! - the same messages as MessagePack ([`WsMessage::to_msgpack`], [`msgpack_to_json`]): the
-//!   same shapes in binary frames, turned to and from their JSON at the edge;
+//!   same shapes for binary frames, turned to and from their JSON, and [`Encoding`], the
+//!   `Sec-WebSocket-Protocol` names that choose between the two forms (the hub and the
+//!   client do not offer MessagePack yet: every frame they exchange is JSON text);
 //! - [`close`]: the WebSocket close codes the hub uses and what a client should do on each;
 //! - [`codes`]: the `code` of every `Error` frame;
 //! - [`is_valid_channel_name`]: the rule for channel names, shared by both sides;
@@ -42,6 +44,7 @@ pub mod close;
 pub mod codes;
 mod config;
 mod decode;
+mod encoding;
 mod error;
 mod message;
 mod message_type;
@@ -50,6 +53,7 @@ mod payload;
 
 pub use channel::{MAX_CHANNEL_NAME_LEN, invalid_channel_name, is_valid_channel_name};
 pub use config::{ClientTransport, Secret, SlowConsumerPolicy, WebSocketConfig};
+pub use encoding::Encoding;
 pub use error::{ConfigError, DecodeError};
 pub use message::{
     ChannelPosition, MAX_ERROR_MESSAGE_LEN, MAX_IDEMPOTENCY_KEY_LEN, Position, WsMessage,
