@@ -1,24 +1,46 @@
-//! [`Frame`]: a complete WebSocket text frame (header and payload), encoded once and shared by
-//! every recipient, so that a connection's writer only copies bytes.
+//! [`Frame`]: a complete WebSocket frame (header and payload), encoded once and shared by
+//! every recipient, so that a connection's writer only copies bytes: a text frame of JSON, or
+//! a binary frame of the same message as MessagePack.
 
 use bytes::Bytes;
+use ws_protocol::json_to_msgpack;
 
 /// Room kept in front of the payload for the longest header (2 + 8 bytes).
 const MAX_HEADER: usize = 10;
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
 
-/// An unmasked, unfragmented server text frame. Cloning shares the bytes.
+/// An unmasked, unfragmented server frame. Cloning shares the bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Frame(Bytes);
 
 impl Frame {
-    /// Builds a frame whose payload `write` appends to the buffer it is given (UTF-8 JSON).
+    /// Builds a text frame whose payload `write` appends to the buffer it is given (UTF-8
+    /// JSON).
     pub(crate) fn text_with(capacity: usize, write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        Self::with(OPCODE_TEXT, capacity, write)
+    }
+
+    /// A binary frame carrying `bytes` (a message as MessagePack).
+    pub(crate) fn binary(bytes: &[u8]) -> Self {
+        Self::with(OPCODE_BINARY, bytes.len(), |buf| {
+            buf.extend_from_slice(bytes);
+        })
+    }
+
+    /// The same message as a MessagePack binary frame, from this text frame's JSON.
+    pub(crate) fn to_msgpack(&self) -> Self {
+        let json = std::str::from_utf8(self.payload_bytes()).unwrap_or_default();
+        Self::binary(&json_to_msgpack(json).unwrap_or_default())
+    }
+
+    fn with(opcode: u8, capacity: usize, write: impl FnOnce(&mut Vec<u8>)) -> Self {
         let mut buf = Vec::with_capacity(MAX_HEADER + capacity);
         buf.resize(MAX_HEADER, 0);
         write(&mut buf);
         let len = buf.len() - MAX_HEADER;
         let mut header = [0u8; MAX_HEADER];
-        header[0] = 0x81; // FIN + text
+        header[0] = 0x80 | opcode; // FIN + the opcode
         let header_len = if len < 126 {
             header[1] = len as u8;
             2
@@ -46,22 +68,28 @@ impl Frame {
         &self.0
     }
 
+    /// The payload's bytes (server frames are unmasked).
+    fn payload_bytes(&self) -> &[u8] {
+        let b = &self.0[..];
+        let skip = match b.get(1) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        };
+        b.get(skip..).unwrap_or_default()
+    }
+
     /// The payload (for tests).
     #[cfg(test)]
     pub(crate) fn payload(&self) -> &str {
-        let b = &self.0[..];
-        let skip = match b[1] {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
-        std::str::from_utf8(&b[skip..]).unwrap_or_default()
+        std::str::from_utf8(self.payload_bytes()).unwrap_or_default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
     use super::*;
 
@@ -77,6 +105,24 @@ mod tests {
             assert_eq!(payload_len, len as u64);
             assert_eq!(frame.as_bytes().len() - cursor.position() as usize, len);
             assert_eq!(frame.payload(), text);
+        }
+    }
+
+    #[test]
+    fn a_text_frame_turns_into_the_same_message_as_a_binary_msgpack_frame() {
+        for len in [0usize, 200, 70_000] {
+            let message = ws_protocol::WsMessage::error("bad_request", "x".repeat(len));
+            let packed = Frame::text(&message.to_json()).to_msgpack();
+            let mut cursor = std::io::Cursor::new(packed.as_bytes());
+            let (header, payload_len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert_eq!(header.opcode, OpCode::Data(Data::Binary));
+            assert!(header.is_final);
+            let payload = &packed.as_bytes()[cursor.position() as usize..];
+            assert_eq!(payload.len() as u64, payload_len);
+            assert_eq!(
+                ws_protocol::WsMessage::from_msgpack(payload).unwrap(),
+                message
+            );
         }
     }
 }

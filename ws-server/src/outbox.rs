@@ -14,11 +14,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
-use ws_protocol::SlowConsumerPolicy;
+use ws_protocol::{Encoding, SlowConsumerPolicy};
 
 use crate::frame::Frame;
 
@@ -41,6 +41,9 @@ struct Entry {
     channel: Option<Arc<str>>,
     /// The encoded frame.
     frame: Frame,
+    /// The same as MessagePack, made by the first recipient that speaks it: once per frame
+    /// whatever the number of such recipients, never for a frame only JSON speakers get.
+    msgpack: OnceLock<Frame>,
     /// The publication's conflation key (a hash of its key field), when the hub conflates.
     key: Option<u64>,
 }
@@ -52,6 +55,7 @@ impl Outgoing {
             entry: Arc::new(Entry {
                 channel: Some(channel),
                 frame,
+                msgpack: OnceLock::new(),
                 key,
             }),
             replay: false,
@@ -64,6 +68,7 @@ impl Outgoing {
             entry: Arc::new(Entry {
                 channel: None,
                 frame,
+                msgpack: OnceLock::new(),
                 key: None,
             }),
             replay: false,
@@ -76,6 +81,7 @@ impl Outgoing {
             entry: Arc::new(Entry {
                 channel: Some(channel.clone()),
                 frame,
+                msgpack: OnceLock::new(),
                 key: None,
             }),
             replay: true,
@@ -90,6 +96,17 @@ impl Outgoing {
     /// The encoded frame.
     pub(crate) fn frame(&self) -> &Frame {
         &self.entry.frame
+    }
+
+    /// The encoded frame for a connection speaking `encoding`.
+    pub(crate) fn frame_in(&self, encoding: Encoding) -> &Frame {
+        match encoding {
+            Encoding::MessagePack => self
+                .entry
+                .msgpack
+                .get_or_init(|| self.entry.frame.to_msgpack()),
+            _ => &self.entry.frame,
+        }
     }
 
     /// The publication's conflation key, when the hub conflates.
@@ -415,6 +432,21 @@ mod tests {
     use std::task::Waker;
 
     use super::*;
+
+    #[test]
+    fn a_frame_is_turned_into_msgpack_once_for_all_its_recipients() {
+        let first = item("a", r#"{"type":"Pong"}"#);
+        let second = first.clone();
+        let packed = first.frame_in(Encoding::MessagePack);
+        assert!(std::ptr::eq(
+            packed.as_bytes(),
+            second.frame_in(Encoding::MessagePack).as_bytes()
+        ));
+        assert!(std::ptr::eq(
+            first.frame_in(Encoding::Json).as_bytes(),
+            first.frame().as_bytes()
+        ));
+    }
 
     fn item(channel: &str, text: &str) -> Outgoing {
         Outgoing::publication(Arc::from(channel), Frame::text(text), None)

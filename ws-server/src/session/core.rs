@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
-use ws_protocol::{Payload, WsMessage, codes};
+use ws_protocol::{Encoding, Payload, WsMessage, codes, json_to_msgpack, msgpack_to_json};
 
 use super::command::subscribe::SubscribeRequest;
 use super::ending::End;
@@ -96,6 +96,8 @@ pub(crate) struct Core {
     /// What the connection may do; `None` until it authenticates. Shared: the open hub's
     /// grant is one for every connection.
     pub(super) grant: Option<Arc<Grant>>,
+    /// How the connection's messages are written (agreed in the upgrade).
+    pub(super) encoding: Encoding,
 }
 
 impl Core {
@@ -123,10 +125,26 @@ impl Core {
                 config.publish_rate_limit_burst,
             ),
             grant: None,
+            encoding: Encoding::Json,
             hub,
         };
         core.set_grant(grant, now);
         core
+    }
+
+    /// The same connection, speaking `encoding` (JSON unless the upgrade agreed otherwise).
+    pub(crate) fn speaking(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// A message for this connection, from its JSON: a text frame, or the same message as
+    /// a MessagePack binary frame.
+    pub(crate) fn message(&self, json: String) -> Message {
+        match self.encoding {
+            Encoding::MessagePack => Message::binary(json_to_msgpack(&json).unwrap_or_default()),
+            _ => Message::text(json),
+        }
     }
 
     /// The `Connected` frame the connection opens with.
@@ -150,7 +168,21 @@ impl Core {
             });
         }
         match message {
-            Message::Text(text) => self.on_text(&text),
+            Message::Text(text) => self.on_text(text.as_str(), text.len()),
+            Message::Binary(bytes) if self.encoding == Encoding::MessagePack => {
+                match msgpack_to_json(&bytes) {
+                    Ok(json) => self.on_text(&json, bytes.len()),
+                    Err(error) => {
+                        let metrics = &self.hub.metrics;
+                        HubMetrics::add(&metrics.frames_in, 1);
+                        HubMetrics::add(&metrics.bytes_in, bytes.len() as u64);
+                        if let Some(refused) = self.control_budget()? {
+                            return Ok(refused);
+                        }
+                        Ok(reply(WsMessage::error(error.code(), error.to_string())))
+                    }
+                }
+            }
             Message::Binary(bytes) => {
                 let metrics = &self.hub.metrics;
                 HubMetrics::add(&metrics.frames_in, 1);
@@ -160,7 +192,7 @@ impl Core {
                 }
                 Ok(reply(WsMessage::error(
                     codes::BAD_REQUEST,
-                    "binary frames are not supported; send JSON text frames",
+                    "binary frames are not supported; send JSON text frames (or agree on the ws-toolkit.msgpack subprotocol in the upgrade)",
                 )))
             }
             // tungstenite answers pings itself, but they draw on the control budget like any
@@ -175,11 +207,12 @@ impl Core {
         }
     }
 
-    fn on_text(&mut self, text: &Utf8Bytes) -> Result<Step, End> {
+    /// Takes in one message as JSON `text` (from a frame of `len` bytes).
+    fn on_text(&mut self, text: &str, len: usize) -> Result<Step, End> {
         let metrics = &self.hub.metrics;
         HubMetrics::add(&metrics.frames_in, 1);
-        HubMetrics::add(&metrics.bytes_in, text.len() as u64);
-        let decoded = WsMessage::from_json(text.as_str());
+        HubMetrics::add(&metrics.bytes_in, len as u64);
+        let decoded = WsMessage::from_json(text);
         // Publications and everything else (subscribe churn, pings, malformed frames) draw on
         // separate budgets, so that a publisher at market rates is never refused because of
         // a limit meant for control traffic.

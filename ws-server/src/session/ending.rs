@@ -111,7 +111,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             End::Idle => vec![close_frame(close::NORMAL, "idle timeout")],
             End::Unauthorized(why) => vec![
-                Message::text(WsMessage::error(codes::UNAUTHORIZED, why.clone()).to_json()),
+                self.core
+                    .message(WsMessage::error(codes::UNAUTHORIZED, why.clone()).to_json()),
                 close_frame(close::POLICY_VIOLATION, "unauthorized"),
             ],
             End::Expired => vec![close_frame(close::POLICY_VIOLATION, "token expired")],
@@ -125,7 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 )]
             }
             End::SlowConsumer | End::Stalled => vec![
-                Message::text(
+                self.core.message(
                     WsMessage::error(
                         codes::SLOW_CONSUMER,
                         "the connection fell too far behind its publications",
@@ -143,7 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let run = self
             .ack_run
             .take()
-            .map(|run| Message::text(run.into_text()));
+            .map(|run| self.core.message(run.into_text()));
         let linger = matches!(end, End::TooBig | End::Abuse);
         let Self {
             ws, out, out_sent, ..

@@ -11,7 +11,8 @@
 //! with one flush.
 //!
 //! Files: this one (the task's loop), `upgrade.rs` (the WebSocket upgrade, bounded in time),
-//! `admission.rs` (what an upgrade must bring), `core.rs` (the connection's state and decisions, with unit tests in
+//! `admission.rs` (what an upgrade must bring), `subprotocol.rs` (JSON or MessagePack, as the
+//! upgrade agreed), `core.rs` (the connection's state and decisions, with unit tests in
 //! `core/tests.rs`), `command/` (one file per client command), `writer.rs` (replies, batches,
 //! the write guard and its timeout), `ending.rs` (why a connection ends and the close
 //! handshake).
@@ -21,6 +22,7 @@ mod admission;
 mod command;
 mod core;
 mod ending;
+mod subprotocol;
 mod upgrade;
 mod writer;
 
@@ -72,6 +74,7 @@ pub(crate) async fn run<S>(
         ws,
         grant,
         slot: _slot,
+        encoding,
     }) = Box::pin(upgrade(&hub, stream, peer, upgrading)).await
     else {
         return;
@@ -95,7 +98,7 @@ pub(crate) async fn run<S>(
     HubMetrics::add(&hub.metrics.connections_total, 1);
 
     let mut session = Session {
-        core: Core::new(hub.clone(), id, outbox, grant, Instant::now()),
+        core: Core::new(hub.clone(), id, outbox, grant, Instant::now()).speaking(encoding),
         ws,
         batch: VecDeque::new(),
         notices: Vec::new(),

@@ -11,8 +11,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tracing::debug;
+use ws_protocol::Encoding;
 
 use super::admission::admit;
+use super::subprotocol::negotiate;
 use crate::auth::Grant;
 use crate::hub::Hub;
 use crate::read_ahead::ReadAhead;
@@ -27,6 +29,8 @@ pub(super) struct Upgraded<S> {
     pub(super) grant: Option<Arc<Grant>>,
     /// The connection's place among the open connections (`WS_MAX_CONNECTIONS`).
     pub(super) slot: OwnedSemaphorePermit,
+    /// How its messages are written (the subprotocol agreed in the upgrade).
+    pub(super) encoding: Encoding,
 }
 
 /// Upgrades `stream` from `peer`; `None` (logged) if the upgrade failed, was refused, timed
@@ -47,6 +51,7 @@ where
     // grant of an accepted token and the connection's place here.
     let mut grant = None;
     let mut slot = None;
+    let mut encoding = Encoding::Json;
     let handshake = async {
         let head = stream.peek_head(upgrade_request::MAX_HEAD).await?;
         if let Err(refusal) = upgrade_request::check(head) {
@@ -56,7 +61,10 @@ where
         }
         #[allow(clippy::result_large_err)] // tungstenite's callback signature
         let check = |request: &Request, response: Response| {
-            admit(hub, request, response, &mut grant, &mut slot)
+            let response = admit(hub, request, response, &mut grant, &mut slot)?;
+            let (response, agreed) = negotiate(request, response);
+            encoding = agreed;
+            Ok(response)
         };
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(hub.ws_config)).await
     };
@@ -77,5 +85,10 @@ where
     drop(upgrading);
     // admit() gives a slot to every upgrade it accepts.
     let slot = slot?;
-    Some(Upgraded { ws, grant, slot })
+    Some(Upgraded {
+        ws,
+        grant,
+        slot,
+        encoding,
+    })
 }

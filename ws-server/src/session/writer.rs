@@ -12,7 +12,7 @@ use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use ws_protocol::WsMessage;
+use ws_protocol::{Encoding, WsMessage};
 
 use super::Session;
 use super::core::after;
@@ -135,9 +135,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Writes one reply, as [`send_text`](Self::send_text) does, without looking at the run
     /// of acknowledgements.
     pub(super) async fn send_reply(&mut self, text: String) -> Result<(), End> {
+        let message = self.core.message(text);
         let metrics = &self.core.hub.metrics;
         HubMetrics::add(&metrics.frames_out, 1);
-        HubMetrics::add(&metrics.bytes_out, text.len() as u64);
+        HubMetrics::add(&metrics.bytes_out, message.len() as u64);
         let Self {
             ws,
             core,
@@ -147,7 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } = self;
         *unflushed = true;
         let timeout = core.hub.config.write_timeout;
-        let feed = ws.feed(Message::text(text));
+        let feed = ws.feed(message);
         Self::guarded(&core.outbox, signal_pending, timeout, None, feed).await
     }
 
@@ -214,10 +215,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     skipped: notice.count,
                 },
             };
-            out.extend_from_slice(Frame::text(&notice.to_json()).as_bytes());
+            let frame = match core.encoding {
+                Encoding::MessagePack => Frame::binary(&notice.to_msgpack()),
+                _ => Frame::text(&notice.to_json()),
+            };
+            out.extend_from_slice(frame.as_bytes());
         }
         for item in batch.drain(..) {
-            out.extend_from_slice(item.frame().as_bytes());
+            out.extend_from_slice(item.frame_in(core.encoding).as_bytes());
         }
         let metrics = &core.hub.metrics;
         HubMetrics::add(&metrics.frames_out, frames as u64);
