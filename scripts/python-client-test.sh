@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# A third-party client against the hub: Python's `websockets` (installed in a virtualenv under
-# target/) runs integration-tests/python/hub_client.py against a release hub on a free port.
+# A third-party client against the hub: Python's `websockets` and `msgpack` (installed in a
+# virtualenv under target/) run integration-tests/python/hub_client.py and
+# hub_client_msgpack.py against a release hub on a free port.
 #   scripts/python-client-test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=target/python-venv
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import websockets' 2>/dev/null; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import websockets, msgpack' 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q websockets
+  "$VENV/bin/pip" install -q websockets msgpack
 fi
 cargo build --release -q -p ws-server
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -16,3 +17,4 @@ HUB=$!
 trap 'kill $HUB 2>/dev/null || true; wait $HUB 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
 timeout 60 "$VENV/bin/python" integration-tests/python/hub_client.py "ws://127.0.0.1:$PORT"
+timeout 60 "$VENV/bin/python" integration-tests/python/hub_client_msgpack.py "ws://127.0.0.1:$PORT"

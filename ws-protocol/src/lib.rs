@@ -1,6 +1,7 @@
 //! The wire contract of the ws toolkit.
 //!
-//! Every frame on the wire is one UTF-8 text frame holding one JSON object tagged by `"type"`:
+//! Every frame on the wire is one UTF-8 text frame holding one JSON object tagged by `"type"`
+//! (or, on a connection that agreed on MessagePack, the same object in a binary frame):
 //! `{"type":"Subscribe","channels":["prices:SOL-USDC"]}`. This crate holds that contract and no
 //! networking, so it can be tested (and fuzzed) without a runtime; the one thing it reads is
 //! the configuration, from the environment and a `.env` file ([`WebSocketConfig::from_env`]):
@@ -9,8 +10,8 @@
 //!   of a publication, kept as text so the hub forwards it without parsing it;
 //! - the same messages as MessagePack ([`WsMessage::to_msgpack`], [`msgpack_to_json`]): the
 //!   same shapes for binary frames, turned to and from their JSON, and [`Encoding`], the
-//!   `Sec-WebSocket-Protocol` names that choose between the two forms (the hub and the
-//!   client do not offer MessagePack yet: every frame they exchange is JSON text);
+//!   `Sec-WebSocket-Protocol` names that choose between the two forms (the hub speaks
+//!   MessagePack to clients that offer it; `ws-client` speaks JSON);
 //! - [`close`]: the WebSocket close codes the hub uses and what a client should do on each;
 //! - [`codes`]: the `code` of every `Error` frame;
 //! - [`is_valid_channel_name`]: the rule for channel names, shared by both sides;
