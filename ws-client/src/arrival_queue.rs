@@ -75,8 +75,7 @@ impl ArrivalSender {
             // All of it, as it usually is: the whole buffer moves, and nothing is copied
             // while its arrivals start at the front of its allocation, as they do in a
             // fresh buffer pushed at the back only.
-            let capacity = fits;
-            Vec::from(std::mem::replace(out, VecDeque::with_capacity(capacity)))
+            Vec::from(std::mem::replace(out, VecDeque::with_capacity(fits)))
         } else {
             out.drain(..fits).collect()
         };

@@ -277,26 +277,16 @@ impl<'a> Reader<'a> {
             Marker::F32 => push_float(json, f64::from(self.array().map(f32::from_be_bytes)?), at)?,
             Marker::F64 => push_float(json, self.array().map(f64::from_be_bytes)?, at)?,
             marker @ (Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32) => {
-                let len = self.str_len(marker)?;
+                let len = self.length(marker)?;
                 self.string(json, len)?;
             }
-            Marker::FixArray(n) => self.items(json, usize::from(n), depth)?,
-            Marker::Array16 => {
-                let n = usize::from(self.u16()?);
-                self.items(json, n, depth)?;
+            marker @ (Marker::FixArray(_) | Marker::Array16 | Marker::Array32) => {
+                let len = self.length(marker)?;
+                self.items(json, len, depth)?;
             }
-            Marker::Array32 => {
-                let n = self.u32()? as usize;
-                self.items(json, n, depth)?;
-            }
-            Marker::FixMap(n) => self.entries(json, usize::from(n), depth)?,
-            Marker::Map16 => {
-                let n = usize::from(self.u16()?);
-                self.entries(json, n, depth)?;
-            }
-            Marker::Map32 => {
-                let n = self.u32()? as usize;
-                self.entries(json, n, depth)?;
+            marker @ (Marker::FixMap(_) | Marker::Map16 | Marker::Map32) => {
+                let len = self.length(marker)?;
+                self.entries(json, len, depth)?;
             }
             Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
                 return Err(malformed(format!(
@@ -322,14 +312,17 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// The length of a string with this marker, its length bytes read (callers pass only
-    /// string markers).
-    fn str_len(&mut self, marker: Marker) -> Result<usize, DecodeError> {
+    /// The length a string, array or map marker gives, its length bytes read (0 for any
+    /// other marker: callers pass only these).
+    fn length(&mut self, marker: Marker) -> Result<usize, DecodeError> {
         Ok(match marker {
+            Marker::FixStr(n) | Marker::FixArray(n) | Marker::FixMap(n) => usize::from(n),
             Marker::Str8 => usize::from(self.u8()?),
-            Marker::Str16 => usize::from(self.u16()?),
-            Marker::Str32 => self.u32()? as usize,
-            Marker::FixStr(n) => usize::from(n),
+            Marker::Str16 | Marker::Array16 | Marker::Map16 => usize::from(self.u16()?),
+            // Beyond what any frame holds if it does not fit: `count` and `take` refuse it.
+            Marker::Str32 | Marker::Array32 | Marker::Map32 => {
+                usize::try_from(self.u32()?).unwrap_or(usize::MAX)
+            }
             _ => 0,
         })
     }
@@ -377,7 +370,7 @@ impl<'a> Reader<'a> {
             let at = self.at;
             let key = match Marker::from_u8(self.u8()?) {
                 marker @ (Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32) => {
-                    self.str_len(marker)?
+                    self.length(marker)?
                 }
                 _ => {
                     return Err(malformed(format!(

@@ -106,7 +106,6 @@ impl Driver {
                 },
                 frame = ws.next(), if reading => {
                     let mut frame = Some(frame);
-                    let mut first = true;
                     let mut burst = 0;
                     // And every frame already read, up to the read-ahead: one pass of this
                     // loop per burst rather than per frame.
@@ -122,7 +121,7 @@ impl Driver {
                             return ended;
                         }
                         burst += 1;
-                        if std::mem::take(&mut first)
+                        if burst == 1
                             && self.last_burst < SHORT_BURST
                             && !self.out.is_empty()
                         {

@@ -169,31 +169,25 @@ impl Core {
         }
         match message {
             Message::Text(text) => self.on_text(text.as_str(), text.len()),
-            Message::Binary(bytes) if self.encoding == Encoding::MessagePack => {
-                match msgpack_to_json(&bytes) {
-                    Ok(json) => self.on_text(&json, bytes.len()),
-                    Err(error) => {
-                        let metrics = &self.hub.metrics;
-                        HubMetrics::add(&metrics.frames_in, 1);
-                        HubMetrics::add(&metrics.bytes_in, bytes.len() as u64);
-                        if let Some(refused) = self.control_budget()? {
-                            return Ok(refused);
-                        }
-                        Ok(reply(WsMessage::error(error.code(), error.to_string())))
-                    }
-                }
-            }
             Message::Binary(bytes) => {
+                let refusal = if self.encoding == Encoding::MessagePack {
+                    match msgpack_to_json(&bytes) {
+                        Ok(json) => return self.on_text(&json, bytes.len()),
+                        Err(error) => WsMessage::error(error.code(), error.to_string()),
+                    }
+                } else {
+                    WsMessage::error(
+                        codes::BAD_REQUEST,
+                        "binary frames are not supported; send JSON text frames (or agree on the ws-toolkit.msgpack subprotocol in the upgrade)",
+                    )
+                };
                 let metrics = &self.hub.metrics;
                 HubMetrics::add(&metrics.frames_in, 1);
                 HubMetrics::add(&metrics.bytes_in, bytes.len() as u64);
                 if let Some(refused) = self.control_budget()? {
                     return Ok(refused);
                 }
-                Ok(reply(WsMessage::error(
-                    codes::BAD_REQUEST,
-                    "binary frames are not supported; send JSON text frames (or agree on the ws-toolkit.msgpack subprotocol in the upgrade)",
-                )))
+                Ok(reply(refusal))
             }
             // tungstenite answers pings itself, but they draw on the control budget like any
             // frame: a ping flood is closed like any other.
