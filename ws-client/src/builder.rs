@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use ws_protocol::WebSocketConfig;
+use ws_protocol::{Encoding, WebSocketConfig};
 
 use crate::acks::Acks;
 use crate::buffer::OutboundBuffer;
@@ -102,6 +102,7 @@ pub struct ClientBuilder {
     on_connect: Vec<String>,
     roots: Vec<CertificateDer<'static>>,
     transport: Transport,
+    encoding: Encoding,
     deferred: Option<Error>,
 }
 
@@ -151,6 +152,7 @@ impl ClientBuilder {
             on_connect: Vec::new(),
             roots: Vec::new(),
             transport: Transport::default(),
+            encoding: Encoding::Json,
             deferred: None,
         }
         .transport_from(config.client_transport)
@@ -373,6 +375,21 @@ impl ClientBuilder {
         self
     }
 
+    /// How messages to and from the hub are written (default [`Encoding::Json`]).
+    ///
+    /// [`Encoding::MessagePack`] asks the hub for the `ws-toolkit.msgpack` subprotocol in
+    /// every upgrade: frames cross the wire as MessagePack, smaller than their JSON (see
+    /// docs/PROTOCOL.md), and the application sees no difference: [`receive`] and the events
+    /// give the same values, a message's `data` as JSON. A server that does not agree to the
+    /// subprotocol fails the upgrade with a connection error that says so (no silent fall
+    /// back to JSON), so only ask a ws-toolkit hub for it.
+    ///
+    /// [`receive`]: crate::WebSocketClient::receive
+    pub fn encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
     /// Limit for TCP + TLS + WebSocket handshake, and for the hub's `Subscribed` answer after
     /// a reconnect (`WS_CONNECT_TIMEOUT`, default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -530,6 +547,7 @@ impl ClientBuilder {
             on_connect: std::mem::take(&mut self.on_connect),
             tls,
             transport: self.transport,
+            encoding: self.encoding,
         })
     }
 

@@ -75,4 +75,4 @@ pub use stamped::Stamped;
 pub use state::{ConnectionState, StateChanges};
 pub use text::Text;
 pub use transport::Transport;
-pub use ws_protocol::{self, WsMessage};
+pub use ws_protocol::{self, Encoding, WsMessage};

@@ -42,4 +42,5 @@ pub(crate) struct Settings {
     pub(crate) on_connect: Vec<String>,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) transport: crate::transport::Transport,
+    pub(crate) encoding: ws_protocol::Encoding,
 }

@@ -7,9 +7,12 @@
 //! connection (TCP, TLS, upgrade) and, for sockudo-ws, translates frames at the seam. Under
 //! either, the TCP stream is [`Clocked`]: the socket tells when it last read (see
 //! [`Socket::last_read`]).
+//! On a connection that agreed to `ws-toolkit.msgpack` the socket turns MessagePack frames
+//! into the JSON the task reads and back (`msgpack.rs`).
 //! Files: this one (the choice, the TCP connection and the seam), `tungstenite.rs`,
-//! `sockudo.rs`, `read_clock.rs`.
+//! `sockudo.rs`, `read_clock.rs`, `msgpack.rs`.
 
+mod msgpack;
 mod read_clock;
 #[cfg(feature = "sockudo")]
 mod sockudo;
@@ -25,6 +28,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::{Host, Url};
+use ws_protocol::Encoding;
 
 use self::read_clock::{Clocked, ReadClock};
 use crate::settings::Settings;
@@ -78,6 +82,8 @@ impl Transport {
 pub(crate) struct Socket {
     kind: Kind,
     clock: Arc<ReadClock>,
+    /// What the upgrade agreed: the frames on the wire.
+    encoding: Encoding,
 }
 
 /// The transport under a [`Socket`].
@@ -110,7 +116,30 @@ pub(crate) async fn connect(settings: &Settings, url: &str) -> Result<Socket, St
             .await
             .map(|ws| Kind::Sockudo(Box::new(ws)))?,
     };
-    Ok(Socket { kind, clock })
+    Ok(Socket {
+        kind,
+        clock,
+        encoding: settings.encoding,
+    })
+}
+
+/// The `Sec-WebSocket-Protocol` an upgrade asks for: none for JSON (what every server
+/// speaks), the subprotocol otherwise.
+fn subprotocol(settings: &Settings) -> Option<&'static str> {
+    match settings.encoding {
+        Encoding::Json => None,
+        encoding => Some(encoding.subprotocol()),
+    }
+}
+
+/// Why an upgrade that asked for `asked` failed when the server answered with `answered`.
+fn refused_subprotocol(asked: &str, answered: Option<&str>) -> String {
+    match answered {
+        None => format!(
+            "the server did not agree to the {asked} subprotocol (MessagePack needs a ws-toolkit hub)"
+        ),
+        Some(other) => format!("asked for the {asked} subprotocol, the server answered {other:?}"),
+    }
 }
 
 /// The TCP connection to `url`'s host and port (no Nagle: frames go out as they are
@@ -155,8 +184,12 @@ macro_rules! on_socket {
 impl Stream for Socket {
     type Item = Result<Message, WsError>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        on_socket!(self, ws => Pin::new(ws.as_mut()).poll_next(cx))
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = on_socket!(self.as_mut(), ws => Pin::new(ws.as_mut()).poll_next(cx));
+        match self.encoding {
+            Encoding::Json => next,
+            _ => next.map(|next| next.map(|frame| frame.map(msgpack::inbound))),
+        }
     }
 }
 
@@ -168,6 +201,10 @@ impl Sink<Message> for Socket {
     }
 
     fn start_send(self: Pin<&mut Self>, frame: Message) -> Result<(), WsError> {
+        let frame = match self.encoding {
+            Encoding::Json => frame,
+            _ => msgpack::outbound(frame),
+        };
         on_socket!(self, ws => Pin::new(ws.as_mut()).start_send(frame))
     }
 

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes
 use url::Host;
 
 use super::read_clock::ReadClock;
-use super::{Tcp, open_tcp, parse_url};
+use super::{Tcp, open_tcp, parse_url, refused_subprotocol, subprotocol};
 use crate::settings::Settings;
 
 /// A sockudo-ws connection, seen as a stream and sink of tungstenite `Message`s.
@@ -89,10 +89,20 @@ pub(super) async fn connect(
         .pong_timeout(0)
         .close_timeout(1)
         .build();
-    let (ws, _) = Upgrade::<Http1>::new(config)
-        .connect_raw_with_headers(stream, &authority, &target, None, Some(&headers))
+    let asked = subprotocol(settings);
+    let (ws, agreed) = Upgrade::<Http1>::new(config)
+        .connect_raw_with_headers(stream, &authority, &target, asked, Some(&headers))
         .await
         .map_err(|e| format!("WebSocket upgrade: {e}"))?;
+    if agreed.protocol.as_deref() != asked {
+        return Err(match asked {
+            Some(asked) => refused_subprotocol(asked, agreed.protocol.as_deref()),
+            None => format!(
+                "the server chose the subprotocol {:?}, none was asked for",
+                agreed.protocol
+            ),
+        });
+    }
     Ok(SockudoSocket { ws })
 }
 

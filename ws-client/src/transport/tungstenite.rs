@@ -3,11 +3,14 @@
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as TungsteniteConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::read_clock::ReadClock;
-use super::{Tcp, open_tcp, parse_url};
+use super::{Tcp, open_tcp, parse_url, refused_subprotocol, subprotocol};
 use crate::settings::Settings;
 
 /// TCP, TLS for `wss://` (with the settings' roots), the upgrade with the settings' headers.
@@ -21,6 +24,13 @@ pub(super) async fn connect(
     for (name, value) in &settings.headers {
         request.headers_mut().insert(name.clone(), value.clone());
     }
+    let asked = subprotocol(settings);
+    if let Some(asked) = asked {
+        // tungstenite fails the upgrade if the answer does not name it.
+        request
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(asked));
+    }
     let config = TungsteniteConfig::default()
         .max_message_size(Some(settings.max_message_size))
         .max_frame_size(Some(settings.max_message_size))
@@ -32,6 +42,11 @@ pub(super) async fn connect(
     let (ws, _) =
         tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), connector)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|error| match (asked, &error) {
+                (Some(asked), Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(_))) => {
+                    refused_subprotocol(asked, None)
+                }
+                _ => error.to_string(),
+            })?;
     Ok(ws)
 }
