@@ -5,9 +5,9 @@
 //! | 1000 | [`NORMAL`] | the peer closes on purpose, or the hub closes an idle connection | reconnect only if it still wants data |
 //! | 1001 | [`GOING_AWAY`] | the hub shuts down | reconnect with backoff |
 //! | 1002 | [`PROTOCOL_ERROR`] | the peer broke the WebSocket protocol (a bad frame) | fix the sender |
-//! | 1007 | [`INVALID_PAYLOAD`] | a text frame was not valid UTF-8 | fix the sender |
+//! | 1007 | [`INVALID_PAYLOAD`] | a text frame was not valid UTF-8, or a compressed message not valid deflate data | fix the sender |
 //! | 1008 | [`POLICY_VIOLATION`] | slow consumer, authentication, rate-limit flood | do not retry blindly |
-//! | 1009 | [`MESSAGE_TOO_BIG`] | a frame exceeded the hub's maximum message size | fix the sender |
+//! | 1009 | [`MESSAGE_TOO_BIG`] | a frame exceeded the hub's maximum message size (for a compressed message: inflated, or still compressed) | fix the sender |
 //! | 1012 | [`SERVICE_RESTART`] | the hub restarts | reconnect with backoff |
 //!
 //! [`INTERNAL_ERROR`] (1011) and [`TRY_AGAIN_LATER`] (1013) are never sent by the hub; they are

@@ -45,6 +45,7 @@ pub mod close;
 pub mod codes;
 mod config;
 mod decode;
+pub mod deflate;
 mod encoding;
 mod error;
 mod message;
