@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A third-party client against the hub: Python's `websockets` and `msgpack` (installed in a
 # virtualenv under target/) run integration-tests/python/hub_client.py and
-# hub_client_msgpack.py against a release hub on a free port.
+# hub_client_msgpack.py and hub_client_deflate.py against a release hub on a free port.
 #   scripts/python-client-test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +18,4 @@ trap 'kill $HUB 2>/dev/null || true; wait $HUB 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
 timeout 60 "$VENV/bin/python" integration-tests/python/hub_client.py "ws://127.0.0.1:$PORT"
 timeout 60 "$VENV/bin/python" integration-tests/python/hub_client_msgpack.py "ws://127.0.0.1:$PORT"
+timeout 60 "$VENV/bin/python" integration-tests/python/hub_client_deflate.py "ws://127.0.0.1:$PORT"

@@ -1,7 +1,9 @@
 // The hub's status page in headless Chromium (Debian's /usr/bin/chromium, driven by
 // playwright-core): a page on 127.0.0.1 opens a WebSocket to the hub with the browser's own
-// API, subscribes and publishes; the status page must show the connection and the
-// publications by itself, without a reload. Writes a screenshot.
+// API (which offers permessage-deflate: the hub agrees), subscribes and publishes, some
+// publications large order books that cross compressed both ways and must come back
+// intact; the status page must show the connection and the publications by itself, without
+// a reload. Writes a screenshot.
 //
 //   node status_page.mjs ws://127.0.0.1:PORT http://127.0.0.1:ADMIN_PORT [screenshot.png]
 import { chromium } from "playwright-core";
@@ -29,19 +31,34 @@ try {
     const frames = [];
     ws.onmessage = (e) => frames.push(JSON.parse(e.data));
     await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = fail; });
+    const extensions = ws.extensions;
     const until = async (test) => { for (let i = 0; i < 200 && !frames.some(test); i++) await new Promise(r => setTimeout(r, 20)); };
     await until((f) => f.type === "Connected");
     ws.send(JSON.stringify({ type: "Subscribe", channels: ["prices:SOL-USDC"] }));
     await until((f) => f.type === "Subscribed");
+    // Every sixth publication a 50-level order book (about 2 KB: compressed both ways).
+    const data = (i) => i % 6 ? { price: 187 + i / 100 } : {
+      price: 187 + i / 100,
+      bids: Array.from({ length: 50 }, (_, l) => [187.42 - l / 100, 1.5 + ((l * 7 + i) % 13) / 4]),
+      asks: Array.from({ length: 50 }, (_, l) => [187.43 + l / 100, 1.5 + ((l * 5 + i) % 11) / 4]),
+    };
     for (let i = 1; i <= 30; i++) {
-      ws.send(JSON.stringify({ type: "Publish", channel: "prices:SOL-USDC", data: { price: 187 + i / 100 } }));
+      ws.send(JSON.stringify({ type: "Publish", channel: "prices:SOL-USDC", data: data(i) }));
     }
     await until((f) => f.type === "Publication" && f.seq === 30);
-    return frames.filter((f) => f.type === "Publication").map((f) => f.seq);
+    const publications = frames.filter((f) => f.type === "Publication");
+    const intact = publications.every((f) => JSON.stringify(f.data) === JSON.stringify(data(f.seq)));
+    return { seqs: publications.map((f) => f.seq), intact, extensions };
   }, hubUrl);
-  if (received.length !== 30 || received.some((seq, i) => seq !== i + 1)) {
-    throw new Error(`the browser client got publications ${JSON.stringify(received)}`);
+  const { seqs, intact, extensions } = received;
+  if (seqs.length !== 30 || seqs.some((seq, i) => seq !== i + 1)) {
+    throw new Error(`the browser client got publications ${JSON.stringify(seqs)}`);
   }
+  if (!intact) throw new Error("a publication's data changed on the way");
+  if (!extensions.includes("permessage-deflate")) {
+    throw new Error(`the hub did not agree to compression: extensions ${JSON.stringify(extensions)}`);
+  }
+  console.log(`browser WebSocket extensions: ${extensions}`);
 
   // The page updates itself: wait for the numbers, no reload.
   await page.waitForFunction(() =>

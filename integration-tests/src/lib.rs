@@ -1,6 +1,7 @@
 //! Helpers for the cross-crate tests: a hub on `127.0.0.1:0` and a plain tokio-tungstenite
 //! client that speaks the protocol frame by frame, so the hub is tested apart from our client.
 
+pub mod deflate_client;
 pub mod proxy;
 pub mod redis;
 
@@ -172,6 +173,20 @@ impl RawClient {
                 ..
             } if confirmed == channels => Ok(()),
             other => bail!("expected Subscribed, got {other:?}"),
+        }
+    }
+
+    /// Publishes on `channel`, which this client follows, and reads the publication back:
+    /// the hub still serves it (after something went wrong on another connection).
+    ///
+    /// # Errors
+    /// If the publication does not come back intact.
+    pub async fn still_served(&mut self, channel: &str) -> Result<()> {
+        let data = r#"{"still":"here"}"#;
+        self.publish(channel, data).await?;
+        match self.recv().await? {
+            WsMessage::Publication { data: got, .. } if got.as_raw().get() == data => Ok(()),
+            other => bail!("expected the publication {data} back, got {other:?}"),
         }
     }
 

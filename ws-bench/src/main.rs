@@ -10,6 +10,7 @@
 mod baseline;
 mod client_publish;
 mod client_receive;
+mod encodings;
 mod hub_process;
 mod jitter;
 mod load;
@@ -50,6 +51,9 @@ enum Command {
     Redundancy(redundancy::RedundancyArgs),
     /// One client reading as fast as a sender sends, or at a rate (scenario S12).
     ClientReceive(client_receive::ClientReceiveArgs),
+    /// Bytes on the wire and hub CPU per delivery for each encoding and compression
+    /// (scenario S13).
+    Encodings(encodings::EncodingsArgs),
     /// Runs a baseline server.
     Serve {
         /// Which baseline.
@@ -86,6 +90,17 @@ fn main() -> Result<()> {
     };
     runtime.block_on(async move {
         match cli.command {
+            Command::Encodings(args) => {
+                println!(
+                    "== S13 encodings: {} subscribers, {} publications/s for {} s per wire",
+                    args.subscribers, args.rate, args.duration
+                );
+                let reports = encodings::run(&args).await?;
+                for report in &reports {
+                    println!("{}", report.line());
+                }
+                write_json(args.json.as_deref(), &reports)?;
+            }
             Command::Load(args) => {
                 let report = load::run(&args).await?;
                 println!("{}", report.table());

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 /// Clock ticks per second of `/proc/PID/stat` CPU times (Linux's USER_HZ).
-const TICKS_PER_SECOND: f64 = 100.0;
+pub(crate) const TICKS_PER_SECOND: f64 = 100.0;
 
 /// Resident memory of `pid` in KiB, if it can be read.
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
@@ -16,7 +16,7 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// User + system CPU time of `pid` in ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];

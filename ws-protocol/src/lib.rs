@@ -54,7 +54,7 @@ mod msgpack;
 mod payload;
 
 pub use channel::{MAX_CHANNEL_NAME_LEN, invalid_channel_name, is_valid_channel_name};
-pub use config::{ClientTransport, Secret, SlowConsumerPolicy, WebSocketConfig};
+pub use config::{ClientTransport, Compression, Secret, SlowConsumerPolicy, WebSocketConfig};
 pub use encoding::Encoding;
 pub use error::{ConfigError, DecodeError};
 pub use message::{

@@ -108,6 +108,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Whether permessage-deflate is agreed when a client offers it (`WS_COMPRESSION`,
+    /// default [`Compression::On`](ws_protocol::Compression::On)).
+    pub fn compression(mut self, compression: ws_protocol::Compression) -> Self {
+        self.config.compression = compression;
+        self
+    }
+
     /// Messages queued per connection before the slow-consumer policy applies.
     pub fn send_queue_size(mut self, messages: usize) -> Self {
         self.config.send_queue_size = messages;

@@ -1,14 +1,25 @@
 //! [`Frame`]: a complete WebSocket frame (header and payload), encoded once and shared by
 //! every recipient, so that a connection's writer only copies bytes: a text frame of JSON, or
-//! a binary frame of the same message as MessagePack.
+//! a binary frame of the same message as MessagePack, either possibly compressed
+//! (permessage-deflate).
+
+use std::cell::RefCell;
 
 use bytes::Bytes;
+use ws_protocol::deflate::{COMPRESS_AT_LEAST, Compressor};
 use ws_protocol::json_to_msgpack;
 
 /// Room kept in front of the payload for the longest header (2 + 8 bytes).
 const MAX_HEADER: usize = 10;
 const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
+/// The bit of the first header byte that marks a compressed message (RFC 7692).
+const RSV1: u8 = 0x40;
+
+thread_local! {
+    /// One compressor per thread: each message is compressed on its own.
+    static COMPRESSOR: RefCell<Compressor> = RefCell::new(Compressor::new());
+}
 
 /// An unmasked, unfragmented server frame. Cloning shares the bytes.
 #[derive(Debug, Clone)]
@@ -34,13 +45,45 @@ impl Frame {
         Self::binary(&json_to_msgpack(json).unwrap_or_default())
     }
 
+    /// Whether the payload is long enough for [`deflated`](Self::deflated) to try.
+    pub(crate) fn worth_compressing(&self) -> bool {
+        self.payload_bytes().len() >= COMPRESS_AT_LEAST
+    }
+
+    /// The same message compressed (RSV1 set), or this frame again when compressing does not
+    /// pay: a payload under [`COMPRESS_AT_LEAST`] bytes, or one that does not shrink.
+    pub(crate) fn deflated(&self) -> Self {
+        if !self.worth_compressing() {
+            return self.clone();
+        }
+        let payload = self.payload_bytes();
+        let opcode = self.0.first().map_or(OPCODE_TEXT, |b| b & 0x0f);
+        let packed = COMPRESSOR.with(|compressor| {
+            let mut buf = Vec::with_capacity(MAX_HEADER + payload.len() / 2);
+            buf.resize(MAX_HEADER, 0);
+            let shrunk = compressor.borrow_mut().compress(payload, &mut buf)
+                && buf.len() - MAX_HEADER < payload.len();
+            shrunk.then_some(buf)
+        });
+        match packed {
+            Some(buf) => Self::headed(RSV1 | opcode, buf),
+            None => self.clone(),
+        }
+    }
+
     fn with(opcode: u8, capacity: usize, write: impl FnOnce(&mut Vec<u8>)) -> Self {
         let mut buf = Vec::with_capacity(MAX_HEADER + capacity);
         buf.resize(MAX_HEADER, 0);
         write(&mut buf);
+        Self::headed(opcode, buf)
+    }
+
+    /// The frame whose payload follows [`MAX_HEADER`] bytes of room in `buf`; `first` is the
+    /// header's first byte but FIN (RSV1 and the opcode).
+    fn headed(first: u8, mut buf: Vec<u8>) -> Self {
         let len = buf.len() - MAX_HEADER;
         let mut header = [0u8; MAX_HEADER];
-        header[0] = 0x80 | opcode; // FIN + the opcode
+        header[0] = 0x80 | first; // FIN, RSV1 if compressed, the opcode
         let header_len = if len < 126 {
             header[1] = len as u8;
             2

@@ -41,11 +41,20 @@ struct Entry {
     channel: Option<Arc<str>>,
     /// The encoded frame.
     frame: Frame,
-    /// The same as MessagePack, made by the first recipient that speaks it: once per frame
-    /// whatever the number of such recipients, never for a frame only JSON speakers get.
-    msgpack: OnceLock<Frame>,
+    /// The frame's other forms (MessagePack, compressed), each made by the first recipient
+    /// that needs it: once per frame whatever the number of such recipients, never for a
+    /// frame only plain JSON speakers get (who then cost no room for them either).
+    forms: OnceLock<Box<Forms>>,
     /// The publication's conflation key (a hash of its key field), when the hub conflates.
     key: Option<u64>,
+}
+
+/// The forms of a frame besides its JSON, each made at most once.
+#[derive(Default)]
+struct Forms {
+    msgpack: OnceLock<Frame>,
+    json_deflated: OnceLock<Frame>,
+    msgpack_deflated: OnceLock<Frame>,
 }
 
 impl Outgoing {
@@ -55,7 +64,7 @@ impl Outgoing {
             entry: Arc::new(Entry {
                 channel: Some(channel),
                 frame,
-                msgpack: OnceLock::new(),
+                forms: OnceLock::new(),
                 key,
             }),
             replay: false,
@@ -68,7 +77,7 @@ impl Outgoing {
             entry: Arc::new(Entry {
                 channel: None,
                 frame,
-                msgpack: OnceLock::new(),
+                forms: OnceLock::new(),
                 key: None,
             }),
             replay: false,
@@ -81,7 +90,7 @@ impl Outgoing {
             entry: Arc::new(Entry {
                 channel: Some(channel.clone()),
                 frame,
-                msgpack: OnceLock::new(),
+                forms: OnceLock::new(),
                 key: None,
             }),
             replay: true,
@@ -98,14 +107,21 @@ impl Outgoing {
         &self.entry.frame
     }
 
-    /// The encoded frame for a connection speaking `encoding`.
-    pub(crate) fn frame_in(&self, encoding: Encoding) -> &Frame {
-        match encoding {
-            Encoding::MessagePack => self
-                .entry
-                .msgpack
-                .get_or_init(|| self.entry.frame.to_msgpack()),
-            _ => &self.entry.frame,
+    /// The encoded frame for a connection speaking `encoding`, compressed if `deflate` (the
+    /// connection agreed to permessage-deflate) and compressing pays.
+    pub(crate) fn frame_in(&self, encoding: Encoding, deflate: bool) -> &Frame {
+        let plain = &self.entry.frame;
+        let deflate = deflate && plain.worth_compressing();
+        if encoding == Encoding::Json && !deflate {
+            return plain;
+        }
+        let forms = self.entry.forms.get_or_init(Box::default);
+        match (encoding, deflate) {
+            (Encoding::MessagePack, false) => forms.msgpack.get_or_init(|| plain.to_msgpack()),
+            (Encoding::MessagePack, true) => forms
+                .msgpack_deflated
+                .get_or_init(|| forms.msgpack.get_or_init(|| plain.to_msgpack()).deflated()),
+            _ => forms.json_deflated.get_or_init(|| plain.deflated()),
         }
     }
 
@@ -437,14 +453,39 @@ mod tests {
     fn a_frame_is_turned_into_msgpack_once_for_all_its_recipients() {
         let first = item("a", r#"{"type":"Pong"}"#);
         let second = first.clone();
-        let packed = first.frame_in(Encoding::MessagePack);
+        let packed = first.frame_in(Encoding::MessagePack, false);
         assert!(std::ptr::eq(
             packed.as_bytes(),
-            second.frame_in(Encoding::MessagePack).as_bytes()
+            second.frame_in(Encoding::MessagePack, false).as_bytes()
         ));
         assert!(std::ptr::eq(
-            first.frame_in(Encoding::Json).as_bytes(),
+            first.frame_in(Encoding::Json, false).as_bytes(),
             first.frame().as_bytes()
+        ));
+    }
+
+    #[test]
+    fn a_frame_is_compressed_once_per_encoding_for_all_its_recipients() {
+        let book = format!(
+            r#"{{"type":"Publication","data":"{}"}}"#,
+            "187.42,".repeat(100)
+        );
+        let first = item("a", &book);
+        let second = first.clone();
+        for encoding in [Encoding::Json, Encoding::MessagePack] {
+            let packed = first.frame_in(encoding, true);
+            assert!(std::ptr::eq(
+                packed.as_bytes(),
+                second.frame_in(encoding, true).as_bytes()
+            ));
+            assert_eq!(packed.as_bytes()[0] & 0x40, 0x40, "RSV1: compressed");
+            assert!(packed.as_bytes().len() < first.frame_in(encoding, false).as_bytes().len());
+        }
+        // A short frame is not worth compressing: the same bytes as uncompressed.
+        let short = item("a", r#"{"type":"Pong"}"#);
+        assert!(std::ptr::eq(
+            short.frame_in(Encoding::Json, true).as_bytes(),
+            short.frame().as_bytes()
         ));
     }
 

@@ -7,6 +7,10 @@
 //! buffer per thread, large enough for a burst of frames. What tungstenite does not take at
 //! once is kept in a per-connection buffer of exactly that size, which is freed as soon as
 //! it has been read, so an idle connection holds nothing here.
+//!
+//! On a connection that agreed to permessage-deflate, every read also goes through an
+//! [`Inflater`] (see [`ReadAhead::inflate`]): tungstenite, which knows no extensions, then
+//! reads compressed messages inflated.
 
 use std::cell::RefCell;
 use std::io;
@@ -14,6 +18,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use ws_protocol::deflate::Inflater;
 
 /// The most read from the socket in one system call.
 const SCRATCH_SIZE: usize = 16 * 1024;
@@ -31,6 +36,8 @@ pub(crate) struct ReadAhead<S> {
     pending: Vec<u8>,
     /// Where the unread part of `pending` starts.
     start: usize,
+    /// The inflater every read goes through, once the connection agreed to compression.
+    inflater: Option<Box<Inflater>>,
 }
 
 impl<S> ReadAhead<S> {
@@ -39,6 +46,75 @@ impl<S> ReadAhead<S> {
             inner,
             pending: Vec::new(),
             start: 0,
+            inflater: None,
+        }
+    }
+
+    /// From now on, reads go through `inflater`: compressed messages are handed out inflated
+    /// (bytes already buffered, read with the upgrade, go through it first). An error of the
+    /// inflater is a read error carrying an [`InflateError`](ws_protocol::deflate::InflateError);
+    /// after it, reads hand out the socket's bytes as they come, for the close.
+    pub(crate) fn inflate(&mut self, mut inflater: Inflater) {
+        let buffered = std::mem::take(&mut self.pending);
+        let start = std::mem::replace(&mut self.start, 0);
+        match inflater.feed(&buffered[start..], &mut self.pending) {
+            Ok(()) => self.inflater = Some(Box::new(inflater)),
+            // A compressed frame before the upgrade's answer: the peer could not know. Its
+            // bytes go to tungstenite as they are, which refuses them.
+            Err(_) => self.pending = buffered[start..].to_vec(),
+        }
+    }
+
+    /// A read through the inflater: what it makes of the next bytes of the socket.
+    fn poll_read_inflated(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>>
+    where
+        S: AsyncRead + Unpin,
+    {
+        loop {
+            if self.start < self.pending.len() {
+                self.take_pending(buf);
+                return Poll::Ready(Ok(()));
+            }
+            let Some(inflater) = self.inflater.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            let fed = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut chunk = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut self.inner).poll_read(cx, &mut chunk) {
+                    Poll::Ready(Ok(())) if chunk.filled().is_empty() => Poll::Ready(Ok(false)),
+                    Poll::Ready(Ok(())) => Poll::Ready(
+                        inflater
+                            .feed(chunk.filled(), &mut self.pending)
+                            .map(|()| true)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+                    ),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            match fed {
+                Poll::Pending => return Poll::Pending,
+                // The end of the stream.
+                Poll::Ready(Ok(false)) => return Poll::Ready(Ok(())),
+                // Something to hand out, or only compressed bytes gathered: read on.
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Err(e)) => {
+                    let refused = e
+                        .get_ref()
+                        .is_some_and(|inner| inner.is::<ws_protocol::deflate::InflateError>());
+                    if refused {
+                        self.inflater = None;
+                        self.pending = Vec::new();
+                        self.start = 0;
+                    }
+                    return Poll::Ready(Err(e));
+                }
+            }
         }
     }
 
@@ -81,6 +157,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.inflater.is_some() {
+            return this.poll_read_inflated(cx, buf);
+        }
         if this.start < this.pending.len() {
             this.take_pending(buf);
             return Poll::Ready(Ok(()));

@@ -79,6 +79,7 @@ pub(super) struct EnvVars {
     ws_idle_timeout: Option<f64>,
     ws_handshake_timeout: Option<f64>,
     ws_max_message_size: Option<usize>,
+    ws_compression: Option<String>,
     ws_send_queue_size: Option<usize>,
     ws_send_queue_bytes: Option<usize>,
     ws_write_timeout: Option<f64>,
@@ -140,6 +141,14 @@ impl EnvVars {
             handshake_timeout: secs("WS_HANDSHAKE_TIMEOUT", self.ws_handshake_timeout)?
                 .unwrap_or(d.handshake_timeout),
             max_message_size: self.ws_max_message_size.unwrap_or(d.max_message_size),
+            compression: match self.ws_compression {
+                None => d.compression,
+                Some(value) => value.parse().map_err(|reason| ConfigError::OutOfRange {
+                    variable: "WS_COMPRESSION",
+                    value,
+                    reason,
+                })?,
+            },
             send_queue_size: self.ws_send_queue_size.unwrap_or(d.send_queue_size),
             send_queue_bytes: self.ws_send_queue_bytes.unwrap_or(d.send_queue_bytes),
             write_timeout: secs("WS_WRITE_TIMEOUT", self.ws_write_timeout)?

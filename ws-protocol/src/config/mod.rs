@@ -66,6 +66,33 @@ impl FromStr for ClientTransport {
     }
 }
 
+/// Whether the hub agrees to permessage-deflate (RFC 7692) when a client offers it
+/// (`WS_COMPRESSION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Agreed when offered (browsers and Python's `websockets` offer it by default): each
+    /// publication of at least [`COMPRESS_AT_LEAST`](crate::deflate::COMPRESS_AT_LEAST)
+    /// bytes is compressed once and the same bytes go to every subscriber that agreed. The
+    /// default.
+    #[default]
+    On,
+    /// Never agreed: every connection goes uncompressed.
+    Off,
+}
+
+impl FromStr for Compression {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err("expected `on` or `off`"),
+        }
+    }
+}
+
 /// A secret setting: its `Debug` never shows the value, so configurations can be logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -141,6 +168,8 @@ pub struct WebSocketConfig {
     /// `WS_MAX_MESSAGE_SIZE`: the largest frame, in bytes, the hub accepts; larger ones are
     /// answered with close 1009. Default 65536 (64 KiB).
     pub max_message_size: usize,
+    /// `WS_COMPRESSION`: [`Compression`]. Default `on`.
+    pub compression: Compression,
     /// `WS_SEND_QUEUE_SIZE`: messages the hub queues for one connection before the slow-consumer
     /// policy applies. Default 1024.
     pub send_queue_size: usize,
@@ -263,6 +292,7 @@ impl Default for WebSocketConfig {
             idle_timeout: Duration::from_secs(90),
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 64 * 1024,
+            compression: Compression::On,
             send_queue_size: 1024,
             send_queue_bytes: 16 * 1024 * 1024,
             write_timeout: Duration::from_secs(30),

@@ -32,6 +32,7 @@ pub(super) const VARIABLES: &[(&str, Option<Number>)] = &[
     ("WS_IDLE_TIMEOUT", Some(Number::Seconds)),
     ("WS_HANDSHAKE_TIMEOUT", Some(Number::Seconds)),
     ("WS_MAX_MESSAGE_SIZE", Some(Number::Count)),
+    ("WS_COMPRESSION", None),
     ("WS_SEND_QUEUE_SIZE", Some(Number::Count)),
     ("WS_SEND_QUEUE_BYTES", Some(Number::Count)),
     ("WS_WRITE_TIMEOUT", Some(Number::Seconds)),

@@ -98,6 +98,9 @@ pub(crate) struct Core {
     pub(super) grant: Option<Arc<Grant>>,
     /// How the connection's messages are written (agreed in the upgrade).
     pub(super) encoding: Encoding,
+    /// Whether the connection agreed to permessage-deflate: queued frames go compressed
+    /// where that pays (replies never are: they are short).
+    pub(super) compressed: bool,
 }
 
 impl Core {
@@ -126,15 +129,18 @@ impl Core {
             ),
             grant: None,
             encoding: Encoding::Json,
+            compressed: false,
             hub,
         };
         core.set_grant(grant, now);
         core
     }
 
-    /// The same connection, speaking `encoding` (JSON unless the upgrade agreed otherwise).
-    pub(crate) fn speaking(mut self, encoding: Encoding) -> Self {
+    /// The same connection, speaking `encoding` (JSON unless the upgrade agreed otherwise),
+    /// with its queued frames compressed if `compressed`.
+    pub(crate) fn speaking(mut self, encoding: Encoding, compressed: bool) -> Self {
         self.encoding = encoding;
+        self.compressed = compressed;
         self
     }
 

@@ -9,6 +9,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 use tracing::{debug, warn};
+use ws_protocol::deflate::InflateError;
 use ws_protocol::{WsMessage, close, codes};
 
 use super::Session;
@@ -92,8 +93,25 @@ pub(super) fn read_error(error: WsError) -> End {
             code: close::INVALID_PAYLOAD,
             why: format!("invalid UTF-8: {error}"),
         },
+        // What the inflater under tungstenite refused (permessage-deflate).
+        WsError::Io(error) if inflate_error(&error).is_some() => match inflate_error(&error) {
+            Some(InflateError::TooLarge { limit }) => {
+                warn!(limit, "compressed message over the maximum message size");
+                End::TooBig
+            }
+            Some(other) => End::Protocol {
+                code: other.close_code(),
+                why: other.to_string(),
+            },
+            None => End::Gone(format!("read failed: {error}")),
+        },
         other => End::Gone(format!("read failed: {other}")),
     }
+}
+
+/// The inflater's refusal an I/O error carries, if it is one.
+fn inflate_error(error: &std::io::Error) -> Option<&InflateError> {
+    error.get_ref()?.downcast_ref::<InflateError>()
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {

@@ -12,7 +12,7 @@
 //!
 //! Files: this one (the task's loop), `upgrade.rs` (the WebSocket upgrade, bounded in time),
 //! `admission.rs` (what an upgrade must bring), `subprotocol.rs` (JSON or MessagePack, as the
-//! upgrade agreed), `core.rs` (the connection's state and decisions, with unit tests in
+//! upgrade agreed), `compression.rs` (permessage-deflate, if the upgrade agreed), `core.rs` (the connection's state and decisions, with unit tests in
 //! `core/tests.rs`), `command/` (one file per client command), `writer.rs` (replies, batches,
 //! the write guard and its timeout), `ending.rs` (why a connection ends and the close
 //! handshake).
@@ -20,6 +20,7 @@
 mod ack_run;
 mod admission;
 mod command;
+mod compression;
 mod core;
 mod ending;
 mod subprotocol;
@@ -75,6 +76,7 @@ pub(crate) async fn run<S>(
         grant,
         slot: _slot,
         encoding,
+        compressed,
     }) = Box::pin(upgrade(&hub, stream, peer, upgrading)).await
     else {
         return;
@@ -98,7 +100,8 @@ pub(crate) async fn run<S>(
     HubMetrics::add(&hub.metrics.connections_total, 1);
 
     let mut session = Session {
-        core: Core::new(hub.clone(), id, outbox, grant, Instant::now()).speaking(encoding),
+        core: Core::new(hub.clone(), id, outbox, grant, Instant::now())
+            .speaking(encoding, compressed),
         ws,
         batch: VecDeque::new(),
         notices: Vec::new(),

@@ -12,8 +12,10 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tracing::debug;
 use ws_protocol::Encoding;
+use ws_protocol::deflate::{FramesFrom, Inflater};
 
 use super::admission::admit;
+use super::compression;
 use super::subprotocol::negotiate;
 use crate::auth::Grant;
 use crate::hub::Hub;
@@ -31,6 +33,8 @@ pub(super) struct Upgraded<S> {
     pub(super) slot: OwnedSemaphorePermit,
     /// How its messages are written (the subprotocol agreed in the upgrade).
     pub(super) encoding: Encoding,
+    /// Whether it agreed to permessage-deflate (its reads then inflate).
+    pub(super) compressed: bool,
 }
 
 /// Upgrades `stream` from `peer`; `None` (logged) if the upgrade failed, was refused, timed
@@ -52,6 +56,7 @@ where
     let mut grant = None;
     let mut slot = None;
     let mut encoding = Encoding::Json;
+    let mut compressed = false;
     let handshake = async {
         let head = stream.peek_head(upgrade_request::MAX_HEAD).await?;
         if let Err(refusal) = upgrade_request::check(head) {
@@ -64,11 +69,14 @@ where
             let response = admit(hub, request, response, &mut grant, &mut slot)?;
             let (response, agreed) = negotiate(request, response);
             encoding = agreed;
+            let (response, agreed) =
+                compression::negotiate(hub.config.compression, request, response);
+            compressed = agreed;
             Ok(response)
         };
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(hub.ws_config)).await
     };
-    let ws = tokio::select! {
+    let mut ws = tokio::select! {
         () = hub.token.cancelled() => return None,
         result = tokio::time::timeout(hub.config.handshake_timeout, handshake) => match result {
             Ok(Ok(ws)) => ws,
@@ -83,6 +91,12 @@ where
         },
     };
     drop(upgrading);
+    if compressed {
+        ws.get_mut().inflate(Inflater::new(
+            FramesFrom::Client,
+            hub.config.max_message_size,
+        ));
+    }
     // admit() gives a slot to every upgrade it accepts.
     let slot = slot?;
     Some(Upgraded {
@@ -90,5 +104,6 @@ where
         grant,
         slot,
         encoding,
+        compressed,
     })
 }
