@@ -11,11 +11,15 @@ use ws_client::{Event, ServerProtocol, WebSocketClient};
 
 const AGENT: &str = "ws-client";
 
-/// A client for one case: a plain server (no hub protocol), no reconnect.
+/// A client for one case: a plain server (no hub protocol), no reconnect, offering
+/// permessage-deflate (cases 12.* and 13.*) on tokio-tungstenite (sockudo-ws's client cannot
+/// offer it).
 async fn connect(url: String) -> Result<WebSocketClient> {
+    let sockudo = std::env::var("WS_CLIENT_TRANSPORT").is_ok_and(|t| t == "sockudo");
     Ok(WebSocketClient::builder()
         .url(url)
         .protocol(ServerProtocol::Raw)
+        .compression(!sockudo)
         .auto_reconnect(false)
         .max_message_size(20 << 20)
         .connect_timeout(Duration::from_secs(10))

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result, bail, ensure};
+use flate2::{Compress, Compression, FlushCompress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use ws_protocol::deflate::{Compressor, FramesFrom, Inflater};
@@ -187,4 +188,49 @@ impl DeflateClient {
             wire_len: wire.len(),
         }))
     }
+}
+
+/// `total` bytes of spaces deflated at the best level, made a MiB at a time, as a
+/// permessage-deflate payload: a decompression bomb (32 MiB make about 32 KiB).
+///
+/// # Errors
+/// If the compressor fails.
+pub fn bomb(total: usize) -> Result<Vec<u8>> {
+    let mut deflate = Compress::new(Compression::best(), false);
+    let chunk = vec![b' '; 1 << 20];
+    let mut out = Vec::with_capacity(64 * 1024);
+    for _ in 0..total / chunk.len() {
+        let before = deflate.total_in();
+        while deflate.total_in() - before < chunk.len() as u64 {
+            let at = usize::try_from(deflate.total_in() - before)?;
+            out.reserve(4096);
+            deflate.compress_vec(&chunk[at..], &mut out, FlushCompress::None)?;
+        }
+    }
+    loop {
+        out.reserve(4096);
+        deflate.compress_vec(&[], &mut out, FlushCompress::Sync)?;
+        if out.ends_with(&[0, 0, 0xff, 0xff]) {
+            break;
+        }
+    }
+    out.truncate(out.len() - 4);
+    Ok(out)
+}
+
+/// A memory figure of this process in KiB from `/proc/self/status` (`VmRSS`, `VmHWM`).
+///
+/// # Errors
+/// If the file or the field cannot be read.
+pub fn status_kib(field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field}"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("a number")?
+        .parse()?)
 }

@@ -20,6 +20,7 @@ pub struct TcpProxy {
     frozen_below: Arc<AtomicU64>,
     cut_below: watch::Sender<u64>,
     upstream: Arc<std::sync::Mutex<SocketAddr>>,
+    to_clients: Arc<AtomicU64>,
     _tasks: JoinSet<()>,
 }
 
@@ -35,6 +36,8 @@ impl TcpProxy {
         let frozen_below = Arc::new(AtomicU64::new(0));
         let (cut_below, cut) = watch::channel(0);
         let upstream = Arc::new(std::sync::Mutex::new(upstream));
+        let to_clients = Arc::new(AtomicU64::new(0));
+        let counted = to_clients.clone();
         let mut tasks = JoinSet::new();
         let (ids, frozen, target) = (next_id.clone(), frozen_below.clone(), upstream.clone());
         tasks.spawn(async move {
@@ -49,8 +52,14 @@ impl TcpProxy {
                 let (server_read, server_write) = server.into_split();
                 let cut_client = cut_when(cut.clone(), id);
                 let cut_server = cut_when(cut.clone(), id);
-                let upstream = relay(client_read, server_write, id, frozen.clone());
-                let downstream = relay(server_read, client_write, id, frozen.clone());
+                let upstream = relay(client_read, server_write, id, frozen.clone(), None);
+                let downstream = relay(
+                    server_read,
+                    client_write,
+                    id,
+                    frozen.clone(),
+                    Some(counted.clone()),
+                );
                 relays.spawn(async move {
                     tokio::select! {
                         () = upstream => {}
@@ -71,6 +80,7 @@ impl TcpProxy {
             frozen_below,
             cut_below,
             upstream,
+            to_clients,
             _tasks: tasks,
         })
     }
@@ -100,6 +110,12 @@ impl TcpProxy {
         *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = upstream;
     }
 
+    /// How many bytes the proxy has relayed from the server to its clients (all
+    /// connections, upgrade answers included).
+    pub fn bytes_to_clients(&self) -> u64 {
+        self.to_clients.load(Ordering::SeqCst)
+    }
+
     /// How many connections the proxy has accepted.
     pub fn connections(&self) -> u64 {
         self.next_id.load(Ordering::SeqCst)
@@ -116,6 +132,7 @@ async fn relay(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     id: u64,
     frozen_below: Arc<AtomicU64>,
+    counted: Option<Arc<AtomicU64>>,
 ) {
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
@@ -126,6 +143,9 @@ async fn relay(
         if id < frozen_below.load(Ordering::SeqCst) {
             // Frozen: hold both sockets open and forward nothing, ever.
             std::future::pending::<()>().await;
+        }
+        if let Some(counted) = &counted {
+            counted.fetch_add(n as u64, Ordering::SeqCst);
         }
         if to.write_all(&chunk[..n]).await.is_err() {
             break;

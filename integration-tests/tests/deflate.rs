@@ -7,9 +7,13 @@
 use anyhow::{Result, bail, ensure};
 use integration_tests::deflate_client::DeflateClient;
 use integration_tests::{RawClient, spawn_server};
-use ws_protocol::deflate::CLIENT_OFFER;
+
 use ws_protocol::{Compression, WsMessage};
 use ws_server::WebSocketServer;
+
+/// The hub's answer.
+const CLIENT_ANSWER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
 /// What Chrome and Python's websockets offer.
 const BROWSER_OFFER: &str = "permessage-deflate; client_max_window_bits";
@@ -51,7 +55,7 @@ async fn large_publications_reach_a_deflate_subscriber_compressed_and_intact() -
     let server = spawn_server(WebSocketServer::builder()).await?;
     let addr = server.local_addr();
     let mut packed = DeflateClient::connect(addr, Some(BROWSER_OFFER)).await?;
-    assert_eq!(packed.extensions.as_deref(), Some(CLIENT_OFFER));
+    assert_eq!(packed.extensions.as_deref(), Some(CLIENT_ANSWER));
     // Its Subscribe comes compressed: the hub inflates it.
     subscribed(&mut packed, "book", true).await?;
     let mut plain = RawClient::connect(addr).await?;
@@ -110,14 +114,30 @@ async fn with_compression_off_nothing_is_agreed_or_compressed() -> Result<()> {
     publisher.publish("book", &order_book(1)).await?;
     let (text, frame) = client.recv_text().await?;
     ensure!(!frame.compressed && text.contains("SOL-USDC"));
-    // An offer that caps the hub's window below 2^15 is declined, on an open hub too.
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_small_server_window_compresses_only_what_fits_in_it() -> Result<()> {
     let server = spawn_server(WebSocketServer::builder()).await?;
-    let declined = DeflateClient::connect(
-        server.local_addr(),
-        Some("permessage-deflate; server_max_window_bits=10"),
-    )
-    .await?;
-    assert_eq!(declined.extensions, None);
+    let addr = server.local_addr();
+    let offer = "permessage-deflate; server_max_window_bits=10";
+    let mut client = DeflateClient::connect(addr, Some(offer)).await?;
+    let expected = format!("{CLIENT_ANSWER}; server_max_window_bits=10");
+    assert_eq!(client.extensions.as_deref(), Some(expected.as_str()));
+    subscribed(&mut client, "book", false).await?;
+    let mut publisher = RawClient::connect(addr).await?;
+    // 3 KB: longer than the 1 KiB window, uncompressed; 600 bytes: compressed.
+    publisher.publish("book", &order_book(1)).await?;
+    let (_, frame) = client.recv_text().await?;
+    ensure!(
+        !frame.compressed,
+        "a message longer than the window goes uncompressed"
+    );
+    let medium = format!(r#"{{"levels":"{}"}}"#, "187.42,1.5;".repeat(50));
+    publisher.publish("book", &medium).await?;
+    let (text, frame) = client.recv_text().await?;
+    ensure!(frame.compressed && text.contains(&medium), "{text}");
     Ok(())
 }
 

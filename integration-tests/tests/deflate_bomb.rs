@@ -3,50 +3,10 @@
 //! 1009 once the inflated bytes pass `WS_MAX_MESSAGE_SIZE`, with the process's peak memory
 //! growing by less than 64 MiB, and the hub goes on serving other connections.
 
-use anyhow::{Context, Result, ensure};
-use flate2::{Compress, Compression, FlushCompress};
-use integration_tests::deflate_client::DeflateClient;
+use anyhow::{Result, ensure};
+use integration_tests::deflate_client::{DeflateClient, bomb, status_kib};
 use integration_tests::{RawClient, spawn_server};
 use ws_server::WebSocketServer;
-
-/// A field of /proc/self/status in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("no {field}"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("a number")?
-        .parse()?)
-}
-
-/// `total` bytes of spaces deflated at the best level, as a permessage-deflate payload,
-/// made a MiB at a time.
-fn bomb(total: usize) -> Result<Vec<u8>> {
-    let mut deflate = Compress::new(Compression::best(), false);
-    let chunk = vec![b' '; 1 << 20];
-    let mut out = Vec::with_capacity(64 * 1024);
-    for _ in 0..total / chunk.len() {
-        let before = deflate.total_in();
-        while deflate.total_in() - before < chunk.len() as u64 {
-            let at = usize::try_from(deflate.total_in() - before)?;
-            out.reserve(4096);
-            deflate.compress_vec(&chunk[at..], &mut out, FlushCompress::None)?;
-        }
-    }
-    loop {
-        out.reserve(4096);
-        deflate.compress_vec(&[], &mut out, FlushCompress::Sync)?;
-        if out.ends_with(&[0, 0, 0xff, 0xff]) {
-            break;
-        }
-    }
-    out.truncate(out.len() - 4);
-    Ok(out)
-}
 
 #[tokio::test]
 async fn thirty_two_mib_of_spaces_get_1009_with_memory_bounded() -> Result<()> {

@@ -103,6 +103,7 @@ pub struct ClientBuilder {
     roots: Vec<CertificateDer<'static>>,
     transport: Transport,
     encoding: Encoding,
+    compression: bool,
     deferred: Option<Error>,
 }
 
@@ -153,6 +154,7 @@ impl ClientBuilder {
             roots: Vec::new(),
             transport: Transport::default(),
             encoding: Encoding::Json,
+            compression: false,
             deferred: None,
         }
         .transport_from(config.client_transport)
@@ -390,6 +392,22 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether to offer permessage-deflate (RFC 7692) in every upgrade (default off).
+    ///
+    /// A server that agrees (the hub does unless `WS_COMPRESSION=off`) sends large messages
+    /// compressed: an order book crosses the wire in about a third of its bytes (see
+    /// docs/BENCHMARKS.md, S13), which pays over a WAN; on a LAN the inflating costs more
+    /// than the bytes saved. Each message is inflated on its own, capped at
+    /// [`max_message_size`](Self::max_message_size): a larger one ends the connection (it
+    /// reconnects) without being inflated further. The client sends its own messages
+    /// uncompressed. A server that does not agree leaves the connection uncompressed. Needs
+    /// the default transport: sockudo-ws's client cannot offer extensions, and `build`
+    /// refuses the two together.
+    pub fn compression(mut self, enabled: bool) -> Self {
+        self.compression = enabled;
+        self
+    }
+
     /// Limit for TCP + TLS + WebSocket handshake, and for the hub's `Subscribed` answer after
     /// a reconnect (`WS_CONNECT_TIMEOUT`, default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -493,6 +511,11 @@ impl ClientBuilder {
                 "redundancy must be at least 1".to_owned(),
             ));
         }
+        if self.compression && self.transport != Transport::Tungstenite {
+            return Err(Error::InvalidConfig(
+                "compression needs the tungstenite transport: sockudo-ws's client cannot offer permessage-deflate".to_owned(),
+            ));
+        }
         if self.max_connection_age.is_some_and(|d| d.is_zero()) || self.gap_timeout.is_zero() {
             return Err(Error::InvalidConfig(
                 "max_connection_age and gap_timeout must be greater than 0".to_owned(),
@@ -548,6 +571,7 @@ impl ClientBuilder {
             tls,
             transport: self.transport,
             encoding: self.encoding,
+            compression: self.compression,
         })
     }
 
@@ -665,6 +689,24 @@ async fn expire_publications(acks: Arc<Acks>, timeout: Duration, token: Cancella
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "sockudo")]
+    #[tokio::test]
+    async fn compression_on_sockudo_is_refused_by_name() {
+        let refused = ClientBuilder::default()
+            .url("ws://127.0.0.1:9")
+            .compression(true)
+            .transport(Transport::Sockudo)
+            .build()
+            .await;
+        let Err(Error::InvalidConfig(why)) = refused else {
+            panic!("refused at build");
+        };
+        assert!(
+            why.contains("compression needs the tungstenite transport"),
+            "{why}"
+        );
+    }
 
     /// Runs `test` of this binary in a child process with `vars` set, and returns its output.
     fn in_child(test: &str, vars: &[(&str, &str)]) -> String {

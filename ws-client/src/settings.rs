@@ -43,4 +43,5 @@ pub(crate) struct Settings {
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) transport: crate::transport::Transport,
     pub(crate) encoding: ws_protocol::Encoding,
+    pub(crate) compression: bool,
 }

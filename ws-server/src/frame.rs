@@ -45,6 +45,11 @@ impl Frame {
         Self::binary(&json_to_msgpack(json).unwrap_or_default())
     }
 
+    /// The payload's length.
+    pub(crate) fn payload_len(&self) -> usize {
+        self.payload_bytes().len()
+    }
+
     /// Whether the payload is long enough for [`deflated`](Self::deflated) to try.
     pub(crate) fn worth_compressing(&self) -> bool {
         self.payload_bytes().len() >= COMPRESS_AT_LEAST

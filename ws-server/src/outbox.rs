@@ -107,20 +107,29 @@ impl Outgoing {
         &self.entry.frame
     }
 
-    /// The encoded frame for a connection speaking `encoding`, compressed if `deflate` (the
-    /// connection agreed to permessage-deflate) and compressing pays.
-    pub(crate) fn frame_in(&self, encoding: Encoding, deflate: bool) -> &Frame {
+    /// The encoded frame for a connection speaking `encoding`, compressed if the connection
+    /// agreed to permessage-deflate (`deflate_window`: the largest window the hub may use, a
+    /// power of two), compressing pays, and the message is no longer than that window (each
+    /// message is compressed on its own: its window is at most its length).
+    pub(crate) fn frame_in(&self, encoding: Encoding, deflate_window: Option<u8>) -> &Frame {
         let plain = &self.entry.frame;
-        let deflate = deflate && plain.worth_compressing();
+        let deflate = deflate_window.is_some() && plain.worth_compressing();
         if encoding == Encoding::Json && !deflate {
             return plain;
         }
         let forms = self.entry.forms.get_or_init(Box::default);
-        match (encoding, deflate) {
-            (Encoding::MessagePack, false) => forms.msgpack.get_or_init(|| plain.to_msgpack()),
-            (Encoding::MessagePack, true) => forms
+        let uncompressed = match encoding {
+            Encoding::MessagePack => forms.msgpack.get_or_init(|| plain.to_msgpack()),
+            _ => plain,
+        };
+        let fits = deflate_window.is_some_and(|bits| uncompressed.payload_len() <= 1 << bits);
+        if !deflate || !fits {
+            return uncompressed;
+        }
+        match encoding {
+            Encoding::MessagePack => forms
                 .msgpack_deflated
-                .get_or_init(|| forms.msgpack.get_or_init(|| plain.to_msgpack()).deflated()),
+                .get_or_init(|| uncompressed.deflated()),
             _ => forms.json_deflated.get_or_init(|| plain.deflated()),
         }
     }
@@ -453,13 +462,13 @@ mod tests {
     fn a_frame_is_turned_into_msgpack_once_for_all_its_recipients() {
         let first = item("a", r#"{"type":"Pong"}"#);
         let second = first.clone();
-        let packed = first.frame_in(Encoding::MessagePack, false);
+        let packed = first.frame_in(Encoding::MessagePack, None);
         assert!(std::ptr::eq(
             packed.as_bytes(),
-            second.frame_in(Encoding::MessagePack, false).as_bytes()
+            second.frame_in(Encoding::MessagePack, None).as_bytes()
         ));
         assert!(std::ptr::eq(
-            first.frame_in(Encoding::Json, false).as_bytes(),
+            first.frame_in(Encoding::Json, None).as_bytes(),
             first.frame().as_bytes()
         ));
     }
@@ -473,18 +482,23 @@ mod tests {
         let first = item("a", &book);
         let second = first.clone();
         for encoding in [Encoding::Json, Encoding::MessagePack] {
-            let packed = first.frame_in(encoding, true);
+            let packed = first.frame_in(encoding, Some(15));
             assert!(std::ptr::eq(
                 packed.as_bytes(),
-                second.frame_in(encoding, true).as_bytes()
+                second.frame_in(encoding, Some(15)).as_bytes()
             ));
             assert_eq!(packed.as_bytes()[0] & 0x40, 0x40, "RSV1: compressed");
-            assert!(packed.as_bytes().len() < first.frame_in(encoding, false).as_bytes().len());
+            assert!(packed.as_bytes().len() < first.frame_in(encoding, None).as_bytes().len());
+            // A window smaller than the message: it goes uncompressed.
+            assert!(std::ptr::eq(
+                first.frame_in(encoding, Some(8)).as_bytes(),
+                first.frame_in(encoding, None).as_bytes()
+            ));
         }
         // A short frame is not worth compressing: the same bytes as uncompressed.
         let short = item("a", r#"{"type":"Pong"}"#);
         assert!(std::ptr::eq(
-            short.frame_in(Encoding::Json, true).as_bytes(),
+            short.frame_in(Encoding::Json, Some(15)).as_bytes(),
             short.frame().as_bytes()
         ));
     }

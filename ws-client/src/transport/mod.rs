@@ -8,10 +8,12 @@
 //! either, the TCP stream is [`Clocked`]: the socket tells when it last read (see
 //! [`Socket::last_read`]).
 //! On a connection that agreed to `ws-toolkit.msgpack` the socket turns MessagePack frames
-//! into the JSON the task reads and back (`msgpack.rs`).
-//! Files: this one (the choice, the TCP connection and the seam), `tungstenite.rs`,
-//! `sockudo.rs`, `read_clock.rs`, `msgpack.rs`.
+//! into the JSON the task reads and back (`msgpack.rs`); one that offered permessage-deflate
+//! reads through an inflater that watches the server's answer (`inflating.rs`).
+//! Files: this one (the choice, the TCP and TLS connection and the seam), `tungstenite.rs`,
+//! `sockudo.rs`, `read_clock.rs`, `msgpack.rs`, `inflating.rs`.
 
+mod inflating;
 mod msgpack;
 mod read_clock;
 #[cfg(feature = "sockudo")]
@@ -30,11 +32,19 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::{Host, Url};
 use ws_protocol::Encoding;
 
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use self::inflating::Inflating;
 use self::read_clock::{Clocked, ReadClock};
 use crate::settings::Settings;
 
-/// The byte stream under either transport: TCP, its reads noted on a [`ReadClock`].
+/// The TCP under either transport, its reads noted on a [`ReadClock`].
 type Tcp = Clocked<TcpStream>;
+
+/// The byte stream under either transport: TCP, TLS for `wss://`, and the inflater that
+/// inflates what the server compressed once it agreed to permessage-deflate.
+type ByteStream = Inflating<MaybeTlsStream<Tcp>>;
 
 /// Which WebSocket implementation carries the client's connections
 /// ([`ClientBuilder::transport`](crate::ClientBuilder::transport)).
@@ -89,7 +99,7 @@ pub(crate) struct Socket {
 /// The transport under a [`Socket`].
 enum Kind {
     /// tokio-tungstenite.
-    Tungstenite(Box<WebSocketStream<MaybeTlsStream<Tcp>>>),
+    Tungstenite(Box<WebSocketStream<ByteStream>>),
     /// sockudo-ws.
     #[cfg(feature = "sockudo")]
     Sockudo(Box<sockudo::SockudoSocket>),
@@ -157,6 +167,42 @@ async fn open_tcp(url: &Url, clock: Arc<ReadClock>) -> Result<Tcp, String> {
     .map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     Ok(Clocked::new(tcp, clock))
+}
+
+/// The byte stream to `url`: TCP (see [`open_tcp`]), TLS with the settings' roots if
+/// `secure`, watched for permessage-deflate if the settings offer it.
+async fn open_stream(
+    settings: &Settings,
+    url: &Url,
+    secure: bool,
+    clock: Arc<ReadClock>,
+) -> Result<ByteStream, String> {
+    let tcp = open_tcp(url, clock).await?;
+    let stream = if secure {
+        let tls = settings
+            .tls
+            .clone()
+            .ok_or_else(|| "no TLS configuration for a wss:// URL".to_owned())?;
+        let name = match url.host() {
+            Some(Host::Domain(name)) => ServerName::try_from(name.to_owned())
+                .map_err(|e| format!("bad TLS server name {name:?}: {e}"))?,
+            Some(Host::Ipv4(ip)) => ServerName::from(std::net::IpAddr::V4(ip)),
+            Some(Host::Ipv6(ip)) => ServerName::from(std::net::IpAddr::V6(ip)),
+            None => return Err(format!("no host in URL {url}")),
+        };
+        let tls = TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        MaybeTlsStream::Rustls(tls)
+    } else {
+        MaybeTlsStream::Plain(tcp)
+    };
+    Ok(Inflating::new(
+        stream,
+        settings.compression,
+        settings.max_message_size,
+    ))
 }
 
 /// `url` parsed, if its scheme is `ws` or `wss`; and whether it is `wss`.

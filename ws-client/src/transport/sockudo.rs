@@ -6,23 +6,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::{Sink, Stream};
-use rustls_pki_types::ServerName;
 use sockudo_ws::client::WebSocketClient as Upgrade;
 use sockudo_ws::error::CloseReason;
 use sockudo_ws::{Config, Http1, Message as SockudoMessage, WebSocketStream};
-use tokio_rustls::TlsConnector;
-use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
-use url::Host;
 
 use super::read_clock::ReadClock;
-use super::{Tcp, open_tcp, parse_url, refused_subprotocol, subprotocol};
+use super::{ByteStream, open_stream, parse_url, refused_subprotocol, subprotocol};
 use crate::settings::Settings;
 
 /// A sockudo-ws connection, seen as a stream and sink of tungstenite `Message`s.
 pub(crate) struct SockudoSocket {
-    ws: WebSocketStream<MaybeTlsStream<Tcp>>,
+    ws: WebSocketStream<ByteStream>,
 }
 
 /// TCP (no Nagle), TLS for `wss://` with the settings' roots, the upgrade with the
@@ -37,26 +33,8 @@ pub(super) async fn connect(
     let host = parsed
         .host()
         .ok_or_else(|| format!("no host in URL {url:?}"))?;
-    let tcp = open_tcp(&parsed, clock).await?;
-    let stream = if secure {
-        let tls = settings
-            .tls
-            .clone()
-            .ok_or_else(|| "no TLS configuration for a wss:// URL".to_owned())?;
-        let name = match &host {
-            Host::Domain(name) => ServerName::try_from((*name).to_owned())
-                .map_err(|e| format!("bad TLS server name {name:?}: {e}"))?,
-            Host::Ipv4(ip) => ServerName::from(std::net::IpAddr::V4(*ip)),
-            Host::Ipv6(ip) => ServerName::from(std::net::IpAddr::V6(*ip)),
-        };
-        let tls = TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        MaybeTlsStream::Rustls(tls)
-    } else {
-        MaybeTlsStream::Plain(tcp)
-    };
+    // sockudo-ws's client offers no extensions: the builder refuses compression with it.
+    let stream = open_stream(settings, &parsed, secure, clock).await?;
     // The Host header: the authority as the URL gives it (brackets around IPv6, the port
     // unless it is the scheme's default).
     let authority = match parsed.port() {

@@ -2,27 +2,37 @@
 
 use std::sync::Arc;
 
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::http::header::{
+    SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL,
+};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as TungsteniteConfig;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use ws_protocol::deflate;
 
 use super::read_clock::ReadClock;
-use super::{Tcp, open_tcp, parse_url, refused_subprotocol, subprotocol};
+use super::{ByteStream, open_stream, parse_url, refused_subprotocol, subprotocol};
 use crate::settings::Settings;
 
-/// TCP, TLS for `wss://` (with the settings' roots), the upgrade with the settings' headers.
+/// TCP, TLS for `wss://` (with the settings' roots), the upgrade with the settings' headers
+/// (and the permessage-deflate offer if the settings make it).
 pub(super) async fn connect(
     settings: &Settings,
     url: &str,
     clock: Arc<ReadClock>,
-) -> Result<WebSocketStream<MaybeTlsStream<Tcp>>, String> {
-    let (parsed, _) = parse_url(url)?;
+) -> Result<WebSocketStream<ByteStream>, String> {
+    let (parsed, secure) = parse_url(url)?;
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     for (name, value) in &settings.headers {
         request.headers_mut().insert(name.clone(), value.clone());
+    }
+    if settings.compression {
+        request.headers_mut().insert(
+            SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(deflate::CLIENT_OFFER),
+        );
     }
     let asked = subprotocol(settings);
     if let Some(asked) = asked {
@@ -37,16 +47,14 @@ pub(super) async fn connect(
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(64 * 1024 + 2 * settings.max_message_size)
         .read_buffer_size(64 * 1024);
-    let connector = settings.tls.clone().map(Connector::Rustls);
-    let tcp = open_tcp(&parsed, clock).await?;
-    let (ws, _) =
-        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), connector)
-            .await
-            .map_err(|error| match (asked, &error) {
-                (Some(asked), Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(_))) => {
-                    refused_subprotocol(asked, None)
-                }
-                _ => error.to_string(),
-            })?;
+    let stream = open_stream(settings, &parsed, secure, clock).await?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        .await
+        .map_err(|error| match (asked, &error) {
+            (Some(asked), Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(_))) => {
+                refused_subprotocol(asked, None)
+            }
+            _ => error.to_string(),
+        })?;
     Ok(ws)
 }

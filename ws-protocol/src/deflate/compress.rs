@@ -26,8 +26,8 @@ impl Default for Compressor {
 }
 
 impl Compressor {
-    /// A compressor at zlib's level 1: market data compresses nearly as well as at the
-    /// default level, at a fraction of the CPU (docs/BENCHMARKS.md, S13).
+    /// A compressor at level 1 (miniz_oxide): an order book compresses within a few percent
+    /// of the default level's size at half its CPU (docs/BENCHMARKS.md, S13).
     pub fn new() -> Self {
         Self {
             deflate: Compress::new(Compression::fast(), false),

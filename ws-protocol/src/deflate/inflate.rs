@@ -94,6 +94,10 @@ pub struct Inflater {
     /// The opcode of the compressed message being gathered.
     message: Option<u8>,
     compressed: Vec<u8>,
+    /// The connection's own inflater, when the peer compresses with context takeover (its
+    /// window carries from one message to the next); otherwise the thread's, reset for
+    /// every message.
+    own: Option<Box<Decompress>>,
 }
 
 impl Inflater {
@@ -108,6 +112,17 @@ impl Inflater {
             have: 0,
             message: None,
             compressed: Vec::new(),
+            own: None,
+        }
+    }
+
+    /// An inflater for a server that compresses with context takeover (it did not agree to
+    /// `server_no_context_takeover`): it keeps its own window, about 40 KiB, for the
+    /// connection's life.
+    pub fn with_context_takeover(limit: usize) -> Self {
+        Self {
+            own: Some(Box::new(Decompress::new(false))),
+            ..Self::new(FramesFrom::Server, limit)
         }
     }
 
@@ -248,33 +263,15 @@ impl Inflater {
         let header_at = out.len();
         out.extend_from_slice(&[0; MAX_HEADER]);
         let payload_at = out.len();
+        let (input, limit) = (&self.compressed[..], self.limit);
         let inflated = INFLATE.with(|cell| {
             let mut cell = cell.borrow_mut();
-            let (inflater, chunk) = &mut *cell;
-            inflater.reset(false);
-            let input = &self.compressed[..];
-            let mut consumed = 0;
-            loop {
-                let (before_in, before_out) = (inflater.total_in(), inflater.total_out());
-                let status = inflater
-                    .decompress(&input[consumed..], chunk, FlushDecompress::Sync)
-                    .map_err(|e| InflateError::Corrupt(e.to_string()))?;
-                let read = usize::try_from(inflater.total_in() - before_in).unwrap_or(0);
-                let made = usize::try_from(inflater.total_out() - before_out).unwrap_or(0);
-                consumed += read;
-                if out.len() - payload_at + made > self.limit {
-                    return Err(InflateError::TooLarge { limit: self.limit });
-                }
-                out.extend_from_slice(&chunk[..made]);
-                let done =
-                    (consumed == input.len() && made < chunk.len()) || status == Status::StreamEnd;
-                if done {
-                    return Ok(());
-                }
-                if read == 0 && made == 0 {
-                    return Err(InflateError::Corrupt(
-                        "the inflater made no progress".into(),
-                    ));
+            let (shared, chunk) = &mut *cell;
+            match self.own.as_deref_mut() {
+                Some(own) => inflate_into(own, chunk, input, out, limit),
+                None => {
+                    shared.reset(false);
+                    inflate_into(shared, chunk, input, out, limit)
                 }
             }
         });
@@ -310,6 +307,40 @@ impl Inflater {
         out[payload_at - n..payload_at].copy_from_slice(&header[..n]);
         out.drain(header_at..payload_at - n);
         Ok(())
+    }
+}
+
+/// Inflates all of `input` with `inflater`, a chunk at a time, appending to `out`; more than
+/// `limit` bytes is refused as soon as the inflater makes them.
+fn inflate_into(
+    inflater: &mut Decompress,
+    chunk: &mut [u8],
+    input: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), InflateError> {
+    let start = out.len();
+    let mut consumed = 0;
+    loop {
+        let (before_in, before_out) = (inflater.total_in(), inflater.total_out());
+        let status = inflater
+            .decompress(&input[consumed..], chunk, FlushDecompress::Sync)
+            .map_err(|e| InflateError::Corrupt(e.to_string()))?;
+        let read = usize::try_from(inflater.total_in() - before_in).unwrap_or(0);
+        let made = usize::try_from(inflater.total_out() - before_out).unwrap_or(0);
+        consumed += read;
+        if out.len() - start + made > limit {
+            return Err(InflateError::TooLarge { limit });
+        }
+        out.extend_from_slice(&chunk[..made]);
+        if (consumed == input.len() && made < chunk.len()) || status == Status::StreamEnd {
+            return Ok(());
+        }
+        if read == 0 && made == 0 {
+            return Err(InflateError::Corrupt(
+                "the inflater made no progress".into(),
+            ));
+        }
     }
 }
 
@@ -513,5 +544,39 @@ mod tests {
             .feed(&odd, &mut out)
             .unwrap();
         assert_eq!(out, odd);
+    }
+}
+
+#[cfg(test)]
+mod context_tests {
+    use flate2::{Compress, Compression, FlushCompress};
+
+    use super::*;
+
+    #[test]
+    fn a_server_with_context_takeover_is_followed_across_messages() {
+        // Two messages compressed with one window: the second refers back to the first.
+        let mut deflate = Compress::new(Compression::default(), false);
+        let text = br#"{"symbol":"SOL-USDC","bids":[[187.42,1.5],[187.41,2.5]]}"#;
+        let mut input = Vec::new();
+        for _ in 0..2 {
+            let mut payload = Vec::with_capacity(256);
+            deflate
+                .compress_vec(text, &mut payload, FlushCompress::Sync)
+                .unwrap();
+            payload.truncate(payload.len() - 4);
+            input.push(0xc1);
+            input.push(payload.len() as u8);
+            input.extend_from_slice(&payload);
+        }
+        let mut inflater = Inflater::with_context_takeover(1 << 20);
+        let mut out = Vec::new();
+        inflater.feed(&input, &mut out).unwrap();
+        let mut expected = Vec::new();
+        for _ in 0..2 {
+            expected.extend_from_slice(&[0x81, text.len() as u8]);
+            expected.extend_from_slice(text);
+        }
+        assert_eq!(out, expected);
     }
 }

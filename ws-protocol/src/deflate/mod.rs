@@ -17,4 +17,4 @@ mod negotiate;
 
 pub use compress::{COMPRESS_AT_LEAST, Compressor};
 pub use inflate::{FramesFrom, InflateError, Inflater};
-pub use negotiate::{CLIENT_OFFER, accepts_response, agree};
+pub use negotiate::{Agreement, Answer, CLIENT_OFFER, agree, read_answer};

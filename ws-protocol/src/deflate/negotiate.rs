@@ -4,72 +4,115 @@
 /// The extension's name.
 const NAME: &str = "permessage-deflate";
 
-/// What a client of this toolkit offers: no context takeover either way, so that each
-/// message stands alone.
+/// What a client of this toolkit offers: permessage-deflate, with no context takeover and
+/// any window for what it sends (it sends its messages uncompressed, so it can agree to
+/// whatever the server asks of its compressor).
 pub const CLIENT_OFFER: &str =
+    "permessage-deflate; client_no_context_takeover; client_max_window_bits";
+
+/// The hub's answer, before any `server_max_window_bits`: no context takeover either way.
+const SERVER_ANSWER: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// What a server agreed to ([`agree`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agreement {
+    /// The `Sec-WebSocket-Extensions` answer.
+    pub answer: String,
+    /// The largest window the server may use, as a power of two (8 to 15; 15 unless the
+    /// client asked for less). Messages compressed on their own use no more window than
+    /// their length, so a message of at most `1 << server_max_window_bits` bytes may go
+    /// compressed; a longer one goes uncompressed.
+    pub server_max_window_bits: u8,
+}
+
+impl Agreement {
+    /// Whether a message of `len` bytes may go compressed under this agreement.
+    pub fn may_compress(&self, len: usize) -> bool {
+        len <= 1 << self.server_max_window_bits
+    }
+}
 
 /// The answer to the first permessage-deflate offer among a client's
 /// `Sec-WebSocket-Extensions` header values that this toolkit can accept, or `None` if there
 /// is none (the connection then goes uncompressed).
 ///
 /// The answer always asks for no context takeover both ways. An offer is declined (the next
-/// one is tried) if it repeats a parameter, has one RFC 7692 does not define or a value out
-/// of range, or limits the server's window below 2^15 (`server_max_window_bits` under 15:
-/// one compressed form of a publication serves every subscriber).
+/// one is tried) if it repeats a parameter, or has one RFC 7692 does not define or a value
+/// out of range.
 ///
 /// ```
 /// use ws_protocol::deflate::agree;
 ///
 /// // What browsers and Python's websockets offer.
+/// let agreed = agree(["permessage-deflate; client_max_window_bits"]).unwrap();
 /// assert_eq!(
-///     agree(["permessage-deflate; client_max_window_bits"]).as_deref(),
-///     Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+///     agreed.answer,
+///     "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 /// );
-/// assert_eq!(agree(["permessage-deflate; server_max_window_bits=10"]), None);
+/// assert_eq!(agreed.server_max_window_bits, 15);
+/// assert_eq!(agree(["permessage-deflate; mystery"]), None);
 /// assert_eq!(agree(["x-webkit-deflate-frame"]), None);
 /// ```
-pub fn agree<'a>(offers: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn agree<'a>(offers: impl IntoIterator<Item = &'a str>) -> Option<Agreement> {
     offers
         .into_iter()
         .flat_map(|value| split_outside_quotes(value, ','))
         .find_map(answer)
 }
 
-/// Whether a server's answer (its `Sec-WebSocket-Extensions`, `None` if absent) agrees to
-/// [`CLIENT_OFFER`]: `Some(true)` for permessage-deflate with no context takeover from the
-/// server, `Some(false)` for no extension, `None` for an answer the client must fail the
-/// connection on (an extension it did not offer, or parameters outside its offer).
-pub fn accepts_response(answer: Option<&str>) -> Option<bool> {
+/// A server's answer to [`CLIENT_OFFER`], as the client reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// No extension: the connection goes uncompressed.
+    Uncompressed,
+    /// permessage-deflate; `context_takeover` if the server may compress a message with
+    /// the window of the ones before (it did not answer `server_no_context_takeover`).
+    Deflate {
+        /// Whether the inflater must keep its window from one message to the next.
+        context_takeover: bool,
+    },
+    /// An answer the client must fail the connection on: an extension it did not offer, or
+    /// parameters RFC 7692 does not allow there.
+    Invalid,
+}
+
+/// Reads a server's `Sec-WebSocket-Extensions` answer (`None` if absent) to [`CLIENT_OFFER`].
+pub fn read_answer(answer: Option<&str>) -> Answer {
     let Some(answer) = answer else {
-        return Some(false);
+        return Answer::Uncompressed;
     };
     let mut extensions = split_outside_quotes(answer, ',');
-    let extension = extensions.next()?;
-    if extensions.next().is_some() {
-        return None;
-    }
+    let (Some(extension), None) = (extensions.next(), extensions.next()) else {
+        return Answer::Invalid;
+    };
     let mut parts = split_outside_quotes(extension, ';');
-    if parts.next()?.trim() != NAME {
-        return None;
+    if parts.next().map(str::trim) != Some(NAME) {
+        return Answer::Invalid;
     }
-    let mut server_no_context_takeover = false;
+    let mut seen: Vec<&str> = Vec::new();
+    let mut context_takeover = true;
     for param in parts {
-        let (name, value) = parameter(param)?;
+        let Some((name, value)) = parameter(param) else {
+            return Answer::Invalid;
+        };
+        if seen.contains(&name) {
+            return Answer::Invalid;
+        }
+        seen.push(name);
         match (name, value) {
-            ("server_no_context_takeover", None) => server_no_context_takeover = true,
+            ("server_no_context_takeover", None) => context_takeover = false,
             ("client_no_context_takeover", None) => {}
             ("server_max_window_bits" | "client_max_window_bits", Some(bits))
                 if window_bits(bits).is_some() => {}
-            _ => return None,
+            _ => return Answer::Invalid,
         }
     }
-    // The client offered server_no_context_takeover, and inflates each message on its own.
-    server_no_context_takeover.then_some(true)
+    Answer::Deflate { context_takeover }
 }
 
 /// The answer to one offered extension, if it is permessage-deflate and acceptable.
-fn answer(offer: &str) -> Option<String> {
+fn answer(offer: &str) -> Option<Agreement> {
     let mut parts = split_outside_quotes(offer, ';');
     if parts.next()?.trim() != NAME {
         return None;
@@ -92,13 +135,14 @@ fn answer(offer: &str) -> Option<String> {
             _ => return None,
         }
     }
-    let mut response = String::from(CLIENT_OFFER);
-    match server_window {
-        None => {}
-        Some(15) => response.push_str("; server_max_window_bits=15"),
-        Some(_) => return None,
+    let mut answer = String::from(SERVER_ANSWER);
+    if let Some(bits) = server_window {
+        answer.push_str(&format!("; server_max_window_bits={bits}"));
     }
-    Some(response)
+    Some(Agreement {
+        answer,
+        server_max_window_bits: server_window.unwrap_or(15),
+    })
 }
 
 /// A parameter's name and value (quotes removed), if well formed.
@@ -152,24 +196,26 @@ mod tests {
 
     #[test]
     fn offers_are_answered_or_declined_by_the_rfc() {
-        // Chrome, Firefox, Python's websockets.
+        // Chrome, Firefox, Python's websockets, and variants.
         for offer in [
             "permessage-deflate; client_max_window_bits",
             "permessage-deflate",
             "permessage-deflate; client_max_window_bits=12; server_no_context_takeover",
             "permessage-deflate;client_no_context_takeover",
         ] {
-            assert_eq!(agree([offer]).as_deref(), Some(CLIENT_OFFER), "{offer}");
+            let agreed = agree([offer]).unwrap();
+            assert_eq!(agreed.answer, SERVER_ANSWER, "{offer}");
+            assert_eq!(agreed.server_max_window_bits, 15);
         }
+        let small = agree(["permessage-deflate; server_max_window_bits=\"9\""]).unwrap();
         assert_eq!(
-            agree(["permessage-deflate; server_max_window_bits=\"15\""]).as_deref(),
-            Some(
-                "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15"
-            )
+            small.answer,
+            format!("{SERVER_ANSWER}; server_max_window_bits=9")
         );
+        assert!(small.may_compress(512) && !small.may_compress(513));
         for declined in [
-            "permessage-deflate; server_max_window_bits=9",
             "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; server_max_window_bits=7",
             "permessage-deflate; client_max_window_bits=16",
             "permessage-deflate; client_max_window_bits=0015",
             "permessage-deflate; mystery",
@@ -183,31 +229,37 @@ mod tests {
         // The first acceptable of several, across repeated headers and quoted commas.
         assert_eq!(
             agree([
-                "foo; a=\"x,y\", permessage-deflate; server_max_window_bits=10",
+                "foo; a=\"x,y\", permessage-deflate; server_max_window_bits=99",
                 "permessage-deflate",
             ])
+            .map(|a| a.answer)
             .as_deref(),
-            Some(CLIENT_OFFER)
+            Some(SERVER_ANSWER)
         );
     }
 
     #[test]
     fn a_client_reads_the_answer() {
-        assert_eq!(accepts_response(None), Some(false));
-        assert_eq!(accepts_response(Some(CLIENT_OFFER)), Some(true));
+        assert_eq!(read_answer(None), Answer::Uncompressed);
         assert_eq!(
-            accepts_response(Some(
-                "permessage-deflate; server_no_context_takeover; client_max_window_bits=15"
-            )),
-            Some(true)
+            read_answer(Some(SERVER_ANSWER)),
+            Answer::Deflate {
+                context_takeover: false
+            }
+        );
+        assert_eq!(
+            read_answer(Some("permessage-deflate; client_max_window_bits=15")),
+            Answer::Deflate {
+                context_takeover: true
+            }
         );
         for refused in [
-            "permessage-deflate",
             "permessage-deflate; server_no_context_takeover; mystery",
             "x-other",
             "permessage-deflate; server_no_context_takeover, permessage-deflate",
+            "permessage-deflate; server_max_window_bits=20",
         ] {
-            assert_eq!(accepts_response(Some(refused)), None, "{refused}");
+            assert_eq!(read_answer(Some(refused)), Answer::Invalid, "{refused}");
         }
     }
 }

@@ -4,29 +4,34 @@
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_EXTENSIONS;
-use ws_protocol::{Compression, deflate};
+use ws_protocol::Compression;
+use ws_protocol::deflate::{self, Agreement};
 
-/// Answers the client's `Sec-WebSocket-Extensions` offer; `true` if compression was agreed.
+/// Answers the client's `Sec-WebSocket-Extensions` offer; what was agreed, if anything.
 pub(super) fn negotiate(
     setting: Compression,
     request: &Request,
     mut response: Response,
-) -> (Response, bool) {
+) -> (Response, Option<Agreement>) {
     if setting == Compression::Off {
-        return (response, false);
+        return (response, None);
     }
     let offers = request
         .headers()
         .get_all(SEC_WEBSOCKET_EXTENSIONS)
         .iter()
         .filter_map(|value| value.to_str().ok());
-    match deflate::agree(offers).and_then(|answer| HeaderValue::from_str(&answer).ok()) {
+    let agreed = deflate::agree(offers);
+    match agreed
+        .as_ref()
+        .and_then(|agreed| HeaderValue::from_str(&agreed.answer).ok())
+    {
         Some(answer) => {
             response
                 .headers_mut()
                 .insert(SEC_WEBSOCKET_EXTENSIONS, answer);
-            (response, true)
+            (response, agreed)
         }
-        None => (response, false),
+        None => (response, None),
     }
 }

@@ -98,9 +98,10 @@ pub(crate) struct Core {
     pub(super) grant: Option<Arc<Grant>>,
     /// How the connection's messages are written (agreed in the upgrade).
     pub(super) encoding: Encoding,
-    /// Whether the connection agreed to permessage-deflate: queued frames go compressed
-    /// where that pays (replies never are: they are short).
-    pub(super) compressed: bool,
+    /// If the connection agreed to permessage-deflate, the largest window the hub may use
+    /// (a power of two): queued frames go compressed where that pays and their length keeps
+    /// within it (replies never are: they are short).
+    pub(super) deflate_window: Option<u8>,
 }
 
 impl Core {
@@ -129,7 +130,7 @@ impl Core {
             ),
             grant: None,
             encoding: Encoding::Json,
-            compressed: false,
+            deflate_window: None,
             hub,
         };
         core.set_grant(grant, now);
@@ -137,10 +138,10 @@ impl Core {
     }
 
     /// The same connection, speaking `encoding` (JSON unless the upgrade agreed otherwise),
-    /// with its queued frames compressed if `compressed`.
-    pub(crate) fn speaking(mut self, encoding: Encoding, compressed: bool) -> Self {
+    /// with its queued frames compressed within `deflate_window` if it agreed to that.
+    pub(crate) fn speaking(mut self, encoding: Encoding, deflate_window: Option<u8>) -> Self {
         self.encoding = encoding;
-        self.compressed = compressed;
+        self.deflate_window = deflate_window;
         self
     }
 

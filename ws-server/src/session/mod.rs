@@ -76,7 +76,7 @@ pub(crate) async fn run<S>(
         grant,
         slot: _slot,
         encoding,
-        compressed,
+        deflate_window,
     }) = Box::pin(upgrade(&hub, stream, peer, upgrading)).await
     else {
         return;
@@ -101,7 +101,7 @@ pub(crate) async fn run<S>(
 
     let mut session = Session {
         core: Core::new(hub.clone(), id, outbox, grant, Instant::now())
-            .speaking(encoding, compressed),
+            .speaking(encoding, deflate_window),
         ws,
         batch: VecDeque::new(),
         notices: Vec::new(),

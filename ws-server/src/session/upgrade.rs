@@ -33,8 +33,9 @@ pub(super) struct Upgraded<S> {
     pub(super) slot: OwnedSemaphorePermit,
     /// How its messages are written (the subprotocol agreed in the upgrade).
     pub(super) encoding: Encoding,
-    /// Whether it agreed to permessage-deflate (its reads then inflate).
-    pub(super) compressed: bool,
+    /// If it agreed to permessage-deflate (its reads then inflate): the largest window the
+    /// hub may use, as a power of two.
+    pub(super) deflate_window: Option<u8>,
 }
 
 /// Upgrades `stream` from `peer`; `None` (logged) if the upgrade failed, was refused, timed
@@ -56,7 +57,7 @@ where
     let mut grant = None;
     let mut slot = None;
     let mut encoding = Encoding::Json;
-    let mut compressed = false;
+    let mut deflate_window = None;
     let handshake = async {
         let head = stream.peek_head(upgrade_request::MAX_HEAD).await?;
         if let Err(refusal) = upgrade_request::check(head) {
@@ -71,7 +72,7 @@ where
             encoding = agreed;
             let (response, agreed) =
                 compression::negotiate(hub.config.compression, request, response);
-            compressed = agreed;
+            deflate_window = agreed.map(|agreed| agreed.server_max_window_bits);
             Ok(response)
         };
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(hub.ws_config)).await
@@ -91,7 +92,7 @@ where
         },
     };
     drop(upgrading);
-    if compressed {
+    if deflate_window.is_some() {
         ws.get_mut().inflate(Inflater::new(
             FramesFrom::Client,
             hub.config.max_message_size,
@@ -104,6 +105,6 @@ where
         grant,
         slot,
         encoding,
-        compressed,
+        deflate_window,
     })
 }

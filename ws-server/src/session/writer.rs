@@ -222,7 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             out.extend_from_slice(frame.as_bytes());
         }
         for item in batch.drain(..) {
-            out.extend_from_slice(item.frame_in(core.encoding, core.compressed).as_bytes());
+            out.extend_from_slice(item.frame_in(core.encoding, core.deflate_window).as_bytes());
         }
         let metrics = &core.hub.metrics;
         HubMetrics::add(&metrics.frames_out, frames as u64);
