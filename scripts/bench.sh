@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh                 every scenario, 3 runs each (about 20 minutes)
 #   RUNS=1 SCENARIOS="S1 S2" scripts/bench.sh
+#   RUNS=2 SCENARIOS=S13 scripts/bench.sh   the wires compared (issue 17; not in the default set)
 #   scripts/bench.sh smoke           a few seconds, for CI: builds and exercises the tool
 #
 # Results: docs/bench/results/*.json; then scripts/bench_report.py writes the summary and chart.
@@ -118,6 +119,13 @@ for scenario in $SCENARIOS; do
            taskset -c "$BENCH_CPU" "$BENCH" redundancy --url ws://127.0.0.1:$PORT --legs 1,2,3 --duration 10 \
              --json "$OUT/S11-hub-$run.json" >&2
            stop_server ;;
+      S13) for payload in book book-numbers price; do
+             start_server hub
+             taskset -c "$BENCH_CPU" "$BENCH" encodings --url ws://127.0.0.1:$PORT \
+               --server-pid "$server_pid" --payload "$payload" --rate 30 --duration 10 \
+               --json "$OUT/S13-$payload-$run.json" >&2
+             stop_server
+           done ;;
     esac
   done
 done
