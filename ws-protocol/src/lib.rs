@@ -11,7 +11,9 @@
 //! - the same messages as MessagePack ([`WsMessage::to_msgpack`], [`msgpack_to_json`]): the
 //!   same shapes for binary frames, turned to and from their JSON, and [`Encoding`], the
 //!   `Sec-WebSocket-Protocol` names that choose between the two forms (the hub speaks
-//!   MessagePack to clients that offer it; `ws-client` speaks JSON);
+//!   MessagePack to clients that offer it, `ws-client` when asked);
+//! - [`deflate`]: permessage-deflate (RFC 7692) without I/O: the offer and answer, one
+//!   message compressed, and the rewriter that inflates compressed frames under a size cap;
 //! - [`close`]: the WebSocket close codes the hub uses and what a client should do on each;
 //! - [`codes`]: the `code` of every `Error` frame;
 //! - [`is_valid_channel_name`]: the rule for channel names, shared by both sides;

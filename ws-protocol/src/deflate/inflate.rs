@@ -580,3 +580,76 @@ mod context_tests {
         assert_eq!(out, expected);
     }
 }
+
+#[cfg(test)]
+mod random_tests {
+    use super::*;
+    use crate::deflate::Compressor;
+
+    /// Arbitrary bytes, fed in arbitrary pieces, never panic and never make more than the
+    /// limit per message; whatever the inflater refuses, it names.
+    #[test]
+    fn byte_soup_is_refused_or_passed_never_a_panic() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..3_000 {
+            let len = rng.usize(0..600);
+            let mut input: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            // Often start with a plausible compressed frame header.
+            if rng.bool() && input.len() > 2 {
+                input[0] = 0xc0 | rng.u8(0..3);
+                input[1] = 0x80 | rng.u8(0..126);
+            }
+            let from = if rng.bool() {
+                FramesFrom::Client
+            } else {
+                FramesFrom::Server
+            };
+            let mut inflater = Inflater::new(from, 4096);
+            let mut out = Vec::new();
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                let n = rng.usize(1..=rest.len());
+                if inflater.feed(&rest[..n], &mut out).is_err() {
+                    break;
+                }
+                rest = &rest[n..];
+            }
+            assert!(out.len() <= input.len() + 4096 + MAX_HEADER);
+        }
+    }
+
+    /// Random messages, compressed and cut at random, come out as they went in.
+    #[test]
+    fn random_messages_round_trip_whatever_the_cuts() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut compressor = Compressor::new();
+        for _ in 0..300 {
+            let len = rng.usize(0..5000);
+            let alphabet = b"0123456789.,[]{}\":abcdef";
+            let message: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let mut payload = Vec::new();
+            assert!(compressor.compress(&message, &mut payload));
+            let mut input = vec![0xc2];
+            if payload.len() < 126 {
+                input.push(payload.len() as u8);
+            } else {
+                input.push(126);
+                input.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            }
+            input.extend_from_slice(&payload);
+            let mut inflater = Inflater::new(FramesFrom::Server, 1 << 20);
+            let mut out = Vec::new();
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                let n = rng.usize(1..=rest.len());
+                inflater.feed(&rest[..n], &mut out).unwrap();
+                rest = &rest[n..];
+            }
+            let skip = header_len(&out);
+            assert_eq!(out[0], 0x82);
+            assert_eq!(&out[skip..], &message[..]);
+        }
+    }
+}
