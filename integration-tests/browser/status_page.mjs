@@ -3,9 +3,10 @@
 // API (which offers permessage-deflate: the hub agrees), subscribes and publishes, some
 // publications large order books that cross compressed both ways and must come back
 // intact; the status page must show the connection and the publications by itself, without
-// a reload. Writes a screenshot.
+// a reload. Writes a screenshot. Then the JavaScript client (clients/js) runs in the page.
 //
 //   node status_page.mjs ws://127.0.0.1:PORT http://127.0.0.1:ADMIN_PORT [screenshot.png]
+import { readFile } from "node:fs/promises";
 import { chromium } from "playwright-core";
 
 const [hubUrl, adminUrl, screenshot = "status-page.png"] = process.argv.slice(2);
@@ -70,6 +71,29 @@ try {
   console.log("status page shows", JSON.stringify(shown));
   await page.screenshot({ path: screenshot });
   console.log(`screenshot: ${screenshot}`);
+
+  // The JavaScript client (clients/js/client.js, an ES module with no build step) in the
+  // page: acknowledged publishing and a subscription, in the browser.
+  const source = await readFile(new URL("../../clients/js/client.js", import.meta.url), "utf8");
+  await page.addScriptTag({ type: "module", content: `${source}\nwindow.WsToolkit = { Client, HubError };` });
+  await page.waitForFunction(() => window.WsToolkit !== undefined, null, { timeout: 10000 });
+  const viaClient = await page.evaluate(async (url) => {
+    const client = new window.WsToolkit.Client(url);
+    await client.start();
+    const iterator = client.subscribe("js:browser")[Symbol.asyncIterator]();
+    await new Promise((r) => setTimeout(r, 200));
+    const seqs = [];
+    for (let n = 0; n < 3; n++) seqs.push(await client.publish("js:browser", { n }));
+    const got = [];
+    for (let n = 0; n < 3; n++) got.push((await iterator.next()).value);
+    client.close();
+    return { seqs, got };
+  }, hubUrl);
+  if (JSON.stringify(viaClient.seqs) !== "[1,2,3]" ||
+      JSON.stringify(viaClient.got.map((p) => [p.seq, p.data.n])) !== "[[1,0],[2,1],[3,2]]") {
+    throw new Error(`the JavaScript client in the browser got ${JSON.stringify(viaClient)}`);
+  }
+  console.log("the JavaScript client in the browser: 3 acknowledged, 3 received in order");
   console.log("1 passed, 0 failed");
 } catch (e) {
   failed = true;
