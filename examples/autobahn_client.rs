@@ -22,6 +22,8 @@ async fn connect(url: String) -> Result<WebSocketClient> {
         .compression(!sockudo)
         .auto_reconnect(false)
         .max_message_size(20 << 20)
+        // No pings of its own in the middle of a case (see autobahn_server).
+        .ping_interval(Duration::from_secs(600))
         .connect_timeout(Duration::from_secs(10))
         .build()
         .await?)

@@ -2,7 +2,8 @@
 # Python against the hub: `websockets` and `msgpack` (installed in a virtualenv under target/)
 # run integration-tests/python/hub_client.py, hub_client_msgpack.py and hub_client_deflate.py
 # against a release hub on a free port; then pytest runs the resilient client's tests
-# (clients/python/tests, each with its own hubs: restarts, cut connections).
+# (clients/python/tests, each with its own hubs: restarts, cut connections). The hub's HTTP
+# publish API is tried from Python's urllib and with the README's curl lines.
 #   scripts/python-client-test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,13 +13,25 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import websockets, ms
   "$VENV/bin/pip" install -q websockets msgpack pytest
 fi
 cargo build --release -q -p ws-server
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-WS_HOST=127.0.0.1 WS_PORT=$PORT RUST_LOG=warn target/release/ws-server &
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port); ADMIN=$(free_port)
+WS_HOST=127.0.0.1 WS_PORT=$PORT WS_ADMIN_ADDR=127.0.0.1:$ADMIN RUST_LOG=warn target/release/ws-server &
 HUB=$!
 trap 'kill $HUB 2>/dev/null || true; wait $HUB 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$ADMIN) 2>/dev/null && break; sleep 0.05; done
 timeout 60 "$VENV/bin/python" integration-tests/python/hub_client.py "ws://127.0.0.1:$PORT"
 timeout 60 "$VENV/bin/python" integration-tests/python/hub_client_msgpack.py "ws://127.0.0.1:$PORT"
 timeout 60 "$VENV/bin/python" integration-tests/python/hub_client_deflate.py "ws://127.0.0.1:$PORT"
+timeout 60 "$VENV/bin/python" integration-tests/python/http_publish.py "ws://127.0.0.1:$PORT" "http://127.0.0.1:$ADMIN"
+# The README's curl lines, as written there.
+answer=$(curl -sS -X POST "http://127.0.0.1:$ADMIN/publish" -H 'Content-Type: application/json' \
+  -d '{"channel":"prices:SOL-USDC","data":{"price":187.42}}')
+[ "$answer" = '{"seq":1}' ] || { echo "curl POST /publish answered $answer" >&2; exit 1; }
+answer=$(curl -sS -X POST "http://127.0.0.1:$ADMIN/publish" -H 'Content-Type: application/json' \
+  -d '[{"channel":"prices:SOL-USDC","data":1},{"channel":"","data":2}]')
+case "$answer" in '[{"seq":2},{"error":{"code":"invalid_channel"'*) ;; *) echo "curl batch answered $answer" >&2; exit 1 ;; esac
+status=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$ADMIN/publish" -d '{"channel":""}')
+[ "$status" = 400 ] || { echo "curl bad request got $status" >&2; exit 1; }
+echo "curl http publish: ok"
 PYTHONDONTWRITEBYTECODE=1 WS_SERVER_BIN=target/release/ws-server PYTHONPATH=clients/python \
   timeout 300 "$VENV/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests

@@ -66,4 +66,4 @@ pub use message::{
 };
 pub use message_type::MessageType;
 pub use msgpack::{json_to_msgpack, msgpack_to_json};
-pub use payload::{MAX_DATA_DEPTH, Payload};
+pub use payload::{MAX_DATA_DEPTH, Payload, check_portable_data};

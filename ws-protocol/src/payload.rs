@@ -63,6 +63,16 @@ impl Payload {
 /// The deepest nesting of arrays and objects a published `data` may have.
 pub const MAX_DATA_DEPTH: usize = 64;
 
+/// Checks that `json`, one valid JSON value, is data a `Publish` may carry: nested at most
+/// [`MAX_DATA_DEPTH`] deep, every number finite as a 64-bit float (the rule the hub applies
+/// to every publication, whatever way it comes).
+///
+/// # Errors
+/// What is wrong, for the refusal's message.
+pub fn check_portable_data(json: &str) -> Result<(), String> {
+    check_portable(json)
+}
+
 /// Checks that `json` (one valid JSON value) is something every subscriber's parser can
 /// read: nested at most [`MAX_DATA_DEPTH`] deep (deeper values overflow recursive parsers,
 /// Rust's serde_json stops at 128), and every number finite as a 64-bit float (`1e400` is an

@@ -1,10 +1,14 @@
 //! The operators' HTTP surface on its own address (`WS_ADMIN_ADDR`), apart from the public
 //! WebSocket port (which may be TLS): `GET /health` (200 while accepting, 503 while
 //! draining or while the hub broker, Redis, is unreachable), `GET /metrics` (Prometheus text), and `GET /` a status page that updates
-//! itself from `GET /status.json`. A deliberately small HTTP/1.1 responder:
-//! one GET per connection, head bounded in size and time, at most [`MAX_CONNECTIONS`] at
-//! once (more are closed at once), and a pause after an accept error (such as running out of
-//! file descriptors) instead of spinning.
+//! itself from `GET /status.json`; and the HTTP publish API, `POST /publish` and
+//! `POST /broadcast` (`publish_api.rs`). A deliberately small HTTP/1.1 responder: one request
+//! per connection, head bounded in size and time, a body only with `Content-Length` and at
+//! most [`MAX_BODY`] bytes of it, at most [`MAX_CONNECTIONS`] connections at once (more are
+//! closed at once), and a pause after an accept error (such as running out of file
+//! descriptors) instead of spinning.
+
+mod publish_api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +27,8 @@ const STATUS_PAGE: &str = include_str!("status.html");
 const MAX_HEAD: usize = 8 * 1024;
 /// How long a client may take to send its request, and then to take the response.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest request body (`POST /publish`, a batch of publications).
+pub(crate) const MAX_BODY: usize = 1 << 20;
 /// Admin connections served at once.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// How long the accept loop pauses after an accept error.
@@ -81,10 +87,25 @@ async fn answer(hub: &Hub, mut stream: TcpStream) -> std::io::Result<()> {
     tokio::time::timeout(READ_TIMEOUT, read)
         .await
         .map_err(|_| std::io::ErrorKind::TimedOut)??;
-    let line = String::from_utf8_lossy(&head);
+    let line = String::from_utf8_lossy(&head).into_owned();
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
+    let route = path.split('?').next().unwrap_or("");
+    if method == "POST" {
+        let answer = match request_body(&mut stream, &head).await? {
+            Ok(body) => match route {
+                "/publish" => publish_api::publish(hub, &body).await,
+                "/broadcast" => publish_api::broadcast(hub, &body),
+                _ => publish_api::Answer {
+                    status: "404 Not Found",
+                    body: r#"{"error":{"code":"bad_request","message":"not found: POST /publish or /broadcast"}}"#.to_owned(),
+                },
+            },
+            Err(refused) => refused,
+        };
+        return respond(&mut stream, answer.status, "application/json", &answer.body).await;
+    }
+    let (status, content_type, body) = match (method, route) {
         ("GET", "/health") if hub.is_draining() => (
             "503 Service Unavailable",
             "text/plain",
@@ -107,9 +128,19 @@ async fn answer(hub: &Hub, mut stream: TcpStream) -> std::io::Result<()> {
         _ => (
             "405 Method Not Allowed",
             "text/plain",
-            "only GET\n".to_owned(),
+            "only GET, and POST /publish or /broadcast\n".to_owned(),
         ),
     };
+    respond(&mut stream, status, content_type, &body).await
+}
+
+/// Writes the response and ends the connection.
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -121,4 +152,79 @@ async fn answer(hub: &Hub, mut stream: TcpStream) -> std::io::Result<()> {
     tokio::time::timeout(READ_TIMEOUT, write)
         .await
         .map_err(|_| std::io::ErrorKind::TimedOut)?
+}
+
+/// The body of a POST whose head is in `head` (with whatever of the body came with it): up to
+/// its `Content-Length`, at most [`MAX_BODY`] bytes, within [`READ_TIMEOUT`]. `Err` is the
+/// refusal to send instead (no length: 411; too long: 413; malformed head: 400).
+async fn request_body(
+    stream: &mut TcpStream,
+    head: &[u8],
+) -> std::io::Result<Result<Vec<u8>, publish_api::Answer>> {
+    let refuse = |status: &'static str, code: &str, message: &str| {
+        Ok(Err(publish_api::Answer {
+            status,
+            body: serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
+        }))
+    };
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut fields);
+    let Ok(httparse::Status::Complete(end)) = request.parse(head) else {
+        return refuse(
+            "400 Bad Request",
+            ws_protocol::codes::BAD_REQUEST,
+            "a malformed request head",
+        );
+    };
+    let length = request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+    let Some(length) = length else {
+        return refuse(
+            "411 Length Required",
+            ws_protocol::codes::BAD_REQUEST,
+            "a POST needs a Content-Length (chunked bodies are not read)",
+        );
+    };
+    if length > MAX_BODY {
+        let message = format!("a body of {length} bytes: the limit is {MAX_BODY}");
+        return refuse(
+            "413 Payload Too Large",
+            ws_protocol::codes::MESSAGE_TOO_LARGE,
+            &message,
+        );
+    }
+    let expects_continue = request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue")
+    });
+    let mut body = head[end..].to_vec();
+    body.truncate(length);
+    if expects_continue && body.len() < length {
+        // curl asks before sending a body over 1 KiB.
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+    let read = async {
+        let mut chunk = vec![0u8; 16 * 1024];
+        while body.len() < length {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            let take = n.min(length - body.len());
+            body.extend_from_slice(&chunk[..take]);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(READ_TIMEOUT, read)
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    Ok(Ok(body))
 }
