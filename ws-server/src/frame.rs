@@ -52,7 +52,7 @@ impl Frame {
 
     /// Whether the payload is long enough for [`deflated`](Self::deflated) to try.
     pub(crate) fn worth_compressing(&self) -> bool {
-        self.payload_bytes().len() >= COMPRESS_AT_LEAST
+        self.payload_len() >= COMPRESS_AT_LEAST
     }
 
     /// The same message compressed (RSV1 set), or this frame again when compressing does not

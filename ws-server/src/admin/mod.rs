@@ -96,10 +96,11 @@ async fn answer(hub: &Hub, mut stream: TcpStream) -> std::io::Result<()> {
             Ok(body) => match route {
                 "/publish" => publish_api::publish(hub, &body).await,
                 "/broadcast" => publish_api::broadcast(hub, &body),
-                _ => publish_api::Answer {
-                    status: "404 Not Found",
-                    body: r#"{"error":{"code":"bad_request","message":"not found: POST /publish or /broadcast"}}"#.to_owned(),
-                },
+                _ => publish_api::Answer::refused(
+                    "404 Not Found",
+                    ws_protocol::codes::BAD_REQUEST,
+                    "not found: POST /publish or /broadcast",
+                ),
             },
             Err(refused) => refused,
         };
@@ -161,12 +162,8 @@ async fn request_body(
     stream: &mut TcpStream,
     head: &[u8],
 ) -> std::io::Result<Result<Vec<u8>, publish_api::Answer>> {
-    let refuse = |status: &'static str, code: &str, message: &str| {
-        Ok(Err(publish_api::Answer {
-            status,
-            body: serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
-        }))
-    };
+    let refuse =
+        |status, code, message: &str| Ok(Err(publish_api::Answer::refused(status, code, message)));
     let mut fields = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut fields);
     let Ok(httparse::Status::Complete(end)) = request.parse(head) else {

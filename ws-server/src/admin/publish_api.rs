@@ -27,6 +27,16 @@ pub(super) struct Answer {
     pub(super) body: String,
 }
 
+impl Answer {
+    /// A refusal: `{"error":{"code":..,"message":..}}` with `status`.
+    pub(super) fn refused(status: &'static str, code: &str, message: &str) -> Self {
+        Self {
+            status,
+            body: serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
+        }
+    }
+}
+
 /// One publication of a request.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,15 +65,13 @@ impl Refusal {
         }
     }
 
-    fn json(&self) -> String {
-        serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string()
+    fn answer(self) -> Answer {
+        Answer::refused(self.status, self.code, &self.message)
     }
 
-    fn answer(self) -> Answer {
-        Answer {
-            status: self.status,
-            body: self.json(),
-        }
+    /// The refusal as one item's result in a batch.
+    fn json(self) -> String {
+        self.answer().body
     }
 }
 
