@@ -1,6 +1,8 @@
-//! The hub's HTTP publish API on its admin address, over real sockets: `POST /publish` (one
-//! item or a batch, idempotency keys) reaches WebSocket subscribers, `POST /broadcast` every
-//! connection, and bad requests get the protocol's error codes with proper HTTP statuses.
+//! The hub's HTTP publish API over real sockets, on its admin address and (with an API key)
+//! on the public port: `POST /publish` (one item or a batch, idempotency keys) reaches
+//! WebSocket subscribers, `POST /broadcast` every connection, and bad requests get the
+//! protocol's error codes with proper HTTP statuses; the public port refuses requests
+//! without the key.
 
 use anyhow::{Context, Result, ensure};
 use integration_tests::{RawClient, spawn_server, within};
@@ -138,4 +140,95 @@ async fn bad_requests_get_error_codes_and_statuses() -> Result<()> {
     within("the answer", stream.read_to_string(&mut response)).await??;
     ensure!(response.starts_with("HTTP/1.1 411"), "{response}");
     Ok(())
+}
+
+/// The public port's API key in these tests.
+const API_KEY: &str = "0123456789abcdef0123";
+
+#[tokio::test]
+async fn the_public_port_takes_posts_with_the_api_key_only() -> Result<()> {
+    let server = spawn_server(WebSocketServer::builder().api_key(API_KEY)).await?;
+    let public = server.local_addr();
+    let mut subscriber = RawClient::connect(public).await?;
+    subscriber.subscribe(&["prices:SOL-USDC"]).await?;
+    let item = r#"{"channel":"prices:SOL-USDC","data":{"price":187.42}}"#;
+
+    for (extra, why) in [
+        ("", "no Authorization"),
+        (
+            "Authorization: apikey 0123456789abcdef0124\r\n",
+            "another key",
+        ),
+        (
+            "Authorization: apikey 0123456789abcdef012\r\n",
+            "a prefix of the key",
+        ),
+        (
+            "Authorization: Bearer 0123456789abcdef0123\r\n",
+            "another scheme",
+        ),
+    ] {
+        let (status, answer) = post(public, "/publish", item, extra).await?;
+        ensure!(
+            status == 401 && answer["error"]["code"] == "unauthorized",
+            "{why}: {status} {answer}"
+        );
+    }
+    let authorized = format!("Authorization: apikey {API_KEY}\r\n");
+    let (status, answer) = post(public, "/publish", item, &authorized).await?;
+    assert_eq!((status, answer), (200, serde_json::json!({"seq": 1})));
+    let (status, answer) = post(public, "/broadcast", r#"{"type":"Notice"}"#, &authorized).await?;
+    assert_eq!(
+        (status, answer),
+        (200, serde_json::json!({"connections": 1}))
+    );
+    // Only the publication with the key was published; the broadcast came after it.
+    match subscriber.recv().await? {
+        WsMessage::Publication { seq, data, .. } => {
+            assert_eq!((seq, data.as_raw().get()), (1, r#"{"price":187.42}"#));
+        }
+        other => anyhow::bail!("expected the Publication, got {other:?}"),
+    }
+    let notice = subscriber.next_frame().await?;
+    assert_eq!(notice.to_text()?, r#"{"type":"Notice"}"#);
+    // The port still upgrades WebSockets, and other POSTs are refused as before.
+    RawClient::connect(public).await?;
+    let (status, _) = post_raw(public, "POST / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    assert_eq!(status, 405);
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_an_api_key_the_public_port_points_to_the_admin_address() -> Result<()> {
+    let server = spawn_server(WebSocketServer::builder()).await?;
+    let (status, answer) = post(
+        server.local_addr(),
+        "/publish",
+        r#"{"channel":"a","data":1}"#,
+        &format!("Authorization: apikey {API_KEY}\r\n"),
+    )
+    .await?;
+    ensure!(
+        status == 403
+            && answer["error"]["code"] == "forbidden"
+            && answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("WS_ADMIN_ADDR")),
+        "{status} {answer}"
+    );
+    Ok(())
+}
+
+/// Sends `request` as it is; the status code of the answer.
+async fn post_raw(addr: std::net::SocketAddr, request: &str) -> Result<(u16, String)> {
+    let mut stream = within("connect", TcpStream::connect(addr)).await??;
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    within("the answer", stream.read_to_string(&mut response)).await??;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .context("a status")?
+        .parse()?;
+    Ok((status, response))
 }

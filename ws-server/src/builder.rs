@@ -233,9 +233,17 @@ impl ServerBuilder {
         self
     }
 
-    /// Serves `GET /health` and `GET /metrics` on this address (`WS_ADMIN_ADDR`).
+    /// Serves `GET /health`, `GET /metrics`, the status page and the HTTP publish API
+    /// (`POST /publish`, `POST /broadcast`) on this address (`WS_ADMIN_ADDR`).
     pub fn admin_addr(mut self, addr: impl Into<String>) -> Self {
         self.config.admin_addr = Some(addr.into());
+        self
+    }
+
+    /// Answers the HTTP publish API on the public port too, to requests with
+    /// `Authorization: apikey <key>` (`WS_API_KEY`; at least 16 bytes, checked by `serve`).
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.config.api_key = Some(ws_protocol::Secret::new(key));
         self
     }
 

@@ -81,6 +81,12 @@ impl WebSocketServer {
         let secure = tls.is_some();
         hub.spawn(accept::accept_loop(hub.clone(), listener, tls));
         info!(address = %local_addr, tls = secure, "hub listening");
+        if hub.config.api_key.is_some() {
+            info!(
+                address = %local_addr,
+                "HTTP publish API (POST /publish, /broadcast) on the public port, with WS_API_KEY"
+            );
+        }
         Ok(Self {
             _guard: Arc::new(StopOnDrop(hub.clone())),
             hub,

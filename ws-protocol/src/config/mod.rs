@@ -236,6 +236,10 @@ pub struct WebSocketConfig {
     /// `WS_ADMIN_ADDR`: `host:port` of the operators' HTTP endpoints (`/health`, `/metrics`),
     /// kept off the public port. Default: unset (no admin HTTP).
     pub admin_addr: Option<String>,
+    /// `WS_API_KEY`: opens the HTTP publish API (`POST /publish`, `POST /broadcast`) on the
+    /// public port too, to requests with `Authorization: apikey <key>`; at least 16 bytes.
+    /// Default: unset (the API only on `WS_ADMIN_ADDR`).
+    pub api_key: Option<Secret>,
     /// `WS_DRAIN_WINDOW`: on SIGTERM or Ctrl-C the hub stops accepting, turns `/health` to
     /// 503 and closes its clients in batches spread over this window. Default 5 s.
     pub drain_window: Duration,
@@ -312,6 +316,7 @@ impl Default for WebSocketConfig {
             tls_cert: None,
             tls_key: None,
             admin_addr: None,
+            api_key: None,
             drain_window: Duration::from_secs(5),
             history_size: 256,
             history_ttl: Duration::from_secs(60),
@@ -448,6 +453,23 @@ mod tests {
                 "{name}={value}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn an_api_key_is_secret_and_at_least_16_bytes() {
+        let config =
+            WebSocketConfig::from_vars([("WS_API_KEY", "00112233445566778899aabb")]).unwrap();
+        assert_eq!(
+            config.api_key.as_ref().map(Secret::expose),
+            Some("00112233445566778899aabb")
+        );
+        assert!(!format!("{config:?}").contains("00112233445566778899aabb"));
+        let error = WebSocketConfig::from_vars([("WS_API_KEY", "short-key")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("WS_API_KEY"), "{error}");
+        assert!(error.contains("at least 16 bytes"), "{error}");
+        assert!(!error.contains("short-key"), "the key leaks: {error}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_COUNT: usize = 10_000_000;
 /// The shortest `WS_JWT_SECRET` accepted: 256 bits, the length of HS256's hash.
 const MIN_SECRET_LEN: usize = 32;
+/// The shortest `WS_API_KEY` accepted: 128 bits of hex.
+const MIN_API_KEY_LEN: usize = 16;
 
 impl WebSocketConfig {
     /// Checks the ranges that parsing alone does not: positive intervals and sizes.
@@ -156,6 +158,15 @@ impl WebSocketConfig {
                 reason: "must be at least 32 bytes: a shorter HS256 secret can be guessed \
                          offline from any token (RFC 7518, section 3.2); use e.g. \
                          `openssl rand -hex 32`",
+            });
+        }
+        if let Some(key) = &self.api_key
+            && key.expose().len() < MIN_API_KEY_LEN
+        {
+            return Err(ConfigError::OutOfRange {
+                variable: "WS_API_KEY",
+                value: format!("({} bytes, not shown)", key.expose().len()),
+                reason: "must be at least 16 bytes; use e.g. `openssl rand -hex 16`",
             });
         }
         let counts = [

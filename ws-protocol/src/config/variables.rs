@@ -52,6 +52,7 @@ pub(super) const VARIABLES: &[(&str, Option<Number>)] = &[
     ("WS_TLS_CERT", None),
     ("WS_TLS_KEY", None),
     ("WS_ADMIN_ADDR", None),
+    ("WS_API_KEY", None),
     ("WS_DRAIN_WINDOW", Some(Number::Seconds)),
     ("WS_HISTORY_SIZE", Some(Number::Count)),
     ("WS_HISTORY_TTL", Some(Number::Seconds)),

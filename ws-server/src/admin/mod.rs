@@ -2,18 +2,22 @@
 //! WebSocket port (which may be TLS): `GET /health` (200 while accepting, 503 while
 //! draining or while the hub broker, Redis, is unreachable), `GET /metrics` (Prometheus text), and `GET /` a status page that updates
 //! itself from `GET /status.json`; and the HTTP publish API, `POST /publish` and
-//! `POST /broadcast` (`publish_api.rs`). A deliberately small HTTP/1.1 responder: one request
+//! `POST /broadcast` (`publish_api.rs`), also answered on the public port with `WS_API_KEY`
+//! (`public_port.rs`). A deliberately small HTTP/1.1 responder: one request
 //! per connection, head bounded in size and time, a body only with `Content-Length` and at
 //! most [`MAX_BODY`] bytes of it, at most [`MAX_CONNECTIONS`] connections at once (more are
 //! closed at once), and a pause after an accept error (such as running out of file
 //! descriptors) instead of spinning.
 
+mod public_port;
 mod publish_api;
+
+pub(crate) use public_port::{answer_on_public_port, is_api_request};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
@@ -72,39 +76,13 @@ pub(crate) async fn serve(hub: Arc<Hub>, listener: TcpListener) {
 }
 
 async fn answer(hub: &Hub, mut stream: TcpStream) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let read = async {
-        let mut chunk = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    tokio::time::timeout(READ_TIMEOUT, read)
-        .await
-        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    let head = read_head(&mut stream).await?;
     let line = String::from_utf8_lossy(&head).into_owned();
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let route = path.split('?').next().unwrap_or("");
     if method == "POST" {
-        let answer = match request_body(&mut stream, &head).await? {
-            Ok(body) => match route {
-                "/publish" => publish_api::publish(hub, &body).await,
-                "/broadcast" => publish_api::broadcast(hub, &body),
-                _ => publish_api::Answer::refused(
-                    "404 Not Found",
-                    ws_protocol::codes::BAD_REQUEST,
-                    "not found: POST /publish or /broadcast",
-                ),
-            },
-            Err(refused) => refused,
-        };
-        return respond(&mut stream, answer.status, "application/json", &answer.body).await;
+        return answer_post(hub, &mut stream, &head, route).await;
     }
     let (status, content_type, body) = match (method, route) {
         ("GET", "/health") if hub.is_draining() => (
@@ -135,15 +113,69 @@ async fn answer(hub: &Hub, mut stream: TcpStream) -> std::io::Result<()> {
     respond(&mut stream, status, content_type, &body).await
 }
 
+/// Reads a request head: up to its empty line, at most [`MAX_HEAD`] bytes, within
+/// [`READ_TIMEOUT`]. It may hold the start of the body.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(1024);
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(READ_TIMEOUT, read)
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    Ok(head)
+}
+
+/// Answers a POST whose head is `head` to `route`: the publish API.
+async fn answer_post<S: AsyncRead + AsyncWrite + Unpin>(
+    hub: &Hub,
+    stream: &mut S,
+    head: &[u8],
+    route: &str,
+) -> std::io::Result<()> {
+    let answer = match request_body(stream, head).await? {
+        Ok(body) => match route {
+            "/publish" => publish_api::publish(hub, &body).await,
+            "/broadcast" => publish_api::broadcast(hub, &body),
+            _ => publish_api::Answer::refused(
+                "404 Not Found",
+                ws_protocol::codes::BAD_REQUEST,
+                "not found: POST /publish or /broadcast",
+            ),
+        },
+        Err(refused) => refused,
+    };
+    respond(stream, answer.status, "application/json", &answer.body).await
+}
+
 /// Writes the response and ends the connection.
-async fn respond(
-    stream: &mut TcpStream,
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     status: &str,
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
+    respond_with(stream, status, "", content_type, body).await
+}
+
+/// Writes the response with `headers` (lines each ending in `\r\n`) and ends the connection.
+async fn respond_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    headers: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\n{headers}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let write = async {
@@ -158,8 +190,8 @@ async fn respond(
 /// The body of a POST whose head is in `head` (with whatever of the body came with it): up to
 /// its `Content-Length`, at most [`MAX_BODY`] bytes, within [`READ_TIMEOUT`]. `Err` is the
 /// refusal to send instead (no length: 411; too long: 413; malformed head: 400).
-async fn request_body(
-    stream: &mut TcpStream,
+async fn request_body<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     head: &[u8],
 ) -> std::io::Result<Result<Vec<u8>, publish_api::Answer>> {
     let refuse =

@@ -1,6 +1,7 @@
 //! The WebSocket upgrade of one accepted socket: the HTTP request checked first (a malformed
 //! one gets a status that says why), then tungstenite's handshake with the admission checks
-//! (`admission.rs`), all within `WS_HANDSHAKE_TIMEOUT` and given up at shutdown.
+//! (`admission.rs`), all within `WS_HANDSHAKE_TIMEOUT` and given up at shutdown. A POST to the
+//! HTTP publish API is answered instead of upgraded (`admin/public_port.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use ws_protocol::deflate::{FramesFrom, Inflater};
 use super::admission::admit;
 use super::compression;
 use super::subprotocol::negotiate;
+use crate::admin;
 use crate::auth::Grant;
 use crate::hub::Hub;
 use crate::read_ahead::ReadAhead;
@@ -52,6 +54,20 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut stream = ReadAhead::new(stream);
+    let deadline = tokio::time::Instant::now() + hub.config.handshake_timeout;
+    let head = tokio::select! {
+        () = hub.token.cancelled() => return None,
+        head = tokio::time::timeout_at(deadline, stream.peek_head(upgrade_request::MAX_HEAD)) => head,
+    };
+    if head.is_ok_and(|head| head.is_ok_and(admin::is_api_request)) {
+        // Bounded by the admin requests' own timeouts, so that a publication under way is
+        // answered rather than cut off. Boxed: the session's future, which every connection
+        // holds, stays as small as it was.
+        if let Err(error) = Box::pin(admin::answer_on_public_port(hub, &mut stream)).await {
+            debug!(%peer, %error, "HTTP API request on the public port failed");
+        }
+        return None;
+    }
     // The upgrade checks the Origin, the connection limit and any token, and leaves the
     // grant of an accepted token and the connection's place here.
     let mut grant = None;
@@ -79,7 +95,7 @@ where
     };
     let mut ws = tokio::select! {
         () = hub.token.cancelled() => return None,
-        result = tokio::time::timeout(hub.config.handshake_timeout, handshake) => match result {
+        result = tokio::time::timeout_at(deadline, handshake) => match result {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 debug!(%peer, error = %e, "WebSocket upgrade failed");
