@@ -3,7 +3,9 @@
 
 pub mod deflate_client;
 pub mod proxy;
+pub mod proxy_servers;
 pub mod redis;
+pub mod self_signed;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! certificate generated in the test.
 
 use anyhow::Result;
+use integration_tests::self_signed::SelfSignedTls;
 use integration_tests::{spawn_server, within};
 use ws_client::{Error, WebSocketClient};
 use ws_protocol::WebSocketConfig;
@@ -9,17 +10,8 @@ use ws_server::ServerBuilder;
 
 #[tokio::test]
 async fn the_hub_serves_wss_and_our_client_trusts_a_private_root() -> Result<()> {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
-    let dir = std::env::temp_dir().join(format!("ws-tls-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem())?;
-    std::fs::write(&key, certified.signing_key.serialize_pem())?;
-    let config = WebSocketConfig::from_vars([
-        ("WS_TLS_CERT", cert.to_string_lossy().into_owned()),
-        ("WS_TLS_KEY", key.to_string_lossy().into_owned()),
-    ])?;
-    let server = spawn_server(ServerBuilder::from_config(config)).await?;
+    let tls = SelfSignedTls::new("ws-tls-test")?;
+    let server = spawn_server(ServerBuilder::from_config(tls.config.clone())).await?;
     let url = format!("wss://localhost:{}", server.local_addr().port());
 
     // Without the root the certificate is refused; plain ws:// gets no upgrade.
@@ -32,7 +24,7 @@ async fn the_hub_serves_wss_and_our_client_trusts_a_private_root() -> Result<()>
 
     let client = WebSocketClient::builder()
         .url(url)
-        .add_root_certificate(certified.cert.pem().as_bytes())
+        .add_root_certificate(tls.root_pem.as_bytes())
         .build()
         .await?;
     client.subscribe(["secure"]).await?;
@@ -44,7 +36,6 @@ async fn the_hub_serves_wss_and_our_client_trusts_a_private_root() -> Result<()>
         .expect("a message");
     assert_eq!(got, serde_json::json!({"ok": true}));
     client.close().await;
-    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
 

@@ -6,9 +6,10 @@
 //!   acknowledged; progress and a summary on stderr.
 //! - `ws-cli status ADMIN_URL`: the hub's health and key metrics as a small table.
 //!
-//! `--token` (or `WS_TOKEN`) sends a JWT to hubs that require one. Files: this one (the
-//! command line), `connect.rs` (the client every command builds), `subscribe.rs`,
-//! `publish.rs`, `status.rs`.
+//! `--token` (or `WS_TOKEN`) sends a JWT to hubs that require one; `--proxy` connects
+//! through a proxy (else the shell's `https_proxy`/`http_proxy`/`all_proxy`/`no_proxy`).
+//! Files: this one (the command line), `connect.rs` (the client every command builds),
+//! `subscribe.rs`, `publish.rs`, `status.rs`.
 
 mod connect;
 mod publish;
@@ -26,6 +27,12 @@ struct Cli {
     /// A JWT for hubs that require one (sent as `Authorization: Bearer …`).
     #[arg(long, global = true, env = "WS_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Connect through this proxy: http://host:port (CONNECT), socks5://host:port or
+    /// socks5h://host:port (the proxy resolves names), with user:password@ before the host
+    /// if it needs them. Without it, https_proxy (wss://), http_proxy (ws://), all_proxy
+    /// and no_proxy are followed, as curl does.
+    #[arg(long, global = true, value_name = "URL")]
+    proxy: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,11 +67,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let token = cli.token.as_deref();
+    let reach = connect::Reach {
+        token: cli.token.as_deref(),
+        proxy: cli.proxy.as_deref(),
+    };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Subscribe(args) => subscribe::run(args, token).await,
-            Command::Publish(args) => publish::run(args, token).await,
+            Command::Subscribe(args) => subscribe::run(args, reach).await,
+            Command::Publish(args) => publish::run(args, reach).await,
             Command::Status(args) => status::run(args).await,
         }
     });

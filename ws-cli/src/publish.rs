@@ -10,7 +10,7 @@ use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
-use crate::connect::connect;
+use crate::connect::{Reach, connect};
 
 /// `ws-cli publish URL CHANNEL [DATA]`
 #[derive(Debug, clap::Args)]
@@ -37,8 +37,8 @@ struct Tally {
 }
 
 /// Publishes, then prints the summary; fails if anything was refused.
-pub(crate) async fn run(args: &PublishArgs, token: Option<&str>) -> Result<ExitCode> {
-    let client = connect(&args.url, token, false).await?;
+pub(crate) async fn run(args: &PublishArgs, reach: Reach<'_>) -> Result<ExitCode> {
+    let client = connect(&args.url, reach, false).await?;
     let mut tally = Tally::default();
     let mut in_flight = FuturesOrdered::new();
     let mut progress_at = Instant::now() + Duration::from_secs(1);

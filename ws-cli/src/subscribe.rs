@@ -1,14 +1,16 @@
 //! `ws-cli subscribe`: each publication as one JSON line on stdout, everything else that
 //! happens on stderr.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use ws_client::{Event, WebSocketClient};
+use ws_protocol::Position;
 
-use crate::connect::connect;
+use crate::connect::{Reach, connect};
 
 /// `ws-cli subscribe URL CHANNEL...`
 #[derive(Debug, clap::Args)]
@@ -20,6 +22,10 @@ pub(crate) struct SubscribeArgs {
     /// Start with the latest N publications of each channel (from the hub's history).
     #[arg(long, value_name = "N")]
     rewind: Option<u64>,
+    /// Resume CHANNEL after publication SEQ of EPOCH (as printed at exit): the hub replays
+    /// what its history holds after it. Repeatable; the channel need not be listed again.
+    #[arg(long, value_name = "CHANNEL=EPOCH:SEQ", value_parser = parse_since)]
+    since: Vec<(String, Position)>,
     /// The server is not the hub: print every message as it comes, one per line.
     #[arg(long)]
     raw: bool,
@@ -32,24 +38,85 @@ pub(crate) struct SubscribeArgs {
 }
 
 /// Follows the channels until Ctrl-C, `--count` messages, or the client gives up.
-pub(crate) async fn run(args: &SubscribeArgs, token: Option<&str>) -> Result<ExitCode> {
-    if !args.raw && args.channels.is_empty() {
+pub(crate) async fn run(args: &SubscribeArgs, reach: Reach<'_>) -> Result<ExitCode> {
+    if !args.raw && args.channels.is_empty() && args.since.is_empty() {
         bail!("name at least one channel (or use --raw for a server that is not the hub)");
     }
-    let client = connect(&args.url, token, args.raw).await?;
-    if !args.raw {
-        match args.rewind {
-            Some(n) => client.subscribe_with_rewind(&args.channels, n).await?,
-            None => client.subscribe(&args.channels).await?,
-        }
-        eprintln!("subscribed: {}", args.channels.join(", "));
+    if args.raw && !args.since.is_empty() {
+        bail!("--since needs the hub (not --raw)");
     }
-    let outcome = follow(&client, args).await;
+    let client = connect(&args.url, reach, args.raw).await?;
+    let mut last_seen = BTreeMap::new();
+    if !args.raw {
+        if !args.since.is_empty() {
+            client.subscribe_since(args.since.iter().cloned()).await?;
+            for (channel, position) in &args.since {
+                last_seen.insert(channel.clone(), position.seq);
+            }
+        }
+        let plain: Vec<&String> = args
+            .channels
+            .iter()
+            .filter(|c| !args.since.iter().any(|(s, _)| s == *c))
+            .collect();
+        if !plain.is_empty() {
+            match args.rewind {
+                Some(n) => client.subscribe_with_rewind(plain, n).await?,
+                None => client.subscribe(plain).await?,
+            }
+        }
+        let mut all: Vec<&str> = args.channels.iter().map(String::as_str).collect();
+        all.extend(
+            args.since
+                .iter()
+                .map(|(c, _)| c.as_str())
+                .filter(|c| !args.channels.iter().any(|p| p == c)),
+        );
+        eprintln!("subscribed: {}", all.join(", "));
+    }
+    let outcome = follow(&client, args, &mut last_seen).await;
+    resume_hint(&client, &last_seen);
     client.close().await;
     outcome
 }
 
-async fn follow(client: &WebSocketClient, args: &SubscribeArgs) -> Result<ExitCode> {
+/// `CHANNEL=EPOCH:SEQ`.
+fn parse_since(text: &str) -> Result<(String, Position), String> {
+    let usage = || format!("{text:?}: expected CHANNEL=EPOCH:SEQ (as printed at exit)");
+    let (channel, rest) = text.rsplit_once('=').ok_or_else(usage)?;
+    let (epoch, seq) = rest.rsplit_once(':').ok_or_else(usage)?;
+    let seq = seq.parse().map_err(|_| usage())?;
+    if channel.is_empty() || epoch.is_empty() {
+        return Err(usage());
+    }
+    Ok((
+        channel.to_owned(),
+        Position {
+            epoch: epoch.to_owned(),
+            seq,
+        },
+    ))
+}
+
+/// On stderr, the `--since` options that resume where this run stopped.
+fn resume_hint(client: &WebSocketClient, last_seen: &BTreeMap<String, u64>) {
+    let options: Vec<String> = last_seen
+        .iter()
+        .filter_map(|(channel, seq)| {
+            let epoch = client.epoch(channel)?;
+            Some(format!("--since '{channel}={epoch}:{seq}'"))
+        })
+        .collect();
+    if !options.is_empty() {
+        eprintln!("to resume: {}", options.join(" "));
+    }
+}
+
+async fn follow(
+    client: &WebSocketClient,
+    args: &SubscribeArgs,
+    last_seen: &mut BTreeMap<String, u64>,
+) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0u64;
     let mut last_second = 0u64;
@@ -80,17 +147,25 @@ async fn follow(client: &WebSocketClient, args: &SubscribeArgs) -> Result<ExitCo
             bail!("the client gave up ({:?})", client.state());
         };
         let line = match event {
-            Event::Publication { channel, seq, data } => Some(format!(
-                r#"{{"channel":{},"seq":{seq},"data":{}}}"#,
-                serde_json::to_string(&channel)?,
-                data.as_raw().get()
-            )),
+            Event::Publication { channel, seq, data } => {
+                let line = format!(
+                    r#"{{"channel":{},"seq":{seq},"data":{}}}"#,
+                    serde_json::to_string(&channel)?,
+                    data.as_raw().get()
+                );
+                last_seen.insert(channel, seq);
+                Some(line)
+            }
             Event::Message(text) => Some(text.to_string()),
             Event::Binary(bytes) => Some(format!(
                 r#"{{"binary":"{}"}}"#,
                 bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
             )),
             other => {
+                if let Event::Unrecovered { channel, seq, .. } = &other {
+                    // Delivery goes on after `seq`, in the new epoch.
+                    last_seen.insert(channel.clone(), *seq);
+                }
                 report(&other);
                 None
             }

@@ -1,11 +1,13 @@
 //! `ws-cli` end to end: the binary against a hub on 127.0.0.1:0 (the hub's library in this
 //! process, the CLI in its own): publish lines from stdin and read them back with
-//! `--rewind`, follow a channel live, a token for a hub that requires one, and the status
-//! table from the admin address.
+//! `--rewind` and resume after them with `--since`, follow a channel live, a token for a hub
+//! that requires one, a SOCKS5 proxy (microsocks) from `--proxy` or the environment, and
+//! the status table from the admin address.
 
 use std::process::Stdio;
 
 use anyhow::{Context, Result, ensure};
+use integration_tests::proxy_servers::Socks5Server;
 use integration_tests::{sign_hs256, spawn_server, unix_now, within};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -18,6 +20,14 @@ fn cli(args: &[&str]) -> Command {
     command
         .args(args)
         .env_remove("WS_TOKEN")
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -76,6 +86,81 @@ async fn publish_from_stdin_then_read_back_with_rewind() -> Result<()> {
             serde_json::json!({"channel": "prices:SOL-USDC", "seq": 3, "data": "not json"}),
         ]
     );
+
+    // At exit it says how to resume; resuming replays what came after, and only that.
+    let resume = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("to resume: --since '"))
+        .and_then(|rest| rest.strip_suffix('\''))
+        .with_context(|| format!("no resume hint in {stderr}"))?;
+    ensure!(
+        resume.starts_with("prices:SOL-USDC=") && resume.ends_with(":3"),
+        "{resume}"
+    );
+    for n in 4..=5 {
+        server
+            .publish("prices:SOL-USDC", &serde_json::json!({"n": n}))
+            .await?;
+    }
+    let resumed = cli(&["subscribe", &url, "--since", resume, "--count", "2"]).spawn()?;
+    let (ok, stdout, stderr) = finish(resumed).await?;
+    ensure!(ok, "subscribe --since failed: {stderr}");
+    let seqs: Vec<u64> = stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).map(|v| v["seq"].as_u64()))
+        .collect::<Result<Option<_>, _>>()?
+        .context("seqs")?;
+    assert_eq!(seqs, vec![4, 5]);
+    let bad = cli(&["subscribe", &url, "--since", "prices:SOL-USDC=41"]).spawn()?;
+    let (ok, _, stderr) = finish(bad).await?;
+    ensure!(!ok && stderr.contains("CHANNEL=EPOCH:SEQ"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_proxy_comes_from_the_option_or_the_environment() -> Result<()> {
+    let user = ("cli", "proxy-pass");
+    let Some(proxy) = Socks5Server::start(Some(user)).await? else {
+        return Ok(());
+    };
+    let server = spawn_server(WebSocketServer::builder()).await?;
+    server
+        .publish("prices:SOL-USDC", &serde_json::json!({"price": 1}))
+        .await?;
+    let url = format!("ws://{}", server.local_addr());
+    let args = [
+        "subscribe",
+        &url,
+        "prices:SOL-USDC",
+        "--rewind",
+        "1",
+        "--count",
+        "1",
+    ];
+    // From the environment, as curl reads it: the wrong password shows it is used.
+    let mut wrong = cli(&args);
+    wrong.env("ALL_PROXY", proxy.url(Some((user.0, "wrong")), false));
+    let (ok, _, stderr) = finish(wrong.spawn()?).await?;
+    ensure!(
+        !ok && stderr.contains("refused the user name and password"),
+        "{stderr}"
+    );
+    let mut right = cli(&args);
+    right.env("all_proxy", proxy.url(Some(user), true));
+    let (ok, stdout, stderr) = finish(right.spawn()?).await?;
+    ensure!(ok && stdout.contains(r#""seq":1"#), "{stdout} {stderr}");
+    // no_proxy exempts the hub: the wrong proxy is not used.
+    let mut exempt = cli(&args);
+    exempt
+        .env("ALL_PROXY", proxy.url(Some((user.0, "wrong")), false))
+        .env("NO_PROXY", "127.0.0.1");
+    let (ok, _, stderr) = finish(exempt.spawn()?).await?;
+    ensure!(ok, "{stderr}");
+    // The option wins over the environment.
+    let mut option = cli(&[&args[..], &["--proxy", &proxy.url(Some(user), false)]].concat());
+    option.env("ALL_PROXY", "http://127.0.0.1:9");
+    let (ok, stdout, stderr) = finish(option.spawn()?).await?;
+    ensure!(ok && stdout.contains(r#""seq":1"#), "{stdout} {stderr}");
     Ok(())
 }
 

@@ -21,10 +21,12 @@ use crate::buffer::OutboundBuffer;
 use crate::client::{ClientParts, Inbox, WebSocketClient};
 use crate::combined_state::CombinedState;
 use crate::driver::{Driver, DriverParts};
+use crate::epochs::Epochs;
 use crate::error::{Error, Result};
 use crate::feed::{FeedSequencer, SequenceBy};
 use crate::link::open;
 use crate::metrics::Counters;
+use crate::proxy::{ProxyChoice, ProxyRoute};
 use crate::sequencer::{DEFAULT_GAP_TIMEOUT, Sequencer};
 use crate::settings::{ServerProtocol, Settings};
 use crate::state::ConnectionState;
@@ -104,6 +106,7 @@ pub struct ClientBuilder {
     transport: Transport,
     encoding: Encoding,
     compression: bool,
+    proxy: ProxyChoice,
     deferred: Option<Error>,
 }
 
@@ -155,6 +158,7 @@ impl ClientBuilder {
             transport: Transport::default(),
             encoding: Encoding::Json,
             compression: false,
+            proxy: ProxyChoice::Direct,
             deferred: None,
         }
         .transport_from(config.client_transport)
@@ -189,6 +193,7 @@ impl ClientBuilder {
             roots: self.roots,
             on_connect: self.on_connect,
             protocol: self.protocol,
+            proxy: self.proxy,
             deferred: self.deferred.or(fresh.deferred.take()),
             ..fresh
         }
@@ -470,6 +475,38 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects through a proxy: `http://[user:password@]host:port` (HTTP `CONNECT`, with
+    /// basic auth), `socks5://[user:password@]host:port` (SOCKS5; the server's name resolved
+    /// by the client) or `socks5h://…` (resolved by the proxy). A `wss://` connection's TLS
+    /// runs through the tunnel to the server, whose certificate is checked as without a proxy.
+    /// Replaces [`proxy_from_env`](Self::proxy_from_env); an invalid URL makes `build` fail
+    /// (without repeating the URL, which may hold a password).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> ws_client::Result<()> {
+    /// let client = ws_client::WebSocketClient::builder()
+    ///     .url("wss://feed.example.com/ws")
+    ///     .proxy("socks5h://strategy:secret@10.0.0.5:1080")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = ProxyChoice::Url(url.into());
+        self
+    }
+
+    /// Takes the proxy from the conventional environment variables, read by `build`:
+    /// `https_proxy` for `wss://` URLs, `http_proxy` for `ws://`, `all_proxy` for either
+    /// when those are unset (each in lower case, else upper case), with the hosts of
+    /// `no_proxy` (names with their subdomains, IP addresses, CIDR ranges, `*`) reached
+    /// directly. Not the default: a strategy's route to its feed does not change because a
+    /// shell exported a proxy for something else. Replaces [`proxy`](Self::proxy).
+    pub fn proxy_from_env(mut self) -> Self {
+        self.proxy = ProxyChoice::Env;
+        self
+    }
+
     /// Trusts one more root certificate (PEM, possibly several, or one DER certificate) for
     /// `wss://`, besides the platform's roots: for tests and private deployments.
     pub fn add_root_certificate(mut self, certificate: &[u8]) -> Self {
@@ -521,6 +558,7 @@ impl ClientBuilder {
                 "max_connection_age and gap_timeout must be greater than 0".to_owned(),
             ));
         }
+        let proxy = ProxyRoute::from_choice(&self.proxy).map_err(Error::InvalidConfig)?;
         let mut headers = Vec::with_capacity(self.headers.len());
         for (name, value) in std::mem::take(&mut self.headers) {
             let name = HeaderName::try_from(name.as_str())
@@ -572,6 +610,7 @@ impl ClientBuilder {
             transport: self.transport,
             encoding: self.encoding,
             compression: self.compression,
+            proxy,
         })
     }
 
@@ -643,6 +682,7 @@ impl ClientBuilder {
             sweep.clone(),
         ));
         tracker.close();
+        let epochs = Arc::new(Epochs::default());
         let inbox = Inbox {
             arrivals,
             batch: Vec::new(),
@@ -654,6 +694,7 @@ impl ClientBuilder {
                 self.sequence_by.is_set().then(|| {
                     FeedSequencer::new(self.sequence_by.clone(), self.gap_timeout, counters.clone())
                 }),
+                epochs.clone(),
             ),
             finished: false,
         };
@@ -665,6 +706,7 @@ impl ClientBuilder {
             publish_timeout: self.publish_timeout,
             state: state_rx,
             counters,
+            epochs,
             token,
             sweep,
             tracker,

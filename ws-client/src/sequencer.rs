@@ -26,6 +26,7 @@ use tracing::warn;
 use ws_protocol::{ChannelPosition, Payload, Position};
 
 pub(crate) use crate::driver::arrival::{Arrival, Asked};
+use crate::epochs::Epochs;
 use crate::event::Event;
 use crate::feed::{FeedSequencer, RECENT};
 use crate::metrics::Counters;
@@ -119,6 +120,8 @@ pub(crate) struct Sequencer {
     feed: Option<FeedSequencer>,
     /// Several connections race: copies that lose are timed against the winner.
     racing: bool,
+    /// Each followed channel's epoch, for [`WebSocketClient::epoch`](crate::WebSocketClient::epoch).
+    epochs: Arc<Epochs>,
 }
 
 impl Sequencer {
@@ -126,6 +129,7 @@ impl Sequencer {
         gap_timeout: Duration,
         counters: Arc<Counters>,
         feed: Option<FeedSequencer>,
+        epochs: Arc<Epochs>,
     ) -> Self {
         Self {
             tracks: HashMap::new(),
@@ -137,6 +141,7 @@ impl Sequencer {
             racing: counters.connections() > 1,
             counters,
             feed,
+            epochs,
         }
     }
 
@@ -188,6 +193,7 @@ impl Sequencer {
 
     /// Stops tracking `channel` (the application unsubscribed).
     pub(crate) fn forget(&mut self, channel: &str) {
+        self.epochs.remove(channel);
         if let Some(track) = self.tracks.remove(channel) {
             self.held -= track.held.len();
         }
@@ -357,8 +363,26 @@ impl Sequencer {
             .replay_from
             .map_or(position.seq, |first| first.saturating_sub(1));
         let Some(track) = self.tracks.get_mut(&channel) else {
-            self.tracks
-                .insert(channel, Track::new(position.epoch, start));
+            // A channel the application subscribed to from a position of its own: the
+            // replay follows from there, or it is told that it cannot.
+            if let Asked::Resumed { since } = asked {
+                if position.recovered {
+                    let start = position
+                        .replay_from
+                        .map_or(since, |first| first.saturating_sub(1));
+                    self.start_track(channel, position.epoch, start);
+                } else {
+                    warn!(%channel, since, "the hub cannot replay from the position asked for");
+                    self.start_track(channel.clone(), position.epoch.clone(), start);
+                    self.emit(Event::Unrecovered {
+                        channel,
+                        epoch: position.epoch,
+                        seq: start,
+                    });
+                }
+                return;
+            }
+            self.start_track(channel, position.epoch, start);
             return;
         };
         if track.epoch != position.epoch {
@@ -367,6 +391,7 @@ impl Sequencer {
             warn!(%channel, "missed publications could not be recovered (new epoch)");
             self.held -= track.held.len();
             *track = Track::new(position.epoch.clone(), start);
+            self.epochs.set(&channel, &position.epoch);
             self.emit(Event::Unrecovered {
                 channel,
                 epoch: position.epoch,
@@ -375,7 +400,7 @@ impl Sequencer {
             return;
         }
         match (asked, position.recovered) {
-            (Asked::Resumed, _) if track.gap_since.is_some() => {
+            (Asked::Resumed { .. }, _) if track.gap_since.is_some() => {
                 // A gap is open and this connection is back: ask it too.
                 self.fills.push(FillRequest {
                     connection,
@@ -386,7 +411,7 @@ impl Sequencer {
                     channel,
                 });
             }
-            (Asked::Resumed, false) if position.seq > track.delivered => {
+            (Asked::Resumed { .. }, false) if position.seq > track.delivered => {
                 // This connection cannot replay from its own position, but what the
                 // application has seen may be older and still in the history: ask for that.
                 track.gap_since = Some(now);
@@ -417,6 +442,12 @@ impl Sequencer {
             // Recovered: the replay follows. Fresh on a known channel: nothing changes.
             _ => {}
         }
+    }
+
+    /// Starts following `channel` in `epoch`, delivered up to `delivered`.
+    fn start_track(&mut self, channel: String, epoch: String, delivered: u64) {
+        self.epochs.set(&channel, &epoch);
+        self.tracks.insert(channel, Track::new(epoch, delivered));
     }
 
     /// Delivers held publications that have become next in line.
@@ -473,7 +504,12 @@ mod tests {
     use super::*;
 
     fn sequencer() -> Sequencer {
-        Sequencer::new(Duration::from_secs(1), Arc::new(Counters::new(3)), None)
+        Sequencer::new(
+            Duration::from_secs(1),
+            Arc::new(Counters::new(3)),
+            None,
+            Arc::default(),
+        )
     }
 
     fn publication(connection: usize, seq: u64) -> Arrival {
@@ -634,7 +670,7 @@ mod tests {
         let mut s = sequencer();
         let now = Instant::now();
         s.accept(position(0, "e", 5, true, Asked::Fresh), now);
-        let mut restarted = position(0, "f", 2, false, Asked::Resumed);
+        let mut restarted = position(0, "f", 2, false, Asked::Resumed { since: 1 });
         if let Arrival::Position { position, .. } = &mut restarted {
             position.replay_from = Some(1);
         }
@@ -681,7 +717,7 @@ mod tests {
             now,
             [
                 position(0, "e", 5, true, Asked::Fresh),
-                position(0, "f", 2, false, Asked::Resumed),
+                position(0, "f", 2, false, Asked::Resumed { since: 1 }),
             ],
         );
         s.accept(publication(1, 6), now); // a connection still in epoch "e"
@@ -709,7 +745,7 @@ mod tests {
             [position(0, "e", 0, true, Asked::Fresh), publication(1, 1)],
         );
         // Connection 0 comes back unable to replay from its own (older) position.
-        s.accept(position(0, "e", 9, false, Asked::Resumed), now);
+        s.accept(position(0, "e", 9, false, Asked::Resumed { since: 1 }), now);
         assert_eq!(s.take_fills()[0].since.seq, 1);
         s.accept(position(0, "e", 9, false, Asked::Fill), now);
         assert_eq!(out(&mut s), ["1", "unrecovered e@9"]);

@@ -44,4 +44,6 @@ pub(crate) struct Settings {
     pub(crate) transport: crate::transport::Transport,
     pub(crate) encoding: ws_protocol::Encoding,
     pub(crate) compression: bool,
+    /// Which connections go through a proxy.
+    pub(crate) proxy: crate::proxy::ProxyRoute,
 }

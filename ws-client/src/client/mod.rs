@@ -1,7 +1,7 @@
 //! [`WebSocketClient`]: the handle strategies hold. This file: connecting, state, subscribing,
 //! receiving and closing; `sending.rs`: frames, publications and requests.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
-use ws_protocol::{invalid_channel_name, is_valid_channel_name};
+use ws_protocol::{Position, invalid_channel_name, is_valid_channel_name};
 
 mod sending;
 
@@ -24,6 +24,7 @@ use crate::buffer::OutboundBuffer;
 use crate::builder::ClientBuilder;
 use crate::driver::Command;
 use crate::driver::arrival::{Arrival, Batch};
+use crate::epochs::Epochs;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::metrics::{Counters, Metrics};
@@ -60,6 +61,8 @@ pub(crate) struct ClientParts {
     pub(crate) publish_timeout: Duration,
     pub(crate) state: watch::Receiver<ConnectionState>,
     pub(crate) counters: Arc<Counters>,
+    /// Each followed channel's epoch, kept by the sequencer.
+    pub(crate) epochs: Arc<Epochs>,
     pub(crate) token: CancellationToken,
     /// Stops the deadline sweep of acknowledged publications (see `Acks::expire`).
     pub(crate) sweep: CancellationToken,
@@ -84,6 +87,7 @@ struct Shared {
     buffer: Arc<OutboundBuffer>,
     state: watch::Receiver<ConnectionState>,
     counters: Arc<Counters>,
+    epochs: Arc<Epochs>,
     tracker: TaskTracker,
     /// Stops the connection task when the last handle is dropped.
     _guard: DropGuard,
@@ -130,6 +134,7 @@ impl WebSocketClient {
             publish_timeout,
             state,
             counters,
+            epochs,
             token,
             sweep,
             tracker,
@@ -146,6 +151,7 @@ impl WebSocketClient {
                 buffer,
                 state,
                 counters,
+                epochs,
                 tracker,
                 _guard: token.drop_guard(),
             }),
@@ -227,12 +233,61 @@ impl WebSocketClient {
         self.subscribe_inner(channels, Some(rewind)).await
     }
 
+    /// Subscribes to hub channels from positions the application kept (the channel's
+    /// [`epoch`](Self::epoch) and the last `seq` it handled, say from before a restart): the
+    /// hub replays every publication after each position that its history still holds, then
+    /// live ones, with no gap and no duplicate at the seam. Where the history no longer
+    /// reaches back that far (or the epoch changed), an [`Event::Unrecovered`] says so and
+    /// delivery goes on from the hub's position. A channel already subscribed keeps its own
+    /// position.
+    ///
+    /// ```no_run
+    /// use ws_protocol::Position;
+    /// # async fn demo(client: ws_client::WebSocketClient) -> ws_client::Result<()> {
+    /// let kept = Position { epoch: "18ea5c7d2f0-0".to_owned(), seq: 41 };
+    /// client.subscribe_since([("prices:SOL-USDC", kept)]).await?; // 42, 43, … follow
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe).
+    pub async fn subscribe_since<I, S>(&self, positions: I) -> Result<()>
+    where
+        I: IntoIterator<Item = (S, Position)>,
+        S: Into<String>,
+    {
+        let since: BTreeMap<String, Position> = positions
+            .into_iter()
+            .map(|(channel, position)| (channel.into(), position))
+            .collect();
+        let channels: Vec<String> = since.keys().cloned().collect();
+        self.subscribe_with(channels, None, since).await
+    }
+
+    /// The epoch of `channel`'s publications as delivered to the application: with the
+    /// `seq` of the last one handled, the position to give
+    /// [`subscribe_since`](Self::subscribe_since) later. `None` until the hub confirmed the
+    /// subscription, and after an unsubscribe. It changes only with an
+    /// [`Event::Unrecovered`] (the channel's history was lost).
+    pub fn epoch(&self, channel: &str) -> Option<String> {
+        self.shared.epochs.get(channel)
+    }
+
     async fn subscribe_inner<I, S>(&self, channels: I, rewind: Option<u64>) -> Result<()>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
+        self.subscribe_with(channels, rewind, BTreeMap::new()).await
+    }
+
+    async fn subscribe_with(
+        &self,
+        channels: Vec<String>,
+        rewind: Option<u64>,
+        since: BTreeMap<String, Position>,
+    ) -> Result<()> {
         if let Some(bad) = channels.iter().find(|c| !is_valid_channel_name(c)) {
             return Err(Error::Subscribe(invalid_channel_name(bad)));
         }
@@ -244,6 +299,7 @@ impl WebSocketClient {
             let command = Command::Subscribe {
                 channels: channels.clone(),
                 rewind,
+                since: since.clone(),
                 done,
             };
             if connection.send(command).await.is_ok() {

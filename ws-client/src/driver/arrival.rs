@@ -13,8 +13,10 @@ use crate::event::Event;
 pub(crate) enum Asked {
     /// A new subscription: no `since`.
     Fresh,
-    /// A resubscribe after a reconnect or for a rotation, with the connection's own position.
-    Resumed,
+    /// A subscribe from a position, `since`: a resubscribe after a reconnect or for a
+    /// rotation (the connection's own position), or the application's
+    /// [`subscribe_since`](crate::WebSocketClient::subscribe_since).
+    Resumed { since: u64 },
     /// A request to fill a gap, with the sequencer's position.
     Fill,
 }

@@ -24,7 +24,7 @@ mod serve;
 mod subscriptions;
 mod writes;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub(crate) enum Command {
     Subscribe {
         channels: Vec<String>,
         rewind: Option<u64>,
+        /// Positions to start from, for channels not yet subscribed.
+        since: BTreeMap<String, Position>,
         done: oneshot::Sender<Result<()>>,
     },
     /// Unsubscribe from `channels`; answered at once.

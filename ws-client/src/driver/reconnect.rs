@@ -116,13 +116,13 @@ impl Driver {
                         let _ = done.send(());
                         return None;
                     }
-                    Some(Command::Subscribe { channels, rewind, done }) => {
+                    Some(Command::Subscribe { channels, rewind, since, done }) => {
                         if !self.hub {
                             let _ = done.send(Err(not_a_hub()));
                             continue;
                         }
                         // Sent with the resubscribe after the reconnect.
-                        self.subscriptions.subscribe(channels, rewind, done, false);
+                        self.subscriptions.subscribe(channels, rewind, since, done, false);
                     }
                     // Sent once connected, if its caller still waits.
                     Some(Command::Request { id, frame }) => self.requests.push((id, frame)),

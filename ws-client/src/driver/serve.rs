@@ -304,13 +304,17 @@ impl Driver {
             Command::Subscribe {
                 channels,
                 rewind,
+                since,
                 done,
             } => {
                 if !self.hub {
                     let _ = done.send(Err(not_a_hub()));
                     return Ok(());
                 }
-                match self.subscriptions.subscribe(channels, rewind, done, true) {
+                match self
+                    .subscriptions
+                    .subscribe(channels, rewind, since, done, true)
+                {
                     Some(frame) => self.write_now(ws, frame).await,
                     None => Ok(()),
                 }

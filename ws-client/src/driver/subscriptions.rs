@@ -58,12 +58,15 @@ impl Subscriptions {
     }
 
     /// A `subscribe` call of `channels`, answered through `done` once the hub confirms or
-    /// refuses. Returns the `Subscribe` frame to send now (connected); while disconnected the
-    /// call waits for the resubscribe after the reconnect (see [`Self::resubscribe`]).
+    /// refuses; channels in `since` not yet subscribed start from their position there.
+    /// Returns the `Subscribe` frame to send now (connected); while disconnected the call
+    /// waits for the resubscribe after the reconnect (see [`Self::resubscribe`]), which
+    /// carries those positions.
     pub(crate) fn subscribe(
         &mut self,
         channels: Vec<String>,
         rewind: Option<u64>,
+        mut since: BTreeMap<String, Position>,
         done: oneshot::Sender<Result<()>>,
         connected: bool,
     ) -> Option<String> {
@@ -73,13 +76,27 @@ impl Subscriptions {
                 self.rewinds.insert(channel.clone(), n);
             }
         }
+        // A channel already subscribed keeps its own position.
+        since.retain(|channel, _| !self.channels.contains(channel));
+        for (channel, position) in &since {
+            self.standing.insert(
+                channel.clone(),
+                Standing {
+                    epoch: Arc::from(position.epoch.as_str()),
+                    seq: position.seq,
+                },
+            );
+        }
         let frame = connected.then(|| {
             for channel in &channels {
-                self.asked.insert(channel.clone(), Asked::Fresh);
+                let asked = since
+                    .get(channel)
+                    .map_or(Asked::Fresh, |p| Asked::Resumed { since: p.seq });
+                self.asked.insert(channel.clone(), asked);
             }
             WsMessage::Subscribe {
                 channels: channels.clone(),
-                since: BTreeMap::new(),
+                since,
                 rewind,
             }
             .to_json()
@@ -140,11 +157,9 @@ impl Subscriptions {
             })
             .collect();
         for channel in &channels {
-            let asked = if since.contains_key(channel) {
-                Asked::Resumed
-            } else {
-                Asked::Fresh
-            };
+            let asked = since
+                .get(channel)
+                .map_or(Asked::Fresh, |p| Asked::Resumed { since: p.seq });
             self.asked.insert(channel.clone(), asked);
         }
         // Channels without a position yet get the rewind they were subscribed with.
@@ -286,7 +301,7 @@ mod tests {
         let mut subs = Subscriptions::default();
         let (done, mut answer) = oneshot::channel();
         let frame = subs
-            .subscribe(names(&["a", "b"]), None, done, true)
+            .subscribe(names(&["a", "b"]), None, BTreeMap::new(), done, true)
             .unwrap();
         assert!(frame.contains("\"Subscribe\""));
         let mut out = VecDeque::new();
@@ -310,11 +325,17 @@ mod tests {
     fn a_refusal_fails_the_call_and_drops_only_what_it_added() {
         let mut subs = Subscriptions::default();
         let (first, _) = oneshot::channel();
-        subs.subscribe(names(&["a"]), None, first, true);
+        subs.subscribe(names(&["a"]), None, BTreeMap::new(), first, true);
         let positions = BTreeMap::from([("a".to_owned(), position("e", 0, true))]);
         subs.on_subscribed(0, &names(&["a"]), positions, &mut VecDeque::new());
         let (second, mut answer) = oneshot::channel();
-        subs.subscribe(names(&["a", "forbidden"]), None, second, true);
+        subs.subscribe(
+            names(&["a", "forbidden"]),
+            None,
+            BTreeMap::new(),
+            second,
+            true,
+        );
         subs.refused(&names(&["a", "forbidden"]), "forbidden", "no");
         let error = answer.try_recv().unwrap().unwrap_err();
         assert!(error.to_string().contains("forbidden: no"), "{error}");
@@ -327,7 +348,7 @@ mod tests {
     fn resubscribe_resumes_from_the_last_seq_seen_in_the_same_epoch() {
         let mut subs = Subscriptions::default();
         let (done, _) = oneshot::channel();
-        subs.subscribe(names(&["a", "b"]), None, done, true);
+        subs.subscribe(names(&["a", "b"]), None, BTreeMap::new(), done, true);
         let mut out = VecDeque::new();
         let positions = BTreeMap::from([("a".to_owned(), position("e1", 5, false))]);
         subs.on_subscribed(1, &names(&["a"]), positions, &mut out);
@@ -347,7 +368,7 @@ mod tests {
         assert!(matches!(
             &out[0],
             Arrival::Position {
-                asked: Asked::Resumed,
+                asked: Asked::Resumed { since: 7 },
                 connection: 1,
                 ..
             }
@@ -370,7 +391,10 @@ mod tests {
         };
         assert!(subs.fill("a".to_owned(), since.clone()).is_none());
         let (done, _) = oneshot::channel();
-        assert!(subs.subscribe(names(&["a"]), None, done, false).is_none());
+        assert!(
+            subs.subscribe(names(&["a"]), None, BTreeMap::new(), done, false)
+                .is_none()
+        );
         let frame = subs.fill("a".to_owned(), since).unwrap();
         assert!(frame.contains("\"since\""));
         subs.unsubscribe(&names(&["a"]));
@@ -381,7 +405,7 @@ mod tests {
     fn pending_calls_fail_with_the_connections_error() {
         let mut subs = Subscriptions::default();
         let (done, mut answer) = oneshot::channel();
-        subs.subscribe(names(&["a"]), None, done, false);
+        subs.subscribe(names(&["a"]), None, BTreeMap::new(), done, false);
         subs.fail_pending(&Error::Closed);
         assert!(matches!(answer.try_recv().unwrap(), Err(Error::Closed)));
     }

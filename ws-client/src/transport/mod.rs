@@ -11,7 +11,8 @@
 //! into the JSON the task reads and back (`msgpack.rs`); one that offered permessage-deflate
 //! reads through an inflater that watches the server's answer (`inflating.rs`).
 //! Files: this one (the choice, the TCP and TLS connection and the seam), `tungstenite.rs`,
-//! `sockudo.rs`, `read_clock.rs`, `msgpack.rs`, `inflating.rs`.
+//! `sockudo.rs`, `read_clock.rs`, `msgpack.rs`, `inflating.rs`, `tunnel.rs` (the TCP
+//! connection through a proxy).
 
 mod inflating;
 mod msgpack;
@@ -19,6 +20,7 @@ mod read_clock;
 #[cfg(feature = "sockudo")]
 mod sockudo;
 mod tungstenite;
+mod tunnel;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -152,19 +154,23 @@ fn refused_subprotocol(asked: &str, answered: Option<&str>) -> String {
     }
 }
 
-/// The TCP connection to `url`'s host and port (no Nagle: frames go out as they are
-/// written), its reads noted on `clock`.
-async fn open_tcp(url: &Url, clock: Arc<ReadClock>) -> Result<Tcp, String> {
+/// The TCP connection to `url`'s host and port, directly or through the proxy the settings
+/// route it to (`tunnel.rs`); no Nagle: frames go out as they are written. Its reads are
+/// noted on `clock`.
+async fn open_tcp(settings: &Settings, url: &Url, clock: Arc<ReadClock>) -> Result<Tcp, String> {
     let host = url.host().ok_or_else(|| format!("no host in URL {url}"))?;
     let port = url
         .port_or_known_default()
         .ok_or_else(|| format!("no port in URL {url}"))?;
-    let tcp = match host {
-        Host::Domain(name) => TcpStream::connect((name, port)).await,
-        Host::Ipv4(ip) => TcpStream::connect((ip, port)).await,
-        Host::Ipv6(ip) => TcpStream::connect((ip, port)).await,
-    }
-    .map_err(|e| e.to_string())?;
+    let tcp = match settings.proxy.for_url(url) {
+        Some(proxy) => tunnel::open(proxy, &host, port).await?,
+        None => match host {
+            Host::Domain(name) => TcpStream::connect((name, port)).await,
+            Host::Ipv4(ip) => TcpStream::connect((ip, port)).await,
+            Host::Ipv6(ip) => TcpStream::connect((ip, port)).await,
+        }
+        .map_err(|e| e.to_string())?,
+    };
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     Ok(Clocked::new(tcp, clock))
 }
@@ -177,7 +183,7 @@ async fn open_stream(
     secure: bool,
     clock: Arc<ReadClock>,
 ) -> Result<ByteStream, String> {
-    let tcp = open_tcp(url, clock).await?;
+    let tcp = open_tcp(settings, url, clock).await?;
     let stream = if secure {
         let tls = settings
             .tls
