@@ -2,17 +2,19 @@
 # Python against the hub: `websockets` and `msgpack` (installed in a virtualenv under target/)
 # run integration-tests/python/hub_client.py, hub_client_msgpack.py and hub_client_deflate.py
 # against a release hub on a free port; then pytest runs the resilient client's tests
-# (clients/python/tests, each with its own hubs: restarts, cut connections). The hub's HTTP
-# publish API (admin address, and the public port with WS_API_KEY) is tried from Python's
-# urllib and with the README's curl lines.
+# (clients/python/tests, each with its own hubs: restarts, cut connections), after mypy
+# --strict checks its types. The hub's HTTP publish API (admin address, and the public port
+# with WS_API_KEY) is tried from Python's urllib and with the README's curl lines.
 #   scripts/python-client-test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=target/python-venv
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import websockets, msgpack, pytest' 2>/dev/null; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import websockets, msgpack, pytest, mypy' 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q websockets msgpack pytest
+  "$VENV/bin/pip" install -q websockets msgpack pytest mypy
 fi
+# The client's types (it ships py.typed): mypy --strict.
+(cd clients/python && "../../$VENV/bin/mypy" --strict --cache-dir=/dev/null ws_toolkit)
 cargo build --release -q -p ws-server
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port); ADMIN=$(free_port)
