@@ -123,15 +123,64 @@ async fn run(mode: Mode) -> ExitCode {
 /// The configuration, one `WS_*` variable per line (secrets hidden).
 fn describe(config: &WebSocketConfig) -> String {
     let text = format!("{config:#?}");
-    // `{:#?}` gives one field per line; keep those and indent them.
-    text.lines()
-        .filter(|line| line.starts_with("    ") && !line.starts_with("        "))
-        .filter_map(|line| {
-            let (field, value) = line.trim().trim_end_matches(',').split_once(": ")?;
-            Some(format!("  WS_{} = {value}", field.to_uppercase()))
-        })
+    // `{:#?}` gives one field per line, except values that span several (`Some(Secret(***))`,
+    // a list): those lines are joined back onto their field's.
+    let mut fields: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in text.lines() {
+        let continues = line.starts_with("        ")
+            || (line.starts_with("    ") && line.trim().starts_with([')', ']', '}']));
+        match fields.last_mut() {
+            Some((_, pieces)) if continues => pieces.push(line.trim()),
+            _ if line.starts_with("    ") => {
+                if let Some((field, value)) = line.trim().split_once(": ") {
+                    fields.push((field.to_uppercase(), vec![value]));
+                }
+            }
+            _ => {}
+        }
+    }
+    fields
+        .iter()
+        .map(|(field, pieces)| format!("  WS_{field} = {}", hide_password(&one_line(pieces))))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `value` with the password of a URL in it (`redis://user:password@host`) shown as `***`.
+fn hide_password(value: &str) -> String {
+    let Some(scheme_end) = value.find("://").map(|i| i + 3) else {
+        return value.to_owned();
+    };
+    let rest = &value[scheme_end..];
+    let Some(at) = rest.find('@') else {
+        return value.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &value[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => value.to_owned(),
+    }
+}
+
+/// The pieces of a multi-line `{:#?}` value on one line: `Some(`, `Secret(***),`, `),` make
+/// `Some(Secret(***))`; `[`, `"a",`, `"b",`, `],` make `["a", "b"]`.
+fn one_line(pieces: &[&str]) -> String {
+    let mut value = String::new();
+    for piece in pieces {
+        if piece.starts_with([')', ']', '}']) {
+            while value.ends_with([',', ' ']) {
+                value.pop();
+            }
+        } else if !value.is_empty() && !value.ends_with(['(', '[', '{']) {
+            value.push(' ');
+        }
+        value.push_str(piece);
+    }
+    value.trim_end_matches(',').to_owned()
 }
 
 /// Resolves on Ctrl-C, or on SIGTERM where there is one.
@@ -191,4 +240,38 @@ fn connection_limit(configured: usize) -> usize {
         );
     }
     configured
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_is_one_line_per_variable_with_secrets_hidden() {
+        let config = WebSocketConfig::from_vars([
+            ("WS_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("WS_API_KEY", "fedcba9876543210"),
+            ("WS_ALLOWED_ORIGINS", "https://a.example,https://b.example"),
+            ("WS_REDIS_URL", "redis://hub:redis-pass@10.0.0.7:6379/0"),
+        ])
+        .unwrap();
+        let text = describe(&config);
+        assert!(
+            text.contains("  WS_JWT_SECRET = Some(Secret(***))"),
+            "{text}"
+        );
+        assert!(text.contains("  WS_API_KEY = Some(Secret(***))"), "{text}");
+        assert!(
+            text.contains(r#"  WS_ALLOWED_ORIGINS = ["https://a.example", "https://b.example"]"#),
+            "{text}"
+        );
+        assert!(text.contains("  WS_PORT = 8080"), "{text}");
+        assert!(
+            text.contains(r#"  WS_REDIS_URL = Some("redis://hub:***@10.0.0.7:6379/0")"#),
+            "{text}"
+        );
+        assert!(!text.contains("redis-pass"), "{text}");
+        assert!(!text.contains("0123456789abcdef") && !text.contains("fedcba9876543210"));
+        assert!(text.lines().all(|line| line.starts_with("  WS_")), "{text}");
+    }
 }
