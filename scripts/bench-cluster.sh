@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Cross-hub fan-out (docs/SCALING.md): 1,000 subscribers, one publisher at max rate, 5 s.
-#   scripts/bench-cluster.sh embedded|redis-one|redis-cross RUN
+#   scripts/bench-cluster.sh embedded|redis-one|redis-cross RUN   (HUB=path: another hub binary)
 # embedded: one hub, no Redis; redis-one: one hub through Redis; redis-cross: publisher on
 # hub A (core 1), subscribers on hub B (core 0), Redis between. Needs redis-server.
 set -u
 cd "$(dirname "$0")/.."
 cargo build --release -q -p ws-server -p ws-bench
-HUB=target/release/ws-server; BENCH=target/release/ws-bench
-ENVS="WS_HOST=127.0.0.1 WS_MAX_CONNECTIONS=100000 RUST_LOG=warn WS_RATE_LIMIT=1000000000 WS_RATE_LIMIT_BURST=1000000000"
+HUB=${HUB:-target/release/ws-server}; BENCH=target/release/ws-bench
+# The hub's default configuration (WS_HOST only binds it to loopback).
+ENVS="WS_HOST=127.0.0.1 RUST_LOG=warn"
 mode=$1; run=$2; out=${OUT:-docs/bench/results}
 redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 & R=$!
 sleep 0.5
