@@ -275,3 +275,77 @@ async fn a_redis_restart_is_reported_survived_and_told_to_clients() -> Result<()
     eprintln!("the first publish after the restart took {tries} tries");
     Ok(())
 }
+
+/// The value of the metric line starting with `name` in the hub's `/metrics`.
+async fn metric(hub: &WebSocketServer, name: &str) -> Result<f64> {
+    let admin = hub
+        .admin_addr()
+        .ok_or_else(|| anyhow::anyhow!("no admin address"))?;
+    let text = within("the metrics", http_get(admin, "/metrics")).await??;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {name} in the metrics"))
+}
+
+#[tokio::test]
+async fn a_hub_following_many_channels_reads_only_those_that_moved() -> Result<()> {
+    let Some(redis) = RedisServer::start().await? else {
+        return Ok(());
+    };
+    const COLD: usize = 10_000;
+    let publisher = hub(&redis.url()).await?;
+    let follower = spawn_server(
+        WebSocketServer::builder()
+            .redis_url(redis.url())
+            .admin_addr("127.0.0.1:0")
+            .max_subscriptions(COLD + 1),
+    )
+    .await?;
+    let mut subscriber = RawClient::connect(follower.local_addr()).await?;
+    let names: Vec<String> = (0..COLD).map(|i| format!("cold:{i}")).collect();
+    for chunk in names.chunks(1000) {
+        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        subscriber.subscribe(&chunk).await?;
+    }
+    subscriber.subscribe(&["hot"]).await?;
+    ensure!(metric(&follower, "ws_broker_followed_channels").await? == (COLD + 1) as f64);
+    let rounds = r#"ws_broker_follow_rounds_total{kind="moved"}"#;
+    let streams = r#"ws_broker_streams_read_total{kind="moved"}"#;
+    let (rounds_before, streams_before) = (
+        metric(&follower, rounds).await?,
+        metric(&follower, streams).await?,
+    );
+
+    // One hot channel moving, one cold one once: every publication arrives, in order.
+    for n in 1..=2000u64 {
+        publisher.publish("hot", &n).await?;
+    }
+    publisher.publish("cold:7", &7u64).await?;
+    let mut hot = 0;
+    let mut cold = 0;
+    while hot < 2000 || cold < 1 {
+        match within("a publication", subscriber.recv()).await?? {
+            WsMessage::Publication { channel, seq, .. } if channel == "hot" => {
+                hot += 1;
+                ensure!(seq == hot, "hot: seq {seq}, expected {hot}");
+            }
+            WsMessage::Publication { channel, .. } if channel == "cold:7" => cold += 1,
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    // The rounds that followed announcements read the channels that moved, not all 10,001.
+    let rounds_done = metric(&follower, rounds).await? - rounds_before;
+    let streams_read = metric(&follower, streams).await? - streams_before;
+    ensure!(rounds_done >= 1.0, "no announced round");
+    ensure!(
+        streams_read <= 2.0 * rounds_done,
+        "{streams_read} streams read in {rounds_done} rounds"
+    );
+    within("the follow lag to drain", async {
+        while metric(&follower, "ws_broker_follow_lag").await.ok() != Some(0.0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    Ok(())
+}

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant as StdInstant;
+use std::time::{Duration, Instant as StdInstant};
 
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, mpsc};
@@ -27,6 +27,10 @@ use crate::error::{Result, ServerError};
 use crate::metrics::{Gauges, HubMetrics};
 use crate::outbox::Outbox;
 use crate::requests::Request;
+
+/// A pass of [`Hub::attach`] over a `Subscribe`'s channels longer than this is made again,
+/// well within the Redis broker's 2 s grace for attached channels without subscribers.
+const REATTACH_BELOW: Duration = Duration::from_millis(500);
 
 /// tungstenite's read buffer per connection, allocated up front and kept. Small, because the
 /// socket is read in large chunks through a scratch buffer per thread ([`ReadAhead`]), so
@@ -240,15 +244,25 @@ impl Hub {
         &self,
         channels: &[String],
     ) -> std::result::Result<Attached, AttachError> {
-        for channel in channels {
-            if let Err(error) = self.broker.attach(&self.channels, channel).await {
-                return Err(AttachError {
-                    channel: channel.clone(),
-                    error,
-                });
+        // The broker stops following a channel without subscribers once its attach is older
+        // than a grace period (2 s for Redis); attaching many channels one after another can
+        // take longer than that, and the subscription comes only after the last. So the
+        // channels are attached again (at once for those still attached; anew for one dropped
+        // meanwhile) until a whole pass takes less than `REATTACH_BELOW`.
+        loop {
+            let started = tokio::time::Instant::now();
+            for channel in channels {
+                if let Err(error) = self.broker.attach(&self.channels, channel).await {
+                    return Err(AttachError {
+                        channel: channel.clone(),
+                        error,
+                    });
+                }
+            }
+            if started.elapsed() < REATTACH_BELOW {
+                return Ok(Attached(()));
             }
         }
-        Ok(Attached(()))
     }
 
     /// Subscribes connection `id` to `channel`, attached before (see [`Attached`]); its
@@ -348,6 +362,9 @@ impl Hub {
             u8::from(broker.up),
             broker.outages
         ));
+        if let Some(following) = &broker.following {
+            text.push_str(&following.render());
+        }
         text
     }
 
@@ -401,7 +418,7 @@ impl Hub {
 /// shard of the registry at a time with a yield between shards, so that a registry of
 /// hundreds of thousands of channels never holds a lock, or this thread, for long.
 async fn sweep_loop(hub: Arc<Hub>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = hub.token.cancelled() => break,

@@ -59,6 +59,7 @@ impl Broker for EmbeddedBroker {
             kind: "embedded",
             up: true,
             outages: 0,
+            following: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   channel, from which every hub with local subscribers reads it and fans it out.
 
 mod embedded;
+mod following;
 mod redis;
 
 use std::future::Ready;
@@ -18,6 +19,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 pub(crate) use self::embedded::EmbeddedBroker;
+pub(crate) use self::following::Following;
 pub(crate) use self::redis::RedisBroker;
 use crate::channel::{Channels, Published};
 use crate::metrics::HubMetrics;
@@ -36,7 +38,7 @@ pub enum BrokerError {
 }
 
 /// The broker's health, for `/health` and `/metrics`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct BrokerStatus {
     /// `embedded` or `redis`.
     pub(crate) kind: &'static str,
@@ -44,6 +46,8 @@ pub(crate) struct BrokerStatus {
     pub(crate) up: bool,
     /// How many times it was lost.
     pub(crate) outages: u64,
+    /// How this hub follows the shared channels (Redis).
+    pub(crate) following: Option<Following>,
 }
 
 /// A publication handed to the broker.

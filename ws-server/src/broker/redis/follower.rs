@@ -1,8 +1,9 @@
-//! Following the mirrored channels: one reader reads every mirrored stream with `XREAD
-//! BLOCK` from the last `seq` delivered and fans each entry out locally; attaching a channel
-//! reads its position and recent history; the keys of mirrored channels are kept from
-//! expiring.
+//! Following the mirrored channels: one reader reads the mirrored streams that were
+//! announced as moved (and, once a second, all of them) with `XREAD` from the last `seq`
+//! delivered and fans each entry out locally; attaching a channel reads its position and
+//! recent history; the keys of mirrored channels are kept from expiring.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::Value;
@@ -13,13 +14,13 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::RedisBroker;
-use super::schema::{entry_seq, key, new_epoch, number, text};
+use super::schema::{channel_of, entry_seq, key, moved, new_epoch, number, text};
 use crate::broker::BrokerError;
 use crate::channel::Channels;
 
-/// How long one `XREAD` waits for new entries; also how soon a newly attached channel is
-/// followed (its history is seeded at once, so nothing is missed meanwhile).
-const BLOCK: Duration = Duration::from_millis(100);
+/// How often a round reads every mirrored stream, announced or not: the longest a lost
+/// announcement (pub/sub delivers at most once) delays a channel.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The most entries one `XREAD` returns per stream.
 const READ_COUNT: usize = 1024;
 /// How often the expiry of mirrored channels is refreshed.
@@ -66,33 +67,73 @@ impl RedisBroker {
         Ok((epoch, seq, history))
     }
 
-    /// Reads every mirrored stream from where it stopped and fans entries out, until Redis
-    /// fails; returns why.
+    /// Reads the mirrored streams that moved from where they stopped and fans entries out,
+    /// until Redis fails; returns why. A round reads the streams announced since the last
+    /// one (`announcements.rs`), so its cost follows the channels that moved, not the
+    /// channels followed; every [`SWEEP_EVERY`] a round reads every mirrored stream, which
+    /// catches a lost announcement.
     pub(super) async fn follow(
         &self,
         mut reader: MultiplexedConnection,
         channels: &Channels,
     ) -> BrokerError {
         let mut refreshed = Instant::now();
+        // The first round after (re)connecting reads everything.
+        let mut next_sweep = Instant::now();
         loop {
-            let (keys, ids): (Vec<String>, Vec<String>) = self
-                .mirrors()
-                .iter()
-                .map(|(name, m)| (key(name, "stream"), format!("0-{}", m.last)))
-                .unzip();
-            if keys.is_empty() {
-                // Nothing to follow: still notice a lost Redis.
-                if let Err(error) = redis::cmd("PING").query_async::<()>(&mut reader).await {
-                    return self.lost(&error);
+            if self.announcements.take_lost() {
+                return BrokerError::Unavailable(
+                    "the connection for announcements closed".to_owned(),
+                );
+            }
+            if let Err(error) = self.apply_unfollows().await {
+                return error;
+            }
+            let sweep = Instant::now() >= next_sweep;
+            let moved = self.announcements.take();
+            let wanted: Vec<(String, u64)> = {
+                let mut mirrors = self.mirrors();
+                if sweep {
+                    for (name, seq) in &moved {
+                        if let Some(mirror) = mirrors.get_mut(name) {
+                            mirror.announced = mirror.announced.max(*seq);
+                        }
+                    }
+                    mirrors.iter().map(|(n, m)| (n.clone(), m.last)).collect()
+                } else {
+                    moved
+                        .iter()
+                        .filter_map(|(name, seq)| {
+                            let mirror = mirrors.get_mut(name)?;
+                            mirror.announced = mirror.announced.max(*seq);
+                            Some((name.clone(), mirror.last))
+                        })
+                        .collect()
                 }
-                tokio::time::sleep(BLOCK).await;
+            };
+            if sweep {
+                next_sweep = Instant::now() + SWEEP_EVERY;
+            }
+            if wanted.is_empty() {
+                if sweep {
+                    // Nothing to read: still notice a lost Redis.
+                    if let Err(error) = redis::cmd("PING").query_async::<()>(&mut reader).await {
+                        return self.lost(&error);
+                    }
+                }
+                tokio::select! {
+                    () = self.announcements.wait() => {}
+                    () = tokio::time::sleep_until(next_sweep) => {}
+                }
                 continue;
             }
+            let (keys, ids): (Vec<String>, Vec<String>) = wanted
+                .iter()
+                .map(|(name, last)| (key(name, "stream"), format!("0-{last}")))
+                .unzip();
             let read: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
                 .arg("COUNT")
                 .arg(READ_COUNT)
-                .arg("BLOCK")
-                .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(100))
                 .arg("STREAMS")
                 .arg(&keys)
                 .arg(&ids)
@@ -102,14 +143,15 @@ impl RedisBroker {
                 Ok(reply) => reply,
                 Err(error) => return self.lost(&error),
             };
+            self.rounds.count(sweep, wanted.len());
             for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                let Some(name) = stream
-                    .key
-                    .strip_prefix("ws:{")
-                    .and_then(|k| k.strip_suffix("}:stream"))
-                else {
+                let Some(name) = channel_of(&stream.key, "stream") else {
                     continue;
                 };
+                if stream.ids.len() >= READ_COUNT {
+                    // More than one read's worth: read on in the next round.
+                    self.announcements.announce(name, 0);
+                }
                 for entry in stream.ids {
                     let Some(seq) = entry_seq(&entry.id) else {
                         continue;
@@ -144,6 +186,62 @@ impl RedisBroker {
         }
     }
 
+    /// Publications announced on the followed channels and not yet delivered here.
+    pub(super) fn follow_lag(&self) -> u64 {
+        let mirrors = self.mirrors();
+        let behind: u64 = mirrors
+            .values()
+            .map(|m| m.announced.saturating_sub(m.last))
+            .sum();
+        behind
+            + self
+                .announcements
+                .pending_lag(|c| mirrors.get(c).map(|m| m.announced.max(m.last)))
+    }
+
+    /// Subscribes to the announcements of `names` on the announcements' connection.
+    pub(super) async fn follow_announcements(&self, names: &[String]) -> Result<(), BrokerError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.notices().ok_or_else(|| {
+            BrokerError::Unavailable("no connection to Redis for announcements".to_owned())
+        })?;
+        let shard_channels: Vec<String> = names.iter().map(|n| moved(n)).collect();
+        redis::cmd("SSUBSCRIBE")
+            .arg(&shard_channels)
+            .exec_async(&mut connection)
+            .await
+            .map_err(|e| self.lost(&e))
+    }
+
+    /// Stops the announcements of channels the sweep dropped (unless followed again since).
+    async fn apply_unfollows(&self) -> Result<(), BrokerError> {
+        let dropped: Vec<String> = {
+            let mut unfollow = self.unfollow.lock().unwrap_or_else(|p| p.into_inner());
+            if unfollow.is_empty() {
+                return Ok(());
+            }
+            let mirrors = self.mirrors();
+            unfollow
+                .drain(..)
+                .filter(|name| !mirrors.contains_key(name))
+                .map(|name| moved(&name))
+                .collect()
+        };
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        let Some(mut connection) = self.notices() else {
+            return Ok(());
+        };
+        redis::cmd("SUNSUBSCRIBE")
+            .arg(&dropped)
+            .exec_async(&mut connection)
+            .await
+            .map_err(|e| self.lost(&e))
+    }
+
     /// Keeps mirrored channels' keys from expiring while they have subscribers here.
     pub(super) async fn refresh(
         &self,
@@ -162,5 +260,41 @@ impl RedisBroker {
         pipe.query_async::<()>(connection)
             .await
             .map_err(|e| self.lost(&e))
+    }
+}
+
+/// The follower's rounds, for `/metrics`: how many, and how many streams they read.
+#[derive(Debug, Default)]
+pub(super) struct Rounds {
+    moved: AtomicU64,
+    moved_streams: AtomicU64,
+    sweeps: AtomicU64,
+    swept_streams: AtomicU64,
+}
+
+impl Rounds {
+    /// One round read `streams` streams; `sweep`: all of them, else the announced ones.
+    fn count(&self, sweep: bool, streams: usize) {
+        let (rounds, read) = if sweep {
+            (&self.sweeps, &self.swept_streams)
+        } else {
+            (&self.moved, &self.moved_streams)
+        };
+        rounds.fetch_add(1, Ordering::Relaxed);
+        read.fetch_add(streams as u64, Ordering::Relaxed);
+    }
+
+    /// `(rounds, streams read)` of announced rounds, then of sweeps.
+    pub(super) fn totals(&self) -> [(u64, u64); 2] {
+        [
+            (
+                self.moved.load(Ordering::Relaxed),
+                self.moved_streams.load(Ordering::Relaxed),
+            ),
+            (
+                self.sweeps.load(Ordering::Relaxed),
+                self.swept_streams.load(Ordering::Relaxed),
+            ),
+        ]
     }
 }

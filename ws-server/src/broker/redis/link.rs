@@ -1,6 +1,6 @@
-//! The link to Redis: connect (commands and reader), load the scripts, check the mirrored
-//! channels' epochs, follow until Redis fails, then report the outage once and reconnect with
-//! backoff.
+//! The link to Redis: connect (commands, reader, and the RESP3 connection the followed
+//! channels' announcements come on), load the scripts, check the mirrored channels' epochs,
+//! follow until Redis fails, then report the outage once and reconnect with backoff.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -52,6 +52,7 @@ impl RedisBroker {
                         why = self.follow(reader, &channels) => why,
                     };
                     *self.commands.write().unwrap_or_else(|p| p.into_inner()) = None;
+                    *self.notices.write().unwrap_or_else(|p| p.into_inner()) = None;
                     self.set_up(false);
                     self.outages.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %why, "lost Redis; publishing and subscribing are refused until it is back");
@@ -87,8 +88,24 @@ impl RedisBroker {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| self.lost(&e))?;
+        let board = self.announcements.clone();
+        let notices = self
+            .notices_client
+            .get_multiplexed_async_connection_with_config(&config.clone().set_push_sender(
+                move |push| -> Result<(), std::convert::Infallible> {
+                    board.push(push);
+                    Ok(())
+                },
+            ))
+            .await
+            .map_err(|e| self.lost(&e))?;
+        // A disconnection reported by an earlier connection says nothing about this one.
+        let _ = self.announcements.take_lost();
         self.load_scripts(&mut commands.clone()).await?;
         *self.commands.write().unwrap_or_else(|p| p.into_inner()) = Some(commands);
+        *self.notices.write().unwrap_or_else(|p| p.into_inner()) = Some(notices);
+        let followed: Vec<String> = self.mirrors().keys().cloned().collect();
+        self.follow_announcements(&followed).await?;
         // A channel Redis lost meanwhile (restart without persistence) starts over.
         let names: Vec<String> = self.mirrors().keys().cloned().collect();
         for name in names {

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -39,14 +39,17 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+mod announcements;
 mod follower;
 mod link;
 mod publisher;
 mod schema;
 
+use self::announcements::Announcements;
+use self::follower::Rounds;
 use self::publisher::{PUBLISH_QUEUE, PublishRequest};
 use self::schema::{ATTACH, PUBLISH};
-use super::{Broker, BrokerError, BrokerFuture, BrokerStatus, Submission};
+use super::{Broker, BrokerError, BrokerFuture, BrokerStatus, Following, Submission};
 use crate::channel::{Channels, HistoryLimits};
 use crate::metrics::HubMetrics;
 
@@ -62,13 +65,26 @@ struct Mirror {
     epoch: String,
     /// The last `seq` read from the stream.
     last: u64,
+    /// The highest `seq` announced (see `announcements.rs`); ahead of `last` by the
+    /// publications still to be read.
+    announced: u64,
     attached_at: Instant,
 }
 
 /// See the module documentation.
 pub(crate) struct RedisBroker {
     client: redis::Client,
+    /// The same Redis in RESP3, for the announcements' connection (pushes).
+    notices_client: redis::Client,
+    /// `host:port` of the Redis, for `/metrics` (no credentials).
+    shard: String,
     commands: RwLock<Option<MultiplexedConnection>>,
+    /// The connection subscribed to the followed channels' announcements.
+    notices: RwLock<Option<MultiplexedConnection>>,
+    announcements: Arc<Announcements>,
+    /// Channels the sweep stopped mirroring, whose announcements the follower unsubscribes.
+    unfollow: Mutex<Vec<String>>,
+    rounds: Rounds,
     mirrors: Mutex<HashMap<String, Mirror>>,
     limits: HistoryLimits,
     /// Run with `EVALSHA` from the publish pipeline.
@@ -93,12 +109,26 @@ impl RedisBroker {
     pub(crate) fn new(url: &str, limits: HistoryLimits) -> Result<Self, BrokerError> {
         let client = redis::Client::open(url)
             .map_err(|e| BrokerError::Unavailable(format!("invalid WS_REDIS_URL: {e}")))?;
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let notices_client = redis::Client::open(info.clone().set_redis_settings(resp3))
+            .map_err(|e| BrokerError::Unavailable(format!("invalid WS_REDIS_URL: {e}")))?;
+        let shard = info.addr().to_string();
         let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
         Ok(Self {
             queue,
             queued: Mutex::new(Some(queued)),
             client,
+            notices_client,
+            shard,
             commands: RwLock::new(None),
+            notices: RwLock::new(None),
+            announcements: Arc::default(),
+            unfollow: Mutex::new(Vec::new()),
+            rounds: Rounds::default(),
             mirrors: Mutex::new(HashMap::new()),
             limits,
             publish: Script::new(PUBLISH),
@@ -131,6 +161,14 @@ impl RedisBroker {
         current().ok_or_else(|| {
             BrokerError::Unavailable(format!("no connection to Redis for {WAIT_FOR_REDIS:?}"))
         })
+    }
+
+    /// The announcements' connection, if connected.
+    fn notices(&self) -> Option<MultiplexedConnection> {
+        self.notices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_up(&self, up: bool) {
@@ -198,6 +236,10 @@ impl Broker for RedisBroker {
         }
         Either::Right(
             async move {
+                // Announcements first: a publication after the history read is announced.
+                // (Waiting, as every command does, for Redis at start or in a short outage.)
+                self.connection().await?;
+                self.follow_announcements(&[channel.to_owned()]).await?;
                 let (epoch, seq, history) = self.read_channel(channel).await?;
                 channels
                     .seed(channel, &epoch, seq, history)
@@ -206,6 +248,7 @@ impl Broker for RedisBroker {
                 let mirror = mirrors.entry(channel.to_owned()).or_insert(Mirror {
                     epoch: epoch.clone(),
                     last: seq,
+                    announced: seq,
                     attached_at: Instant::now(),
                 });
                 mirror.attached_at = Instant::now();
@@ -221,17 +264,42 @@ impl Broker for RedisBroker {
 
     fn sweep(&self, channels: &Channels) {
         let now = Instant::now();
+        let mut dropped = Vec::new();
         self.mirrors().retain(|name, mirror| {
-            now.duration_since(mirror.attached_at) < ATTACH_GRACE
-                || !channels.forget_if_unused(name)
+            let keep = now.duration_since(mirror.attached_at) < ATTACH_GRACE
+                || !channels.forget_if_unused(name);
+            if !keep {
+                dropped.push(name.clone());
+            }
+            keep
         });
+        if !dropped.is_empty() {
+            self.unfollow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(dropped);
+        }
     }
 
     fn status(&self) -> BrokerStatus {
+        let up = self.up.load(Ordering::Relaxed);
+        let [(rounds, streams_read), (sweeps, streams_swept)] = self.rounds.totals();
+        // Each its own statement: the mirrors' lock is taken once at a time.
+        let followed = self.mirrors().len();
+        let lag = self.follow_lag();
         BrokerStatus {
             kind: "redis",
-            up: self.up.load(Ordering::Relaxed),
+            up,
             outages: self.outages.load(Ordering::Relaxed),
+            following: Some(Following {
+                shards: vec![(self.shard.clone(), up)],
+                channels: followed,
+                lag,
+                rounds,
+                streams_read,
+                sweeps,
+                streams_swept,
+            }),
         }
     }
 }

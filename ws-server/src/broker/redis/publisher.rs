@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::RedisBroker;
-use super::schema::{key, new_epoch};
+use super::schema::{key, moved, new_epoch};
 use crate::broker::BrokerError;
 use crate::channel::Published;
 use crate::metrics::HubMetrics;
@@ -124,7 +124,8 @@ impl RedisBroker {
                 .arg(request.data.get())
                 .arg(self.limits.size)
                 .arg(self.expiry_ms())
-                .arg(window_ms);
+                .arg(window_ms)
+                .arg(moved(&request.channel));
             if let Some(idempotency) = &request.key {
                 command.arg(idempotency).arg(self.limits.max_keys.max(1));
             }

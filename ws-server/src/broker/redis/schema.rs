@@ -18,19 +18,21 @@ end
     };
 }
 
-/// Takes the next `seq`, appends the publication, refreshes the expiry. With an idempotency
-/// key (ARGV\[6\]) the channel's keys (KEYS\[4\], a sorted set of key → `seq`) are looked at
+/// Takes the next `seq`, appends the publication, refreshes the expiry, and tells the hubs
+/// following the channel that it moved: `SPUBLISH` of the `seq` on the channel's shard
+/// channel ARGV\[6\] (`ws:{channel}:moved`, in the keys' slot). With an idempotency key
+/// (ARGV\[7\]) the channel's keys (KEYS\[4\], a sorted set of key → `seq`) are looked at
 /// first: a key seen before publishes nothing and returns the first `seq`; a new one is
-/// remembered, the channel keeping its latest ARGV\[7\] keys for ARGV\[5\] ms after its
+/// remembered, the channel keeping its latest ARGV\[8\] keys for ARGV\[5\] ms after its
 /// last keyed publication.
 /// KEYS: epoch, seq, stream, and the channel's keys if the publication has one. ARGV: epoch
-/// if none yet, data, history size, expiry ms, idempotency window ms, key, keys kept.
-/// Returns `{epoch, seq, duplicate}`.
+/// if none yet, data, history size, expiry ms, idempotency window ms, shard channel, key,
+/// keys kept. Returns `{epoch, seq, duplicate}`.
 pub(super) const PUBLISH: &str = concat!(
     epoch_or_new!(),
     r"
 if KEYS[4] then
-  local first = redis.call('ZSCORE', KEYS[4], ARGV[6])
+  local first = redis.call('ZSCORE', KEYS[4], ARGV[7])
   if first then return {epoch, tonumber(first), 1} end
 end
 local seq = redis.call('INCR', KEYS[2])
@@ -40,9 +42,10 @@ if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '0-' .. seq, 'e', epoch, 't', ms, 'd', ARGV[2])
 end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+redis.call('SPUBLISH', ARGV[6], seq)
 if KEYS[4] then
-  redis.call('ZADD', KEYS[4], seq, ARGV[6])
-  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[7])
+  redis.call('ZADD', KEYS[4], seq, ARGV[7])
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[8])
   if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
@@ -78,6 +81,18 @@ pub(super) fn key(channel: &str, part: &str) -> String {
     format!("ws:{{{channel}}}:{part}")
 }
 
+/// The shard channel a channel's publications are announced on (in its keys' slot).
+pub(super) fn moved(channel: &str) -> String {
+    key(channel, "moved")
+}
+
+/// The channel a stream key (`part` "stream") or shard channel (`part` "moved") belongs to.
+pub(super) fn channel_of<'a>(name: &'a str, part: &str) -> Option<&'a str> {
+    name.strip_prefix("ws:{")?
+        .strip_suffix(part)?
+        .strip_suffix("}:")
+}
+
 /// A fresh epoch name, for a channel Redis does not know.
 pub(super) fn new_epoch() -> String {
     format!("r{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
@@ -111,6 +126,10 @@ mod tests {
     #[test]
     fn keys_share_a_hash_tag_and_entry_ids_carry_the_seq() {
         assert_eq!(key("prices:SOL", "seq"), "ws:{prices:SOL}:seq");
+        assert_eq!(moved("prices:SOL"), "ws:{prices:SOL}:moved");
+        assert_eq!(channel_of("ws:{a:b}}:moved", "moved"), Some("a:b}"));
+        assert_eq!(channel_of("ws:{a}:stream", "stream"), Some("a"));
+        assert_eq!(channel_of("ws:{a}:stream", "moved"), None);
         assert_eq!(entry_seq("0-42"), Some(42));
         assert_eq!(entry_seq("1700000000000-0"), None);
         assert_ne!(new_epoch(), new_epoch());
