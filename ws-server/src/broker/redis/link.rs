@@ -88,6 +88,16 @@ impl RedisBroker {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| self.lost(&e))?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut commands.clone())
+            .await
+            .map_err(|e| self.lost(&e))?;
+        if let Some(version) = too_old(&info) {
+            return Err(BrokerError::Unavailable(format!(
+                "Redis {version} at WS_REDIS_URL: the hub needs Redis 7.0 or newer (sharded pub/sub, SPUBLISH)"
+            )));
+        }
         let board = self.announcements.clone();
         let notices = self
             .notices_client
@@ -137,5 +147,29 @@ impl RedisBroker {
                 .map_err(|e| self.lost(&e))?;
         }
         Ok(())
+    }
+}
+
+/// The version `INFO server` reports, if it is older than 7.0.
+fn too_old(info: &str) -> Option<&str> {
+    let version = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))?
+        .trim();
+    let major: u32 = version.split('.').next()?.parse().ok()?;
+    (major < 7).then_some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_old;
+
+    #[test]
+    fn a_redis_older_than_7_is_named() {
+        let info = |v: &str| format!("# Server\r\nredis_version:{v}\r\nredis_mode:standalone\r\n");
+        assert_eq!(too_old(&info("6.2.14")), Some("6.2.14"));
+        assert_eq!(too_old(&info("7.0.15")), None);
+        assert_eq!(too_old(&info("8.2.1")), None);
+        assert_eq!(too_old("no version here"), None);
     }
 }
