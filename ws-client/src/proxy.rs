@@ -104,8 +104,10 @@ impl Proxy {
             ProxyKind::Socks5 { .. } => 1080,
         });
         let decode = |part: &str| {
-            percent_decode(part)
-                .ok_or_else(|| "the proxy URL's credentials are not UTF-8".to_owned())
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(std::borrow::Cow::into_owned)
+                .map_err(|_| "the proxy URL's credentials are not UTF-8".to_owned())
         };
         let credentials = if parsed.username().is_empty() && parsed.password().is_none() {
             None
@@ -265,30 +267,6 @@ impl NoProxy {
             _ => false,
         })
     }
-}
-
-/// `%XX` sequences decoded; `None` if the result is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

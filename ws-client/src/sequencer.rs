@@ -363,15 +363,16 @@ impl Sequencer {
             .replay_from
             .map_or(position.seq, |first| first.saturating_sub(1));
         let Some(track) = self.tracks.get_mut(&channel) else {
-            // A channel the application subscribed to from a position of its own: the
-            // replay follows from there, or it is told that it cannot.
-            if let Asked::Resumed { since } = asked {
-                if position.recovered {
-                    let start = position
+            // A new channel. Subscribed from a position of the application's own, the replay
+            // follows from there, or the application is told that it cannot.
+            match asked {
+                Asked::Resumed { since } if position.recovered => {
+                    let from = position
                         .replay_from
                         .map_or(since, |first| first.saturating_sub(1));
-                    self.start_track(channel, position.epoch, start);
-                } else {
+                    self.start_track(channel, position.epoch, from);
+                }
+                Asked::Resumed { since } => {
                     warn!(%channel, since, "the hub cannot replay from the position asked for");
                     self.start_track(channel.clone(), position.epoch.clone(), start);
                     self.emit(Event::Unrecovered {
@@ -380,9 +381,8 @@ impl Sequencer {
                         seq: start,
                     });
                 }
-                return;
+                _ => self.start_track(channel, position.epoch, start),
             }
-            self.start_track(channel, position.epoch, start);
             return;
         };
         if track.epoch != position.epoch {
@@ -390,8 +390,7 @@ impl Sequencer {
             // belongs to the old sequence; start again from the hub's position.
             warn!(%channel, "missed publications could not be recovered (new epoch)");
             self.held -= track.held.len();
-            *track = Track::new(position.epoch.clone(), start);
-            self.epochs.set(&channel, &position.epoch);
+            self.start_track(channel.clone(), position.epoch.clone(), start);
             self.emit(Event::Unrecovered {
                 channel,
                 epoch: position.epoch,

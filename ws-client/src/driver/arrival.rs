@@ -1,10 +1,11 @@
 //! What a connection hands to the [`Sequencer`](crate::sequencer::Sequencer): each frame it
 //! received, decoded and stamped with the connection it came on.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use ws_protocol::{ChannelPosition, Payload};
+use ws_protocol::{ChannelPosition, Payload, Position};
 
 use crate::event::Event;
 
@@ -19,6 +20,15 @@ pub(crate) enum Asked {
     Resumed { since: u64 },
     /// A request to fill a gap, with the sequencer's position.
     Fill,
+}
+
+impl Asked {
+    /// What a `Subscribe` with `since` asks for `channel`: from its position there, if any.
+    pub(crate) fn by(since: &BTreeMap<String, Position>, channel: &str) -> Self {
+        since
+            .get(channel)
+            .map_or(Self::Fresh, |p| Self::Resumed { since: p.seq })
+    }
 }
 
 /// What a connection hands over at once: every arrival one burst of reads brought (at most

@@ -89,10 +89,8 @@ impl Subscriptions {
         }
         let frame = connected.then(|| {
             for channel in &channels {
-                let asked = since
-                    .get(channel)
-                    .map_or(Asked::Fresh, |p| Asked::Resumed { since: p.seq });
-                self.asked.insert(channel.clone(), asked);
+                self.asked
+                    .insert(channel.clone(), Asked::by(&since, channel));
             }
             WsMessage::Subscribe {
                 channels: channels.clone(),
@@ -157,10 +155,8 @@ impl Subscriptions {
             })
             .collect();
         for channel in &channels {
-            let asked = since
-                .get(channel)
-                .map_or(Asked::Fresh, |p| Asked::Resumed { since: p.seq });
-            self.asked.insert(channel.clone(), asked);
+            self.asked
+                .insert(channel.clone(), Asked::by(&since, channel));
         }
         // Channels without a position yet get the rewind they were subscribed with.
         let rewind = channels

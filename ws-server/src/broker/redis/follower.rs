@@ -93,23 +93,17 @@ impl RedisBroker {
             let moved = self.announcements.take();
             let wanted: Vec<(String, u64)> = {
                 let mut mirrors = self.mirrors();
-                if sweep {
-                    for (name, seq) in &moved {
-                        if let Some(mirror) = mirrors.get_mut(name) {
-                            mirror.announced = mirror.announced.max(*seq);
-                        }
+                let mut wanted = Vec::with_capacity(moved.len());
+                for (name, seq) in moved {
+                    if let Some(mirror) = mirrors.get_mut(&name) {
+                        mirror.announced = mirror.announced.max(seq);
+                        wanted.push((name, mirror.last));
                     }
-                    mirrors.iter().map(|(n, m)| (n.clone(), m.last)).collect()
-                } else {
-                    moved
-                        .iter()
-                        .filter_map(|(name, seq)| {
-                            let mirror = mirrors.get_mut(name)?;
-                            mirror.announced = mirror.announced.max(*seq);
-                            Some((name.clone(), mirror.last))
-                        })
-                        .collect()
                 }
+                if sweep {
+                    wanted = mirrors.iter().map(|(n, m)| (n.clone(), m.last)).collect();
+                }
+                wanted
             };
             if sweep {
                 next_sweep = Instant::now() + SWEEP_EVERY;
