@@ -5,6 +5,7 @@ pub mod deflate_client;
 pub mod proxy;
 pub mod proxy_servers;
 pub mod redis;
+pub mod redis_cluster;
 pub mod self_signed;
 
 use std::net::SocketAddr;
@@ -249,3 +250,18 @@ pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// `GET path` on `addr` over HTTP/1.1: the whole response, head and body.
+///
+/// # Errors
+/// If the connection or the exchange fails.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}

@@ -24,31 +24,44 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
+/// Whether `tools` (`redis-server`, `redis-cli`) are installed. Without them it prints
+/// `SKIPPED` (to the process's stderr itself, not through `eprintln!`, which the test harness
+/// captures: a skip must show in the normal `cargo test` output) and answers `false`, unless
+/// `WS_REQUIRE_REDIS=1`, which makes it an error.
+///
+/// # Errors
+/// If a tool is missing while `WS_REQUIRE_REDIS=1`.
+pub fn installed(tools: &[&str]) -> Result<bool> {
+    let installed = tools.iter().all(|tool| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !installed {
+        if std::env::var("WS_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
+            bail!(
+                "{tools:?} not installed and WS_REQUIRE_REDIS=1: apt-get install -y redis-server"
+            );
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {}: redis-server is not installed (apt-get install -y redis-server); \
+             set WS_REQUIRE_REDIS=1 to make this a failure",
+            std::thread::current().name().unwrap_or("a Redis test")
+        );
+    }
+    Ok(installed)
+}
+
 impl RedisServer {
     /// Starts `redis-server` on a free port of 127.0.0.1.
     ///
     /// # Errors
     /// If it does not start, or is not installed while `WS_REQUIRE_REDIS=1`.
     pub async fn start() -> Result<Option<Self>> {
-        let installed = std::process::Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            if std::env::var("WS_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
-                bail!(
-                    "redis-server is not installed and WS_REQUIRE_REDIS=1: apt-get install -y redis-server"
-                );
-            }
-            // Written to the process's stderr itself, not through `eprintln!`, which the test
-            // harness captures: a skip must show in the normal `cargo test` output.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {}: redis-server is not installed (apt-get install -y redis-server); \
-                 set WS_REQUIRE_REDIS=1 to make this a failure",
-                std::thread::current().name().unwrap_or("a Redis test")
-            );
+        if !installed(&["redis-server"])? {
             return Ok(None);
         }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Result, bail, ensure};
 use integration_tests::proxy::TcpProxy;
 use integration_tests::redis::RedisServer;
-use integration_tests::{RawClient, eventually, spawn_server, within};
+use integration_tests::{RawClient, eventually, http_get, spawn_server, within};
 use ws_client::{Event, WebSocketClient};
 use ws_protocol::WsMessage;
 use ws_server::WebSocketServer;
@@ -42,17 +42,6 @@ async fn publish_retrying(hub: &WebSocketServer, channel: &str, n: u64) -> Resul
         tries
     })
     .await
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
 }
 
 #[tokio::test]

@@ -160,6 +160,25 @@ impl ServerBuilder {
         self
     }
 
+    /// Share channels with other hubs through the Redis Cluster that these seed nodes
+    /// (`redis://host:port`) belong to (`WS_REDIS_CLUSTER_NODES`), instead of one Redis.
+    pub fn redis_cluster_nodes<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.redis_cluster_nodes = nodes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Acknowledge a publication only once this many replicas of its Redis primary have it
+    /// (`WS_REDIS_WAIT_REPLICAS`, Redis `WAIT` up to 1 s): where a primary can fail over to
+    /// a replica, 1 or more keeps a failover from losing an acknowledged publication.
+    pub fn redis_wait_replicas(mut self, replicas: usize) -> Self {
+        self.config.redis_wait_replicas = replicas;
+        self
+    }
+
     /// For protocol-conformance testing only (the Autobahn cases): every text or binary frame
     /// is sent back as it came, through the same upgrade, read loop, limits and write path as
     /// the hub's; the hub protocol is not spoken. Only with the `conformance` feature.

@@ -31,6 +31,8 @@ use crate::requests::Request;
 /// A pass of [`Hub::attach`] over a `Subscribe`'s channels longer than this is made again,
 /// well within the Redis broker's 2 s grace for attached channels without subscribers.
 const REATTACH_BELOW: Duration = Duration::from_millis(500);
+/// How many channels of one `Subscribe` [`Hub::attach`] attaches at once.
+const ATTACHING_AT_ONCE: usize = 32;
 
 /// tungstenite's read buffer per connection, allocated up front and kept. Small, because the
 /// socket is read in large chunks through a scratch buffer per thread ([`ReadAhead`]), so
@@ -151,10 +153,7 @@ impl Hub {
         };
         let conflation = (config.slow_consumer_policy == SlowConsumerPolicy::Conflate)
             .then(|| ConflationKey::new(config.conflate_key.clone()));
-        let redis = match &config.redis_url {
-            Some(url) => Some(Arc::new(RedisBroker::new(url, history)?)),
-            None => None,
-        };
+        let redis = RedisBroker::from_config(&config, history)?.map(Arc::new);
         let broker: Arc<dyn Broker> = match &redis {
             Some(redis) => redis.clone(),
             None => Arc::new(EmbeddedBroker),
@@ -197,7 +196,7 @@ impl Hub {
             self.tracker.spawn(sweep_loop(self.clone()));
         }
         if let Some(redis) = &self.redis {
-            tracing::info!("sharing channels through Redis (WS_REDIS_URL)");
+            tracing::info!("sharing channels through Redis ({})", redis.variable());
             self.tracker
                 .spawn(redis.clone().run(self.channels.clone(), self.token.clone()));
             self.tracker.spawn(
@@ -251,18 +250,30 @@ impl Hub {
         // meanwhile) until a whole pass takes less than `REATTACH_BELOW`.
         loop {
             let started = tokio::time::Instant::now();
-            for channel in channels {
-                if let Err(error) = self.broker.attach(&self.channels, channel).await {
-                    return Err(AttachError {
-                        channel: channel.clone(),
-                        error,
-                    });
-                }
+            // Several at once: with Redis each attach is two round trips, which the shared
+            // connection pipelines.
+            for chunk in channels.chunks(ATTACHING_AT_ONCE) {
+                let attached =
+                    futures_util::future::join_all(chunk.iter().map(|c| self.attach_one(c))).await;
+                attached
+                    .into_iter()
+                    .collect::<std::result::Result<(), _>>()?;
             }
             if started.elapsed() < REATTACH_BELOW {
                 return Ok(Attached(()));
             }
         }
+    }
+
+    /// Attaches one channel (see [`attach`](Self::attach)).
+    async fn attach_one(&self, channel: &str) -> std::result::Result<(), AttachError> {
+        self.broker
+            .attach(&self.channels, channel)
+            .await
+            .map_err(|error| AttachError {
+                channel: channel.to_owned(),
+                error,
+            })
     }
 
     /// Subscribes connection `id` to `channel`, attached before (see [`Attached`]); its
@@ -424,8 +435,10 @@ async fn sweep_loop(hub: Arc<Hub>) {
             () = hub.token.cancelled() => break,
             _ = tick.tick() => {}
         }
+        // With Redis the broker's sweep forgets channels (see `sweep_shard`).
+        let forget_idle = hub.redis.is_none();
         for shard in 0..Channels::SHARDS {
-            hub.channels.sweep_shard(shard);
+            hub.channels.sweep_shard(shard, forget_idle);
             tokio::task::yield_now().await;
         }
         hub.broker.sweep(&hub.channels);

@@ -146,24 +146,34 @@ fn describe(config: &WebSocketConfig) -> String {
         .join("\n")
 }
 
-/// `value` with the password of a URL in it (`redis://user:password@host`) shown as `***`.
+/// `value` with the password of each URL in it (`redis://user:password@host`) shown as
+/// `***` (a list of cluster nodes has several).
 fn hide_password(value: &str) -> String {
-    let Some(scheme_end) = value.find("://").map(|i| i + 3) else {
-        return value.to_owned();
-    };
-    let rest = &value[scheme_end..];
-    let Some(at) = rest.find('@') else {
-        return value.to_owned();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &value[..scheme_end],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => value.to_owned(),
+    let mut shown = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(scheme_end) = rest.find("://").map(|i| i + 3) {
+        let (head, tail) = rest.split_at(scheme_end);
+        shown.push_str(head);
+        let end = tail.find(['/', '"', ',', ' ', ']']).unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rsplit_once('@') {
+            Some((user_info, host)) => {
+                match user_info.split_once(':') {
+                    Some((user, _password)) => {
+                        shown.push_str(user);
+                        shown.push_str(":***");
+                    }
+                    None => shown.push_str(user_info),
+                }
+                shown.push('@');
+                shown.push_str(host);
+            }
+            None => shown.push_str(authority),
+        }
+        rest = &tail[end..];
     }
+    shown.push_str(rest);
+    shown
 }
 
 /// The pieces of a multi-line `{:#?}` value on one line: `Some(`, `Secret(***),`, `),` make
@@ -271,6 +281,16 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("redis-pass"), "{text}");
+        let nodes = WebSocketConfig::from_vars([(
+            "WS_REDIS_CLUSTER_NODES",
+            "redis://:p1@10.0.0.1:7000,redis://u:p2@10.0.0.2:7000/,redis://10.0.0.3:7000",
+        )])
+        .unwrap();
+        let text = describe(&nodes);
+        assert!(
+            text.contains(r#"  WS_REDIS_CLUSTER_NODES = ["redis://:***@10.0.0.1:7000", "redis://u:***@10.0.0.2:7000/", "redis://10.0.0.3:7000"]"#),
+            "{text}"
+        );
         assert!(!text.contains("0123456789abcdef") && !text.contains("fedcba9876543210"));
         assert!(text.lines().all(|line| line.starts_with("  WS_")), "{text}");
     }

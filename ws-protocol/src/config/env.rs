@@ -111,6 +111,8 @@ pub(super) struct EnvVars {
     ws_reconnect_hint: Option<f64>,
     ws_conflate_key: Option<String>,
     ws_redis_url: Option<String>,
+    ws_redis_cluster_nodes: Option<String>,
+    ws_redis_wait_replicas: Option<usize>,
 }
 
 impl EnvVars {
@@ -177,16 +179,7 @@ impl EnvVars {
             publish_rate_limit_burst: self
                 .ws_publish_rate_limit_burst
                 .unwrap_or(d.publish_rate_limit_burst),
-            allowed_origins: self
-                .ws_allowed_origins
-                .map(|list| {
-                    list.split(',')
-                        .map(str::trim)
-                        .filter(|o| !o.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            allowed_origins: comma_separated(self.ws_allowed_origins),
             tls_cert: self.ws_tls_cert,
             tls_key: self.ws_tls_key,
             admin_addr: self.ws_admin_addr,
@@ -207,10 +200,24 @@ impl EnvVars {
                 .unwrap_or(d.reconnect_hint),
             conflate_key: self.ws_conflate_key.unwrap_or(d.conflate_key),
             redis_url: self.ws_redis_url.filter(|url| !url.trim().is_empty()),
+            redis_cluster_nodes: comma_separated(self.ws_redis_cluster_nodes),
+            redis_wait_replicas: self.ws_redis_wait_replicas.unwrap_or(d.redis_wait_replicas),
         };
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The items of a comma-separated list, trimmed, empty ones left out.
+fn comma_separated(list: Option<String>) -> Vec<String> {
+    list.map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Converts seconds (with an optional fraction) into a `Duration`, naming the variable when

@@ -278,6 +278,18 @@ pub struct WebSocketConfig {
     /// (publications, `seq`, history). Default: unset (the hub's embedded broker; nothing
     /// about Redis is needed).
     pub redis_url: Option<String>,
+    /// `WS_REDIS_CLUSTER_NODES`: comma-separated `redis://host:port` seed nodes of a Redis
+    /// Cluster to share channels through, instead of `WS_REDIS_URL` (one of the two at
+    /// most). A channel's keys share one hash slot, so each channel lives on one shard.
+    /// Default: empty.
+    pub redis_cluster_nodes: Vec<String>,
+    /// `WS_REDIS_WAIT_REPLICAS`: a publication is acknowledged to its publisher only once
+    /// this many replicas of its Redis primary have it (Redis `WAIT`, up to 1 s; fewer in
+    /// time and the publication is answered `unavailable`, to be retried with its
+    /// idempotency key). Redis replicates asynchronously: where a primary can fail over to a
+    /// replica (Redis Cluster, Sentinel), 1 or more keeps a failover from losing an
+    /// acknowledged publication. Default 0 (acknowledged when the primary has it).
+    pub redis_wait_replicas: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -328,6 +340,8 @@ impl Default for WebSocketConfig {
             reconnect_hint: Duration::from_secs(1),
             conflate_key: "symbol".to_owned(),
             redis_url: None,
+            redis_cluster_nodes: Vec::new(),
+            redis_wait_replicas: 0,
         }
     }
 }

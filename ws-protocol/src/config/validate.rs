@@ -245,6 +245,24 @@ impl WebSocketConfig {
                 reason: "must be a redis:// URL",
             });
         }
+        if let Some(node) = self
+            .redis_cluster_nodes
+            .iter()
+            .find(|node| !(node.starts_with("redis://") || node.starts_with("rediss://")))
+        {
+            return Err(ConfigError::OutOfRange {
+                variable: "WS_REDIS_CLUSTER_NODES",
+                value: node.clone(),
+                reason: "must be comma-separated redis:// URLs",
+            });
+        }
+        if self.redis_url.is_some() && !self.redis_cluster_nodes.is_empty() {
+            return Err(ConfigError::OutOfRange {
+                variable: "WS_REDIS_CLUSTER_NODES",
+                value: self.redis_cluster_nodes.join(","),
+                reason: "cannot be set with WS_REDIS_URL: one Redis or one Redis Cluster",
+            });
+        }
         if self.conflate_key.trim().is_empty() {
             return Err(ConfigError::OutOfRange {
                 variable: "WS_CONFLATE_KEY",

@@ -64,6 +64,8 @@ pub(super) const VARIABLES: &[(&str, Option<Number>)] = &[
     ("WS_RECONNECT_HINT", Some(Number::Seconds)),
     ("WS_CONFLATE_KEY", None),
     ("WS_REDIS_URL", None),
+    ("WS_REDIS_CLUSTER_NODES", None),
+    ("WS_REDIS_WAIT_REPLICAS", Some(Number::Count)),
 ];
 
 /// Checks that a numeric variable holds a number of its kind, so that the error names the

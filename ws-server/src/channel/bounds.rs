@@ -17,7 +17,7 @@ impl Channels {
     #[cfg(any(test, feature = "bench"))]
     pub(crate) fn sweep(&self) {
         for shard in 0..SHARDS {
-            self.sweep_shard(shard);
+            self.sweep_shard(shard, true);
         }
     }
 
@@ -25,8 +25,11 @@ impl Channels {
     pub(crate) const SHARDS: usize = SHARDS;
 
     /// Sweeps one shard: trims every channel's history by age under a read lock, then takes
-    /// the write lock only to remove the channels that are idle.
-    pub(crate) fn sweep_shard(&self, shard: usize) {
+    /// the write lock only to remove the channels that are idle, if `forget_idle` (not with
+    /// Redis, whose broker forgets the channels it mirrors once they have no subscribers and
+    /// their attach is old enough: a channel seeded for a `Subscribe` is idle until the
+    /// subscription is made, and forgetting it here would restart it in a local epoch).
+    pub(crate) fn sweep_shard(&self, shard: usize, forget_idle: bool) {
         let Some(shard) = self.shards.get(shard) else {
             return;
         };
@@ -41,7 +44,7 @@ impl Channels {
             })
             .map(|(name, _)| name.clone())
             .collect();
-        if idle.is_empty() {
+        if idle.is_empty() || !forget_idle {
             return;
         }
         let mut map = Self::write(shard);

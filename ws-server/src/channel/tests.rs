@@ -317,7 +317,7 @@ fn a_sweep_stuck_on_one_channel_holds_up_no_other_shard() {
     let held = busy.lock();
     let sweeper = {
         let channels = channels.clone();
-        std::thread::spawn(move || channels.sweep_shard(busy_shard))
+        std::thread::spawn(move || channels.sweep_shard(busy_shard, true))
     };
     std::thread::sleep(Duration::from_millis(20));
     let (done_tx, done_rx) = std::sync::mpsc::channel();

@@ -6,15 +6,16 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::Value;
-use redis::aio::MultiplexedConnection;
+use futures_util::StreamExt;
 use redis::streams::StreamReadReply;
+use redis::{RedisResult, Value};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::RedisBroker;
 use super::schema::{channel_of, entry_seq, key, moved, new_epoch, number, text};
+use super::target::Connection;
 use crate::broker::BrokerError;
 use crate::channel::Channels;
 
@@ -23,6 +24,8 @@ use crate::channel::Channels;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The most entries one `XREAD` returns per stream.
 const READ_COUNT: usize = 1024;
+/// How many `XREAD`s of one round are in flight at once (a cluster reads per hash slot).
+const READS_IN_FLIGHT: usize = 64;
 /// How often the expiry of mirrored channels is refreshed.
 const REFRESH_EVERY: Duration = Duration::from_secs(60);
 
@@ -72,11 +75,7 @@ impl RedisBroker {
     /// one (`announcements.rs`), so its cost follows the channels that moved, not the
     /// channels followed; every [`SWEEP_EVERY`] a round reads every mirrored stream, which
     /// catches a lost announcement.
-    pub(super) async fn follow(
-        &self,
-        mut reader: MultiplexedConnection,
-        channels: &Channels,
-    ) -> BrokerError {
+    pub(super) async fn follow(&self, mut reader: Connection, channels: &Channels) -> BrokerError {
         let mut refreshed = Instant::now();
         // The first round after (re)connecting reads everything.
         let mut next_sweep = Instant::now();
@@ -108,6 +107,9 @@ impl RedisBroker {
             if sweep {
                 next_sweep = Instant::now() + SWEEP_EVERY;
             }
+            if sweep {
+                self.refresh_shards(&mut reader).await;
+            }
             if wanted.is_empty() {
                 if sweep {
                     // Nothing to read: still notice a lost Redis.
@@ -121,61 +123,60 @@ impl RedisBroker {
                 }
                 continue;
             }
-            let (keys, ids): (Vec<String>, Vec<String>) = wanted
-                .iter()
-                .map(|(name, last)| (key(name, "stream"), format!("0-{last}")))
-                .unzip();
-            let read: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("STREAMS")
-                .arg(&keys)
-                .arg(&ids)
-                .query_async(&mut reader)
-                .await;
-            let reply = match read {
-                Ok(reply) => reply,
-                Err(error) => return self.lost(&error),
-            };
             self.rounds.count(sweep, wanted.len());
-            for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                let Some(name) = channel_of(&stream.key, "stream") else {
-                    continue;
-                };
-                if stream.ids.len() >= READ_COUNT {
-                    // More than one read's worth: read on in the next round.
-                    self.announcements.announce(name, 0);
-                }
-                for entry in stream.ids {
-                    let Some(seq) = entry_seq(&entry.id) else {
-                        continue;
-                    };
-                    let epoch = entry.map.get("e").and_then(text);
-                    let data = entry
-                        .map
-                        .get("d")
-                        .and_then(text)
-                        .and_then(|d| RawValue::from_string(d).ok());
-                    let (Some(epoch), Some(data)) = (epoch, data) else {
-                        warn!(channel = %name, seq, "malformed stream entry skipped");
-                        continue;
-                    };
-                    {
-                        let mut mirrors = self.mirrors();
-                        let Some(mirror) = mirrors.get_mut(name) else {
-                            break;
-                        };
-                        mirror.last = mirror.last.max(seq);
-                        mirror.epoch.clone_from(&epoch);
-                    }
-                    channels.deliver(name, &epoch, seq, &data);
+            // One `XREAD` per hash slot on a cluster (one for all on one Redis).
+            let groups = self.target.by_slot(wanted, |(name, _)| name.as_str());
+            let mut reads = futures_util::stream::iter(groups)
+                .map(|group| read_streams(reader.clone(), group))
+                .buffer_unordered(READS_IN_FLIGHT);
+            while let Some(read) = reads.next().await {
+                match read {
+                    Ok(reply) => self.deliver(reply, channels),
+                    Err(error) => return self.lost(&error),
                 }
             }
             if refreshed.elapsed() >= REFRESH_EVERY {
                 refreshed = Instant::now();
-                if let Err(error) = self.refresh(&mut reader).await {
+                if let Err(error) = self.refresh(&reader).await {
                     return error;
                 }
+            }
+        }
+    }
+
+    /// Fans out what one `XREAD` returned, in each stream's order.
+    fn deliver(&self, reply: Option<StreamReadReply>, channels: &Channels) {
+        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            let Some(name) = channel_of(&stream.key, "stream") else {
+                continue;
+            };
+            if stream.ids.len() >= READ_COUNT {
+                // More than one read's worth: read on in the next round.
+                self.announcements.announce(name, 0);
+            }
+            for entry in stream.ids {
+                let Some(seq) = entry_seq(&entry.id) else {
+                    continue;
+                };
+                let epoch = entry.map.get("e").and_then(text);
+                let data = entry
+                    .map
+                    .get("d")
+                    .and_then(text)
+                    .and_then(|d| RawValue::from_string(d).ok());
+                let (Some(epoch), Some(data)) = (epoch, data) else {
+                    warn!(channel = %name, seq, "malformed stream entry skipped");
+                    continue;
+                };
+                {
+                    let mut mirrors = self.mirrors();
+                    let Some(mirror) = mirrors.get_mut(name) else {
+                        break;
+                    };
+                    mirror.last = mirror.last.max(seq);
+                    mirror.epoch.clone_from(&epoch);
+                }
+                channels.deliver(name, &epoch, seq, &data);
             }
         }
     }
@@ -198,15 +199,35 @@ impl RedisBroker {
         if names.is_empty() {
             return Ok(());
         }
-        let mut connection = self.notices().ok_or_else(|| {
+        let connection = self.notices().ok_or_else(|| {
             BrokerError::Unavailable("no connection to Redis for announcements".to_owned())
         })?;
-        let shard_channels: Vec<String> = names.iter().map(|n| moved(n)).collect();
-        redis::cmd("SSUBSCRIBE")
-            .arg(&shard_channels)
-            .exec_async(&mut connection)
-            .await
-            .map_err(|e| self.lost(&e))
+        self.per_slot(connection, names.iter().cloned(), |group| {
+            announcements_command("SSUBSCRIBE", group)
+        })
+        .await
+    }
+
+    /// Runs the pipeline `command` makes for each hash slot's group of `names` (one group on
+    /// one Redis), [`READS_IN_FLIGHT`] at a time; the first failure is returned.
+    async fn per_slot(
+        &self,
+        connection: Connection,
+        names: impl IntoIterator<Item = String>,
+        command: impl Fn(&[String]) -> redis::Pipeline,
+    ) -> Result<(), BrokerError> {
+        let groups = self.target.by_slot(names, String::as_str);
+        let mut sent = futures_util::stream::iter(groups)
+            .map(|group| {
+                let pipe = command(&group);
+                let mut connection = connection.clone();
+                async move { pipe.exec_async(&mut connection).await }
+            })
+            .buffer_unordered(READS_IN_FLIGHT);
+        while let Some(result) = sent.next().await {
+            result.map_err(|e| self.lost(&e))?;
+        }
+        Ok(())
     }
 
     /// Stops the announcements of channels the sweep dropped (unless followed again since).
@@ -220,41 +241,66 @@ impl RedisBroker {
             unfollow
                 .drain(..)
                 .filter(|name| !mirrors.contains_key(name))
-                .map(|name| moved(&name))
                 .collect()
         };
         if dropped.is_empty() {
             return Ok(());
         }
-        let Some(mut connection) = self.notices() else {
+        let Some(connection) = self.notices() else {
             return Ok(());
         };
-        redis::cmd("SUNSUBSCRIBE")
-            .arg(&dropped)
-            .exec_async(&mut connection)
-            .await
-            .map_err(|e| self.lost(&e))
+        self.per_slot(connection, dropped, |group| {
+            announcements_command("SUNSUBSCRIBE", group)
+        })
+        .await
     }
 
     /// Keeps mirrored channels' keys from expiring while they have subscribers here.
-    pub(super) async fn refresh(
-        &self,
-        connection: &mut MultiplexedConnection,
-    ) -> Result<(), BrokerError> {
+    pub(super) async fn refresh(&self, connection: &Connection) -> Result<(), BrokerError> {
         let names: Vec<String> = self.mirrors().keys().cloned().collect();
-        let mut pipe = redis::pipe();
-        for name in &names {
-            for part in ["epoch", "seq", "stream"] {
-                pipe.cmd("PEXPIRE")
-                    .arg(key(name, part))
-                    .arg(self.expiry_ms())
-                    .ignore();
+        self.per_slot(connection.clone(), names, |group| {
+            let mut pipe = redis::pipe();
+            for name in group {
+                for part in ["epoch", "seq", "stream"] {
+                    pipe.cmd("PEXPIRE")
+                        .arg(key(name, part))
+                        .arg(self.expiry_ms())
+                        .ignore();
+                }
             }
-        }
-        pipe.query_async::<()>(connection)
-            .await
-            .map_err(|e| self.lost(&e))
+            pipe
+        })
+        .await
     }
+}
+
+/// `command` (`SSUBSCRIBE` or `SUNSUBSCRIBE`) of the announcements of `channels` (one hash
+/// slot on a cluster), as a pipeline.
+fn announcements_command(command: &str, channels: &[String]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd(command)
+        .arg(channels.iter().map(|n| moved(n)).collect::<Vec<_>>())
+        .ignore();
+    pipe
+}
+
+/// Reads `streams` (one hash slot on a cluster), each from after its last `seq` delivered.
+async fn read_streams(
+    mut reader: Connection,
+    streams: Vec<(String, u64)>,
+) -> RedisResult<Option<StreamReadReply>> {
+    let (keys, ids): (Vec<String>, Vec<String>) = streams
+        .iter()
+        .map(|(name, last)| (key(name, "stream"), format!("0-{last}")))
+        .unzip();
+    redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(READ_COUNT)
+        .arg("STREAMS")
+        .arg(&keys)
+        .arg(&ids)
+        .query_async(&mut reader)
+        .await
 }
 
 /// The follower's rounds, for `/metrics`: how many, and how many streams they read.

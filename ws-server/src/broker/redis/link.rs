@@ -7,15 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use ws_protocol::backoff::Backoff;
 
 use super::RedisBroker;
-use super::schema::{ATTACH, PUBLISH};
+use super::schema::{ATTACH, PUBLISH, text};
+use super::target::Connection;
 use crate::broker::BrokerError;
 use crate::channel::Channels;
 
@@ -59,7 +58,8 @@ impl RedisBroker {
                     down_since = Some(Instant::now());
                 }
                 Err(error) if down_since.is_none() => {
-                    error!(%error, "cannot reach Redis (WS_REDIS_URL); publishing and subscribing are refused until it is reachable; retrying");
+                    let variable = self.target.variable();
+                    error!(%error, "cannot reach Redis ({variable}); publishing and subscribing are refused until it is reachable; retrying");
                     down_since = Some(Instant::now());
                 }
                 Err(error) => debug!(%error, "cannot reach Redis yet"),
@@ -74,39 +74,32 @@ impl RedisBroker {
     }
 
     /// Opens the command and reader connections, then checks the mirrored channels' epochs.
-    pub(super) async fn connect(&self) -> Result<MultiplexedConnection, BrokerError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)));
-        let commands = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| self.lost(&e))?;
-        let reader = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| self.lost(&e))?;
-        let info: String = redis::cmd("INFO")
+    pub(super) async fn connect(&self) -> Result<Connection, BrokerError> {
+        let commands = self.target.connect().await.map_err(|e| self.lost(&e))?;
+        let mut reader = self.target.connect().await.map_err(|e| self.lost(&e))?;
+        // One reply from one Redis; a map of each primary's from a cluster.
+        let info: redis::Value = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut commands.clone())
             .await
             .map_err(|e| self.lost(&e))?;
-        if let Some(version) = too_old(&info) {
+        let infos = match info {
+            redis::Value::Map(nodes) => nodes.into_iter().map(|(_, info)| info).collect(),
+            one => vec![one],
+        };
+        if let Some(version) = infos
+            .iter()
+            .filter_map(text)
+            .find_map(|i| too_old(&i).map(str::to_owned))
+        {
             return Err(BrokerError::Unavailable(format!(
-                "Redis {version} at WS_REDIS_URL: the hub needs Redis 7.0 or newer (sharded pub/sub, SPUBLISH)"
+                "Redis {version} at {}: the hub needs Redis 7.0 or newer (sharded pub/sub, SPUBLISH)",
+                self.target.variable()
             )));
         }
-        let board = self.announcements.clone();
         let notices = self
-            .notices_client
-            .get_multiplexed_async_connection_with_config(&config.clone().set_push_sender(
-                move |push| -> Result<(), std::convert::Infallible> {
-                    board.push(push);
-                    Ok(())
-                },
-            ))
+            .target
+            .connect_notices(&self.announcements)
             .await
             .map_err(|e| self.lost(&e))?;
         // A disconnection reported by an earlier connection says nothing about this one.
@@ -128,16 +121,18 @@ impl RedisBroker {
                 mirror.last = 0;
             }
         }
+        self.refresh_shards(&mut reader).await;
         self.set_up(true);
-        info!("connected to Redis");
+        info!(redis = %self.target.name(), cluster = self.target.is_cluster(), "connected to Redis");
         Ok(reader)
     }
 
     /// Loads the scripts, so that pipelined `EVALSHA`s find them.
     pub(super) async fn load_scripts(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
     ) -> Result<(), BrokerError> {
+        // On a cluster, redis-rs sends `SCRIPT LOAD` to every primary.
         for code in [PUBLISH, ATTACH] {
             redis::cmd("SCRIPT")
                 .arg("LOAD")

@@ -34,7 +34,6 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -44,14 +43,18 @@ mod follower;
 mod link;
 mod publisher;
 mod schema;
+mod shards;
+mod target;
 
 use self::announcements::Announcements;
 use self::follower::Rounds;
 use self::publisher::{PUBLISH_QUEUE, PublishRequest};
 use self::schema::{ATTACH, PUBLISH};
+use self::target::{Connection, Target};
 use super::{Broker, BrokerError, BrokerFuture, BrokerStatus, Following, Submission};
 use crate::channel::{Channels, HistoryLimits};
 use crate::metrics::HubMetrics;
+use ws_protocol::WebSocketConfig;
 
 /// Keys of a channel idle this long expire (a later publication starts a new epoch).
 const IDLE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
@@ -73,14 +76,16 @@ struct Mirror {
 
 /// See the module documentation.
 pub(crate) struct RedisBroker {
-    client: redis::Client,
-    /// The same Redis in RESP3, for the announcements' connection (pushes).
-    notices_client: redis::Client,
-    /// `host:port` of the Redis, for `/metrics` (no credentials).
-    shard: String,
-    commands: RwLock<Option<MultiplexedConnection>>,
+    target: Target,
+    /// Replicas that must have a publication before it is acknowledged
+    /// (`WS_REDIS_WAIT_REPLICAS`).
+    wait_replicas: usize,
+    /// The shards' state, for `/metrics`: `host:port` of each primary (no credentials) and
+    /// whether it serves (see `shards.rs`).
+    shards: Mutex<Vec<(String, bool)>>,
+    commands: RwLock<Option<Connection>>,
     /// The connection subscribed to the followed channels' announcements.
-    notices: RwLock<Option<MultiplexedConnection>>,
+    notices: RwLock<Option<Connection>>,
     announcements: Arc<Announcements>,
     /// Channels the sweep stopped mirroring, whose announcements the follower unsubscribes.
     unfollow: Mutex<Vec<String>>,
@@ -102,31 +107,33 @@ pub(crate) struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// A broker for `url`; it connects in [`run`](Self::run).
+    /// The broker `config` asks for (`WS_REDIS_URL` or `WS_REDIS_CLUSTER_NODES`), if any;
+    /// it connects in [`run`](Self::run).
     ///
     /// # Errors
-    /// If `url` is not a Redis URL.
-    pub(crate) fn new(url: &str, limits: HistoryLimits) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| BrokerError::Unavailable(format!("invalid WS_REDIS_URL: {e}")))?;
-        let info = client.get_connection_info().clone();
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let notices_client = redis::Client::open(info.clone().set_redis_settings(resp3))
-            .map_err(|e| BrokerError::Unavailable(format!("invalid WS_REDIS_URL: {e}")))?;
-        let shard = info.addr().to_string();
+    /// If the URL or a node is not a Redis URL.
+    pub(crate) fn from_config(
+        config: &WebSocketConfig,
+        limits: HistoryLimits,
+    ) -> Result<Option<Self>, BrokerError> {
+        let announcements = Arc::<Announcements>::default();
+        let target = match &config.redis_url {
+            Some(url) => Target::single(url)?,
+            None if !config.redis_cluster_nodes.is_empty() => {
+                Target::cluster(&config.redis_cluster_nodes, announcements.clone())?
+            }
+            None => return Ok(None),
+        };
         let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
-        Ok(Self {
+        Ok(Some(Self {
             queue,
             queued: Mutex::new(Some(queued)),
-            client,
-            notices_client,
-            shard,
+            shards: Mutex::new(vec![(target.name(), false)]),
+            target,
+            wait_replicas: config.redis_wait_replicas,
             commands: RwLock::new(None),
             notices: RwLock::new(None),
-            announcements: Arc::default(),
+            announcements,
             unfollow: Mutex::new(Vec::new()),
             rounds: Rounds::default(),
             mirrors: Mutex::new(HashMap::new()),
@@ -137,7 +144,7 @@ impl RedisBroker {
             up_changes: tokio::sync::watch::Sender::new(false),
             broken: tokio::sync::Notify::new(),
             outages: AtomicU64::new(0),
-        })
+        }))
     }
 
     fn mirrors(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mirror>> {
@@ -146,7 +153,7 @@ impl RedisBroker {
 
     /// The command connection, waiting up to [`WAIT_FOR_REDIS`] for one (at start, or
     /// during a short outage).
-    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+    async fn connection(&self) -> Result<Connection, BrokerError> {
         let current = || {
             self.commands
                 .read()
@@ -159,16 +166,24 @@ impl RedisBroker {
         let mut changes = self.up_changes.subscribe();
         let _ = tokio::time::timeout(WAIT_FOR_REDIS, changes.wait_for(|up| *up)).await;
         current().ok_or_else(|| {
-            BrokerError::Unavailable(format!("no connection to Redis for {WAIT_FOR_REDIS:?}"))
+            BrokerError::Unavailable(format!(
+                "no connection to Redis ({}) for {WAIT_FOR_REDIS:?}",
+                self.target.variable()
+            ))
         })
     }
 
     /// The announcements' connection, if connected.
-    fn notices(&self) -> Option<MultiplexedConnection> {
+    fn notices(&self) -> Option<Connection> {
         self.notices
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The variable that names the Redis shared (`WS_REDIS_URL` or `WS_REDIS_CLUSTER_NODES`).
+    pub(crate) fn variable(&self) -> &'static str {
+        self.target.variable()
     }
 
     fn set_up(&self, up: bool) {
@@ -185,11 +200,30 @@ impl RedisBroker {
             || error.is_connection_dropped()
             || error.is_connection_refusal()
             || error.is_timeout()
+            || (self.target.is_cluster() && topology_changed(error))
         {
             self.broken.notify_one();
         }
         BrokerError::Unavailable(error.to_string())
     }
+}
+
+/// Whether `error` says the cluster's primaries are not where the connection thinks: a
+/// primary that failed over and came back as a replica answers `READONLY` (and refuses
+/// `WAIT`), which redis-rs does not take as a reason to re-read the slots; connecting again
+/// does.
+fn topology_changed(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::ReadOnly
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+        ) | ErrorKind::ClusterConnectionNotFound
+    ) || error.to_string().contains("used with replica")
 }
 
 impl Broker for RedisBroker {
@@ -292,7 +326,7 @@ impl Broker for RedisBroker {
             up,
             outages: self.outages.load(Ordering::Relaxed),
             following: Some(Following {
-                shards: vec![(self.shard.clone(), up)],
+                shards: self.shard_states(up),
                 channels: followed,
                 lag,
                 rounds,

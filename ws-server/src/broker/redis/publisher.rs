@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use redis::Value;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::RedisBroker;
-use super::schema::{key, moved, new_epoch};
+use super::schema::{key, moved, new_epoch, number};
 use crate::broker::BrokerError;
 use crate::channel::Published;
 use crate::metrics::HubMetrics;
@@ -20,6 +21,8 @@ use crate::metrics::HubMetrics;
 pub(super) const PUBLISH_QUEUE: usize = 4096;
 /// The most publications sent to Redis in one pipeline.
 const PIPELINE_MAX: usize = 256;
+/// How long a pipeline waits for `WS_REDIS_WAIT_REPLICAS` replicas to have it (`WAIT`).
+const WAIT_FOR_REPLICAS_MS: u64 = 1000;
 
 /// A publication waiting to be sent to Redis.
 pub(super) struct PublishRequest {
@@ -64,44 +67,63 @@ impl RedisBroker {
                     Err(_) => break,
                 }
             }
-            let mut sent = self.send_batch(&batch).await;
-            if matches!(&sent, Err(Retry::NoScript)) {
-                // Someone flushed the scripts: load them and send once more.
-                if let Ok(mut connection) = self.connection().await
-                    && self.load_scripts(&mut connection).await.is_ok()
-                {
-                    sent = self.send_batch(&batch).await;
-                }
-            }
-            match sent {
-                Ok(seqs) => {
-                    metrics
-                        .publications
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    for (request, (seq, duplicate)) in batch.drain(..).zip(seqs) {
-                        let published = if duplicate {
-                            Published::duplicate_of(seq)
-                        } else {
-                            Published::new(seq, None)
-                        };
-                        let _ = request.reply.send(Ok(published));
+            // One pipeline per hash slot on a cluster (one in all on one Redis), sent
+            // together; a channel's publications stay in order within its slot's pipeline.
+            let groups = self.target.by_slot(batch.drain(..), |r| r.channel.as_str());
+            let answered = futures_util::future::join_all(
+                groups
+                    .into_iter()
+                    .map(|group| self.send_with_scripts(group)),
+            )
+            .await;
+            for (group, sent) in answered {
+                match sent {
+                    Ok(seqs) => {
+                        metrics
+                            .publications
+                            .fetch_add(group.len() as u64, Ordering::Relaxed);
+                        for (request, (seq, duplicate)) in group.into_iter().zip(seqs) {
+                            let published = if duplicate {
+                                Published::duplicate_of(seq)
+                            } else {
+                                Published::new(seq, None)
+                            };
+                            let _ = request.reply.send(Ok(published));
+                        }
                     }
-                }
-                Err(Retry::NoScript) | Err(Retry::Failed(_)) => {
-                    let error = match sent {
-                        Err(Retry::Failed(error)) => error,
-                        _ => BrokerError::Unavailable("Redis lost the publish script".to_owned()),
-                    };
-                    warn!(%error, refused = batch.len(), "publications refused");
-                    for request in batch.drain(..) {
-                        let _ = request.reply.send(Err(error.clone()));
+                    Err(error) => {
+                        warn!(%error, refused = group.len(), "publications refused");
+                        for request in group {
+                            let _ = request.reply.send(Err(error.clone()));
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Sends `batch` as one pipeline; the `seq` each got, and whether it was a duplicate.
+    /// Sends `group` (one hash slot) as one pipeline, loading the scripts again if Redis lost
+    /// them (flushed, or a replica promoted without them) and sending once more.
+    async fn send_with_scripts(
+        &self,
+        group: Vec<PublishRequest>,
+    ) -> (Vec<PublishRequest>, Result<Vec<(u64, bool)>, BrokerError>) {
+        let mut sent = self.send_batch(&group).await;
+        if matches!(&sent, Err(Retry::NoScript))
+            && let Ok(mut connection) = self.connection().await
+            && self.load_scripts(&mut connection).await.is_ok()
+        {
+            sent = self.send_batch(&group).await;
+        }
+        let sent = sent.map_err(|retry| match retry {
+            Retry::Failed(error) => error,
+            Retry::NoScript => BrokerError::Unavailable("Redis lost the publish script".to_owned()),
+        });
+        (group, sent)
+    }
+
+    /// Sends `batch` (one hash slot) as one pipeline, then waits for `WS_REDIS_WAIT_REPLICAS`
+    /// replicas to have it; the `seq` each got, and whether it was a duplicate.
     async fn send_batch(&self, batch: &[PublishRequest]) -> Result<Vec<(u64, bool)>, Retry> {
         let mut connection = self.connection().await.map_err(Retry::Failed)?;
         let mut pipe = redis::pipe();
@@ -130,14 +152,41 @@ impl RedisBroker {
                 command.arg(idempotency).arg(self.limits.max_keys.max(1));
             }
         }
-        match pipe
-            .query_async::<Vec<(String, u64, u8)>>(&mut connection)
-            .await
-        {
-            Ok(replies) => Ok(replies
-                .into_iter()
-                .map(|(_, seq, duplicate)| (seq, duplicate == 1))
-                .collect()),
+        if self.wait_replicas > 0 {
+            // On a cluster the pipeline goes to the slot's primary, and so does its WAIT.
+            pipe.cmd("WAIT")
+                .arg(self.wait_replicas)
+                .arg(WAIT_FOR_REPLICAS_MS);
+        }
+        match pipe.query_async::<Vec<Value>>(&mut connection).await {
+            Ok(mut replies) => {
+                if self.wait_replicas > 0 {
+                    let acknowledged = replies.pop().as_ref().and_then(number).unwrap_or(0);
+                    if acknowledged < self.wait_replicas as u64 {
+                        return Err(Retry::Failed(BrokerError::Unavailable(format!(
+                            "Redis has the publication but only {acknowledged} of the \
+                             {} replicas WS_REDIS_WAIT_REPLICAS asks for confirmed it within \
+                             {WAIT_FOR_REPLICAS_MS} ms; retry with the same idempotency key",
+                            self.wait_replicas
+                        ))));
+                    }
+                }
+                replies
+                    .iter()
+                    .map(|reply| match reply {
+                        Value::Array(fields) => match fields.as_slice() {
+                            [_, seq, duplicate] => Some((number(seq)?, number(duplicate)? == 1)),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        Retry::Failed(BrokerError::Unavailable(
+                            "unexpected reply from the publish script".to_owned(),
+                        ))
+                    })
+            }
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
