@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cold_channels::ColdChannels;
 use crate::process::{CpuMark, rss_kib};
 use crate::publisher::Publisher;
 use crate::stats::{Report, Shared};
@@ -63,6 +64,14 @@ pub(crate) struct LoadArgs {
     /// The hub channel.
     #[arg(long, default_value = "bench")]
     pub channel: String,
+    /// Cold channels `cold:0…` the subscribers' hub follows besides the bench channel
+    /// (subscribed 100 per connection before the run).
+    #[arg(long, default_value_t = 0)]
+    pub cold_channels: usize,
+    /// Publications per second over the cold channels, round robin, on the publishers' hub
+    /// (default: one per cold channel per second).
+    #[arg(long)]
+    pub cold_rate: Option<f64>,
     /// The server's pid, to report its memory and CPU.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -98,6 +107,21 @@ pub(crate) async fn run(args: &LoadArgs) -> Result<Report> {
     });
     let publishers = args.publishers.max(1);
     let total = args.subscribers + args.non_readers;
+
+    let publish_addr = match &args.publish_url {
+        Some(url) => socket_addr(url)?,
+        None => addr,
+    };
+    let cold = if args.cold_channels > 0 {
+        let rate = args.cold_rate.unwrap_or(args.cold_channels as f64);
+        eprintln!(
+            "following {} cold channels, {rate} publications/s over them",
+            args.cold_channels
+        );
+        Some(ColdChannels::start(addr, publish_addr, args.cold_channels, rate).await?)
+    } else {
+        None
+    };
 
     let rss_before = args.server_pid.and_then(rss_kib);
     let connect_started = Instant::now();
@@ -189,10 +213,6 @@ pub(crate) async fn run(args: &LoadArgs) -> Result<Report> {
         (None, true) => None,
         (None, false) => Some(100),
     };
-    let publish_addr = match &args.publish_url {
-        Some(url) => socket_addr(url)?,
-        None => addr,
-    };
     let mut publisher_tasks = JoinSet::new();
     if args.publishers > 0 {
         for id in 0..args.publishers {
@@ -272,6 +292,11 @@ pub(crate) async fn run(args: &LoadArgs) -> Result<Report> {
         }
     }
     while tasks.join_next().await.is_some() {}
+    if let Some(cold) = cold
+        && let Err(e) = cold.stop().await
+    {
+        eprintln!("cold channels failed: {e:#}");
+    }
 
     let published_total: u64 = published.iter().sum();
     let deliveries = shared.deliveries.load(Ordering::Relaxed);

@@ -10,6 +10,7 @@
 mod baseline;
 mod client_publish;
 mod client_receive;
+mod cold_channels;
 mod encodings;
 mod hub_process;
 mod jitter;

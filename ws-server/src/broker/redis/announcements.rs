@@ -5,11 +5,16 @@
 //! since its last round. What is kept is one entry per moved channel (the highest `seq`
 //! announced), so it is bounded by the followed channels however fast they move.
 //!
-//! Pub/sub delivers at most once: an announcement lost (a reconnect) only delays a channel
-//! until the follower's periodic sweep reads every followed stream; nothing is read from the
-//! announcement but the fact that a stream has something new.
+//! Pub/sub delivers at most once, and it loses announcements in two ways the hub sees: the
+//! connection closes (redis-rs pushes `Disconnection`; the follower reconnects and its first
+//! round reads every followed stream), or Redis ends a subscription itself (a shard
+//! unsubscribes its subscribers when the slot moves to another node or its primary fails
+//! over: an `SUNSUBSCRIBE` push for a channel still followed), after which the follower
+//! subscribes again and reads that stream. A rare sweep of every followed stream is the
+//! backstop. Nothing is read from an announcement but the fact that a stream has something
+//! new.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -27,6 +32,9 @@ pub(super) struct Announcements {
     wake: Notify,
     /// Set when the connection the pushes come on closed; the follower then reconnects.
     lost: AtomicBool,
+    /// Channels whose subscription Redis ended (or this hub did: the follower checks which
+    /// are still followed); one entry per channel.
+    unsubscribed: Mutex<HashSet<String>>,
 }
 
 impl Announcements {
@@ -43,6 +51,13 @@ impl Announcements {
                     return;
                 };
                 self.announce(channel, seq);
+            }
+            PushKind::SUnsubscribe => {
+                let mut ended = self.unsubscribed.lock().unwrap_or_else(|p| p.into_inner());
+                let names = push.data.iter().filter_map(text);
+                ended.extend(names.filter_map(|n| channel_of(&n, "moved").map(str::to_owned)));
+                drop(ended);
+                self.wake.notify_one();
             }
             PushKind::Disconnection => {
                 self.lost.store(true, Ordering::Relaxed);
@@ -86,6 +101,11 @@ impl Announcements {
         self.wake.notified().await;
     }
 
+    /// The channels whose subscription ended since the last call.
+    pub(super) fn take_unsubscribed(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.unsubscribed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Whether the announcements' connection closed since the last call.
     pub(super) fn take_lost(&self) -> bool {
         self.lost.swap(false, Ordering::Relaxed)
@@ -127,5 +147,11 @@ mod tests {
             data: Vec::new(),
         });
         assert!(board.take_lost() && !board.take_lost());
+        board.push(PushInfo {
+            kind: PushKind::SUnsubscribe,
+            data: vec![Value::BulkString(b"ws:{a}:moved".to_vec()), Value::Int(0)],
+        });
+        assert_eq!(board.take_unsubscribed(), HashSet::from(["a".to_owned()]));
+        assert!(board.take_unsubscribed().is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! Following the mirrored channels: one reader reads the mirrored streams that were
-//! announced as moved (and, once a second, all of them) with `XREAD` from the last `seq`
+//! announced as moved (and, every [`SWEEP_EVERY`], all of them) with `XREAD` from the last `seq`
 //! delivered and fans each entry out locally; attaching a channel reads its position and
 //! recent history; the keys of mirrored channels are kept from expiring.
 
@@ -19,11 +19,15 @@ use super::target::Connection;
 use crate::broker::BrokerError;
 use crate::channel::Channels;
 
-/// How often a round reads every mirrored stream, announced or not: the longest a lost
-/// announcement (pub/sub delivers at most once) delays a channel.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often a round reads every mirrored stream, announced or not: the backstop for an
+/// announcement lost in a way the hub did not see (see `announcements.rs` for those it
+/// sees). Rare, since on 10,000 followed channels a sweep costs what 10,000 moved ones do.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// The most entries one `XREAD` returns per stream.
 const READ_COUNT: usize = 1024;
+/// How often the follower checks its link while nothing moves (`PING`; on a cluster,
+/// `CLUSTER NODES` for the shards' state in `/metrics`).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How many `XREAD`s of one round are in flight at once (a cluster reads per hash slot).
 const READS_IN_FLIGHT: usize = 64;
 /// How often the expiry of mirrored channels is refreshed.
@@ -79,6 +83,7 @@ impl RedisBroker {
         let mut refreshed = Instant::now();
         // The first round after (re)connecting reads everything.
         let mut next_sweep = Instant::now();
+        let mut next_check = Instant::now() + CHECK_EVERY;
         loop {
             if self.announcements.take_lost() {
                 return BrokerError::Unavailable(
@@ -86,6 +91,9 @@ impl RedisBroker {
                 );
             }
             if let Err(error) = self.apply_unfollows().await {
+                return error;
+            }
+            if let Err(error) = self.follow_again().await {
                 return error;
             }
             let sweep = Instant::now() >= next_sweep;
@@ -107,19 +115,16 @@ impl RedisBroker {
             if sweep {
                 next_sweep = Instant::now() + SWEEP_EVERY;
             }
-            if sweep {
-                self.refresh_shards(&mut reader).await;
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + CHECK_EVERY;
+                if let Err(error) = self.check_link(&mut reader).await {
+                    return error;
+                }
             }
             if wanted.is_empty() {
-                if sweep {
-                    // Nothing to read: still notice a lost Redis.
-                    if let Err(error) = redis::cmd("PING").query_async::<()>(&mut reader).await {
-                        return self.lost(&error);
-                    }
-                }
                 tokio::select! {
                     () = self.announcements.wait() => {}
-                    () = tokio::time::sleep_until(next_sweep) => {}
+                    () = tokio::time::sleep_until(next_sweep.min(next_check)) => {}
                 }
                 continue;
             }
@@ -181,6 +186,18 @@ impl RedisBroker {
         }
     }
 
+    /// Checks the link (see [`CHECK_EVERY`]): a dead Redis is noticed even when nothing moves.
+    async fn check_link(&self, reader: &mut Connection) -> Result<(), BrokerError> {
+        if self.target.is_cluster() {
+            self.refresh_shards(reader).await;
+            return Ok(());
+        }
+        redis::cmd("PING")
+            .query_async::<()>(reader)
+            .await
+            .map_err(|error| self.lost(&error))
+    }
+
     /// Publications announced on the followed channels and not yet delivered here.
     pub(super) fn follow_lag(&self) -> u64 {
         let mirrors = self.mirrors();
@@ -226,6 +243,35 @@ impl RedisBroker {
             .buffer_unordered(READS_IN_FLIGHT);
         while let Some(result) = sent.next().await {
             result.map_err(|e| self.lost(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes again to the announcements of followed channels whose subscription Redis
+    /// ended (a slot moved, a primary failed over), then marks them as moved: what was
+    /// announced meanwhile is read in this round.
+    async fn follow_again(&self) -> Result<(), BrokerError> {
+        let ended = self.announcements.take_unsubscribed();
+        if ended.is_empty() {
+            return Ok(());
+        }
+        let followed: Vec<String> = {
+            let mirrors = self.mirrors();
+            ended
+                .into_iter()
+                .filter(|name| mirrors.contains_key(name))
+                .collect()
+        };
+        if followed.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(
+            channels = followed.len(),
+            "Redis ended announcements: following them again"
+        );
+        self.follow_announcements(&followed).await?;
+        for name in &followed {
+            self.announcements.announce(name, 0);
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The shards' state for `/metrics` (`ws_broker_shard_up{shard}`): one Redis is one shard,
 //! up while the hub's link is; on a Redis Cluster each primary serving slots is a shard,
-//! read from `CLUSTER NODES` once a second by the follower, up while the hub's link is and
+//! read from `CLUSTER NODES` once a second by the follower (`follower.rs`), up while the hub's link is and
 //! the cluster does not mark it failing.
 
 use redis::aio::ConnectionLike;
