@@ -6,7 +6,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::collections::{HashSet, VecDeque};
+
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use redis::streams::StreamReadReply;
 use redis::{RedisResult, Value};
 use serde_json::value::RawValue;
@@ -28,7 +31,7 @@ const READ_COUNT: usize = 1024;
 /// How often the follower checks its link while nothing moves (`PING`; on a cluster,
 /// `CLUSTER NODES` for the shards' state in `/metrics`).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// How many `XREAD`s of one round are in flight at once (a cluster reads per hash slot).
+/// How many `XREAD`s are in flight at once (a cluster reads per hash slot).
 const READS_IN_FLIGHT: usize = 64;
 /// How often the expiry of mirrored channels is refreshed.
 const REFRESH_EVERY: Duration = Duration::from_secs(60);
@@ -75,15 +78,24 @@ impl RedisBroker {
     }
 
     /// Reads the mirrored streams that moved from where they stopped and fans entries out,
-    /// until Redis fails; returns why. A round reads the streams announced since the last
+    /// until Redis fails; returns why. Each pass reads the streams announced since the last
     /// one (`announcements.rs`), so its cost follows the channels that moved, not the
-    /// channels followed; every [`SWEEP_EVERY`] a round reads every mirrored stream, which
-    /// catches a lost announcement.
+    /// channels followed; every [`SWEEP_EVERY`] a pass reads every mirrored stream, which
+    /// catches a lost announcement. Reads do not wait for each other: a channel announced
+    /// while other channels' reads are in flight is read at once (on a cluster a pass may
+    /// be many `XREAD`s, one per hash slot, and a hot channel does not wait for them), but a
+    /// channel has one read in flight at most, so its entries are delivered in order.
     pub(super) async fn follow(&self, mut reader: Connection, channels: &Channels) -> BrokerError {
         let mut refreshed = Instant::now();
-        // The first round after (re)connecting reads everything.
+        // The first pass after (re)connecting reads everything.
         let mut next_sweep = Instant::now();
         let mut next_check = Instant::now() + CHECK_EVERY;
+        let mut reads = FuturesUnordered::new();
+        // Groups of streams waiting for a place among the reads in flight.
+        let mut waiting: VecDeque<Vec<(String, u64)>> = VecDeque::new();
+        // Channels with a read in flight or waiting, and those announced meanwhile.
+        let mut reading: HashSet<String> = HashSet::new();
+        let mut deferred: HashSet<String> = HashSet::new();
         loop {
             if self.announcements.take_lost() {
                 return BrokerError::Unavailable(
@@ -111,9 +123,29 @@ impl RedisBroker {
                     wanted = mirrors.iter().map(|(n, m)| (n.clone(), m.last)).collect();
                 }
                 wanted
+                    .into_iter()
+                    .filter(|(name, _)| {
+                        let busy = reading.contains(name);
+                        if busy {
+                            deferred.insert(name.clone());
+                        }
+                        !busy
+                    })
+                    .collect()
             };
             if sweep {
                 next_sweep = Instant::now() + SWEEP_EVERY;
+            }
+            if !wanted.is_empty() {
+                self.rounds.count(sweep, wanted.len());
+                reading.extend(wanted.iter().map(|(name, _)| name.clone()));
+                // One `XREAD` per hash slot on a cluster (one for all on one Redis).
+                waiting.extend(self.target.by_slot(wanted, |(name, _)| name.as_str()));
+            }
+            while reads.len() < READS_IN_FLIGHT
+                && let Some(group) = waiting.pop_front()
+            {
+                reads.push(read_streams(reader.clone(), group));
             }
             if Instant::now() >= next_check {
                 next_check = Instant::now() + CHECK_EVERY;
@@ -121,30 +153,28 @@ impl RedisBroker {
                     return error;
                 }
             }
-            if wanted.is_empty() {
-                tokio::select! {
-                    () = self.announcements.wait() => {}
-                    () = tokio::time::sleep_until(next_sweep.min(next_check)) => {}
-                }
-                continue;
-            }
-            self.rounds.count(sweep, wanted.len());
-            // One `XREAD` per hash slot on a cluster (one for all on one Redis).
-            let groups = self.target.by_slot(wanted, |(name, _)| name.as_str());
-            let mut reads = futures_util::stream::iter(groups)
-                .map(|group| read_streams(reader.clone(), group))
-                .buffer_unordered(READS_IN_FLIGHT);
-            while let Some(read) = reads.next().await {
-                match read {
-                    Ok(reply) => self.deliver(reply, channels),
-                    Err(error) => return self.lost(&error),
-                }
-            }
             if refreshed.elapsed() >= REFRESH_EVERY {
                 refreshed = Instant::now();
                 if let Err(error) = self.refresh(&reader).await {
                     return error;
                 }
+            }
+            tokio::select! {
+                Some((names, read)) = reads.next() => {
+                    match read {
+                        Ok(reply) => self.deliver(reply, channels),
+                        Err(error) => return self.lost(&error),
+                    }
+                    for name in names {
+                        reading.remove(&name);
+                        if deferred.remove(&name) {
+                            // Announced while it was being read: read it again.
+                            self.announcements.announce(&name, 0);
+                        }
+                    }
+                }
+                () = self.announcements.wait() => {}
+                () = tokio::time::sleep_until(next_sweep.min(next_check)) => {}
             }
         }
     }
@@ -330,23 +360,25 @@ fn announcements_command(command: &str, channels: &[String]) -> redis::Pipeline 
     pipe
 }
 
-/// Reads `streams` (one hash slot on a cluster), each from after its last `seq` delivered.
+/// Reads `streams` (one hash slot on a cluster), each from after its last `seq` delivered;
+/// returns their names with what was read.
 async fn read_streams(
     mut reader: Connection,
     streams: Vec<(String, u64)>,
-) -> RedisResult<Option<StreamReadReply>> {
+) -> (Vec<String>, RedisResult<Option<StreamReadReply>>) {
     let (keys, ids): (Vec<String>, Vec<String>) = streams
         .iter()
         .map(|(name, last)| (key(name, "stream"), format!("0-{last}")))
         .unzip();
-    redis::cmd("XREAD")
+    let read = redis::cmd("XREAD")
         .arg("COUNT")
         .arg(READ_COUNT)
         .arg("STREAMS")
         .arg(&keys)
         .arg(&ids)
         .query_async(&mut reader)
-        .await
+        .await;
+    (streams.into_iter().map(|(name, _)| name).collect(), read)
 }
 
 /// The follower's rounds, for `/metrics`: how many, and how many streams they read.
