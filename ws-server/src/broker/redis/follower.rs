@@ -10,7 +10,6 @@ use std::collections::{HashSet, VecDeque};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use redis::streams::StreamReadReply;
 use redis::{RedisResult, Value};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -18,6 +17,7 @@ use tracing::warn;
 
 use super::RedisBroker;
 use super::schema::{channel_of, entry_seq, key, moved, new_epoch, number, text};
+use super::stream_reply::streams;
 use super::target::Connection;
 use crate::broker::BrokerError;
 use crate::channel::Channels;
@@ -180,38 +180,30 @@ impl RedisBroker {
     }
 
     /// Fans out what one `XREAD` returned, in each stream's order.
-    fn deliver(&self, reply: Option<StreamReadReply>, channels: &Channels) {
-        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+    fn deliver(&self, reply: Value, channels: &Channels) {
+        for stream in streams(reply) {
             let Some(name) = channel_of(&stream.key, "stream") else {
                 continue;
             };
-            if stream.ids.len() >= READ_COUNT {
+            if stream.returned >= READ_COUNT {
                 // More than one read's worth: read on in the next round.
                 self.announcements.announce(name, 0);
             }
-            for entry in stream.ids {
-                let Some(seq) = entry_seq(&entry.id) else {
-                    continue;
-                };
-                let epoch = entry.map.get("e").and_then(text);
-                let data = entry
-                    .map
-                    .get("d")
-                    .and_then(text)
-                    .and_then(|d| RawValue::from_string(d).ok());
-                let (Some(epoch), Some(data)) = (epoch, data) else {
-                    warn!(channel = %name, seq, "malformed stream entry skipped");
-                    continue;
-                };
+            for id in &stream.malformed {
+                warn!(channel = %name, id, "malformed stream entry skipped");
+            }
+            for entry in stream.entries {
                 {
                     let mut mirrors = self.mirrors();
                     let Some(mirror) = mirrors.get_mut(name) else {
                         break;
                     };
-                    mirror.last = mirror.last.max(seq);
-                    mirror.epoch.clone_from(&epoch);
+                    mirror.last = mirror.last.max(entry.seq);
+                    if mirror.epoch != entry.epoch {
+                        mirror.epoch.clone_from(&entry.epoch);
+                    }
                 }
-                channels.deliver(name, &epoch, seq, &data);
+                channels.deliver(name, &entry.epoch, entry.seq, &entry.data);
             }
         }
     }
@@ -365,7 +357,7 @@ fn announcements_command(command: &str, channels: &[String]) -> redis::Pipeline 
 async fn read_streams(
     mut reader: Connection,
     streams: Vec<(String, u64)>,
-) -> (Vec<String>, RedisResult<Option<StreamReadReply>>) {
+) -> (Vec<String>, RedisResult<Value>) {
     let (keys, ids): (Vec<String>, Vec<String>) = streams
         .iter()
         .map(|(name, last)| (key(name, "stream"), format!("0-{last}")))

@@ -44,6 +44,7 @@ mod link;
 mod publisher;
 mod schema;
 mod shards;
+mod stream_reply;
 mod target;
 
 use self::announcements::Announcements;
