@@ -128,23 +128,9 @@ impl RedisCluster {
     /// If no node answers.
     pub async fn primaries(&self) -> Result<Vec<u16>> {
         let nodes = self.ask(&["CLUSTER", "NODES"]).await?;
-        Ok(nodes
-            .lines()
-            .filter(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                fields.len() > 8
-                    && fields[2].split(',').any(|f| f == "master")
-                    && !fields[2].contains("fail")
-            })
-            .filter_map(|line| {
-                let addr = line.split_whitespace().nth(1)?;
-                addr.split(['@', ','])
-                    .next()?
-                    .rsplit(':')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
+        Ok(serving_primaries(&nodes)
+            .into_iter()
+            .map(|(port, _)| port)
             .collect())
     }
 
@@ -154,30 +140,12 @@ impl RedisCluster {
     /// If no node answers or none serves the slot.
     pub async fn primary_of(&self, key: &str) -> Result<u16> {
         let slot: u16 = self.ask(&["CLUSTER", "KEYSLOT", key]).await?.parse()?;
-        let shards = self.ask(&["CLUSTER", "NODES"]).await?;
-        for line in shards.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() <= 8
-                || !fields[2].split(',').any(|f| f == "master")
-                || fields[2].contains("fail")
-            {
-                continue;
-            }
-            let serves = fields[8..].iter().any(|range| {
-                let (from, to) = range.split_once('-').unwrap_or((range, range));
-                matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(f), Ok(t)) if (f..=t).contains(&slot))
-            });
-            if serves
-                && let Some(port) = fields[1]
-                    .split(['@', ','])
-                    .next()
-                    .and_then(|a| a.rsplit(':').next())
-                    .and_then(|p| p.parse().ok())
-            {
-                return Ok(port);
-            }
-        }
-        bail!("no primary serves slot {slot} of {key}")
+        let nodes = self.ask(&["CLUSTER", "NODES"]).await?;
+        serving_primaries(&nodes)
+            .into_iter()
+            .find(|(_, ranges)| ranges.iter().any(|range| range.contains(&slot)))
+            .map(|(port, _)| port)
+            .with_context(|| format!("no primary serves slot {slot} of {key}"))
     }
 
     /// Kills the primary serving `key`'s slot and waits until a replica serves it instead
@@ -288,6 +256,40 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.folder);
     }
+}
+
+/// The primaries serving slots in a `CLUSTER NODES` reply (not marked failing): each one's
+/// port and slot ranges.
+fn serving_primaries(nodes: &str) -> Vec<(u16, Vec<std::ops::RangeInclusive<u16>>)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            // id addr flags primary ping pong epoch link slot…
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if fields.len() <= 8
+                || !flags.split(',').any(|f| f == "master")
+                || flags.contains("fail")
+            {
+                return None;
+            }
+            let port = fields[1]
+                .split(['@', ','])
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()?;
+            let ranges = fields[8..]
+                .iter()
+                .filter_map(|range| {
+                    let (from, to) = range.split_once('-').unwrap_or((range, range));
+                    Some(from.parse().ok()?..=to.parse().ok()?)
+                })
+                .collect();
+            Some((port, ranges))
+        })
+        .collect()
 }
 
 /// A free port whose cluster bus port (+10000) is free too.

@@ -82,7 +82,7 @@ pub(crate) struct RedisBroker {
     /// (`WS_REDIS_WAIT_REPLICAS`).
     wait_replicas: usize,
     /// The shards' state, for `/metrics`: `host:port` of each primary (no credentials) and
-    /// whether it serves (see `shards.rs`).
+    /// whether the cluster sees it serving (one Redis: always; see `shards.rs`).
     shards: Mutex<Vec<(String, bool)>>,
     commands: RwLock<Option<Connection>>,
     /// The connection subscribed to the followed channels' announcements.
@@ -129,7 +129,7 @@ impl RedisBroker {
         Ok(Some(Self {
             queue,
             queued: Mutex::new(Some(queued)),
-            shards: Mutex::new(vec![(target.name(), false)]),
+            shards: Mutex::new(vec![(target.name(), true)]),
             target,
             wait_replicas: config.redis_wait_replicas,
             commands: RwLock::new(None),

@@ -33,7 +33,7 @@ impl RedisBroker {
         let shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
         shards
             .iter()
-            .map(|(name, serving)| (name.clone(), up && (*serving || !self.target.is_cluster())))
+            .map(|(name, serving)| (name.clone(), up && *serving))
             .collect()
     }
 }

@@ -77,12 +77,7 @@ impl Target {
         let client = builder().build().map_err(invalid)?;
         let notices = builder()
             .use_protocol(ProtocolVersion::RESP3)
-            .push_sender(
-                move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-                    board.push(push);
-                    Ok(())
-                },
-            )
+            .push_sender(pushes_to(board))
             .build()
             .map_err(invalid)?;
         let seeds = nodes
@@ -144,12 +139,7 @@ impl Target {
     ) -> RedisResult<Connection> {
         match self {
             Self::Single { notices, .. } => {
-                let board = board.clone();
-                let config =
-                    config().set_push_sender(move |push| -> Result<(), std::convert::Infallible> {
-                        board.push(push);
-                        Ok(())
-                    });
+                let config = config().set_push_sender(pushes_to(board.clone()));
                 notices
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
@@ -189,6 +179,16 @@ impl Target {
             groups[at].push(item);
         }
         groups
+    }
+}
+
+/// A push sender for redis-rs that hands every push to `board`.
+fn pushes_to(
+    board: Arc<Announcements>,
+) -> impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
+    move |push| {
+        board.push(push);
+        Ok(())
     }
 }
 
