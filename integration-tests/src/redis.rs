@@ -112,6 +112,29 @@ impl RedisServer {
         .await
     }
 
+    /// Sends one inline command (words separated by spaces) and returns the first line of
+    /// the reply (`:42`, `+OK`, `$5`, `-ERR …`).
+    ///
+    /// # Errors
+    /// If the server cannot be reached or does not answer within the test timeout.
+    pub async fn query(&self, command: &str) -> Result<String> {
+        within(&format!("redis-server to answer {command}"), async {
+            let mut stream = TcpStream::connect(self.addr).await?;
+            stream
+                .write_all(format!("{command}\r\n").as_bytes())
+                .await?;
+            let mut reply = Vec::new();
+            let mut byte = [0u8; 1];
+            while !reply.ends_with(b"\r\n") {
+                stream.read_exact(&mut byte).await?;
+                reply.push(byte[0]);
+            }
+            reply.truncate(reply.len() - 2);
+            Ok(String::from_utf8_lossy(&reply).into_owned())
+        })
+        .await?
+    }
+
     async fn ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(self.addr).await else {
             return false;

@@ -88,6 +88,34 @@ async fn a_publication_on_one_hub_reaches_the_others_in_one_order() -> Result<()
 }
 
 #[tokio::test]
+async fn a_channels_keys_in_redis_expire_after_a_day_idle() -> Result<()> {
+    let Some(redis) = RedisServer::start().await? else {
+        return Ok(());
+    };
+    let hub = hub(&redis.url()).await?;
+    // A channel nobody follows, and one a hub follows; each published on a few times.
+    let mut subscriber = RawClient::connect(hub.local_addr()).await?;
+    subscriber.subscribe(&["followed"]).await?;
+    for n in 0..3u64 {
+        hub.publish("lonely", &n).await?;
+        hub.publish("followed", &n).await?;
+    }
+    for channel in ["lonely", "followed"] {
+        for part in ["epoch", "seq", "stream"] {
+            let ttl = redis
+                .query(&format!("PTTL ws:{{{channel}}}:{part}"))
+                .await?;
+            let ms: i64 = ttl.trim_start_matches(':').parse()?;
+            ensure!(
+                (23 * 3600 * 1000..=24 * 3600 * 1000).contains(&ms),
+                "{channel} {part}: PTTL {ttl}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_client_moving_from_hub_a_to_hub_b_recovers_every_publication() -> Result<()> {
     let Some(redis) = RedisServer::start().await? else {
         return Ok(());
@@ -300,9 +328,11 @@ async fn a_hub_following_many_channels_reads_only_those_that_moved() -> Result<(
     ensure!(metric(&follower, "ws_broker_followed_channels").await? == (COLD + 1) as f64);
     let rounds = r#"ws_broker_follow_rounds_total{kind="moved"}"#;
     let streams = r#"ws_broker_streams_read_total{kind="moved"}"#;
-    let (rounds_before, streams_before) = (
+    let carried = "ws_broker_carried_total";
+    let (rounds_before, streams_before, carried_before) = (
         metric(&follower, rounds).await?,
         metric(&follower, streams).await?,
+        metric(&follower, carried).await?,
     );
 
     // One hot channel moving, one cold one once: every publication arrives, in order.
@@ -322,10 +352,19 @@ async fn a_hub_following_many_channels_reads_only_those_that_moved() -> Result<(
             other => bail!("unexpected {other:?}"),
         }
     }
-    // The rounds that followed announcements read the channels that moved, not all 10,001.
+    // Announcements carry the publications (delivered without reading the stream), and the
+    // rounds that read streams read the channels that moved, not all 10,001.
     let rounds_done = metric(&follower, rounds).await? - rounds_before;
     let streams_read = metric(&follower, streams).await? - streams_before;
-    ensure!(rounds_done >= 1.0, "no announced round");
+    let carried_done = metric(&follower, carried).await? - carried_before;
+    ensure!(
+        carried_done >= 1.0,
+        "no publication delivered from its announcement"
+    );
+    ensure!(
+        carried_done + streams_read >= 2.0,
+        "{carried_done} carried, {streams_read} streams read"
+    );
     ensure!(
         streams_read <= 2.0 * rounds_done,
         "{streams_read} streams read in {rounds_done} rounds"

@@ -11,6 +11,8 @@ pub(crate) struct Following {
     pub(crate) channels: usize,
     /// Publications announced on them and not yet delivered by this hub.
     pub(crate) lag: u64,
+    /// Publications delivered from their announcements, without reading the stream.
+    pub(crate) carried: u64,
     /// Rounds that read the announced streams, and how many streams they read.
     pub(crate) rounds: u64,
     pub(crate) streams_read: u64,
@@ -40,6 +42,8 @@ impl Following {
              # TYPE ws_broker_followed_channels gauge\nws_broker_followed_channels {}\n\
              # HELP ws_broker_follow_lag Publications appended in Redis on followed channels and not yet delivered by this hub.\n\
              # TYPE ws_broker_follow_lag gauge\nws_broker_follow_lag {}\n\
+             # HELP ws_broker_carried_total Publications delivered from the announcement that carried them, without reading the stream.\n\
+             # TYPE ws_broker_carried_total counter\nws_broker_carried_total {}\n\
              # HELP ws_broker_follow_rounds_total Reads of the followed streams: of those announced as moved, and sweeps of all of them.\n\
              # TYPE ws_broker_follow_rounds_total counter\n\
              ws_broker_follow_rounds_total{{kind=\"moved\"}} {}\nws_broker_follow_rounds_total{{kind=\"sweep\"}} {}\n\
@@ -47,6 +51,7 @@ impl Following {
              ws_broker_streams_read_total{{kind=\"moved\"}} {}\nws_broker_streams_read_total{{kind=\"sweep\"}} {}\n",
             self.channels,
             self.lag,
+            self.carried,
             self.rounds,
             self.sweeps,
             self.streams_read,

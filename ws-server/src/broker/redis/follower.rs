@@ -1,7 +1,8 @@
-//! Following the mirrored channels: one reader reads the mirrored streams that were
-//! announced as moved (and, every [`SWEEP_EVERY`], all of them) with `XREAD` from the last `seq`
-//! delivered and fans each entry out locally; attaching a channel reads its position and
-//! recent history; the keys of mirrored channels are kept from expiring.
+//! Following the mirrored channels: one reader delivers the publications their
+//! announcements carried when they continue where a channel stands here, and otherwise reads
+//! the streams announced as moved (and, every [`SWEEP_EVERY`], all of them) with `XREAD` from
+//! the last `seq` delivered, fanning each entry out locally; attaching a channel reads its
+//! position and recent history; the keys of mirrored channels are kept from expiring.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +17,8 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::RedisBroker;
-use super::schema::{channel_of, entry_seq, key, moved, new_epoch, number, text};
+use super::announcements::Carried;
+use super::schema::{channel_of, entry_seq, key, moved, new_epoch, now_ms, number, text};
 use super::stream_reply::streams;
 use super::target::Connection;
 use crate::broker::BrokerError;
@@ -58,7 +60,8 @@ impl RedisBroker {
         let mut fields = reply.into_iter();
         let epoch: String = fields.next().and_then(|v| text(&v)).ok_or_else(bad)?;
         let seq = fields.next().and_then(|v| number(&v)).ok_or_else(bad)?;
-        let now_ms = fields.next().and_then(|v| number(&v)).ok_or_else(bad)?;
+        // Entry times are the publishing hubs' clocks (see `now_ms`).
+        let now_ms = now_ms();
         let mut history = Vec::new();
         while let (Some(id), Some(t), Some(d)) = (fields.next(), fields.next(), fields.next()) {
             let (Some(seq), Some(t), Some(data)) = (
@@ -77,14 +80,17 @@ impl RedisBroker {
         Ok((epoch, seq, history))
     }
 
-    /// Reads the mirrored streams that moved from where they stopped and fans entries out,
-    /// until Redis fails; returns why. Each pass reads the streams announced since the last
-    /// one (`announcements.rs`), so its cost follows the channels that moved, not the
-    /// channels followed; every [`SWEEP_EVERY`] a pass reads every mirrored stream, which
-    /// catches a lost announcement. Reads do not wait for each other: a channel announced
-    /// while other channels' reads are in flight is read at once (on a cluster a pass may
-    /// be many `XREAD`s, one per hash slot, and a hot channel does not wait for them), but a
-    /// channel has one read in flight at most, so its entries are delivered in order.
+    /// Delivers the mirrored channels' publications, until Redis fails; returns why. Each
+    /// pass takes the channels announced since the last one (`announcements.rs`), so its cost
+    /// follows the channels that moved, not the channels followed: a channel whose
+    /// announcements carried every publication after its last `seq` gets them delivered
+    /// without a read, the others' streams are read from their last `seq`; every
+    /// [`SWEEP_EVERY`] a pass reads every mirrored stream, which catches a lost
+    /// announcement. Reads do not wait for each other: a channel announced while other
+    /// channels' reads are in flight is read at once (on a cluster a pass may be many
+    /// `XREAD`s, one per hash slot, and a hot channel does not wait for them), but a channel
+    /// has one read in flight at most (what it carried meanwhile is read after it), so its
+    /// publications are delivered in order.
     pub(super) async fn follow(&self, mut reader: Connection, channels: &Channels) -> BrokerError {
         let mut refreshed = Instant::now();
         // The first pass after (re)connecting reads everything.
@@ -110,13 +116,27 @@ impl RedisBroker {
             }
             let sweep = Instant::now() >= next_sweep;
             let moved = self.announcements.take();
+            let mut carried = Vec::new();
             let wanted: Vec<(String, u64)> = {
                 let mut mirrors = self.mirrors();
                 let mut wanted = Vec::with_capacity(moved.len());
-                for (name, seq) in moved {
-                    if let Some(mirror) = mirrors.get_mut(&name) {
-                        mirror.announced = mirror.announced.max(seq);
-                        wanted.push((name, mirror.last));
+                for (name, moved) in moved {
+                    let Some(mirror) = mirrors.get_mut(&name) else {
+                        continue;
+                    };
+                    mirror.announced = mirror.announced.max(moved.highest);
+                    if reading.contains(&name) {
+                        // Read again when that read is done.
+                        deferred.insert(name);
+                        continue;
+                    }
+                    match moved.continuing(mirror.last, &mirror.epoch) {
+                        Some(publications) => {
+                            // The announcements carried what comes next: no read needed.
+                            mirror.last = mirror.announced;
+                            carried.push((name, publications));
+                        }
+                        None => wanted.push((name, mirror.last)),
                     }
                 }
                 if sweep {
@@ -133,6 +153,13 @@ impl RedisBroker {
                     })
                     .collect()
             };
+            for (name, publications) in carried {
+                self.rounds.carried(publications.len());
+                for publication in publications {
+                    let Carried { seq, epoch, data } = publication;
+                    channels.deliver(&name, &epoch, seq, &data);
+                }
+            }
             if sweep {
                 next_sweep = Instant::now() + SWEEP_EVERY;
             }
@@ -373,9 +400,11 @@ async fn read_streams(
     (streams.into_iter().map(|(name, _)| name).collect(), read)
 }
 
-/// The follower's rounds, for `/metrics`: how many, and how many streams they read.
+/// The follower's rounds, for `/metrics`: how many, and how many streams they read; and the
+/// publications delivered from their announcements, without a read.
 #[derive(Debug, Default)]
 pub(super) struct Rounds {
+    carried: AtomicU64,
     moved: AtomicU64,
     moved_streams: AtomicU64,
     sweeps: AtomicU64,
@@ -392,6 +421,17 @@ impl Rounds {
         };
         rounds.fetch_add(1, Ordering::Relaxed);
         read.fetch_add(streams as u64, Ordering::Relaxed);
+    }
+
+    /// `publications` were delivered from their announcements.
+    fn carried(&self, publications: usize) {
+        self.carried
+            .fetch_add(publications as u64, Ordering::Relaxed);
+    }
+
+    /// Publications delivered from their announcements.
+    pub(super) fn carried_total(&self) -> u64 {
+        self.carried.load(Ordering::Relaxed)
     }
 
     /// `(rounds, streams read)` of announced rounds, then of sweeps.

@@ -3,7 +3,7 @@
 //! Per channel, three keys (hash-tagged so they live together in a Redis Cluster):
 //! `ws:{channel}:epoch` (the incarnation of the channel's sequence), `ws:{channel}:seq` and
 //! `ws:{channel}:stream`, a stream capped at `WS_HISTORY_SIZE` whose entry IDs are `0-<seq>`
-//! and whose fields are the epoch `e`, Redis's time `t` (ms) and the data `d`.
+//! and whose fields are the epoch `e`, the publishing hub's time `t` (ms) and the data `d`.
 //!
 //! - A publication runs one script: take the next `seq`, append to the stream, refresh the
 //!   keys' expiry; so `seq` is assigned once for the whole cluster and the stream holds the
@@ -12,10 +12,13 @@
 //! - A hub mirrors only the channels it has subscribers for. Attaching a channel reads its
 //!   epoch, `seq` and the stream's tail in one script and seeds the local channel (so a client
 //!   that moves between hubs recovers by `seq` from the local history, under the local lock);
-//!   one reader task then follows every mirrored stream with `XREAD BLOCK` from the last
-//!   `seq` delivered, and fans each entry out locally. Reading a stream from a position (not
-//!   pub/sub) means nothing is lost while a hub's connection is down: it reads on from where
-//!   it stopped. Channels without local subscribers are dropped from the mirror by the sweep.
+//!   one reader task then follows the mirrored channels: each publication is announced with
+//!   its data on the channel's shard channel, and the reader delivers what continues where
+//!   the channel stands here; otherwise (a gap, or after a lost connection) it reads the
+//!   stream with `XREAD` from the last `seq` delivered (`announcements.rs`, `follower.rs`).
+//!   Reading a stream from a position means nothing is lost while a hub's connection is
+//!   down: it reads on from where it stopped. Channels without local subscribers are dropped
+//!   from the mirror by the sweep.
 //! - When Redis is lost the hub reports it (`/health` 503, `ws_broker_up 0`), refuses
 //!   publishes and subscribes with `Error { code: "unavailable" }`, and reconnects with
 //!   backoff; then it checks each mirrored channel's epoch: if Redis lost the channel (a
@@ -39,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 mod announcements;
+mod expiry_refresh;
 mod follower;
 mod link;
 mod publisher;
@@ -247,6 +251,7 @@ impl Broker for RedisBroker {
                     channel: channel.to_owned(),
                     data: data.to_owned(),
                     key: key.map(str::to_owned),
+                    refresh_expiry: true,
                     reply,
                 };
                 self.queue
@@ -330,6 +335,7 @@ impl Broker for RedisBroker {
                 shards: self.shard_states(up),
                 channels: followed,
                 lag,
+                carried: self.rounds.carried_total(),
                 rounds,
                 streams_read,
                 sweeps,

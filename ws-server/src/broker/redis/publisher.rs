@@ -7,11 +7,13 @@ use std::sync::atomic::Ordering;
 use redis::Value;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::RedisBroker;
-use super::schema::{key, moved, new_epoch, number};
+use super::expiry_refresh::ExpiryRefresh;
+use super::schema::{key, moved, new_epoch, now_ms, number};
 use crate::broker::BrokerError;
 use crate::channel::Published;
 use crate::metrics::HubMetrics;
@@ -30,6 +32,9 @@ pub(super) struct PublishRequest {
     pub(super) data: Box<RawValue>,
     /// The idempotency key, if the publication has one.
     pub(super) key: Option<String>,
+    /// Whether it refreshes the channel's keys' expiry (`expiry_refresh.rs`); set by the
+    /// publish loop.
+    pub(super) refresh_expiry: bool,
     pub(super) reply: oneshot::Sender<Result<Published, BrokerError>>,
 }
 
@@ -51,7 +56,8 @@ impl RedisBroker {
         let Some(mut queued) = self.queued.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
-        let mut batch = Vec::with_capacity(PIPELINE_MAX);
+        let mut batch: Vec<PublishRequest> = Vec::with_capacity(PIPELINE_MAX);
+        let mut refresh = ExpiryRefresh::new(Instant::now());
         loop {
             let first = tokio::select! {
                 () = token.cancelled() => return,
@@ -66,6 +72,10 @@ impl RedisBroker {
                     Ok(request) => batch.push(request),
                     Err(_) => break,
                 }
+            }
+            let now = Instant::now();
+            for request in &mut batch {
+                request.refresh_expiry = refresh.due(&request.channel, now);
             }
             // One pipeline per hash slot on a cluster (one in all on one Redis), sent
             // together; a channel's publications stay in order within its slot's pipeline.
@@ -93,6 +103,9 @@ impl RedisBroker {
                     }
                     Err(error) => {
                         warn!(%error, refused = group.len(), "publications refused");
+                        for request in &group {
+                            refresh.failed(&request.channel);
+                        }
                         for request in group {
                             let _ = request.reply.send(Err(error.clone()));
                         }
@@ -130,6 +143,7 @@ impl RedisBroker {
         let window_ms = u64::try_from(self.limits.key_window.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
+        let now_ms = now_ms();
         for request in batch {
             let command = pipe
                 .cmd("EVALSHA")
@@ -147,7 +161,9 @@ impl RedisBroker {
                 .arg(self.limits.size)
                 .arg(self.expiry_ms())
                 .arg(window_ms)
-                .arg(moved(&request.channel));
+                .arg(moved(&request.channel))
+                .arg(now_ms)
+                .arg(u8::from(request.refresh_expiry));
             if let Some(idempotency) = &request.key {
                 command.arg(idempotency).arg(self.limits.max_keys.max(1));
             }
