@@ -3,6 +3,8 @@
 //! `Published` (or an `Error` carrying the `id`); a repeated `key` on a channel is published
 //! once, and its `Published` says `duplicate` with the first `seq`.
 
+use std::collections::HashMap;
+
 use anyhow::{Result, bail, ensure};
 use integration_tests::redis::RedisServer;
 use integration_tests::{RawClient, spawn_server, within};
@@ -257,6 +259,62 @@ async fn across_hubs_on_redis_a_key_publishes_once_cluster_wide() -> Result<()> 
             ..
         } => {}
         other => bail!("expected the cluster to know k-2 as seq 2, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn through_redis_a_burst_mixing_channels_and_repeated_keys_publishes_each_key_once()
+-> Result<()> {
+    let Some(redis) = RedisServer::start().await? else {
+        return Ok(());
+    };
+    let hub = spawn_server(ServerBuilder::default().redis_url(redis.url())).await?;
+    // 300 publications at once (so that they share the hub's pipelines and script calls):
+    // on 3 channels, unkeyed ones between keyed ones, each key sent twice on its channel
+    // (`i` and `i + 6`).
+    let sends = (0..300u64).map(|i| {
+        let hub = hub.clone();
+        async move {
+            let channel = format!("burst:{}", i % 3);
+            let result = if i % 2 == 0 {
+                hub.publish_with_key(&channel, &format!("k{}", i / 12), &i)
+                    .await
+            } else {
+                hub.publish(&channel, &i).await
+            };
+            result.map(|published| (i, channel, published))
+        }
+    });
+    let published = within("300 publications", futures_util::future::join_all(sends)).await?;
+    let mut keyed: HashMap<(String, u64), Vec<(u64, bool)>> = HashMap::new();
+    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
+    for result in published {
+        let (i, channel, published) = result?;
+        if i % 2 == 0 {
+            keyed
+                .entry((channel.clone(), i / 12))
+                .or_default()
+                .push((published.seq, published.duplicate));
+        }
+        if !published.duplicate {
+            seqs.entry(channel).or_default().push(published.seq);
+        }
+    }
+    // Each key: published once, the other send answered as its duplicate with its `seq`.
+    ensure!(keyed.len() == 75, "{} keys", keyed.len());
+    for (key, answers) in &keyed {
+        let originals = answers.iter().filter(|(_, duplicate)| !duplicate).count();
+        ensure!(
+            originals == 1 && answers.len() == 2 && answers[0].0 == answers[1].0,
+            "{key:?}: {answers:?}"
+        );
+    }
+    // Each channel's publications got 1..n without a gap or a repeat.
+    for (channel, mut got) in seqs {
+        got.sort_unstable();
+        let n = got.len() as u64;
+        ensure!(got == (1..=n).collect::<Vec<_>>(), "{channel}: {got:?}");
     }
     Ok(())
 }

@@ -23,6 +23,9 @@ use crate::metrics::HubMetrics;
 pub(super) const PUBLISH_QUEUE: usize = 4096;
 /// The most publications sent to Redis in one pipeline.
 const PIPELINE_MAX: usize = 256;
+/// The most publications one publish script call takes (a call holds Redis for its
+/// duration; 64 is a few milliseconds at most).
+const PER_CALL: usize = 64;
 /// How long a pipeline waits for `WS_REDIS_WAIT_REPLICAS` replicas to have it (`WAIT`).
 const WAIT_FOR_REPLICAS_MS: u64 = 1000;
 
@@ -36,6 +39,13 @@ pub(super) struct PublishRequest {
     /// publish loop.
     pub(super) refresh_expiry: bool,
     pub(super) reply: oneshot::Sender<Result<Published, BrokerError>>,
+}
+
+/// A reply of the publish script that is not what it returns.
+fn unexpected() -> Retry {
+    Retry::Failed(BrokerError::Unavailable(
+        "unexpected reply from the publish script".to_owned(),
+    ))
 }
 
 /// Why a pipeline of publications failed.
@@ -135,8 +145,9 @@ impl RedisBroker {
         (group, sent)
     }
 
-    /// Sends `batch` (one hash slot) as one pipeline, then waits for `WS_REDIS_WAIT_REPLICAS`
-    /// replicas to have it; the `seq` each got, and whether it was a duplicate.
+    /// Sends `batch` (one hash slot) as one pipeline of publish script calls, each
+    /// [`PER_CALL`] publications at most, then waits for `WS_REDIS_WAIT_REPLICAS` replicas
+    /// to have it; the `seq` each got, and whether it was a duplicate.
     async fn send_batch(&self, batch: &[PublishRequest]) -> Result<Vec<(u64, bool)>, Retry> {
         let mut connection = self.connection().await.map_err(Retry::Failed)?;
         let mut pipe = redis::pipe();
@@ -144,28 +155,32 @@ impl RedisBroker {
             .unwrap_or(u64::MAX)
             .max(1);
         let now_ms = now_ms();
-        for request in batch {
+        // Channels this batch creates share one fresh epoch name (unique per channel
+        // incarnation is what matters).
+        let epoch = new_epoch();
+        for call in batch.chunks(PER_CALL) {
             let command = pipe
                 .cmd("EVALSHA")
                 .arg(self.publish.get_hash())
-                .arg(if request.key.is_some() { 4 } else { 3 })
-                .arg(key(&request.channel, "epoch"))
-                .arg(key(&request.channel, "seq"))
-                .arg(key(&request.channel, "stream"));
-            if request.key.is_some() {
-                command.arg(key(&request.channel, "keys"));
+                .arg(call.len() * 4);
+            for request in call {
+                for part in ["epoch", "seq", "stream", "keys"] {
+                    command.arg(key(&request.channel, part));
+                }
             }
             command
-                .arg(new_epoch())
-                .arg(request.data.get())
+                .arg(&epoch)
                 .arg(self.limits.size)
                 .arg(self.expiry_ms())
                 .arg(window_ms)
-                .arg(moved(&request.channel))
                 .arg(now_ms)
-                .arg(u8::from(request.refresh_expiry));
-            if let Some(idempotency) = &request.key {
-                command.arg(idempotency).arg(self.limits.max_keys.max(1));
+                .arg(self.limits.max_keys.max(1));
+            for request in call {
+                command
+                    .arg(request.data.get())
+                    .arg(moved(&request.channel))
+                    .arg(u8::from(request.refresh_expiry))
+                    .arg(request.key.as_deref().unwrap_or(""));
             }
         }
         if self.wait_replicas > 0 {
@@ -187,21 +202,26 @@ impl RedisBroker {
                         ))));
                     }
                 }
-                replies
-                    .iter()
-                    .map(|reply| match reply {
-                        Value::Array(fields) => match fields.as_slice() {
-                            [_, seq, duplicate] => Some((number(seq)?, number(duplicate)? == 1)),
-                            _ => None,
-                        },
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| {
-                        Retry::Failed(BrokerError::Unavailable(
-                            "unexpected reply from the publish script".to_owned(),
-                        ))
-                    })
+                let mut answers = Vec::with_capacity(batch.len());
+                for reply in &replies {
+                    let Value::Array(fields) = reply else {
+                        return Err(unexpected());
+                    };
+                    for answer in fields.chunks(3) {
+                        let [_, seq, duplicate] = answer else {
+                            return Err(unexpected());
+                        };
+                        let (Some(seq), Some(duplicate)) = (number(seq), number(duplicate)) else {
+                            return Err(unexpected());
+                        };
+                        answers.push((seq, duplicate == 1));
+                    }
+                }
+                if answers.len() == batch.len() {
+                    Ok(answers)
+                } else {
+                    Err(unexpected())
+                }
             }
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>

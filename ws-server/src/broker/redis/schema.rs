@@ -3,72 +3,77 @@
 
 use redis::Value;
 
-/// The start of both scripts: the channel's epoch, created (with a fresh sequence and stream)
-/// if Redis does not know the channel (`fresh` is then true). KEYS: epoch, seq, stream;
-/// ARGV\[1\]: the new epoch.
-macro_rules! epoch_or_new {
-    () => {
-        r"
-local fresh = false
+/// Publishes a batch of publications of one hash slot (one call instead of one per
+/// publication: the call's own cost was a third of the script's under many channels). For
+/// each publication, in order: its channel's epoch, created (with a fresh sequence, stream
+/// and idempotency keys) if Redis does not know the channel; with an idempotency key, the
+/// channel's keys (a sorted set of key → `seq`) are looked at first: a key seen before
+/// publishes nothing and answers the first `seq`, a new one is remembered (the channel
+/// keeping its latest ARGV\[6\] keys for ARGV\[4\] ms after its last keyed publication).
+/// Then it takes the next `seq`, appends the publication to the stream (trimmed to about
+/// the history size: `MAXLEN ~` trims whole nodes, far cheaper than an exact trim on every
+/// append; what is read back is cut to the size), and tells the hubs following the channel:
+/// `SPUBLISH` on its shard channel (`ws:{channel}:moved`, in the keys' slot) of
+/// `<seq> <epoch> <data>`, the publication itself, which a follower that stands at
+/// `seq - 1` delivers without reading the stream. The keys' expiry is refreshed when the
+/// publication asks for it (the hub does at most once a minute per channel:
+/// `expiry_refresh.rs`) or the channel is new. The entry's time is the publishing hub's
+/// clock (ARGV\[5\], ms), not `TIME`.
+///
+/// KEYS: per publication, its channel's epoch, seq, stream and idempotency keys. ARGV:
+/// the epoch of channels created by this batch, history size, expiry ms, idempotency
+/// window ms, time ms, keys kept; then per publication its data, shard channel, `1` to
+/// refresh the expiry (else `0`) and idempotency key (empty if none). Returns
+/// `{epoch, seq, duplicate}` per publication, flattened.
+pub(super) const PUBLISH: &str = r"
+local out = {}
+for j = 0, #KEYS / 4 - 1 do
+  local k, a = j * 4, 6 + j * 4
+  local data, key = ARGV[a + 1], ARGV[a + 4]
+  local fresh = false
+  local epoch = redis.call('GET', KEYS[k + 1])
+  if not epoch then
+    epoch = ARGV[1]
+    fresh = true
+    redis.call('SET', KEYS[k + 1], epoch)
+    redis.call('DEL', KEYS[k + 2], KEYS[k + 3], KEYS[k + 4])
+  end
+  local first = nil
+  if key ~= '' then first = redis.call('ZSCORE', KEYS[k + 4], key) end
+  if first then
+    table.insert(out, epoch); table.insert(out, tonumber(first)); table.insert(out, 1)
+  else
+    local seq = redis.call('INCR', KEYS[k + 2])
+    if tonumber(ARGV[2]) > 0 then
+      redis.call('XADD', KEYS[k + 3], 'MAXLEN', '~', ARGV[2], '0-' .. seq, 'e', epoch, 't', ARGV[5], 'd', data)
+    end
+    if fresh or ARGV[a + 3] == '1' then
+      for i = 1, 3 do redis.call('PEXPIRE', KEYS[k + i], ARGV[3]) end
+    end
+    redis.call('SPUBLISH', ARGV[a + 2], seq .. ' ' .. epoch .. ' ' .. data)
+    if key ~= '' then
+      redis.call('ZADD', KEYS[k + 4], seq, key)
+      local extra = redis.call('ZCARD', KEYS[k + 4]) - tonumber(ARGV[6])
+      if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[k + 4], 0, extra - 1) end
+      redis.call('PEXPIRE', KEYS[k + 4], ARGV[4])
+    end
+    table.insert(out, epoch); table.insert(out, seq); table.insert(out, 0)
+  end
+end
+return out
+";
+
+/// The channel's epoch (created, with a fresh sequence and stream, if Redis does not know
+/// the channel), `seq`, and the stream's tail (at most the history size), newest first as
+/// `id, t, d` triples. KEYS: epoch, seq, stream. ARGV: epoch if none yet, history size,
+/// expiry ms.
+pub(super) const ATTACH: &str = r"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
-  fresh = true
   redis.call('SET', KEYS[1], epoch)
-  for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+  redis.call('DEL', KEYS[2], KEYS[3])
 end
-"
-    };
-}
-
-/// Takes the next `seq`, appends the publication (the stream trimmed to about the history
-/// size: `MAXLEN ~` trims whole nodes, which costs Redis far less than an exact trim on every
-/// append; the history read back is cut to the size), and tells the hubs following the
-/// channel that it moved: `SPUBLISH` on the channel's shard channel ARGV\[6\]
-/// (`ws:{channel}:moved`, in the keys' slot) of `<seq> <epoch> <data>`, the publication
-/// itself, which a follower that stands at `seq - 1` delivers without reading the stream.
-/// The keys' expiry is refreshed when ARGV\[8\] is 1 (the publishing hub asks for it at most
-/// once a [`EXPIRY_REFRESH`](super::publisher) period per channel: three `PEXPIRE`s on
-/// every publication were a fifth of the script's cost) or the channel is new. The entry's
-/// time is the publishing hub's clock (ARGV\[7\], ms), not `TIME` (another fifth).
-/// With an idempotency key (ARGV\[9\]) the channel's keys (KEYS\[4\], a sorted set of key →
-/// `seq`) are looked at first: a key seen before publishes nothing and returns the first
-/// `seq`; a new one is remembered, the channel keeping its latest ARGV\[10\] keys for
-/// ARGV\[5\] ms after its last keyed publication.
-/// KEYS: epoch, seq, stream, and the channel's keys if the publication has one. ARGV: epoch
-/// if none yet, data, history size, expiry ms, idempotency window ms, shard channel, time ms,
-/// refresh expiry, key, keys kept. Returns `{epoch, seq, duplicate}`.
-pub(super) const PUBLISH: &str = concat!(
-    epoch_or_new!(),
-    r"
-if KEYS[4] then
-  local first = redis.call('ZSCORE', KEYS[4], ARGV[9])
-  if first then return {epoch, tonumber(first), 1} end
-end
-local seq = redis.call('INCR', KEYS[2])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '0-' .. seq, 'e', epoch, 't', ARGV[7], 'd', ARGV[2])
-end
-if fresh or ARGV[8] == '1' then
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-end
-redis.call('SPUBLISH', ARGV[6], seq .. ' ' .. epoch .. ' ' .. ARGV[2])
-if KEYS[4] then
-  redis.call('ZADD', KEYS[4], seq, ARGV[9])
-  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[10])
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
-  redis.call('PEXPIRE', KEYS[4], ARGV[5])
-end
-return {epoch, seq, 0}
-"
-);
-
-/// The channel's epoch (created if none), `seq`, and the stream's tail (at most the history
-/// size), newest first as `id, t, d` triples. KEYS: epoch, seq, stream. ARGV: epoch if none
-/// yet, history size, expiry ms.
-pub(super) const ATTACH: &str = concat!(
-    epoch_or_new!(),
-    r"
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local out = {epoch, seq}
 if tonumber(ARGV[2]) > 0 then
@@ -83,8 +88,7 @@ if tonumber(ARGV[2]) > 0 then
 end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return out
-"
-);
+";
 
 /// Now on this hub's clock, in ms since the Unix epoch: the time of stream entries, against
 /// which `WS_HISTORY_TTL` is applied (hubs' clocks should agree, as NTP keeps them: a skew
