@@ -7,7 +7,8 @@
 # redis-cli for the cluster).
 # Environment: HUB=path (another hub binary); COLD=N (hub B also follows N cold channels,
 # one publication/s each, or COLD_RATE publications/s over them; the label and file name
-# get -coldN, and -rateR with COLD_RATE).
+# get -coldN, and -rateR with COLD_RATE); COLD_UNFOLLOWED=1: the cold channels are published
+# on but nobody subscribes to them, so no hub follows them (label -unfollowed).
 # Prints the Redis CPU (all its processes) per publication after the run.
 set -u
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ ENVS="WS_HOST=127.0.0.1 RUST_LOG=warn"
 mode=$1; run=$2; out=${OUT:-docs/bench/results}
 label=CLUSTER-$mode; [ "$COLD" -gt 0 ] && label=$label-cold$COLD
 [ -n "$COLD_RATE" ] && label=$label-rate$COLD_RATE
+[ -n "${COLD_UNFOLLOWED:-}" ] && label=$label-unfollowed
 work=$(mktemp -d)
 REDIS_PIDS=""
 if [ "$mode" = cluster-cross ]; then
@@ -48,7 +50,7 @@ redis_ticks() { for p in $REDIS_PIDS; do awk '{print $14 + $15}' /proc/$p/stat; 
 before=$(redis_ticks)
 SUBPORT=$(case $mode in redis-cross|cluster-cross) echo 9401 ;; *) echo 9400 ;; esac)
 taskset -c 1 $BENCH load --url ws://127.0.0.1:$SUBPORT --publish-url ws://127.0.0.1:$PUB --subscribers 1000 \
-  --cold-channels "$COLD" ${COLD_RATE:+--cold-rate $COLD_RATE} --duration 5 --server-pid $B --label "$label" --json $out/$label-hub-$run.json 2>/dev/null | tail -3
+  --cold-channels "$COLD" ${COLD_RATE:+--cold-rate $COLD_RATE} ${COLD_UNFOLLOWED:+--cold-unfollowed} --duration 5 --server-pid $B --label "$label" --json $out/$label-hub-$run.json 2>/dev/null | tail -3
 after=$(redis_ticks)
 python3 - "$out/$label-hub-$run.json" "$before" "$after" "${COLD_RATE:-$COLD}" <<'PY'
 import json, os, sys

@@ -2,7 +2,9 @@
 //! on the subscribers' hub follow `count` channels `cold:0…` besides the bench channel (100
 //! per connection, the hub's default `WS_MAX_SUBSCRIPTIONS`), and one publisher on the
 //! publishers' hub publishes on them round robin at a steady rate; so the hub follows that
-//! many channels, each moving now and then, while the bench channel is measured.
+//! many channels, each moving now and then, while the bench channel is measured. Without
+//! the subscribers (`--cold-unfollowed`) the same publications run through Redis but no hub
+//! follows them: what they cost apart from following.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,17 +29,20 @@ pub(crate) struct ColdChannels {
 
 impl ColdChannels {
     /// Subscribes `count` cold channels on `subscribe_at` (returns once every subscription
-    /// is confirmed) and starts publishing on them at `rate` per second on `publish_at`.
+    /// is confirmed; unless not `followed`) and starts publishing on them at `rate` per
+    /// second on `publish_at`.
     pub(crate) async fn start(
         subscribe_at: SocketAddr,
         publish_at: SocketAddr,
         count: usize,
         rate: f64,
+        followed: bool,
     ) -> Result<Self> {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let names: Vec<String> = (0..count).map(|i| format!("cold:{i}")).collect();
-        for chunk in names.chunks(PER_CONNECTION) {
+        let subscribed = if followed { names.len() } else { 0 };
+        for chunk in names[..subscribed].chunks(PER_CONNECTION) {
             let mut socket = connect(subscribe_at).await?;
             let subscribe = serde_json::json!({"type": "Subscribe", "channels": chunk});
             socket.send(Message::text(subscribe.to_string())).await?;

@@ -72,6 +72,11 @@ pub(crate) struct LoadArgs {
     /// (default: one per cold channel per second).
     #[arg(long)]
     pub cold_rate: Option<f64>,
+    /// Publish on the cold channels without subscribing to them: the same publications
+    /// through Redis, but no hub follows them (what the publications cost, apart from
+    /// following them).
+    #[arg(long)]
+    pub cold_unfollowed: bool,
     /// The server's pid, to report its memory and CPU.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -114,11 +119,17 @@ pub(crate) async fn run(args: &LoadArgs) -> Result<Report> {
     };
     let cold = if args.cold_channels > 0 {
         let rate = args.cold_rate.unwrap_or(args.cold_channels as f64);
+        let followed = !args.cold_unfollowed;
         eprintln!(
-            "following {} cold channels, {rate} publications/s over them",
+            "{} {} cold channels, {rate} publications/s over them",
+            if followed {
+                "following"
+            } else {
+                "not following"
+            },
             args.cold_channels
         );
-        Some(ColdChannels::start(addr, publish_addr, args.cold_channels, rate).await?)
+        Some(ColdChannels::start(addr, publish_addr, args.cold_channels, rate, followed).await?)
     } else {
         None
     };
