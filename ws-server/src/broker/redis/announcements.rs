@@ -178,6 +178,11 @@ impl Announcements {
         self.wake.notify_one();
     }
 
+    /// Wakes the follower without announcing anything (a channel is followed now).
+    pub(super) fn poke(&self) {
+        self.wake.notify_one();
+    }
+
     /// The channels moved since the last call, with what moved on each.
     pub(super) fn take(&self) -> HashMap<String, Moved> {
         let mut board = self.board();

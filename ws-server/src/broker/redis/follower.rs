@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -16,11 +16,11 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::RedisBroker;
 use super::announcements::Carried;
 use super::schema::{channel_of, entry_seq, key, moved, new_epoch, now_ms, number, text};
 use super::stream_reply::streams;
 use super::target::Connection;
+use super::{ATTACH_GRACE, RedisBroker};
 use crate::broker::BrokerError;
 use crate::channel::Channels;
 
@@ -102,6 +102,9 @@ impl RedisBroker {
         // Channels with a read in flight or waiting, and those announced meanwhile.
         let mut reading: HashSet<String> = HashSet::new();
         let mut deferred: HashSet<String> = HashSet::new();
+        // Channels announced before this hub followed them (an attach between its history
+        // read and its mirror), kept by name for `ATTACH_GRACE`: read once followed.
+        let mut early: HashMap<String, Instant> = HashMap::new();
         loop {
             if self.announcements.take_lost() {
                 return BrokerError::Unavailable(
@@ -115,13 +118,21 @@ impl RedisBroker {
                 return error;
             }
             let sweep = Instant::now() >= next_sweep;
-            let moved = self.announcements.take();
+            let mut moved = self.announcements.take();
             let mut carried = Vec::new();
             let wanted: Vec<(String, u64)> = {
                 let mut mirrors = self.mirrors();
+                early.retain(|name, at| {
+                    let followed = mirrors.contains_key(name);
+                    if followed {
+                        moved.entry(name.clone()).or_default().read = true;
+                    }
+                    !followed && at.elapsed() < ATTACH_GRACE
+                });
                 let mut wanted = Vec::with_capacity(moved.len());
                 for (name, moved) in moved {
                     let Some(mirror) = mirrors.get_mut(&name) else {
+                        early.entry(name).or_insert_with(Instant::now);
                         continue;
                     };
                     mirror.announced = mirror.announced.max(moved.highest);
@@ -133,7 +144,9 @@ impl RedisBroker {
                     match moved.continuing(mirror.last, &mirror.epoch) {
                         Some(publications) => {
                             // The announcements carried what comes next: no read needed.
-                            mirror.last = mirror.announced;
+                            if let Some(newest) = publications.last() {
+                                mirror.last = newest.seq;
+                            }
                             carried.push((name, publications));
                         }
                         None => wanted.push((name, mirror.last)),

@@ -119,6 +119,7 @@ impl RedisBroker {
                 warn!(channel = %name, "Redis lost the channel's history: it starts over in a new epoch");
                 mirror.epoch = epoch;
                 mirror.last = 0;
+                mirror.announced = 0;
             }
         }
         self.refresh_shards(&mut reader).await;

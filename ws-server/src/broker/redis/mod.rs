@@ -292,10 +292,19 @@ impl Broker for RedisBroker {
                     attached_at: Instant::now(),
                 });
                 mirror.attached_at = Instant::now();
+                if mirror.epoch != epoch {
+                    // Another incarnation: what was announced in the old one means nothing.
+                    mirror.announced = seq;
+                }
                 if mirror.epoch != epoch || mirror.last < seq {
                     mirror.epoch = epoch;
                     mirror.last = seq;
                 }
+                drop(mirrors);
+                // A publication between the history read and the line above was announced
+                // before the follower knew the channel: it kept the name, and reads the
+                // stream now that it is followed.
+                self.announcements.poke();
                 Ok(())
             }
             .boxed(),
