@@ -44,6 +44,13 @@ pub(super) struct Carried {
     pub(super) data: Box<RawValue>,
 }
 
+impl Carried {
+    /// The bytes it holds, as [`CARRIED_BYTES`] counts them.
+    fn size(&self) -> usize {
+        self.data.get().len() + self.epoch.len()
+    }
+}
+
 /// What moved on one channel since the follower last took it.
 #[derive(Debug, Default)]
 pub(super) struct Moved {
@@ -108,10 +115,14 @@ impl Announcements {
                 let (Some(name), Some(message)) = (data.next(), data.next()) else {
                     return;
                 };
-                let Some(name) = text(&name) else {
+                // Borrowed, not copied: this runs once per publication.
+                let Value::BulkString(name) = &name else {
                     return;
                 };
-                let Some(channel) = channel_of(&name, "moved") else {
+                let Some(channel) = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|name| channel_of(name, "moved"))
+                else {
                     return;
                 };
                 match parse_announcement(message) {
@@ -152,7 +163,7 @@ impl Announcements {
 
     /// `channel` moved to `carried.seq`, which the announcement carried.
     fn carry(&self, channel: &str, carried: Carried) {
-        let size = carried.data.get().len() + carried.epoch.len();
+        let size = carried.size();
         let mut board = self.board();
         let room = board.carried_bytes + size <= CARRIED_BYTES;
         let Board {
@@ -167,11 +178,7 @@ impl Announcements {
         } else if !moved.read {
             // No room: the stream has it; drop what this channel carried and read it.
             moved.read = true;
-            let freed: usize = moved
-                .carried
-                .drain(..)
-                .map(|c| c.data.get().len() + c.epoch.len())
-                .sum();
+            let freed: usize = moved.carried.drain(..).map(|c| c.size()).sum();
             *carried_bytes -= freed;
         }
         drop(board);

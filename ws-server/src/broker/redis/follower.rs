@@ -232,17 +232,21 @@ impl RedisBroker {
             for id in &stream.malformed {
                 warn!(channel = %name, id, "malformed stream entry skipped");
             }
-            for entry in stream.entries {
-                {
-                    let mut mirrors = self.mirrors();
-                    let Some(mirror) = mirrors.get_mut(name) else {
-                        break;
-                    };
-                    mirror.last = mirror.last.max(entry.seq);
-                    if mirror.epoch != entry.epoch {
-                        mirror.epoch.clone_from(&entry.epoch);
-                    }
+            // Entries come in stream order: the mirror stands at the newest once they are out.
+            let Some(newest) = stream.entries.last() else {
+                continue;
+            };
+            {
+                let mut mirrors = self.mirrors();
+                let Some(mirror) = mirrors.get_mut(name) else {
+                    continue;
+                };
+                mirror.last = mirror.last.max(newest.seq);
+                if mirror.epoch != newest.epoch {
+                    mirror.epoch.clone_from(&newest.epoch);
                 }
+            }
+            for entry in stream.entries {
                 channels.deliver(name, &entry.epoch, entry.seq, &entry.data);
             }
         }
