@@ -51,7 +51,8 @@ pub(crate) struct Fields<'a> {
     count: Option<u64>,
 }
 
-/// Exactly the fields of a `Publish`, for the hub's most frequent frame: a struct of five
+/// Exactly the fields of a `Publish`, for the hub's most frequent frame when it is not in the
+/// canonical form `crate::canonical_publish` reads without serde: a struct of five
 /// fields decodes in a fraction of the time of [`Fields`]. Any frame it does not take whole
 /// (another `type`, an extra or a duplicate field, a wrong type) goes through [`Fields`],
 /// which decides, so both paths accept the same frames and only [`Fields`] words errors.

@@ -124,24 +124,39 @@ pub(crate) fn check_portable(json: &str) -> Result<(), String> {
 }
 
 /// The index of the quote that ends the string starting at `from` (just after its opening
-/// quote), or `bytes.len()` if none does. Short strings (most keys and values) are scanned
-/// byte by byte; past 32 bytes memchr's vectorised search takes over.
+/// quote), or `bytes.len()` if none does. Eight bytes at a time (a word compared with every
+/// byte at once), then byte by byte for the last few and past each escape: strings are most
+/// of a payload's bytes.
 fn string_end(bytes: &[u8], mut i: usize) -> usize {
-    let short = (i + 32).min(bytes.len());
-    while i < short {
-        match bytes[i] {
-            b'"' => return i,
-            b'\\' => i += 2,
-            _ => i += 1,
-        }
-    }
     loop {
-        match memchr::memchr2(b'"', b'\\', bytes.get(i..).unwrap_or_default()) {
-            Some(at) if bytes[i + at] == b'"' => return i + at,
-            Some(at) => i += at + 2,
+        while let Some(word) = bytes.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+            let word = u64::from_le_bytes(*word);
+            let found = zero_bytes(word ^ repeated(b'"')) | zero_bytes(word ^ repeated(b'\\'));
+            if found != 0 {
+                // The lowest flagged byte is always a real match (a false flag can only sit
+                // above a real one), and little-endian puts the first byte lowest.
+                i += (found.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        match bytes.get(i) {
+            Some(b'"') => return i,
+            Some(b'\\') => i += 2,
+            Some(_) => i += 1,
             None => return bytes.len(),
         }
     }
+}
+
+/// `byte` in each of a word's eight bytes.
+const fn repeated(byte: u8) -> u64 {
+    u64::from_ne_bytes([byte; 8])
+}
+
+/// The high bit set in (at least) the lowest byte of `word` that is zero; 0 if none is.
+const fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(repeated(1)) & !word & repeated(0x80)
 }
 
 impl From<Box<RawValue>> for Payload {
@@ -200,5 +215,41 @@ mod tests {
         ] {
             assert_eq!(check_portable(fine), Ok(()), "{fine}");
         }
+    }
+
+    /// The string scan against the obvious byte-by-byte one, with a quote, an escape and
+    /// multi-byte characters at every offset around the eight-byte words.
+    #[test]
+    fn string_ends_are_found_at_every_offset() {
+        fn reference(bytes: &[u8], mut i: usize) -> usize {
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'"' => return i,
+                    b'\\' => i += 2,
+                    _ => i += 1,
+                }
+            }
+            bytes.len()
+        }
+        let pieces: [&[u8]; 6] = [b"\"", b"\\\"", b"\\\\", "é€".as_bytes(), b"\x7f\xff", b"\\"];
+        for len in 0..40 {
+            for at in 0..=len {
+                for piece in pieces {
+                    let mut bytes = vec![b'x'; len];
+                    bytes.splice(at..at, piece.iter().copied());
+                    for from in [0, 1, 7, 8, 9] {
+                        assert_eq!(
+                            string_end(&bytes, from),
+                            reference(&bytes, from),
+                            "{:?} from {from}",
+                            String::from_utf8_lossy(&bytes)
+                        );
+                    }
+                }
+            }
+        }
+        // A JSON text's strings, found through the whole check.
+        let json = r#"{"a\"b":"\\","c":"xxxxxxxxxxxxxxxxxxxxxxxx\"[[[[1e400\\","d":1e400}"#;
+        assert!(check_portable(json).unwrap_err().contains("1e400"));
     }
 }

@@ -1,0 +1,169 @@
+//! The hub's most frequent frame, a `Publish`, in the exact form [`WsMessage::to_json`]
+//! writes it (`{"type":"Publish","channel":"…","data":…}`, then `"id"`, `"key"` and
+//! `"ack_range":true` when present, in that order, without whitespace), read by matching its
+//! fixed parts instead of through serde's struct machinery. `data` is still read by
+//! serde_json, which validates it, and checked for portability.
+//!
+//! Anything else (another order, whitespace, an escape in the channel or key, a field it does
+//! not expect) is not taken here: [`decode`] returns `None` and the general decoder decides,
+//! so this path accepts a subset of the frames that decoder accepts, decoded the same way.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::message::WsMessage;
+use crate::payload::check_portable;
+
+/// The fixed start of a canonical `Publish`, up to the channel's first byte.
+const PREFIX: &str = r#"{"type":"Publish","channel":""#;
+
+/// The `Publish` that `text` is, if it is one in the canonical form with portable data.
+pub(crate) fn decode(text: &str) -> Option<WsMessage> {
+    let (channel, rest) = plain_string(text.strip_prefix(PREFIX)?)?;
+    let rest = rest.strip_prefix(r#","data":"#)?;
+    let data = value(rest)?;
+    let mut rest = &rest[data.get().len()..];
+    let mut id = None;
+    if let Some(after) = rest.strip_prefix(r#","id":"#) {
+        let (number, after) = json_u64(after)?;
+        id = Some(number);
+        rest = after;
+    }
+    let mut key = None;
+    if let Some(after) = rest.strip_prefix(r#","key":""#) {
+        let (text, after) = plain_string(after)?;
+        key = Some(text.to_owned());
+        rest = after;
+    }
+    let ack_range = match rest.strip_prefix(r#","ack_range":true"#) {
+        Some(after) => {
+            rest = after;
+            true
+        }
+        None => false,
+    };
+    if rest != "}" {
+        return None;
+    }
+    check_portable(data.get()).ok()?;
+    Some(WsMessage::Publish {
+        channel: channel.to_owned(),
+        data: data.to_owned().into(),
+        id,
+        key,
+        ack_range,
+    })
+}
+
+/// A JSON string's content up to its closing quote, when it holds no escape and no control
+/// character (so its text is its value), and what follows the quote.
+fn plain_string(text: &str) -> Option<(&str, &str)> {
+    let end = text
+        .bytes()
+        .position(|b| b == b'"' || b == b'\\' || b < 0x20)?;
+    if text.as_bytes()[end] != b'"' {
+        return None;
+    }
+    Some((&text[..end], &text[end + 1..]))
+}
+
+/// The JSON value at the very start of `text` (no whitespace before it), validated by
+/// serde_json, which stops at its end.
+fn value(text: &str) -> Option<&RawValue> {
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let value = <&RawValue>::deserialize(&mut reader).ok()?;
+    // serde_json skips whitespace before a value; the canonical form has none, and the
+    // value must start where `text` does for the caller's slicing to hold.
+    std::ptr::eq(value.get().as_ptr(), text.as_ptr()).then_some(value)
+}
+
+/// A non-negative JSON integer that fits in a `u64` at the start of `text`, and the rest.
+/// Leading zeros (not JSON), signs, fractions and exponents are not taken.
+fn json_u64(text: &str) -> Option<(u64, &str)> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || (digits > 1 && text.starts_with('0')) {
+        return None;
+    }
+    let mut number = 0u64;
+    for digit in text[..digits].bytes() {
+        number = number
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
+    }
+    Some((number, &text[digits..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::Payload;
+
+    fn publish(id: Option<u64>, key: Option<&str>, ack_range: bool) -> WsMessage {
+        WsMessage::Publish {
+            channel: "prices:SOL-USDC".into(),
+            data: Payload::from_json(r#"{"px":1.5,"s":"a\"b","n":[1,{"x":null}]}"#)
+                .unwrap_or_else(|e| panic!("{e}")),
+            id,
+            key: key.map(str::to_owned),
+            ack_range,
+        }
+    }
+
+    /// Every frame `to_json` writes for a `Publish` is taken here, whole.
+    #[test]
+    fn the_canonical_forms_decode_to_what_was_encoded() {
+        for message in [
+            publish(None, None, false),
+            publish(Some(7), None, false),
+            publish(Some(u64::MAX), Some("k-1"), true),
+            publish(None, Some("k"), false),
+            publish(Some(0), None, true),
+        ] {
+            let json = message.to_json();
+            assert_eq!(decode(&json), Some(message), "{json}");
+        }
+    }
+
+    /// What is not canonical is left to the general decoder, which gives the same answer
+    /// for what it accepts and an error for the rest.
+    #[test]
+    fn anything_else_is_left_to_the_general_decoder() {
+        let d = r#"{"a":1}"#;
+        for json in [
+            format!(r#"{{"type":"Publish","channel":"c","data":{d} }}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data": {d}}}"#),
+            format!(r#"{{"type":"Publish","channel":"c\u0041","data":{d}}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d},"id":01}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d},"id":-1}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d},"id":1.0}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d},"id":18446744073709551616}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d},"id":null}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d},"id":1,"id":2}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d},"key":"a\nb"}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d},"ack_range":false}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d},"extra":1}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d},"channel":"e"}}"#),
+            format!(r#"{{"type":"Publish","channel":"c","data":{d}}}x"#),
+            format!("{{\"type\":\"Publish\",\"channel\":\"a\tb\",\"data\":{d}}}"),
+            r#"{"type":"Publish","channel":"c","data":{"a":1e400}}"#.to_owned(),
+            r#"{"type":"Publish","channel":"c","data":{"a":}}"#.to_owned(),
+            r#"{"type":"Publish","channel":"c","data":"#.to_owned(),
+            r#"{"type":"Publish","channel":"c"}"#.to_owned(),
+        ] {
+            assert_eq!(decode(&json), None, "{json}");
+        }
+        // The general decoder's view of a few of them: the same message, or an error.
+        let spaced = format!(r#"{{"type":"Publish","channel":"c","data": {d}}}"#);
+        assert!(matches!(
+            WsMessage::from_json(&spaced),
+            Ok(WsMessage::Publish { ref channel, .. }) if channel == "c"
+        ));
+        let escaped = format!(r#"{{"type":"Publish","channel":"c\u0041","data":{d}}}"#);
+        assert!(matches!(
+            WsMessage::from_json(&escaped),
+            Ok(WsMessage::Publish { ref channel, .. }) if channel == "cA"
+        ));
+        let twice = format!(r#"{{"type":"Publish","channel":"c","data":{d},"id":1,"id":2}}"#);
+        assert!(WsMessage::from_json(&twice).is_err());
+    }
+}
