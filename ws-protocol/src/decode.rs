@@ -52,7 +52,7 @@ pub(crate) struct Fields<'a> {
 }
 
 /// Exactly the fields of a `Publish`, for the hub's most frequent frame when it is not in the
-/// canonical form `crate::canonical_publish` reads without serde: a struct of five
+/// canonical form `crate::canonical` reads without serde: a struct of five
 /// fields decodes in a fraction of the time of [`Fields`]. Any frame it does not take whole
 /// (another `type`, an extra or a duplicate field, a wrong type) goes through [`Fields`],
 /// which decides, so both paths accept the same frames and only [`Fields`] words errors.

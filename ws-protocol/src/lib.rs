@@ -42,7 +42,7 @@
 #![cfg_attr(not(test), warn(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod backoff;
-mod canonical_publish;
+mod canonical;
 mod channel;
 pub mod close;
 pub mod codes;

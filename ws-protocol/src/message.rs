@@ -240,8 +240,10 @@ impl WsMessage {
     /// [`DecodeError`] says whether the text is not JSON, has no or an unknown `type`, or lacks
     /// a field; [`DecodeError::code`] gives the matching [`codes`](crate::codes) value.
     pub fn from_json(text: &str) -> Result<Self, DecodeError> {
-        if let Some(publish) = crate::canonical_publish::decode(text) {
-            return Ok(publish);
+        if let Some(message) =
+            crate::canonical::publish(text).or_else(|| crate::canonical::publication(text))
+        {
+            return Ok(message);
         }
         if text.starts_with(r#"{"type":"Publish""#)
             && let Some(publish) = serde_json::from_str::<PublishFields<'_>>(text)

@@ -1,12 +1,16 @@
-//! The hub's most frequent frame, a `Publish`, in the exact form [`WsMessage::to_json`]
-//! writes it (`{"type":"Publish","channel":"…","data":…}`, then `"id"`, `"key"` and
-//! `"ack_range":true` when present, in that order, without whitespace), read by matching its
-//! fixed parts instead of through serde's struct machinery. `data` is still read by
-//! serde_json, which validates it, and checked for portability.
+//! The two most frequent frames in the exact form [`WsMessage::to_json`] and
+//! [`encode_publication`](crate::encode_publication) write them, read by matching their fixed
+//! parts instead of through serde's struct machinery: a `Publish` (the hub's every
+//! publication: `{"type":"Publish","channel":"…","data":…}`, then `"id"`, `"key"` and
+//! `"ack_range":true` when present, in that order) and a `Publication` (a client's every
+//! message from the hub: `{"type":"Publication","channel":"…","seq":…,"data":…}`), without
+//! whitespace. `data` is still read by serde_json, which validates it; a `Publish`'s is
+//! checked for portability as the general decoder checks it.
 //!
 //! Anything else (another order, whitespace, an escape in the channel or key, a field it does
-//! not expect) is not taken here: [`decode`] returns `None` and the general decoder decides,
-//! so this path accepts a subset of the frames that decoder accepts, decoded the same way.
+//! not expect) is not taken here: [`publish`] and [`publication`] return `None` and the
+//! general decoder decides, so this path accepts a subset of the frames that decoder
+//! accepts, decoded the same way.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -14,12 +18,10 @@ use serde_json::value::RawValue;
 use crate::message::WsMessage;
 use crate::payload::check_portable;
 
-/// The fixed start of a canonical `Publish`, up to the channel's first byte.
-const PREFIX: &str = r#"{"type":"Publish","channel":""#;
-
 /// The `Publish` that `text` is, if it is one in the canonical form with portable data.
-pub(crate) fn decode(text: &str) -> Option<WsMessage> {
-    let (channel, rest) = plain_string(text.strip_prefix(PREFIX)?)?;
+pub(crate) fn publish(text: &str) -> Option<WsMessage> {
+    let rest = text.strip_prefix(r#"{"type":"Publish","channel":""#)?;
+    let (channel, rest) = plain_string(rest)?;
     let rest = rest.strip_prefix(r#","data":"#)?;
     let data = value(rest)?;
     let mut rest = &rest[data.get().len()..];
@@ -52,6 +54,23 @@ pub(crate) fn decode(text: &str) -> Option<WsMessage> {
         id,
         key,
         ack_range,
+    })
+}
+
+/// The `Publication` that `text` is, if it is one in the canonical form.
+pub(crate) fn publication(text: &str) -> Option<WsMessage> {
+    let rest = text.strip_prefix(r#"{"type":"Publication","channel":""#)?;
+    let (channel, rest) = plain_string(rest)?;
+    let (seq, rest) = json_u64(rest.strip_prefix(r#","seq":"#)?)?;
+    let rest = rest.strip_prefix(r#","data":"#)?;
+    let data = value(rest)?;
+    if &rest[data.get().len()..] != "}" {
+        return None;
+    }
+    Some(WsMessage::Publication {
+        channel: channel.to_owned(),
+        seq,
+        data: data.to_owned().into(),
     })
 }
 
@@ -98,7 +117,7 @@ mod tests {
     use super::*;
     use crate::payload::Payload;
 
-    fn publish(id: Option<u64>, key: Option<&str>, ack_range: bool) -> WsMessage {
+    fn publish_message(id: Option<u64>, key: Option<&str>, ack_range: bool) -> WsMessage {
         WsMessage::Publish {
             channel: "prices:SOL-USDC".into(),
             data: Payload::from_json(r#"{"px":1.5,"s":"a\"b","n":[1,{"x":null}]}"#)
@@ -113,14 +132,14 @@ mod tests {
     #[test]
     fn the_canonical_forms_decode_to_what_was_encoded() {
         for message in [
-            publish(None, None, false),
-            publish(Some(7), None, false),
-            publish(Some(u64::MAX), Some("k-1"), true),
-            publish(None, Some("k"), false),
-            publish(Some(0), None, true),
+            publish_message(None, None, false),
+            publish_message(Some(7), None, false),
+            publish_message(Some(u64::MAX), Some("k-1"), true),
+            publish_message(None, Some("k"), false),
+            publish_message(Some(0), None, true),
         ] {
             let json = message.to_json();
-            assert_eq!(decode(&json), Some(message), "{json}");
+            assert_eq!(publish(&json), Some(message), "{json}");
         }
     }
 
@@ -150,7 +169,7 @@ mod tests {
             r#"{"type":"Publish","channel":"c","data":"#.to_owned(),
             r#"{"type":"Publish","channel":"c"}"#.to_owned(),
         ] {
-            assert_eq!(decode(&json), None, "{json}");
+            assert_eq!(publish(&json), None, "{json}");
         }
         // The general decoder's view of a few of them: the same message, or an error.
         let spaced = format!(r#"{{"type":"Publish","channel":"c","data": {d}}}"#);
@@ -165,5 +184,32 @@ mod tests {
         ));
         let twice = format!(r#"{{"type":"Publish","channel":"c","data":{d},"id":1,"id":2}}"#);
         assert!(WsMessage::from_json(&twice).is_err());
+    }
+
+    /// A `Publication` as the hub writes it is taken whole; anything else is left to the
+    /// general decoder.
+    #[test]
+    fn publications_as_the_hub_writes_them_are_read_here() {
+        let data = Payload::from_json(r#"{"px":1.5,"s":"a\"b"}"#).unwrap_or_else(|e| panic!("{e}"));
+        for (channel, seq) in [("prices:SOL-USDC", 1), ("c", u64::MAX), ("é", 0)] {
+            let json = crate::encode_publication(channel, seq, data.as_raw());
+            let expected = WsMessage::Publication {
+                channel: channel.to_owned(),
+                seq,
+                data: data.clone(),
+            };
+            assert_eq!(publication(&json), Some(expected), "{json}");
+        }
+        for json in [
+            r#"{"type":"Publication","channel":"c","seq":1,"data":1,"x":2}"#,
+            r#"{"type":"Publication","channel":"c","seq":01,"data":1}"#,
+            r#"{"type":"Publication","channel":"c","seq":-1,"data":1}"#,
+            r#"{"type":"Publication","channel":"c","seq":1,"data":[1,}"#,
+            r#"{"type":"Publication","channel":"c","seq":1,"data":1} "#,
+            r#"{"type":"Publication","channel":"c\"d","seq":1,"data":1}"#,
+            r#"{"type":"Publication","seq":1,"channel":"c","data":1}"#,
+        ] {
+            assert_eq!(publication(json), None, "{json}");
+        }
     }
 }
