@@ -16,7 +16,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::message::WsMessage;
-use crate::payload::check_portable;
 
 /// The `Publish` that `text` is, if it is one in the canonical form with portable data.
 pub(crate) fn publish(text: &str) -> Option<WsMessage> {
@@ -47,14 +46,7 @@ pub(crate) fn publish(text: &str) -> Option<WsMessage> {
     if rest != "}" {
         return None;
     }
-    check_portable(data.get()).ok()?;
-    Some(WsMessage::Publish {
-        channel: channel.to_owned(),
-        data: data.to_owned().into(),
-        id,
-        key,
-        ack_range,
-    })
+    crate::decode::publish(channel.to_owned(), data, id, key, ack_range).ok()
 }
 
 /// The `Publication` that `text` is, if it is one in the canonical form.

@@ -75,15 +75,34 @@ impl PublishFields<'_> {
         if self.kind != "Publish" {
             return None;
         }
-        crate::payload::check_portable(self.data.get()).ok()?;
-        Some(WsMessage::Publish {
-            channel: self.channel,
-            data: self.data.to_owned().into(),
-            id: self.id,
-            key: self.key,
-            ack_range: self.ack_range.unwrap_or_default(),
-        })
+        publish(
+            self.channel,
+            self.data,
+            self.id,
+            self.key,
+            self.ack_range.unwrap_or_default(),
+        )
+        .ok()
     }
+}
+
+/// The `Publish` of `data` on `channel`, if its data is portable; else what is wrong with it.
+/// The two quick decoders end here ([`Fields`] checks in its own order, to word errors).
+pub(crate) fn publish(
+    channel: String,
+    data: &RawValue,
+    id: Option<u64>,
+    key: Option<String>,
+    ack_range: bool,
+) -> Result<WsMessage, String> {
+    crate::payload::check_portable(data.get())?;
+    Ok(WsMessage::Publish {
+        channel,
+        data: data.to_owned().into(),
+        id,
+        key,
+        ack_range,
+    })
 }
 
 /// Keeps `"data": null` as the JSON value `null` rather than as an absent field.

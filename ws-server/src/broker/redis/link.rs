@@ -117,9 +117,7 @@ impl RedisBroker {
                 && mirror.epoch != epoch
             {
                 warn!(channel = %name, "Redis lost the channel's history: it starts over in a new epoch");
-                mirror.epoch = epoch;
-                mirror.last = 0;
-                mirror.announced = 0;
+                mirror.restart(epoch, 0);
             }
         }
         self.refresh_shards(&mut reader).await;

@@ -79,6 +79,26 @@ struct Mirror {
     attached_at: Instant,
 }
 
+impl Mirror {
+    /// A mirror standing at `seq` of `epoch`, attached now.
+    fn at(epoch: String, seq: u64) -> Self {
+        Self {
+            epoch,
+            last: seq,
+            announced: seq,
+            attached_at: Instant::now(),
+        }
+    }
+
+    /// The channel starts over at `seq` in another incarnation, `epoch`: what was read and
+    /// announced in the old one means nothing.
+    fn restart(&mut self, epoch: String, seq: u64) {
+        self.epoch = epoch;
+        self.last = seq;
+        self.announced = seq;
+    }
+}
+
 /// See the module documentation.
 pub(crate) struct RedisBroker {
     target: Target,
@@ -285,19 +305,13 @@ impl Broker for RedisBroker {
                     .seed(channel, &epoch, seq, history)
                     .map_err(|full| BrokerError::Unavailable(full.to_string()))?;
                 let mut mirrors = self.mirrors();
-                let mirror = mirrors.entry(channel.to_owned()).or_insert(Mirror {
-                    epoch: epoch.clone(),
-                    last: seq,
-                    announced: seq,
-                    attached_at: Instant::now(),
-                });
+                let mirror = mirrors
+                    .entry(channel.to_owned())
+                    .or_insert_with(|| Mirror::at(epoch.clone(), seq));
                 mirror.attached_at = Instant::now();
                 if mirror.epoch != epoch {
-                    // Another incarnation: what was announced in the old one means nothing.
-                    mirror.announced = seq;
-                }
-                if mirror.epoch != epoch || mirror.last < seq {
-                    mirror.epoch = epoch;
+                    mirror.restart(epoch, seq);
+                } else if mirror.last < seq {
                     mirror.last = seq;
                 }
                 drop(mirrors);
