@@ -7,6 +7,11 @@
 //! whitespace. `data` is still read by serde_json, which validates it; a `Publish`'s is
 //! checked for portability as the general decoder checks it.
 //!
+//! The hub reads a `Publish` without making a [`WsMessage`] at all: [`PublishRef`] borrows
+//! its parts from the frame, and its data is proven valid and portable by one quick pass
+//! (`plain_json.rs`) instead of serde_json and the portability check, for the data of the
+//! usual shape; other data is left to the general decoder.
+//!
 //! Anything else (another order, whitespace, an escape in the channel or key, a field it does
 //! not expect) is not taken here: [`publish`] and [`publication`] return `None` and the
 //! general decoder decides, so this path accepts a subset of the frames that decoder
@@ -17,13 +22,95 @@ use serde_json::value::RawValue;
 
 use crate::message::WsMessage;
 
+/// A `Publish` frame's fields, borrowed from its text: what the hub needs to forward a
+/// publication without decoding it into a [`WsMessage`].
+///
+/// [`PublishRef::parse`] takes only a `Publish` in the canonical form whose `data` one quick
+/// pass proves valid and portable; for any other frame it returns `None` and
+/// [`WsMessage::from_json`] decides, so a frame it takes is one `from_json` decodes to the
+/// same fields.
+///
+/// ```
+/// use ws_protocol::{Payload, PublishRef, WsMessage};
+///
+/// let frame = WsMessage::Publish {
+///     channel: "prices".into(),
+///     data: Payload::from_json(r#"{"px":1.5}"#)?,
+///     id: Some(7),
+///     key: None,
+///     ack_range: false,
+/// }
+/// .to_json();
+/// let publish = PublishRef::parse(&frame).expect("canonical");
+/// assert_eq!((publish.channel, publish.data, publish.id), ("prices", r#"{"px":1.5}"#, Some(7)));
+/// // Not canonical (a space): left to `WsMessage::from_json`.
+/// assert!(PublishRef::parse(r#"{"type":"Publish", "channel":"prices","data":1}"#).is_none());
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishRef<'a> {
+    /// The channel, as sent (it held no escape).
+    pub channel: &'a str,
+    /// The data: one valid JSON value, portable (see [`check_portable_data`](crate::check_portable_data)).
+    pub data: &'a str,
+    /// The client's `id`.
+    pub id: Option<u64>,
+    /// The idempotency key, as sent (it held no escape).
+    pub key: Option<&'a str>,
+    /// Whether the client accepts its `Published` in a run.
+    pub ack_range: bool,
+}
+
+impl<'a> PublishRef<'a> {
+    /// The `Publish` that `text` is, if it is one in the canonical form with plainly valid,
+    /// portable data (see the type's documentation); `None` leaves it to
+    /// [`WsMessage::from_json`].
+    #[must_use]
+    pub fn parse(text: &'a str) -> Option<Self> {
+        let (channel, (data, _), id, key, ack_range) = fields(text, |rest| {
+            let len = crate::plain_json::plain_portable_len(rest)?;
+            Some((&rest[..len], len))
+        })?;
+        Some(Self {
+            channel,
+            data,
+            id,
+            key,
+            ack_range,
+        })
+    }
+}
+
 /// The `Publish` that `text` is, if it is one in the canonical form with portable data.
 pub(crate) fn publish(text: &str) -> Option<WsMessage> {
+    let (channel, (data, _), id, key, ack_range) = fields(text, |rest| {
+        let data = value(rest)?;
+        Some((data, data.get().len()))
+    })?;
+    crate::decode::publish(
+        channel.to_owned(),
+        data,
+        id,
+        key.map(str::to_owned),
+        ack_range,
+    )
+    .ok()
+}
+
+/// A canonical `Publish`'s parts, `data` read by `data` (which returns it and its length).
+type Parts<'a, D> = (&'a str, (D, usize), Option<u64>, Option<&'a str>, bool);
+
+/// Matches the fixed parts of a canonical `Publish`; `data` reads its data at the start of
+/// the text it is given.
+fn fields<'a, D>(
+    text: &'a str,
+    data: impl FnOnce(&'a str) -> Option<(D, usize)>,
+) -> Option<Parts<'a, D>> {
     let rest = text.strip_prefix(r#"{"type":"Publish","channel":""#)?;
     let (channel, rest) = plain_string(rest)?;
     let rest = rest.strip_prefix(r#","data":"#)?;
-    let data = value(rest)?;
-    let mut rest = &rest[data.get().len()..];
+    let (data, len) = data(rest)?;
+    let mut rest = rest.get(len..)?;
     let mut id = None;
     if let Some(after) = rest.strip_prefix(r#","id":"#) {
         let (number, after) = json_u64(after)?;
@@ -33,7 +120,7 @@ pub(crate) fn publish(text: &str) -> Option<WsMessage> {
     let mut key = None;
     if let Some(after) = rest.strip_prefix(r#","key":""#) {
         let (text, after) = plain_string(after)?;
-        key = Some(text.to_owned());
+        key = Some(text);
         rest = after;
     }
     let ack_range = match rest.strip_prefix(r#","ack_range":true"#) {
@@ -46,7 +133,7 @@ pub(crate) fn publish(text: &str) -> Option<WsMessage> {
     if rest != "}" {
         return None;
     }
-    crate::decode::publish(channel.to_owned(), data, id, key, ack_range).ok()
+    Some((channel, (data, len), id, key, ack_range))
 }
 
 /// The `Publication` that `text` is, if it is one in the canonical form.
@@ -176,6 +263,54 @@ mod tests {
         ));
         let twice = format!(r#"{{"type":"Publish","channel":"c","data":{d},"id":1,"id":2}}"#);
         assert!(WsMessage::from_json(&twice).is_err());
+    }
+
+    /// The borrowed view takes the canonical forms with plain data, with the fields the
+    /// general decoder gives them, and leaves the rest to it.
+    #[test]
+    fn the_borrowed_view_agrees_with_the_decoder() {
+        for message in [
+            publish_message(None, None, false),
+            publish_message(Some(7), None, false),
+            publish_message(Some(u64::MAX), Some("k-1"), true),
+            publish_message(None, Some("k"), false),
+        ] {
+            let json = message.to_json();
+            let view = PublishRef::parse(&json).unwrap_or_else(|| panic!("{json}"));
+            let WsMessage::Publish {
+                channel,
+                data,
+                id,
+                key,
+                ack_range,
+            } = message
+            else {
+                unreachable!()
+            };
+            assert_eq!(view.channel, channel);
+            assert_eq!(view.data, data.as_str());
+            assert_eq!(
+                (view.id, view.key, view.ack_range),
+                (id, key.as_deref(), ack_range)
+            );
+        }
+        for json in [
+            r#"{"type":"Publish","channel":"c","data":{"a":1e5}}"#,
+            r#"{"type":"Publish","channel":"c","data":{"a":1e400}}"#,
+            r#"{"type":"Publish","channel":"c","data":"\u0041"}"#,
+            r#"{"type":"Publish","channel":"c","data":{"a":}}"#,
+            r#"{"type":"Publish","channel":"c","data":1 }"#,
+            r#"{"type":"Publish","channel":"c","data":01}"#,
+        ] {
+            assert_eq!(PublishRef::parse(json), None, "{json}");
+        }
+        // What the view leaves, the decoder decides: the exponent is fine, 1e400 is refused.
+        assert!(
+            WsMessage::from_json(r#"{"type":"Publish","channel":"c","data":{"a":1e5}}"#).is_ok()
+        );
+        assert!(
+            WsMessage::from_json(r#"{"type":"Publish","channel":"c","data":{"a":1e400}}"#).is_err()
+        );
     }
 
     /// A `Publication` as the hub writes it is taken whole; anything else is left to the

@@ -55,7 +55,10 @@ mod message;
 mod message_type;
 mod msgpack;
 mod payload;
+mod plain_json;
+mod swar;
 
+pub use canonical::PublishRef;
 pub use channel::{MAX_CHANNEL_NAME_LEN, invalid_channel_name, is_valid_channel_name};
 pub use config::{ClientTransport, Compression, Secret, SlowConsumerPolicy, WebSocketConfig};
 pub use encoding::Encoding;

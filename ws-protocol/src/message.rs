@@ -405,12 +405,13 @@ pub fn publication_prefix(channel: &str) -> String {
 }
 
 /// Appends a `Publication` frame's JSON to `out`, as [`write_publication`] writes it, given
-/// its channel's [`publication_prefix`].
-pub fn write_publication_after(out: &mut Vec<u8>, prefix: &str, seq: u64, data: &RawValue) {
+/// its channel's [`publication_prefix`]. `data` must be one valid JSON value (a
+/// [`RawValue`]'s text, or a [`PublishRef`](crate::PublishRef)'s data): it is copied as is.
+pub fn write_publication_after(out: &mut Vec<u8>, prefix: &str, seq: u64, data: &str) {
     out.extend_from_slice(prefix.as_bytes());
     out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     out.extend_from_slice(br#","data":"#);
-    out.extend_from_slice(data.get().as_bytes());
+    out.extend_from_slice(data.as_bytes());
     out.push(b'}');
 }
 
@@ -491,7 +492,7 @@ mod tests {
                     &mut direct,
                     &publication_prefix(channel),
                     seq,
-                    data.as_raw(),
+                    data.as_str(),
                 );
                 assert_eq!(
                     String::from_utf8(direct).unwrap(),

@@ -6,6 +6,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::swar::{repeated, zero_bytes};
+
 /// Any JSON value, kept as the exact text it arrived as.
 ///
 /// The hub never parses a payload it only forwards: it copies the text into the
@@ -190,16 +192,6 @@ fn string_end(bytes: &[u8], mut i: usize) -> usize {
             None => return bytes.len(),
         }
     }
-}
-
-/// `byte` in each of a word's eight bytes.
-const fn repeated(byte: u8) -> u64 {
-    u64::from_ne_bytes([byte; 8])
-}
-
-/// The high bit set in (at least) the lowest byte of `word` that is zero; 0 if none is.
-const fn zero_bytes(word: u64) -> u64 {
-    word.wrapping_sub(repeated(1)) & !word & repeated(0x80)
 }
 
 impl From<Box<RawValue>> for Payload {

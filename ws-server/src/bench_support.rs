@@ -66,7 +66,7 @@ impl FanOut {
 
     /// Publishes on one channel: lookup, seq, encode once, queue to every subscriber.
     pub fn publish(&self, channel: &str, data: &RawValue) -> Published {
-        self.channels.publish(channel, data)
+        self.channels.publish(channel, data.get())
     }
 
     /// Empties the queues of channel `c{channel}`'s subscribers, as their writers would.
@@ -121,7 +121,7 @@ pub fn exercise_channels(data: &[u8]) {
                 let Ok(raw) = RawValue::from_string(json) else {
                     continue;
                 };
-                let published = channels.publish(names[ch], &raw);
+                let published = channels.publish(names[ch], raw.get());
                 if published.seq != 0 {
                     assert!(
                         published.seq == last_seq[ch] + 1 || published.seq == 1,

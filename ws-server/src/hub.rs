@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant as StdInstant};
 
-use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as TungsteniteConfig;
 use tokio_util::sync::CancellationToken;
@@ -212,10 +211,13 @@ impl Hub {
     pub(crate) async fn publish(
         &self,
         channel: &str,
-        data: &RawValue,
+        data: &str,
         key: Option<&str>,
     ) -> std::result::Result<Published, BrokerError> {
-        match self.submit(channel, data, key).await? {
+        match self
+            .submit(channel, data, key, tokio::time::Instant::now())
+            .await?
+        {
             Submission::Done(published) => Ok(published),
             Submission::Queued(reply) => reply
                 .await
@@ -223,15 +225,17 @@ impl Hub {
         }
     }
 
-    /// Hands a publication to the broker without waiting for it to be done.
+    /// Hands a publication (`data`: one valid, portable JSON value) to the broker without
+    /// waiting for it to be done; `now` is the time of the frame that brought it.
     pub(crate) fn submit<'a>(
         &'a self,
         channel: &'a str,
-        data: &'a RawValue,
+        data: &'a str,
         key: Option<&'a str>,
+        now: tokio::time::Instant,
     ) -> BrokerFuture<'a, Submission> {
         self.broker
-            .submit(&self.channels, &self.metrics, channel, data, key)
+            .submit(&self.channels, &self.metrics, channel, data, key, now)
     }
 
     /// Makes sure the publications of every one of `channels` reach this hub (with Redis,

@@ -141,7 +141,7 @@ impl WebSocketServer {
             return Err(ServerError::InvalidChannel(channel.to_owned()));
         }
         let payload = Payload::from_value(data)?;
-        Ok(self.hub.publish(channel, payload.as_raw(), None).await?)
+        Ok(self.hub.publish(channel, payload.as_str(), None).await?)
     }
 
     /// Publishes like [`publish`](Self::publish), at most once per `key` on `channel` within
@@ -174,7 +174,7 @@ impl WebSocketServer {
         let payload = Payload::from_value(data)?;
         Ok(self
             .hub
-            .publish(channel, payload.as_raw(), Some(key))
+            .publish(channel, payload.as_str(), Some(key))
             .await?)
     }
 

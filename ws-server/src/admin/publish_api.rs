@@ -153,7 +153,7 @@ async fn one(hub: &Hub, json: &str) -> Result<String, Refusal> {
         ));
     }
     match hub
-        .publish(&item.channel, item.data, item.key.as_deref())
+        .publish(&item.channel, item.data.get(), item.key.as_deref())
         .await
     {
         Ok(published) if published.duplicate => {

@@ -4,7 +4,7 @@
 use std::future::ready;
 
 use futures_util::future::Either;
-use serde_json::value::RawValue;
+use tokio::time::Instant;
 
 use super::{Broker, BrokerError, BrokerFuture, BrokerStatus, Submission};
 use crate::channel::Channels;
@@ -24,17 +24,18 @@ impl Broker for EmbeddedBroker {
         channels: &'a Channels,
         metrics: &'a HubMetrics,
         channel: &'a str,
-        data: &'a RawValue,
+        data: &'a str,
         key: Option<&'a str>,
+        now: Instant,
     ) -> BrokerFuture<'a, Submission> {
         let n = metrics
             .publications
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let published = if n & (FANOUT_SAMPLE - 1) != 0 {
-            channels.publish_keyed(channel, data, key)
+            channels.publish_keyed(channel, data, key, now)
         } else {
             let started = std::time::Instant::now();
-            let published = channels.publish_keyed(channel, data, key);
+            let published = channels.publish_keyed(channel, data, key, now);
             if let Ok(published) = &published
                 && published.recipients.is_some_and(|r| r > 0)
             {

@@ -15,8 +15,8 @@ mod redis;
 use std::future::Ready;
 
 use futures_util::future::{BoxFuture, Either};
-use serde_json::value::RawValue;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 pub(crate) use self::embedded::EmbeddedBroker;
 pub(crate) use self::following::Following;
@@ -60,7 +60,8 @@ pub(crate) enum Submission {
 
 /// See the module documentation.
 pub(crate) trait Broker: Send + Sync {
-    /// Hands `data` on `channel` to the broker. A connection's publications are published in
+    /// Hands `data` (one valid, portable JSON value) on `channel` to the broker, at `now`
+    /// (the time of the frame that brought it). A connection's publications are published in
     /// the order it submits them; it need not wait for one to be done before submitting the
     /// next (so a publisher's frames travel to Redis pipelined). With `key`, a key already
     /// published on the channel within the idempotency window is not published again (the
@@ -70,8 +71,9 @@ pub(crate) trait Broker: Send + Sync {
         channels: &'a Channels,
         metrics: &'a HubMetrics,
         channel: &'a str,
-        data: &'a RawValue,
+        data: &'a str,
         key: Option<&'a str>,
+        now: Instant,
     ) -> BrokerFuture<'a, Submission>;
 
     /// Makes sure `channel`'s publications reach this hub, with its recent history, before a

@@ -282,13 +282,15 @@ impl Channels {
 
     /// Publishes `data` on `name` without an idempotency key (see [`Self::publish_keyed`]).
     #[cfg(any(test, feature = "bench"))]
-    pub(crate) fn publish(&self, name: &str, data: &RawValue) -> Published {
+    pub(crate) fn publish(&self, name: &str, data: &str) -> Published {
         // Only a key can be refused.
-        self.publish_keyed(name, data, None)
+        self.publish_keyed(name, data, None, Instant::now())
             .unwrap_or_else(|_| Published::new(0, Some(0)))
     }
 
-    /// Publishes `data` on `name` to every current subscriber, and keeps it in the history.
+    /// Publishes `data` (one valid, portable JSON value) on `name` to every current
+    /// subscriber, and keeps it in the history; `now` is the time of the frame that brought
+    /// it (one clock read per frame serves the rate limit, the keys and the history).
     ///
     /// With `key`, a key seen on this channel within the idempotency window makes it a
     /// duplicate: nothing is published and the first publication's `seq` is returned. The
@@ -300,8 +302,9 @@ impl Channels {
     pub(crate) fn publish_keyed(
         &self,
         name: &str,
-        data: &RawValue,
+        data: &str,
         key: Option<&str>,
+        now: Instant,
     ) -> Result<Published, PublishRefused> {
         loop {
             let channel = match self.channel(name) {
@@ -324,8 +327,6 @@ impl Channels {
                 // Forgotten since the lookup: its successor (if any) is the channel now.
                 continue;
             }
-            // One reading of the clock for the keys and the history.
-            let now = Instant::now();
             if let Some(key) = key {
                 state.expire_keys(self.limits.key_window, &self.keys_held, now);
                 let hash = state.key_hash(key);
@@ -361,13 +362,7 @@ impl Channels {
     /// subscriber with an unsolicited `Subscribed` (`recovered: false`) before the
     /// publication. Returns how many subscribers it was queued to; `None` if the channel is
     /// unknown here (nobody subscribes on this hub).
-    pub(crate) fn deliver(
-        &self,
-        name: &str,
-        epoch: &str,
-        seq: u64,
-        data: &RawValue,
-    ) -> Option<usize> {
+    pub(crate) fn deliver(&self, name: &str, epoch: &str, seq: u64, data: &str) -> Option<usize> {
         let channel = self.channel(name)?;
         let mut state = channel.lock();
         if state.forgotten {
@@ -433,7 +428,7 @@ impl Channels {
             state.history.clear(&self.history_bytes);
             let now = Instant::now();
             for (seq, age, data) in history {
-                let frame = Self::encode(&channel, seq, &data);
+                let frame = Self::encode(&channel, seq, data.get());
                 let at = now.checked_sub(age).unwrap_or(now);
                 state.history.push(&self.history_bytes, seq, at, frame);
             }
@@ -474,9 +469,9 @@ impl Channels {
     }
 
     /// Publication `seq` of `channel`, as it goes on the wire.
-    fn encode(channel: &Channel, seq: u64, data: &RawValue) -> Frame {
+    fn encode(channel: &Channel, seq: u64, data: &str) -> Frame {
         let prefix = &channel.prefix;
-        Frame::text_with(prefix.len() + data.get().len() + 32, |buf| {
+        Frame::text_with(prefix.len() + data.len() + 32, |buf| {
             write_publication_after(buf, prefix, seq, data);
         })
     }
@@ -487,7 +482,7 @@ impl Channels {
         channel: &Channel,
         state: &mut ChannelState,
         seq: u64,
-        data: &RawValue,
+        data: &str,
         now: Instant,
     ) -> usize {
         let frame = Self::encode(channel, seq, data);

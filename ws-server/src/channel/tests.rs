@@ -32,7 +32,7 @@ fn publications_reach_only_subscribers_with_consecutive_seq() {
         .unwrap();
     let data = Payload::from_json("1").unwrap();
     assert_eq!(
-        channels.publish("x", data.as_raw()),
+        channels.publish("x", data.as_str()),
         Published {
             duplicate: Default::default(),
             seq: 1,
@@ -40,7 +40,7 @@ fn publications_reach_only_subscribers_with_consecutive_seq() {
         }
     );
     assert_eq!(
-        channels.publish("x", data.as_raw()),
+        channels.publish("x", data.as_str()),
         Published {
             duplicate: Default::default(),
             seq: 2,
@@ -73,14 +73,14 @@ fn the_last_unsubscribe_removes_the_channel() {
     channels.unsubscribe("x", ConnectionId(1));
     assert_eq!(channels.len(), 1);
     let data = Payload::from_json("2").unwrap();
-    assert_eq!(channels.publish("x", data.as_raw()).recipients, Some(1));
+    assert_eq!(channels.publish("x", data.as_str()).recipients, Some(1));
     assert!(texts(&a).is_empty());
     assert_eq!(texts(&b).len(), 1);
     channels.unsubscribe("x", ConnectionId(2));
     assert_eq!(channels.len(), 0);
     let data = Payload::from_json("1").unwrap();
     assert_eq!(
-        channels.publish("x", data.as_raw()),
+        channels.publish("x", data.as_str()),
         Published {
             duplicate: Default::default(),
             seq: 0,
@@ -100,7 +100,7 @@ async fn a_subscribe_with_since_replays_exactly_what_was_missed() {
         .unwrap();
     assert_eq!((start.seq, start.recovered), (0, true));
     for _ in 0..5 {
-        channels.publish("x", data.as_raw());
+        channels.publish("x", data.as_str());
     }
     texts(&a);
     channels.unsubscribe("x", ConnectionId(1));
@@ -171,7 +171,7 @@ fn concurrent_subscribes_unsubscribes_publishes_and_sweeps_do_not_deadlock() {
                         }
                         1 => channels.unsubscribe(&name, ConnectionId(t)),
                         2 => {
-                            channels.publish(&name, data.as_raw());
+                            channels.publish(&name, data.as_str());
                         }
                         _ => channels.sweep(),
                     }
@@ -213,7 +213,7 @@ fn history_over_all_channels_stays_within_its_bytes_oldest_forgotten_first() {
     // 1,000 channels nobody subscribes to, one publication each (~250 bytes with the
     // entry's cost): far past 20,000 bytes.
     for i in 0..1000 {
-        assert_eq!(channels.publish(&format!("c{i}"), data.as_raw()).seq, 1);
+        assert_eq!(channels.publish(&format!("c{i}"), data.as_str()).seq, 1);
     }
     let usage = channels.usage();
     assert!(usage.history_bytes <= 20_000, "{usage:?}");
@@ -242,10 +242,10 @@ fn history_over_all_channels_stays_within_its_bytes_oldest_forgotten_first() {
         .subscribe("watched", ConnectionId(2), &b, None, None)
         .unwrap();
     for _ in 0..20 {
-        channels.publish("watched", data.as_raw());
+        channels.publish("watched", data.as_str());
     }
     for i in 0..1000 {
-        channels.publish(&format!("c{i}"), data.as_raw());
+        channels.publish(&format!("c{i}"), data.as_str());
     }
     // (From 10: the test outbox replays at most 16.)
     let since = Position {
@@ -272,7 +272,7 @@ fn past_the_channel_bound_history_only_channels_go_first_and_subscribed_ones_sta
         .subscribe("kept", ConnectionId(1), &a, None, None)
         .unwrap();
     for i in 0..1000 {
-        channels.publish(&format!("c{i}"), data.as_raw());
+        channels.publish(&format!("c{i}"), data.as_str());
     }
     let usage = channels.usage();
     assert!(usage.held <= 100, "{usage:?}");
@@ -292,8 +292,8 @@ fn past_the_channel_bound_history_only_channels_go_first_and_subscribed_ones_sta
             .unwrap_err(),
         ChannelsFull(2)
     );
-    assert_eq!(full.publish("c", data.as_raw()).seq, 0);
-    assert_eq!(full.publish("a", data.as_raw()).seq, 1);
+    assert_eq!(full.publish("c", data.as_str()).seq, 0);
+    assert_eq!(full.publish("a", data.as_str()).seq, 1);
 }
 
 #[test]
@@ -334,7 +334,7 @@ fn a_sweep_stuck_on_one_channel_holds_up_no_other_shard() {
                 channels
                     .subscribe(&name, ConnectionId(2), &b, None, None)
                     .unwrap();
-                channels.publish(&name, data.as_raw());
+                channels.publish(&name, data.as_str());
                 channels.unsubscribe(&name, ConnectionId(2));
             }
             let _ = done_tx.send(());

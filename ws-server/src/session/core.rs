@@ -15,10 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::debug;
-use ws_protocol::{Encoding, Payload, WsMessage, codes, json_to_msgpack, msgpack_to_json};
+use ws_protocol::{
+    DecodeError, Encoding, Payload, PublishRef, WsMessage, codes, json_to_msgpack, msgpack_to_json,
+};
 
+use super::command::publish::PublishBody;
 use super::command::subscribe::SubscribeRequest;
 use super::ending::End;
 use crate::auth::Grant;
@@ -44,16 +47,15 @@ pub(crate) enum Step {
     /// Hand a publication to the broker; its outcome is answered with
     /// [`publication_outcome`](super::command::publish::publication_outcome).
     Publish {
-        /// The channel, checked.
-        channel: String,
-        /// The data, as the client sent it.
-        data: Payload,
+        /// The channel (checked), the data as the client sent it, and the idempotency key
+        /// (checked).
+        body: PublishBody,
         /// The client's `id`: answer `Published` (or an `Error`) with it.
         id: Option<u64>,
-        /// The idempotency key, checked.
-        key: Option<String>,
         /// The client accepts its `Published` in a run ([`WsMessage::Publish`]'s `ack_range`).
         ack_range: bool,
+        /// When its frame was read.
+        at: Instant,
     },
     /// Attach the channels to the broker ([`Hub::attach`]), then give the outcome to
     /// [`Core::subscribe`].
@@ -82,7 +84,7 @@ pub(crate) struct Core {
     /// The channels this connection is subscribed to.
     pub(super) subscriptions: HashSet<Arc<str>>,
     /// When the client last sent a frame.
-    last_seen: Instant,
+    pub(super) last_seen: Instant,
     /// When the connection must have authenticated, or when its token expires.
     deadline: Option<Instant>,
     /// When to ping the client next.
@@ -175,11 +177,11 @@ impl Core {
             });
         }
         match message {
-            Message::Text(text) => self.on_text(text.as_str(), text.len()),
+            Message::Text(text) => self.on_text(text.as_str(), text.len(), Some(&text)),
             Message::Binary(bytes) => {
                 let refusal = if self.encoding == Encoding::MessagePack {
                     match msgpack_to_json(&bytes) {
-                        Ok(json) => return self.on_text(&json, bytes.len()),
+                        Ok(json) => return self.on_text(&json, bytes.len(), None),
                         Err(error) => WsMessage::error(error.code(), error.to_string()),
                     }
                 } else {
@@ -209,16 +211,35 @@ impl Core {
     }
 
     /// Takes in one message as JSON `text` (from a frame of `len` bytes).
-    fn on_text(&mut self, text: &str, len: usize) -> Result<Step, End> {
+    /// A text frame (`frame`: the one read, when `text` is its text rather than a
+    /// conversion): a canonical `Publish` is read in place, anything else decoded.
+    fn on_text(&mut self, text: &str, len: usize, frame: Option<&Utf8Bytes>) -> Result<Step, End> {
         let metrics = &self.hub.metrics;
         HubMetrics::add(&metrics.frames_in, 1);
         HubMetrics::add(&metrics.bytes_in, len as u64);
-        let decoded = WsMessage::from_json(text);
+        let in_place = frame.and_then(|frame| {
+            let publish = PublishRef::parse(frame.as_str())?;
+            Some((
+                PublishBody::in_frame(frame, &publish)?,
+                publish.id,
+                publish.ack_range,
+            ))
+        });
+        let decoded = match in_place {
+            Some((body, id, ack_range)) => Decoded::Publish(body, id, ack_range),
+            None => Decoded::Message(WsMessage::from_json(text)),
+        };
         // Publications and everything else (subscribe churn, pings, malformed frames) draw on
         // separate budgets, so that a publisher at market rates is never refused because of
         // a limit meant for control traffic.
-        let refused = match &decoded {
-            Ok(WsMessage::Publish { .. }) => {
+        let publish_id = match &decoded {
+            Decoded::Publish(_, id, _) | Decoded::Message(Ok(WsMessage::Publish { id, .. })) => {
+                Some(*id)
+            }
+            Decoded::Message(_) => None,
+        };
+        let refused = match publish_id {
+            Some(_) => {
                 let verdict = self.publish_rate.check(self.last_seen);
                 let limit = self.publish_limit();
                 self.rate_refusal(verdict, limit, "publications")?
@@ -228,7 +249,7 @@ impl Core {
         if let Some(refused) = refused {
             // A publication with an `id` is answered one by one, so that its sender learns
             // the fate of each.
-            if let Ok(WsMessage::Publish { id: Some(id), .. }) = &decoded {
+            if let Some(Some(id)) = publish_id {
                 let error = WsMessage::error(
                     codes::RATE_LIMITED,
                     format!(
@@ -236,13 +257,19 @@ impl Core {
                         self.publish_limit()
                     ),
                 );
-                return Ok(reply(error.with_id(Some(*id))));
+                return Ok(reply(error.with_id(Some(id))));
             }
             return Ok(refused);
         }
         let message = match decoded {
-            Ok(message) => message,
-            Err(error) => {
+            Decoded::Publish(body, id, ack_range) => {
+                if self.grant.is_none() {
+                    return Ok(unauthenticated(id));
+                }
+                return Ok(self.publish(body, id, ack_range));
+            }
+            Decoded::Message(Ok(message)) => message,
+            Decoded::Message(Err(error)) => {
                 debug!(connection = %self.id, %error, "rejected frame");
                 return Ok(reply(WsMessage::error(error.code(), error.to_string())));
             }
@@ -251,11 +278,7 @@ impl Core {
             return self.authenticate(&token, self.last_seen);
         }
         if self.grant.is_none() && !matches!(message, WsMessage::Ping | WsMessage::Pong) {
-            let error = WsMessage::error(
-                codes::UNAUTHORIZED,
-                "authenticate first: send {\"type\":\"Authenticate\",\"token\":\"...\"}",
-            );
-            return Ok(reply(error.with_id(request_id(&message))));
+            return Ok(unauthenticated(request_id(&message)));
         }
         Ok(match message {
             WsMessage::Ping => reply(WsMessage::Pong),
@@ -272,7 +295,7 @@ impl Core {
                 id,
                 key,
                 ack_range,
-            } => self.publish(channel, data, id, key, ack_range),
+            } => self.publish(PublishBody::Decoded { channel, data, key }, id, ack_range),
             message @ (WsMessage::PriceUpdate { .. } | WsMessage::AccountUpdate { .. }) => {
                 Step::Forward(message)
             }
@@ -415,6 +438,23 @@ fn unix_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// A text frame as read: a `Publish` read in place (its body, `id` and `ack_range`), or
+/// what the general decoder made of it.
+enum Decoded {
+    Publish(PublishBody, Option<u64>, bool),
+    Message(Result<WsMessage, DecodeError>),
+}
+
+/// The answer to a frame (answered with `id`) from a connection that must authenticate
+/// first.
+fn unauthenticated(id: Option<u64>) -> Step {
+    let error = WsMessage::error(
+        codes::UNAUTHORIZED,
+        "authenticate first: send {\"type\":\"Authenticate\",\"token\":\"...\"}",
+    );
+    reply(error.with_id(id))
 }
 
 /// The `id` a client frame asks to be answered with, if any.

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, warn};
-use ws_protocol::{Payload, WsMessage};
+use ws_protocol::WsMessage;
 
 use crate::broker::{BrokerError, Submission};
 use crate::channel::Published;
@@ -51,6 +51,7 @@ use crate::metrics::HubMetrics;
 use crate::outbox::{Notice, Outbox, Outgoing};
 
 use self::ack_run::{AckRun, Answer};
+use self::command::publish::PublishBody;
 use self::command::subscribe::SubscribeRequest;
 use self::core::{Core, Step};
 use self::ending::{End, read_error};
@@ -274,17 +275,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             #[cfg(feature = "conformance")]
             Step::Echo(message) => self.write_now(message).await,
             Step::Publish {
-                channel,
-                data,
+                body,
                 id,
-                key,
                 ack_range,
+                at,
             } => {
                 let answer = Answer {
                     id,
                     ranged: ack_range,
                 };
-                self.publish(channel, data, answer, key.as_deref()).await
+                self.publish(body, answer, at).await
             }
             Step::Replies(texts) => Box::pin(self.send_texts(texts)).await,
             Step::Subscribe(request) => Box::pin(self.subscribe(request)).await,
@@ -346,21 +346,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Hands a publication to the broker and answers it (see [`Session::answer_publication`]).
     /// The embedded broker publishes at once; with Redis a publication travels pipelined and
     /// its outcome is answered when it arrives, in order.
-    async fn publish(
-        &mut self,
-        channel: String,
-        data: Payload,
-        answer: Answer,
-        key: Option<&str>,
-    ) -> Result<(), End> {
-        let submitted = match self.core.hub.submit(&channel, data.as_raw(), key) {
+    async fn publish(&mut self, body: PublishBody, answer: Answer, at: Instant) -> Result<(), End> {
+        let hub = &self.core.hub;
+        let submitted = match hub.submit(body.channel(), body.data(), body.key(), at) {
             Either::Left(done) => done.into_inner(),
             Either::Right(later) => later.await,
         };
-        drop(data);
         let (channel, answer, outcome) = match submitted {
-            Ok(Submission::Done(published)) => (channel, answer, Ok(Ok(published))),
+            // Published without an `id`: nothing to answer (only an `id` or a refusal is).
+            Ok(Submission::Done(_)) if answer.id.is_none() => return Ok(()),
+            Ok(Submission::Done(published)) => {
+                (body.channel().to_owned(), answer, Ok(Ok(published)))
+            }
             Ok(Submission::Queued(reply)) => {
+                let channel = body.channel().to_owned();
                 self.publishing.push_back((channel, answer, reply));
                 if self.publishing.len() <= MAX_PUBLISHING {
                     return Ok(());
@@ -370,7 +369,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 };
                 (channel, answer, reply.await)
             }
-            Err(error) => (channel, answer, Ok(Err(error))),
+            Err(error) => (body.channel().to_owned(), answer, Ok(Err(error))),
         };
         Box::pin(self.answer_publication(channel, answer, outcome)).await
     }

@@ -170,7 +170,7 @@ impl RedisBroker {
                 self.rounds.carried(publications.len());
                 for publication in publications {
                     let Carried { seq, epoch, data } = publication;
-                    channels.deliver(&name, &epoch, seq, &data);
+                    channels.deliver(&name, &epoch, seq, data.get());
                 }
             }
             if sweep {
@@ -247,7 +247,7 @@ impl RedisBroker {
                 }
             }
             for entry in stream.entries {
-                channels.deliver(name, &entry.epoch, entry.seq, &entry.data);
+                channels.deliver(name, &entry.epoch, entry.seq, entry.data.get());
             }
         }
     }

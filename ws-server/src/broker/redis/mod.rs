@@ -37,7 +37,6 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use redis::Script;
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -257,8 +256,9 @@ impl Broker for RedisBroker {
         _channels: &'a Channels,
         _metrics: &'a HubMetrics,
         channel: &'a str,
-        data: &'a RawValue,
+        data: &'a str,
         key: Option<&'a str>,
+        _now: Instant,
     ) -> BrokerFuture<'a, Submission> {
         Either::Right(
             async move {
@@ -269,7 +269,7 @@ impl Broker for RedisBroker {
                 let (reply, result) = oneshot::channel();
                 let request = PublishRequest {
                     channel: channel.to_owned(),
-                    data: data.to_owned(),
+                    data: data.into(),
                     key: key.map(str::to_owned),
                     refresh_expiry: true,
                     reply,

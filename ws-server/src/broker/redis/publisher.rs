@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use redis::Value;
-use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +31,7 @@ const WAIT_FOR_REPLICAS_MS: u64 = 1000;
 /// A publication waiting to be sent to Redis.
 pub(super) struct PublishRequest {
     pub(super) channel: String,
-    pub(super) data: Box<RawValue>,
+    pub(super) data: Box<str>,
     /// The idempotency key, if the publication has one.
     pub(super) key: Option<String>,
     /// Whether it refreshes the channel's keys' expiry (`expiry_refresh.rs`); set by the
@@ -177,7 +176,7 @@ impl RedisBroker {
                 .arg(self.limits.max_keys.max(1));
             for request in call {
                 command
-                    .arg(request.data.get())
+                    .arg(&*request.data)
                     .arg(moved(&request.channel))
                     .arg(u8::from(request.refresh_expiry))
                     .arg(request.key.as_deref().unwrap_or(""));

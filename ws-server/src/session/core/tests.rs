@@ -14,6 +14,7 @@ use super::{Core, Step};
 use crate::auth::JwtAuthenticator;
 use crate::hub::{Hub, HubOptions};
 use crate::outbox::{Outbox, OutboxState};
+use crate::session::command::publish::PublishBody;
 use crate::session::ending::End;
 
 const SECRET: &[u8] = b"a secret of at least thirty-two bytes for HS256";
@@ -133,7 +134,7 @@ async fn subscribe_queues_later_publications_and_unsubscribe_stops_them() {
 
     let data = serde_json::value::RawValue::from_string("{\"p\":1}".to_owned()).unwrap();
     let published = hub
-        .publish("prices:A", &data, None)
+        .publish("prices:A", data.get(), None)
         .await
         .expect("published");
     assert_eq!(published.seq, 1);
@@ -148,7 +149,7 @@ async fn subscribe_queues_later_publications_and_unsubscribe_stops_them() {
         Instant::now(),
     ));
     assert!(matches!(unsubscribed, WsMessage::Unsubscribed { .. }));
-    hub.publish("prices:A", &data, None)
+    hub.publish("prices:A", data.get(), None)
         .await
         .expect("published");
     batch.clear();
@@ -205,17 +206,51 @@ async fn publish_checks_the_channel_and_hands_the_rest_to_the_task() {
         Instant::now(),
     );
     assert_eq!(error_code(&reply(bad)), codes::INVALID_CHANNEL);
-    let good = core.on_message(
-        text(r#"{"type":"Publish","channel":"prices:A","data":{"p":2}}"#),
-        Instant::now(),
-    );
-    match good {
-        Ok(Step::Publish { channel, data, .. }) => {
-            assert_eq!(channel, "prices:A");
-            assert_eq!(data.as_raw().get(), "{\"p\":2}");
+    // The canonical form is read in place, anything else decoded: the same publication.
+    for (frame, in_place) in [
+        (
+            r#"{"type":"Publish","channel":"prices:A","data":{"p":2},"key":"k"}"#,
+            true,
+        ),
+        (
+            r#"{"type": "Publish", "channel": "prices:A", "data": {"p":2}, "key": "k"}"#,
+            false,
+        ),
+        (
+            r#"{"type":"Publish","channel":"prices:A","data":{"p":2e0},"key":"k"}"#,
+            false,
+        ),
+    ] {
+        let read_at = Instant::now();
+        match core.on_message(text(frame), read_at) {
+            Ok(Step::Publish { body, at, .. }) => {
+                assert_eq!(body.channel(), "prices:A");
+                assert!(body.data() == "{\"p\":2}" || body.data() == "{\"p\":2e0}");
+                assert_eq!(body.key(), Some("k"));
+                assert_eq!(
+                    matches!(body, PublishBody::InFrame { .. }),
+                    in_place,
+                    "{frame}"
+                );
+                assert_eq!(at, read_at);
+            }
+            _ => panic!("expected a publication for the broker: {frame}"),
         }
-        _ => panic!("expected a publication for the broker"),
     }
+    // Checks hold in place too: a bad key, a bad channel.
+    let long_key = format!(
+        r#"{{"type":"Publish","channel":"prices:A","data":1,"id":4,"key":"{}"}}"#,
+        "k".repeat(ws_protocol::MAX_IDEMPOTENCY_KEY_LEN + 1)
+    );
+    let refused = reply(core.on_message(text(&long_key), Instant::now()));
+    assert_eq!(error_code(&refused), codes::BAD_REQUEST);
+    assert!(matches!(refused, WsMessage::Error { id: Some(4), .. }));
+    let long_channel = format!(
+        r#"{{"type":"Publish","channel":"{}","data":1}}"#,
+        "c".repeat(ws_protocol::MAX_CHANNEL_NAME_LEN + 1)
+    );
+    let bad = core.on_message(text(&long_channel), Instant::now());
+    assert_eq!(error_code(&reply(bad)), codes::INVALID_CHANNEL);
 }
 
 #[tokio::test(start_paused = true)]
@@ -228,6 +263,13 @@ async fn without_a_token_only_ping_is_served_until_the_auth_deadline_ends_it() {
     assert_eq!(core.next_wake(), start + Duration::from_secs(5));
     let refused = subscribe(&mut core, &["prices:A"]).await;
     assert_eq!(error_code(&refused), codes::UNAUTHORIZED);
+    // A publication read in place is refused the same way, answered with its id.
+    let publish = reply(core.on_message(
+        text(r#"{"type":"Publish","channel":"prices:A","data":1,"id":9}"#),
+        Instant::now(),
+    ));
+    assert_eq!(error_code(&publish), codes::UNAUTHORIZED);
+    assert!(matches!(publish, WsMessage::Error { id: Some(9), .. }));
     assert!(matches!(
         reply(core.on_message(text(r#"{"type":"Ping"}"#), Instant::now())),
         WsMessage::Pong
@@ -355,7 +397,7 @@ async fn the_outbox_decides_slow_consumer_drain_and_shutdown_ends() {
     assert!(core.outbox_end().is_none());
     let data = serde_json::value::RawValue::from_string("1".to_owned()).unwrap();
     for _ in 0..5 {
-        hub.publish("prices:A", &data, None)
+        hub.publish("prices:A", data.get(), None)
             .await
             .expect("published");
     }
