@@ -8,7 +8,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use ws_protocol::{Payload, WsMessage, encode_publication};
+use ws_protocol::{Payload, PublishRef, WsMessage, encode_publication};
 use ws_server::bench_support::FanOut;
 
 fn price() -> WsMessage {
@@ -41,6 +41,10 @@ fn envelope(c: &mut Criterion) {
     });
     group.bench_function("decode Publish", |b| {
         b.iter(|| WsMessage::from_json(black_box(&publish)));
+    });
+    // What the hub does with a canonical Publish instead (see `PublishRef`).
+    group.bench_function("read Publish in place", |b| {
+        b.iter(|| PublishRef::parse(black_box(&publish)).map(|p| p.data.len()));
     });
     group.bench_function("decode Publication", |b| {
         b.iter(|| WsMessage::from_json(black_box(&publication)));

@@ -136,7 +136,7 @@ fn walk(json: &str) -> Result<(), String> {
 
 /// The longest text in which no number can overflow a 64-bit float without an exponent: one
 /// needs at least 309 digits before its point (`f64::MAX` is about 1.8e308).
-const SHORTER_THAN_AN_OVERFLOW: usize = 308;
+pub(crate) const SHORTER_THAN_AN_OVERFLOW: usize = 308;
 
 /// Whether `bytes`, one valid JSON value, is portable for reasons that need no walk through
 /// its structure: short enough that no number can overflow without an exponent, no digit

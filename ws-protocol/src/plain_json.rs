@@ -4,13 +4,13 @@
 //!
 //! It takes a subset of what those two accept: any nesting of objects and arrays up to
 //! [`MAX_DATA_DEPTH`], strings whose escapes are the two-character ones (`\"`, `\\`, `\/`,
-//! `\b`, `\f`, `\n`, `\r`, `\t`), numbers without an exponent of at most 16 characters (so
-//! always finite as a 64-bit float), `true`, `false`, `null`, and whitespace between tokens.
+//! `\b`, `\f`, `\n`, `\r`, `\t`), numbers without an exponent of at most 308 characters (so
+//! always finite as a 64-bit float: an overflow needs 309 digits before the point), `true`, `false`, `null`, and whitespace between tokens.
 //! Anything else (a `\u` escape, an exponent, a longer number, deeper nesting, or anything
 //! that is not JSON) gets `None`, and the caller falls back to the exact checks, which
 //! decide; so this pass can make a frame cheaper, never change its fate.
 
-use crate::payload::MAX_DATA_DEPTH;
+use crate::payload::{MAX_DATA_DEPTH, SHORTER_THAN_AN_OVERFLOW};
 use crate::swar::{below, repeated, zero_bytes};
 
 /// The length of the JSON value at the very start of `text` (no whitespace before it) if it
@@ -133,7 +133,8 @@ fn string_end(bytes: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// Where the number starting at `i` ends, if it is a JSON number without an exponent of at
-/// most 16 characters (up to 15 digits always fit a 64-bit float, as the exact check knows).
+/// most [`SHORTER_THAN_AN_OVERFLOW`] characters: finite as a 64-bit float (`f64::MAX` has 309
+/// digits before its point), as the exact check would find.
 fn number_end(bytes: &[u8], start: usize) -> Option<usize> {
     let mut i = start;
     if bytes.get(i) == Some(&b'-') {
@@ -154,7 +155,7 @@ fn number_end(bytes: &[u8], start: usize) -> Option<usize> {
     match bytes.get(i) {
         // An exponent, or a digit after a leading zero: the exact checks decide.
         Some(b'e' | b'E' | b'0'..=b'9') => None,
-        _ => (i - start <= 16).then_some(i),
+        _ => (i - start <= SHORTER_THAN_AN_OVERFLOW).then_some(i),
     }
 }
 
@@ -213,6 +214,8 @@ mod tests {
             "0",
             "-0",
             "123456789012345",
+            "1764662400123456789",
+            "-0.000000000000000000000001",
             "\"a\\/b\\\\c\\n\\t\\r\\b\\f\"",
             "null",
         ] {
@@ -236,7 +239,6 @@ mod tests {
             "-",
             "1e5",
             "1E-5",
-            "12345678901234567",
             "\"\\u0041\"",
             "\"\\x\"",
             "\"a\u{1}b\"",
@@ -260,6 +262,14 @@ mod tests {
         assert_eq!(plain_portable_len(&deep(64)), Some(128));
         assert_eq!(plain_portable_len(&deep(65)), None);
         assert!(exact(&deep(65)).is_none());
+        // The longest plain number is finite; one digit more is left to the exact check,
+        // which refuses it (an overflow).
+        let longest = "9".repeat(SHORTER_THAN_AN_OVERFLOW);
+        assert_eq!(plain_portable_len(&longest), Some(longest.len()));
+        assert_eq!(exact(&longest), Some(longest.len()));
+        let overflow = "9".repeat(SHORTER_THAN_AN_OVERFLOW + 1);
+        assert_eq!(plain_portable_len(&overflow), None);
+        assert!(exact(&overflow).is_none());
     }
 
     #[test]
