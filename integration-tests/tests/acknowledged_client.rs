@@ -218,6 +218,30 @@ async fn requests_are_answered_refused_or_timed_out() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_publication_the_hub_refuses_for_its_data_is_refused_at_once_not_left_to_time_out()
+-> Result<()> {
+    let hub = spawn_server(ServerBuilder::default()).await?;
+    // A publish timeout far beyond the test's wait: only the hub's answer can end it.
+    let client = WebSocketClient::builder()
+        .url(format!("ws://{}", hub.local_addr()))
+        .publish_timeout(Duration::from_secs(600))
+        .build()
+        .await?;
+    let deep = ws_protocol::Payload::from_json(format!("{}{}", "[".repeat(65), "]".repeat(65)))?;
+    match within("the refusal", client.publish("prices:deep", &deep)).await? {
+        Err(Error::Refused { code, message }) => {
+            ensure!(code == "bad_request", "{code}");
+            ensure!(message.contains("nested"), "{message}");
+        }
+        other => bail!("expected the hub's refusal, got {other:?}"),
+    }
+    // The connection goes on: the next publication is published.
+    let seq = within("the next", client.publish("prices:deep", &1)).await??;
+    ensure!(seq == 1, "seq {seq}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_request_cut_before_its_reply_is_of_unknown_outcome_and_not_sent_again() -> Result<()> {
     let hub =
         spawn_server(ServerBuilder::default().request_timeout(Duration::from_secs(30))).await?;

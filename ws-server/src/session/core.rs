@@ -271,7 +271,10 @@ impl Core {
             Decoded::Message(Ok(message)) => message,
             Decoded::Message(Err(error)) => {
                 debug!(connection = %self.id, %error, "rejected frame");
-                return Ok(reply(WsMessage::error(error.code(), error.to_string())));
+                // A refused `Publish` or `Request` is answered with its `id` where it can be
+                // read, so that the client's pending call ends with the refusal.
+                let error = WsMessage::error(error.code(), error.to_string());
+                return Ok(reply(error.with_id(refused_frame_id(text))));
             }
         };
         if let WsMessage::Authenticate { token } = message {
@@ -455,6 +458,23 @@ fn unauthenticated(id: Option<u64>) -> Step {
         "authenticate first: send {\"type\":\"Authenticate\",\"token\":\"...\"}",
     );
     reply(error.with_id(id))
+}
+
+/// The `id` of a `Publish` or `Request` that the decoder refused (for its data, say), read
+/// without the rest of the frame; `None` when the frame is not JSON enough to tell (or
+/// nests deeper than serde_json reads, 128 levels).
+fn refused_frame_id(text: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        id: Option<u64>,
+    }
+    let head: Head<'_> = serde_json::from_str(text).ok()?;
+    match head.kind.as_deref() {
+        Some("Publish" | "Request") => head.id,
+        _ => None,
+    }
 }
 
 /// The `id` a client frame asks to be answered with, if any.

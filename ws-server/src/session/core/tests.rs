@@ -251,6 +251,31 @@ async fn publish_checks_the_channel_and_hands_the_rest_to_the_task() {
     );
     let bad = core.on_message(text(&long_channel), Instant::now());
     assert_eq!(error_code(&reply(bad)), codes::INVALID_CHANNEL);
+    // Data the decoder refuses is answered with the publication's id where it can be read,
+    // so that the client's pending publish ends with the refusal; unreadable JSON has none.
+    for (frame, id) in [
+        (
+            r#"{"type":"Publish","channel":"p","data":{"px":1e400},"id":11}"#,
+            Some(11),
+        ),
+        (
+            r#"{"id":12,"data":[1e999],"channel":"p","type":"Publish"}"#,
+            Some(12),
+        ),
+        (
+            r#"{"type":"Publish","channel":"p","data":{"px":},"id":13}"#,
+            None,
+        ),
+        (r#"{"type":"Subscribe","channels":[1],"id":14}"#, None),
+    ] {
+        match reply(core.on_message(text(frame), Instant::now())) {
+            WsMessage::Error { code, id: got, .. } => {
+                assert_eq!(code, codes::BAD_REQUEST, "{frame}");
+                assert_eq!(got, id, "{frame}");
+            }
+            other => panic!("expected an error for {frame}, got {}", other.kind()),
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]
