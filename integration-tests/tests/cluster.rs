@@ -377,3 +377,46 @@ async fn a_hub_following_many_channels_reads_only_those_that_moved() -> Result<(
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_channel_whose_keys_vanish_while_connected_starts_over_on_every_hub() -> Result<()> {
+    let Some(redis) = RedisServer::start().await? else {
+        return Ok(());
+    };
+    let (a, b) = (hub(&redis.url()).await?, hub(&redis.url()).await?);
+    let mut on_b = RawClient::connect(b.local_addr()).await?;
+    on_b.subscribe(&["ticks"]).await?;
+    for n in 1..=20u64 {
+        a.publish("ticks", &n).await?;
+    }
+    for expected in 1..=20u64 {
+        let (seq, n) = within("before", next_publication(&mut on_b)).await??;
+        ensure!(seq == expected && n == expected, "seq {seq} n {n}");
+    }
+    // The keys go (an operator's FLUSHALL, an eviction) while every connection stays up.
+    ensure!(redis.query("FLUSHALL").await? == "+OK");
+    for n in 21..=25u64 {
+        a.publish("ticks", &n).await?;
+    }
+    // Hub B tells its subscriber the channel started over, then delivers the new epoch.
+    let mut got = Vec::new();
+    let mut told = false;
+    while got.len() < 5 {
+        match within("a publication of the new epoch", on_b.recv()).await?? {
+            WsMessage::Publication { seq, data, .. } => {
+                ensure!(told, "a new-epoch publication came before the notice");
+                got.push((seq, data.decode::<u64>()?));
+            }
+            WsMessage::Subscribed { positions, .. } => {
+                ensure!(positions.get("ticks").is_some_and(|p| !p.recovered));
+                told = true;
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    ensure!(
+        got == (1..=5).zip(21..=25).collect::<Vec<_>>(),
+        "after the keys vanished: {got:?}"
+    );
+    Ok(())
+}

@@ -7,7 +7,9 @@
 //! Redis at all, the common case), and reads the stream from its last `seq` otherwise: a
 //! publication missing in between, a carried one dropped because the buffer was full, or an
 //! announcement without one. The stream stays the source of truth; an announcement is a
-//! shortcut past one read.
+//! shortcut past one read. An announcement in an epoch the hub does not stand in (the
+//! channel's keys were lost in Redis while the hub stayed connected) makes the follower read
+//! the new stream from its start.
 //!
 //! What is kept is one entry per moved channel (the highest `seq` announced, whether the
 //! stream must be read, and the publications carried, their total size bounded by
@@ -60,6 +62,10 @@ pub(super) struct Moved {
     pub(super) read: bool,
     /// The publications carried, in the order they were announced.
     pub(super) carried: Vec<Carried>,
+    /// The epoch of the last publication announced with its data (kept when the carried
+    /// publications are dropped): one the follower does not stand in means Redis started
+    /// the channel over.
+    pub(super) epoch: Option<String>,
 }
 
 impl Moved {
@@ -172,6 +178,10 @@ impl Announcements {
         } = &mut *board;
         let moved = entry(moved, channel);
         moved.highest = moved.highest.max(carried.seq);
+        if moved.epoch.as_deref() != Some(carried.epoch.as_str()) {
+            // Once per channel and take, or when the epoch changes: not per publication.
+            moved.epoch = Some(carried.epoch.clone());
+        }
         if room && !moved.read {
             moved.carried.push(carried);
             *carried_bytes += size;

@@ -135,6 +135,22 @@ impl RedisBroker {
                         early.entry(name).or_insert_with(Instant::now);
                         continue;
                     };
+                    if let Some(epoch) = moved.epoch.as_deref()
+                        && epoch != mirror.epoch
+                    {
+                        // Redis started the channel over while this hub stayed connected
+                        // (its keys were lost: a FLUSHALL, an eviction, a failover to an
+                        // empty replica): the new stream is read from its start, and its
+                        // first entry restarts the channel here in the new epoch.
+                        mirror.restart(epoch.to_owned(), 0);
+                        mirror.announced = moved.highest;
+                        if reading.contains(&name) {
+                            deferred.insert(name);
+                        } else {
+                            wanted.push((name, 0));
+                        }
+                        continue;
+                    }
                     mirror.announced = mirror.announced.max(moved.highest);
                     if reading.contains(&name) {
                         // Read again when that read is done.
@@ -241,9 +257,11 @@ impl RedisBroker {
                 let Some(mirror) = mirrors.get_mut(name) else {
                     continue;
                 };
-                mirror.last = mirror.last.max(newest.seq);
-                if mirror.epoch != newest.epoch {
-                    mirror.epoch.clone_from(&newest.epoch);
+                if mirror.epoch == newest.epoch {
+                    mirror.last = mirror.last.max(newest.seq);
+                } else {
+                    // A new epoch: what was read and announced in the old one means nothing.
+                    mirror.restart(newest.epoch.clone(), newest.seq);
                 }
             }
             for entry in stream.entries {
