@@ -67,7 +67,7 @@ impl<'a> PublishRef<'a> {
     /// [`WsMessage::from_json`].
     #[must_use]
     pub fn parse(text: &'a str) -> Option<Self> {
-        let (channel, (data, _), id, key, ack_range) = fields(text, |rest| {
+        let (channel, data, id, key, ack_range) = fields(text, |rest| {
             let len = crate::plain_json::plain_portable_len(rest)?;
             Some((&rest[..len], len))
         })?;
@@ -83,7 +83,7 @@ impl<'a> PublishRef<'a> {
 
 /// The `Publish` that `text` is, if it is one in the canonical form with portable data.
 pub(crate) fn publish(text: &str) -> Option<WsMessage> {
-    let (channel, (data, _), id, key, ack_range) = fields(text, |rest| {
+    let (channel, data, id, key, ack_range) = fields(text, |rest| {
         let data = value(rest)?;
         Some((data, data.get().len()))
     })?;
@@ -97,11 +97,12 @@ pub(crate) fn publish(text: &str) -> Option<WsMessage> {
     .ok()
 }
 
-/// A canonical `Publish`'s parts, `data` read by `data` (which returns it and its length).
-type Parts<'a, D> = (&'a str, (D, usize), Option<u64>, Option<&'a str>, bool);
+/// A canonical `Publish`'s parts: channel, data (as `fields`' reader made it), id, key,
+/// `ack_range`.
+type Parts<'a, D> = (&'a str, D, Option<u64>, Option<&'a str>, bool);
 
 /// Matches the fixed parts of a canonical `Publish`; `data` reads its data at the start of
-/// the text it is given.
+/// the text it is given and returns it with its length.
 fn fields<'a, D>(
     text: &'a str,
     data: impl FnOnce(&'a str) -> Option<(D, usize)>,
@@ -133,7 +134,7 @@ fn fields<'a, D>(
     if rest != "}" {
         return None;
     }
-    Some((channel, (data, len), id, key, ack_range))
+    Some((channel, data, id, key, ack_range))
 }
 
 /// The `Publication` that `text` is, if it is one in the canonical form.

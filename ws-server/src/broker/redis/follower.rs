@@ -140,16 +140,10 @@ impl RedisBroker {
                     {
                         // Redis started the channel over while this hub stayed connected
                         // (its keys were lost: a FLUSHALL, an eviction, a failover to an
-                        // empty replica): the new stream is read from its start, and its
-                        // first entry restarts the channel here in the new epoch.
+                        // empty replica): from here on the mirror stands before the new
+                        // epoch's first entry, so what was carried is delivered, or the new
+                        // stream read, from its start.
                         mirror.restart(epoch.to_owned(), 0);
-                        mirror.announced = moved.highest;
-                        if reading.contains(&name) {
-                            deferred.insert(name);
-                        } else {
-                            wanted.push((name, 0));
-                        }
-                        continue;
                     }
                     mirror.announced = mirror.announced.max(moved.highest);
                     if reading.contains(&name) {
