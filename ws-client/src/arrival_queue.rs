@@ -27,6 +27,7 @@ pub(crate) fn arrival_queue(capacity: usize) -> (ArrivalSender, ArrivalReceiver)
         ArrivalSender {
             batches,
             room: room.clone(),
+            capacity,
         },
         ArrivalReceiver {
             batches: taken,
@@ -41,6 +42,8 @@ pub(crate) struct ArrivalSender {
     batches: mpsc::Sender<Batch>,
     /// One permit per arrival that may still be queued.
     room: Arc<Semaphore>,
+    /// How many arrivals the queue holds at most.
+    capacity: usize,
 }
 
 /// The application's end of the queue.
@@ -92,6 +95,12 @@ impl ArrivalSender {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Gone),
         }
+    }
+
+    /// How many arrivals wait in the queue (from every connection), not yet taken by the
+    /// application.
+    pub(crate) fn waiting(&self) -> usize {
+        self.capacity.saturating_sub(self.room.available_permits())
     }
 
     /// Queues one arrival if there is room; `false` if it was not queued.

@@ -176,6 +176,11 @@ impl OutboundBuffer {
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// Whether no frame waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -83,6 +83,16 @@ impl Rotation {
         !matches!(self, Self::Off)
     }
 
+    /// Whether the rotation needs no attention at `now`: off, or not due yet (an opening or
+    /// catching-up rotation always needs the connection task's select loop).
+    pub(crate) fn is_quiet(&self, now: Instant) -> bool {
+        match self {
+            Self::Off => true,
+            Self::Due(at) => now < *at,
+            Self::Opening(_) | Self::CatchingUp(_) => false,
+        }
+    }
+
     /// Resolves when the rotation needs attention. The new connection is read only while
     /// `reading` (the application keeps up).
     pub(crate) async fn next(&mut self, reading: bool) -> Step {

@@ -388,9 +388,13 @@ impl WebSocketClient {
         } = &mut *inbox;
         'next: loop {
             let shared = &self.shared;
+            // A load first: a swap is a locked instruction, paid per event otherwise.
             if shared
                 .any_forgotten
-                .swap(false, std::sync::atomic::Ordering::Acquire)
+                .load(std::sync::atomic::Ordering::Relaxed)
+                && shared
+                    .any_forgotten
+                    .swap(false, std::sync::atomic::Ordering::Acquire)
             {
                 let forgotten = std::mem::take(
                     &mut *shared.forgotten.lock().unwrap_or_else(|p| p.into_inner()),

@@ -68,17 +68,21 @@ struct Acknowledgement<'a> {
     count: Option<u64>,
 }
 
+/// A text frame as the application gets it: the transport's buffer itself if `share`, else
+/// a copy (see [`Text`]).
+pub(crate) fn application_text(text: Utf8Bytes, share: bool) -> Text {
+    if share {
+        Text::shared(text)
+    } else {
+        Text::from(text.as_str().to_owned())
+    }
+}
+
 /// Classifies `frame`; `hub` says whether the server speaks the hub protocol (otherwise
 /// every text frame is the application's), `share` whether the application's text may keep
 /// the transport's buffer (see [`Text`]) or gets a copy.
 pub(crate) fn decode(frame: Message, hub: bool, share: bool) -> Inbound {
-    let application = |text: Utf8Bytes| {
-        Inbound::Text(if share {
-            Text::shared(text)
-        } else {
-            Text::from(text.as_str().to_owned())
-        })
-    };
+    let application = |text: Utf8Bytes| Inbound::Text(application_text(text, share));
     let text = match frame {
         Message::Text(text) => text,
         Message::Binary(bytes) => return Inbound::Binary(bytes),

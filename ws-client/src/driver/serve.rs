@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use ws_protocol::{WsMessage, close};
 
 use super::arrival::Arrival;
-use super::decode::{Inbound, decode};
+use super::decode::{Inbound, application_text, decode};
 use super::{CLOSE_TIMEOUT, Command, Driver, Ended, ended_by, not_a_hub};
 use crate::event::Event;
 use crate::heartbeat::{Beat, Heartbeat};
@@ -30,6 +30,14 @@ const READ_AHEAD: usize = 64;
 /// A burst of reads shorter than this means frames arrive one at a time: the next burst's
 /// first frame is handed over before the socket is read again.
 const SHORT_BURST: usize = 4;
+/// The most bursts read one after the other without a pass of the select loop, while nothing
+/// else is due (see `serve`).
+const HOT_BURSTS: usize = 8;
+/// Between bursts, when this many arrivals wait in the queue, the connection's task lets the
+/// application run before it reads on, so that it takes them while they are still in the
+/// CPU's cache: on one thread it would otherwise run only once the queue is full (4,096
+/// arrivals by default, about 400 KiB written before the first is read). S12: +3 % msg/s.
+const YIELD_AT: usize = 256;
 
 impl Driver {
     /// Restores subscriptions (or sends the application's on-connect frames), then serves the
@@ -105,38 +113,39 @@ impl Driver {
                     Err(_) => return self.close(&mut ws).await,
                 },
                 frame = ws.next(), if reading => {
-                    let mut frame = Some(frame);
-                    let mut burst = 0;
-                    // And every frame already read, up to the read-ahead: one pass of this
-                    // loop per burst rather than per frame.
-                    while let Some(next) = frame {
-                        let mut taken = self.on_frame(&ws, next, &mut heartbeat, &mut close_frame);
-                        if taken.is_ok() && std::mem::take(&mut self.owe_pong) {
-                            taken = self.write_now(&mut ws, WsMessage::Pong.to_json()).await;
+                    if let Err(ended) = self.burst(&mut ws, frame, &mut heartbeat, &mut close_frame).await {
+                        return ended;
+                    }
+                    // Under load the socket holds more: read on, burst after burst, while
+                    // nothing else is due and the application keeps up, without a pass of
+                    // the select (its wake-up and timer registrations cost more than a
+                    // burst's hand-over). Bounded, so the loop still looks at everything
+                    // regularly.
+                    for _ in 1..HOT_BURSTS {
+                        if !self.hand_over_now() {
+                            return self.close(&mut ws).await;
                         }
-                        if let Err(ended) = taken {
-                            // What this burst brought goes to the application now if it
-                            // can, not only after a reconnect that may never come.
-                            self.hand_over_now();
-                            return ended;
-                        }
-                        burst += 1;
-                        if burst == 1
-                            && self.last_burst < SHORT_BURST
-                            && !self.out.is_empty()
-                        {
-                            // Frames come one at a time: the first goes to the application
-                            // before the socket is read again (a read that finds nothing
-                            // costs a system call), so an application waiting for it runs
-                            // now, not after that. Under load, bursts go over whole.
-                            if !self.hand_over_now() {
-                                return self.close(&mut ws).await;
-                            }
+                        if self.arrivals.waiting() >= YIELD_AT {
                             tokio::task::yield_now().await;
                         }
-                        frame = if self.out.len() < READ_AHEAD { ws.next().now_or_never() } else { None };
+                        let expecting_data = !self.hub || !self.subscriptions.is_empty();
+                        let last_read = ws.last_read();
+                        let quiet = self.out.is_empty()
+                            && self.commands.is_empty()
+                            && self.buffer.is_empty()
+                            && heartbeat.deadline(expecting_data, true) > last_read
+                            && rotation.is_quiet(last_read)
+                            && !self.token.is_cancelled();
+                        if !quiet {
+                            break;
+                        }
+                        let Some(frame) = ws.next().now_or_never() else {
+                            break;
+                        };
+                        if let Err(ended) = self.burst(&mut ws, frame, &mut heartbeat, &mut close_frame).await {
+                            return ended;
+                        }
                     }
-                    self.last_burst = burst;
                 },
                 step = rotation.next(reading), if rotation.is_on() => {
                     if let Some(successor) = self.rotate(step, &mut rotation).await {
@@ -184,6 +193,50 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Takes in `first` and every frame already read after it, up to the read-ahead: one
+    /// pass of the select loop per burst rather than per frame. `Err` when the connection
+    /// ended (what the burst brought is handed over first, if the queue has room).
+    async fn burst(
+        &mut self,
+        ws: &mut Socket,
+        first: Option<Result<Message, WsError>>,
+        heartbeat: &mut Heartbeat,
+        close_frame: &mut Option<CloseFrame>,
+    ) -> Result<(), Ended> {
+        let mut frame = Some(first);
+        let mut burst = 0;
+        while let Some(next) = frame {
+            let mut taken = self.on_frame(ws, next, heartbeat, close_frame);
+            if taken.is_ok() && std::mem::take(&mut self.owe_pong) {
+                taken = self.write_now(ws, WsMessage::Pong.to_json()).await;
+            }
+            if let Err(ended) = taken {
+                // What this burst brought goes to the application now if it can, not only
+                // after a reconnect that may never come.
+                self.hand_over_now();
+                return Err(ended);
+            }
+            burst += 1;
+            if burst == 1 && self.last_burst < SHORT_BURST && !self.out.is_empty() {
+                // Frames come one at a time: the first goes to the application before the
+                // socket is read again (a read that finds nothing costs a system call), so an
+                // application waiting for it runs now, not after that. Under load, bursts go
+                // over whole.
+                if !self.hand_over_now() {
+                    return Err(self.close(ws).await);
+                }
+                tokio::task::yield_now().await;
+            }
+            frame = if self.out.len() < READ_AHEAD {
+                ws.next().now_or_never()
+            } else {
+                None
+            };
+        }
+        self.last_burst = burst;
+        Ok(())
     }
 
     /// Hands what was decoded to the application while its queue has room (counting what
@@ -362,6 +415,22 @@ impl Driver {
     /// tells the heartbeat what arrived. `now` is when the frame arrived (the socket's latest
     /// read), its stamp.
     pub(super) fn receive(&mut self, frame: Message, now: Instant, heartbeat: &mut Heartbeat) {
+        if !self.hub
+            && let Message::Text(text) = frame
+        {
+            // A plain server's text, the bulk of a feed: what `decode` says of it, without
+            // the trip through its classification.
+            self.unreported.0 += 1;
+            self.unreported.1 += text.len() as u64;
+            heartbeat.on_data(now);
+            let text = application_text(text, self.settings.transport.shares_text());
+            self.out.push_back(Arrival::Message {
+                connection: self.connection,
+                event: Event::Message(text),
+                received_at: now,
+            });
+            return;
+        }
         if let Message::Text(_) | Message::Binary(_) = &frame {
             self.unreported.0 += 1;
             self.unreported.1 += frame.len() as u64;
