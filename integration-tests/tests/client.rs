@@ -1,6 +1,7 @@
 //! Our client against our hub (and against plain servers), over real sockets.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -476,6 +477,83 @@ async fn a_server_that_drops_at_once_does_not_cause_a_tight_loop() -> Result<()>
     // 50, 100, 200, 400, 400 ms … (each jittered to half or more): at most about 12 in 1.5 s.
     assert!((3..=15).contains(&count), "{count} connections in 1.5 s");
     drop(client);
+    Ok(())
+}
+
+/// A plain server that writes numbered frames as fast as the client takes them: under such
+/// a flood the client reads burst after burst without going back to everything else its
+/// connection does, so this checks that what the application sends still goes out while the
+/// flood goes on, and that the flood arrives whole and in order.
+#[tokio::test]
+async fn a_flood_from_a_plain_server_does_not_hold_back_what_the_application_sends() -> Result<()> {
+    const FLOOD: u64 = 5_000_000;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (heard_tx, heard_rx) = tokio::sync::oneshot::channel();
+    let flooder = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await?;
+        let (mut sink, mut stream) = tokio_tungstenite::accept_async(socket).await?.split();
+        let sent = AtomicU64::new(0);
+        // Until every frame went out or the client left.
+        let flood = async {
+            for n in 0..FLOOD {
+                if sink.feed(Message::text(n.to_string())).await.is_err() {
+                    return;
+                }
+                sent.store(n + 1, Ordering::Relaxed);
+                if n % 64 == 63 && sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = sink.flush().await;
+        };
+        // Tells how many frames had gone out when the application's frame came in.
+        let heard = async {
+            let mut heard_tx = Some(heard_tx);
+            while let Some(Ok(frame)) = stream.next().await {
+                if let Message::Text(text) = frame
+                    && text.as_str() == "order"
+                    && let Some(tx) = heard_tx.take()
+                {
+                    let _ = tx.send(sent.load(Ordering::Relaxed));
+                }
+            }
+        };
+        tokio::join!(flood, heard);
+        anyhow::Ok(())
+    });
+    let client = WebSocketClient::builder()
+        .url(format!("ws://{addr}"))
+        .build()
+        .await?;
+    let mut next = 0u64;
+    let mut read = |count: u64| {
+        let client = client.clone();
+        let start = next;
+        next += count;
+        async move {
+            for n in start..start + count {
+                let got = within("a flooded frame", client.receive::<u64>()).await??;
+                if got != Some(n) {
+                    bail!("expected frame {n}, got {got:?}");
+                }
+            }
+            anyhow::Ok(())
+        }
+    };
+    // The flood is on (the client has read what the socket and its queue held), then the
+    // application sends while it goes on reading.
+    read(20_000).await?;
+    client.send_text("order").await?;
+    let reading = tokio::spawn(read(20_000));
+    let sent_then = within("the application's frame at the server", heard_rx).await??;
+    within("reading on", reading).await???;
+    assert!(
+        sent_then < FLOOD,
+        "the frame came in only after the flood ended ({sent_then} frames)"
+    );
+    client.close().await;
+    within("the flooder", flooder).await???;
     Ok(())
 }
 

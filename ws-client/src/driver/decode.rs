@@ -70,6 +70,7 @@ struct Acknowledgement<'a> {
 
 /// A text frame as the application gets it: the transport's buffer itself if `share`, else
 /// a copy (see [`Text`]).
+#[inline]
 pub(crate) fn application_text(text: Utf8Bytes, share: bool) -> Text {
     if share {
         Text::shared(text)

@@ -39,6 +39,18 @@ const HOT_BURSTS: usize = 8;
 /// arrivals by default, about 400 KiB written before the first is read). S12: +3 % msg/s.
 const YIELD_AT: usize = 256;
 
+/// Why [`Driver::take_frames`] stopped.
+enum Pause {
+    /// The burst is over: the read-ahead is full, or nothing more was read.
+    Done,
+    /// A hub `Ping` is owed a `Pong`.
+    Pong,
+    /// The first frame of a slow stream: hand it over and let the application run.
+    HandOver,
+    /// The connection ended.
+    Ended(Ended),
+}
+
 impl Driver {
     /// Restores subscriptions (or sends the application's on-connect frames), then serves the
     /// connection until it ends.
@@ -205,38 +217,80 @@ impl Driver {
         heartbeat: &mut Heartbeat,
         close_frame: &mut Option<CloseFrame>,
     ) -> Result<(), Ended> {
-        let mut frame = Some(first);
         let mut burst = 0;
-        while let Some(next) = frame {
-            let mut taken = self.on_frame(ws, next, heartbeat, close_frame);
-            if taken.is_ok() && std::mem::take(&mut self.owe_pong) {
-                taken = self.write_now(ws, WsMessage::Pong.to_json()).await;
+        let mut pause = self.take_frames(ws, first, heartbeat, close_frame, &mut burst);
+        loop {
+            match pause {
+                Pause::Done => break,
+                Pause::Ended(ended) => {
+                    // What this burst brought goes to the application now if it can, not
+                    // only after a reconnect that may never come.
+                    self.hand_over_now();
+                    return Err(ended);
+                }
+                Pause::Pong => {
+                    self.owe_pong = false;
+                    if let Err(ended) = self.write_now(ws, WsMessage::Pong.to_json()).await {
+                        self.hand_over_now();
+                        return Err(ended);
+                    }
+                }
+                Pause::HandOver => {
+                    if !self.hand_over_now() {
+                        return Err(self.close(ws).await);
+                    }
+                    tokio::task::yield_now().await;
+                }
             }
-            if let Err(ended) = taken {
-                // What this burst brought goes to the application now if it can, not only
-                // after a reconnect that may never come.
-                self.hand_over_now();
-                return Err(ended);
+            if self.out.len() >= READ_AHEAD {
+                break;
             }
-            burst += 1;
-            if burst == 1 && self.last_burst < SHORT_BURST && !self.out.is_empty() {
+            let Some(frame) = ws.next().now_or_never() else {
+                break;
+            };
+            pause = self.take_frames(ws, frame, heartbeat, close_frame, &mut burst);
+        }
+        self.last_burst = burst;
+        Ok(())
+    }
+
+    /// The synchronous part of a burst (no frame is kept across an `await`, so none is
+    /// copied in and out of the task's state): takes in `first` and the frames already read
+    /// after it, until the read-ahead is full, nothing more is read, or something needs the
+    /// caller (a `Pong` to write, the first frame of a slow stream to hand over at once, the
+    /// end). `burst` counts the frames.
+    fn take_frames(
+        &mut self,
+        ws: &mut Socket,
+        first: Option<Result<Message, WsError>>,
+        heartbeat: &mut Heartbeat,
+        close_frame: &mut Option<CloseFrame>,
+        burst: &mut usize,
+    ) -> Pause {
+        let mut frame = first;
+        loop {
+            if let Err(ended) = self.on_frame(ws, frame, heartbeat, close_frame) {
+                return Pause::Ended(ended);
+            }
+            *burst += 1;
+            if self.owe_pong {
+                return Pause::Pong;
+            }
+            if *burst == 1 && self.last_burst < SHORT_BURST && !self.out.is_empty() {
                 // Frames come one at a time: the first goes to the application before the
                 // socket is read again (a read that finds nothing costs a system call), so an
                 // application waiting for it runs now, not after that. Under load, bursts go
                 // over whole.
-                if !self.hand_over_now() {
-                    return Err(self.close(ws).await);
-                }
-                tokio::task::yield_now().await;
+                return Pause::HandOver;
             }
-            frame = if self.out.len() < READ_AHEAD {
-                ws.next().now_or_never()
-            } else {
-                None
-            };
+            if self.out.len() >= READ_AHEAD {
+                return Pause::Done;
+            }
+            match ws.next().now_or_never() {
+                Some(next) => frame = next,
+                None => return Pause::Done,
+            }
         }
-        self.last_burst = burst;
-        Ok(())
     }
 
     /// Hands what was decoded to the application while its queue has room (counting what
