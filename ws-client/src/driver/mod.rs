@@ -17,6 +17,7 @@
 //! `decode.rs` (what an inbound frame is) and `arrival.rs` (what the sequencer is handed).
 
 pub(crate) mod arrival;
+mod burst;
 mod decode;
 mod reconnect;
 mod rotate;
@@ -107,7 +108,7 @@ pub(crate) struct Driver {
     /// Data frames and their payload bytes received but not yet added to the shared
     /// counters: added once per burst of reads (see `hand_over_now`), not per frame.
     unreported: (u64, u64),
-    /// Frames the last burst of reads brought (see `SHORT_BURST` in `serve.rs`).
+    /// Frames the last burst of reads brought (see `SHORT_BURST` in `burst.rs`).
     last_burst: usize,
     /// Whether the last connection was to our hub.
     hub: bool,

@@ -2,7 +2,7 @@
 //! select loop until the connection ends, and what each command and each inbound frame
 //! calls for.
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,31 +26,7 @@ const MAX_STASH: usize = 4096;
 /// read-ahead lets control replies (such as the `Subscribed` a `subscribe` call waits for)
 /// through while the application is not reading yet; beyond it the socket is not read, so
 /// the server sees backpressure.
-const READ_AHEAD: usize = 64;
-/// A burst of reads shorter than this means frames arrive one at a time: the next burst's
-/// first frame is handed over before the socket is read again.
-const SHORT_BURST: usize = 4;
-/// The most bursts read one after the other without a pass of the select loop, while nothing
-/// else is due (see `serve`).
-const HOT_BURSTS: usize = 8;
-/// Between bursts, when this many arrivals wait in the queue, the connection's task lets the
-/// application run before it reads on, so that it takes them while they are still in the
-/// CPU's cache: on one thread it would otherwise run only once the queue is full (4,096
-/// arrivals by default, about 400 KiB written before the first is read). S12: +3 % msg/s.
-const YIELD_AT: usize = 256;
-
-/// Why [`Driver::take_frames`] stopped.
-enum Pause {
-    /// The burst is over: the read-ahead is full, or nothing more was read.
-    Done,
-    /// A hub `Ping` is owed a `Pong`.
-    Pong,
-    /// The first frame of a slow stream: hand it over and let the application run.
-    HandOver,
-    /// The connection ended.
-    Ended(Ended),
-}
-
+pub(super) const READ_AHEAD: usize = 64;
 impl Driver {
     /// Restores subscriptions (or sends the application's on-connect frames), then serves the
     /// connection until it ends.
@@ -99,7 +75,7 @@ impl Driver {
                 // The receiver lives as long as the handles: they are all gone.
                 return self.close(&mut ws).await;
             }
-            let expecting_data = !self.hub || !self.subscriptions.is_empty();
+            let expecting_data = self.expecting_data();
             let reading = self.out.len() < READ_AHEAD;
             let deadline = heartbeat.deadline(expecting_data, reading);
             tokio::select! {
@@ -125,38 +101,9 @@ impl Driver {
                     Err(_) => return self.close(&mut ws).await,
                 },
                 frame = ws.next(), if reading => {
-                    if let Err(ended) = self.burst(&mut ws, frame, &mut heartbeat, &mut close_frame).await {
+                    let read = self.read_bursts(&mut ws, frame, &mut heartbeat, &mut close_frame, &mut rotation);
+                    if let Err(ended) = read.await {
                         return ended;
-                    }
-                    // Under load the socket holds more: read on, burst after burst, while
-                    // nothing else is due and the application keeps up, without a pass of
-                    // the select (its wake-up and timer registrations cost more than a
-                    // burst's hand-over). Bounded, so the loop still looks at everything
-                    // regularly.
-                    for _ in 1..HOT_BURSTS {
-                        if !self.hand_over_now() {
-                            return self.close(&mut ws).await;
-                        }
-                        if self.arrivals.waiting() >= YIELD_AT {
-                            tokio::task::yield_now().await;
-                        }
-                        let expecting_data = !self.hub || !self.subscriptions.is_empty();
-                        let last_read = ws.last_read();
-                        let quiet = self.out.is_empty()
-                            && self.commands.is_empty()
-                            && self.buffer.is_empty()
-                            && heartbeat.deadline(expecting_data, true) > last_read
-                            && rotation.is_quiet(last_read)
-                            && !self.token.is_cancelled();
-                        if !quiet {
-                            break;
-                        }
-                        let Some(frame) = ws.next().now_or_never() else {
-                            break;
-                        };
-                        if let Err(ended) = self.burst(&mut ws, frame, &mut heartbeat, &mut close_frame).await {
-                            return ended;
-                        }
                     }
                 },
                 step = rotation.next(reading), if rotation.is_on() => {
@@ -207,103 +154,23 @@ impl Driver {
         }
     }
 
-    /// Takes in `first` and every frame already read after it, up to the read-ahead: one
-    /// pass of the select loop per burst rather than per frame. `Err` when the connection
-    /// ended (what the burst brought is handed over first, if the queue has room).
-    async fn burst(
-        &mut self,
-        ws: &mut Socket,
-        first: Option<Result<Message, WsError>>,
-        heartbeat: &mut Heartbeat,
-        close_frame: &mut Option<CloseFrame>,
-    ) -> Result<(), Ended> {
-        let mut burst = 0;
-        let mut pause = self.take_frames(ws, first, heartbeat, close_frame, &mut burst);
-        loop {
-            match pause {
-                Pause::Done => break,
-                Pause::Ended(ended) => {
-                    // What this burst brought goes to the application now if it can, not
-                    // only after a reconnect that may never come.
-                    self.hand_over_now();
-                    return Err(ended);
-                }
-                Pause::Pong => {
-                    self.owe_pong = false;
-                    if let Err(ended) = self.write_now(ws, WsMessage::Pong.to_json()).await {
-                        self.hand_over_now();
-                        return Err(ended);
-                    }
-                }
-                Pause::HandOver => {
-                    if !self.hand_over_now() {
-                        return Err(self.close(ws).await);
-                    }
-                    tokio::task::yield_now().await;
-                }
-            }
-            if self.out.len() >= READ_AHEAD {
-                break;
-            }
-            let Some(frame) = ws.next().now_or_never() else {
-                break;
-            };
-            pause = self.take_frames(ws, frame, heartbeat, close_frame, &mut burst);
-        }
-        self.last_burst = burst;
-        Ok(())
-    }
-
-    /// The synchronous part of a burst (no frame is kept across an `await`, so none is
-    /// copied in and out of the task's state): takes in `first` and the frames already read
-    /// after it, until the read-ahead is full, nothing more is read, or something needs the
-    /// caller (a `Pong` to write, the first frame of a slow stream to hand over at once, the
-    /// end). `burst` counts the frames.
-    fn take_frames(
-        &mut self,
-        ws: &mut Socket,
-        first: Option<Result<Message, WsError>>,
-        heartbeat: &mut Heartbeat,
-        close_frame: &mut Option<CloseFrame>,
-        burst: &mut usize,
-    ) -> Pause {
-        let mut frame = first;
-        loop {
-            if let Err(ended) = self.on_frame(ws, frame, heartbeat, close_frame) {
-                return Pause::Ended(ended);
-            }
-            *burst += 1;
-            if self.owe_pong {
-                return Pause::Pong;
-            }
-            if *burst == 1 && self.last_burst < SHORT_BURST && !self.out.is_empty() {
-                // Frames come one at a time: the first goes to the application before the
-                // socket is read again (a read that finds nothing costs a system call), so an
-                // application waiting for it runs now, not after that. Under load, bursts go
-                // over whole.
-                return Pause::HandOver;
-            }
-            if self.out.len() >= READ_AHEAD {
-                return Pause::Done;
-            }
-            match ws.next().now_or_never() {
-                Some(next) => frame = next,
-                None => return Pause::Done,
-            }
-        }
+    /// Whether data is expected on the connection (for the heartbeat's stale check): always
+    /// from a plain server, from the hub while subscribed.
+    pub(super) fn expecting_data(&self) -> bool {
+        !self.hub || !self.subscriptions.is_empty()
     }
 
     /// Hands what was decoded to the application while its queue has room (counting what
     /// was received first, so the metrics never lag what the application has); `false` if
     /// the application is gone.
-    fn hand_over_now(&mut self) -> bool {
+    pub(super) fn hand_over_now(&mut self) -> bool {
         self.report_received();
         self.out.is_empty() || self.arrivals.hand_over(&mut self.out).is_ok()
     }
 
     /// Takes in what the socket gave: a frame, or its end. A hub `Ping` leaves a `Pong` owed
     /// (`owe_pong`) for the caller to write: this stays synchronous, the path of every frame.
-    fn on_frame(
+    pub(super) fn on_frame(
         &mut self,
         ws: &Socket,
         frame: Option<Result<Message, WsError>>,
@@ -469,25 +336,17 @@ impl Driver {
     /// tells the heartbeat what arrived. `now` is when the frame arrived (the socket's latest
     /// read), its stamp.
     pub(super) fn receive(&mut self, frame: Message, now: Instant, heartbeat: &mut Heartbeat) {
+        if let Message::Text(_) | Message::Binary(_) = &frame {
+            self.unreported.0 += 1;
+            self.unreported.1 += frame.len() as u64;
+        }
         if !self.hub
             && let Message::Text(text) = frame
         {
             // A plain server's text, the bulk of a feed: what `decode` says of it, without
             // the trip through its classification.
-            self.unreported.0 += 1;
-            self.unreported.1 += text.len() as u64;
-            heartbeat.on_data(now);
             let text = application_text(text, self.settings.transport.shares_text());
-            self.out.push_back(Arrival::Message {
-                connection: self.connection,
-                event: Event::Message(text),
-                received_at: now,
-            });
-            return;
-        }
-        if let Message::Text(_) | Message::Binary(_) = &frame {
-            self.unreported.0 += 1;
-            self.unreported.1 += frame.len() as u64;
+            return self.message(Event::Message(text), now, heartbeat);
         }
         let arrival = match decode(frame, self.hub, self.settings.transport.shares_text()) {
             Inbound::Publication { channel, seq, data } => {
@@ -569,21 +428,9 @@ impl Driver {
                 heartbeat.on_frame();
                 return;
             }
-            Inbound::Text(text) => {
-                heartbeat.on_data(now);
-                Arrival::Message {
-                    connection: self.connection,
-                    event: Event::Message(text),
-                    received_at: now,
-                }
-            }
+            Inbound::Text(text) => return self.message(Event::Message(text), now, heartbeat),
             Inbound::Binary(bytes) => {
-                heartbeat.on_data(now);
-                Arrival::Message {
-                    connection: self.connection,
-                    event: Event::Binary(bytes.to_vec()),
-                    received_at: now,
-                }
+                return self.message(Event::Binary(bytes.to_vec()), now, heartbeat);
             }
             Inbound::WebSocketPong(payload) => {
                 if let Some(rtt) = heartbeat.on_pong(&payload, now) {
@@ -595,8 +442,19 @@ impl Driver {
         self.out.push_back(arrival);
     }
 
+    /// A text or binary frame that is the application's as it is (not part of the hub's
+    /// protocol): data for the heartbeat, an arrival for the sequencer.
+    fn message(&mut self, event: Event, now: Instant, heartbeat: &mut Heartbeat) {
+        heartbeat.on_data(now);
+        self.out.push_back(Arrival::Message {
+            connection: self.connection,
+            event,
+            received_at: now,
+        });
+    }
+
     /// Sends Close 1000 and waits briefly for the server's reply.
-    async fn close(&mut self, ws: &mut Socket) -> Ended {
+    pub(super) async fn close(&mut self, ws: &mut Socket) -> Ended {
         let goodbye = async {
             let frame = CloseFrame {
                 code: CloseCode::Normal,
