@@ -380,12 +380,21 @@ async fn a_seeded_storm_of_faults_breaks_no_invariant() -> Result<()> {
     };
     for (i, subject) in subjects.iter().enumerate() {
         let seen = subject.seen.clone();
-        within(&format!("client {i} catching up to {final_seq}"), async {
+        let caught_up = within(&format!("client {i} catching up to {final_seq}"), async {
             while seen.lock().await.last(CHANNEL) < final_seq {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
-        .await?;
+        .await;
+        if let Err(error) = caught_up {
+            // Where it stopped, for the replay.
+            let at = seen.lock().await.last(CHANNEL);
+            let (state, metrics) = (subject.client.state(), subject.client.metrics());
+            bail!(
+                "{error:#}: at {at}, {state:?}, reader ended: {}, {metrics:?}",
+                subject.reader.is_finished()
+            );
+        }
         within(
             &format!("client {i} getting what the last hub acknowledged"),
             async {

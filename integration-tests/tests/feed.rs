@@ -269,3 +269,99 @@ async fn a_feed_that_restarts_its_numbering_after_a_reconnect_is_reported_not_st
     client.close().await;
     Ok(())
 }
+
+/// Reads the numbers 1 to `n` with `next_stamped_many`, `limit` at a time, checking that each
+/// comes once and in order, from one of `connections`; returns the most one call took.
+async fn read_many(
+    client: &WebSocketClient,
+    n: u64,
+    limit: usize,
+    connections: usize,
+) -> Result<usize> {
+    let (mut events, mut next, mut most) = (Vec::new(), 1, 0);
+    while next <= n {
+        let taken = within(
+            "the next numbers",
+            client.next_stamped_many(&mut events, limit),
+        )
+        .await?;
+        ensure!(taken > 0, "the client ended at {next}");
+        ensure!(
+            taken == events.len() && taken <= limit,
+            "{taken} of {}",
+            events.len()
+        );
+        most = most.max(taken);
+        for stamped in events.drain(..) {
+            match &stamped.event {
+                Event::Message(text) => {
+                    let Some((_, seq)) = numbered(text) else {
+                        bail!("not a feed message: {text}");
+                    };
+                    ensure!(seq == next, "got {seq}, expected {next}");
+                    ensure!(stamped.connection.is_some_and(|c| c < connections));
+                    ensure!(stamped.received_at.is_some(), "{stamped:?}");
+                    next += 1;
+                }
+                Event::Connected { .. } => {}
+                other => bail!("unexpected {other:?} at {next}"),
+            }
+        }
+    }
+    Ok(most)
+}
+
+/// After `close`: what is left (the connections' ends, no message) comes out, then 0 for good.
+async fn read_many_to_the_end(client: &WebSocketClient) -> Result<()> {
+    let mut events = Vec::new();
+    client.close().await;
+    within("the end", async {
+        while client.next_stamped_many(&mut events, 64).await > 0 {
+            for stamped in events.drain(..) {
+                if let Event::Message(text) = &stamped.event {
+                    bail!("a message after every number was taken: {text}");
+                }
+            }
+        }
+        Ok(())
+    })
+    .await??;
+    ensure!(client.next_stamped_many(&mut events, 64).await == 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn many_at_a_time_from_racing_connections_gives_each_number_once_in_order_in_batches()
+-> Result<()> {
+    let (numbers, _) = broadcast::channel(1024);
+    let feed = feed_server(numbers.clone(), Numbering::Shared).await?;
+    let proxies = vec![TcpProxy::start(feed).await?, TcpProxy::start(feed).await?];
+    let client = racer(&proxies).build().await?;
+    connections(&numbers, 2).await?;
+    const N: u64 = 500;
+    // Sent before the application reads: they wait in the client, to be taken many at once.
+    generate(&numbers, 1, N, None, Duration::from_micros(10)).await;
+    let most = read_many(&client, N, 64, 2).await?;
+    ensure!(most > 1, "no call took more than one event");
+    ensure!(client.metrics().wins.iter().sum::<u64>() == N);
+    let mut none = Vec::new();
+    ensure!(client.next_stamped_many(&mut none, 0).await == 0 && none.is_empty());
+    read_many_to_the_end(&client).await
+}
+
+#[tokio::test]
+async fn many_at_a_time_from_one_plain_connection_takes_runs_of_messages_in_order() -> Result<()> {
+    let (numbers, _) = broadcast::channel(4096);
+    let feed = feed_server(numbers.clone(), Numbering::Shared).await?;
+    // No `sequence_by`: every message as it comes, the sequencer's shortcut for runs of them.
+    let client = WebSocketClient::builder()
+        .url(format!("ws://{feed}"))
+        .build()
+        .await?;
+    connections(&numbers, 1).await?;
+    const N: u64 = 2_000;
+    generate(&numbers, 1, N, None, Duration::from_micros(10)).await;
+    let most = read_many(&client, N, 100, 1).await?;
+    ensure!(most > 1, "no call took more than one event");
+    read_many_to_the_end(&client).await
+}

@@ -57,6 +57,10 @@ pub(crate) struct ClientReceiveArgs {
     /// Seconds of reading.
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
+    /// `ws-client` readers: take up to this many events per call with `next_stamped_many`
+    /// instead of one per `next_stamped` call (0).
+    #[arg(long, default_value_t = 0)]
+    pub many: usize,
     /// Write the report as JSON here too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -156,11 +160,7 @@ pub(crate) async fn run(args: &ClientReceiveArgs) -> Result<ClientReceiveReport>
                 .transport(transport)
                 .build()
                 .await?;
-            started = Instant::now();
-            while started.elapsed() < duration {
-                let Some(stamped) = client.next_stamped().await else {
-                    bail!("the client ended");
-                };
+            let mut record = |stamped: &ws_client::Stamped| {
                 if let Event::Message(text) = &stamped.event {
                     received += 1;
                     if timed {
@@ -172,6 +172,27 @@ pub(crate) async fn run(args: &ClientReceiveArgs) -> Result<ClientReceiveReport>
                             let took = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
                             let _ = added.record(took.max(1));
                         }
+                    }
+                }
+            };
+            let mut events = Vec::with_capacity(args.many);
+            started = Instant::now();
+            while started.elapsed() < duration {
+                if args.many == 0 {
+                    let Some(stamped) = client.next_stamped().await else {
+                        bail!("the client ended");
+                    };
+                    record(&stamped);
+                } else {
+                    if client.next_stamped_many(&mut events, args.many).await == 0 {
+                        bail!("the client ended");
+                    }
+                    // The clock is read per message, as every other reader's loop does.
+                    for stamped in events.drain(..) {
+                        if started.elapsed() >= duration {
+                            break;
+                        }
+                        record(&stamped);
                     }
                 }
             }

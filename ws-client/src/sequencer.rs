@@ -168,6 +168,34 @@ impl Sequencer {
         self.pop()
     }
 
+    /// Takes the plain messages at the front of `arrivals` into `into`, at most `room` of
+    /// them, while nothing else waits in the sequencer (the shortcut of
+    /// [`accept_next`](Self::accept_next), a run at a time: what a busy feed brings);
+    /// returns how many.
+    pub(crate) fn accept_messages(
+        &mut self,
+        arrivals: &mut std::vec::IntoIter<Arrival>,
+        into: &mut Vec<Stamped>,
+        room: usize,
+    ) -> usize {
+        if self.feed.is_some() || !self.ready.is_empty() {
+            return 0;
+        }
+        let mut taken = 0;
+        while taken < room && matches!(arrivals.as_slice().first(), Some(Arrival::Message { .. })) {
+            if let Some(Arrival::Message {
+                connection,
+                event,
+                received_at,
+            }) = arrivals.next()
+            {
+                into.push(Stamped::arrived(event, connection, received_at));
+                taken += 1;
+            }
+        }
+        taken
+    }
+
     /// An event the client made itself, for the application.
     fn emit(&mut self, event: Event) {
         self.ready.push_back(Stamped::unstamped(event));
@@ -788,5 +816,74 @@ mod tests {
         assert_eq!(events[0], "gap 1..2");
         assert_eq!(events.len(), MAX_HELD + 2);
         assert_eq!(s.held, 0);
+    }
+
+    fn message(connection: usize, text: &str) -> Arrival {
+        Arrival::Message {
+            connection,
+            event: Event::Message(text.into()),
+            received_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_run_of_plain_messages_is_taken_up_to_the_room_and_stops_at_anything_else() {
+        let mut s = sequencer();
+        let mut arrivals = vec![
+            message(0, "a"),
+            message(1, "b"),
+            message(0, "c"),
+            Arrival::Event(Event::Message("event".into())),
+            message(0, "d"),
+        ]
+        .into_iter();
+        let mut into = Vec::new();
+        assert_eq!(s.accept_messages(&mut arrivals, &mut into, 2), 2);
+        assert_eq!(s.accept_messages(&mut arrivals, &mut into, 10), 1);
+        let taken: Vec<(String, Option<usize>)> = into
+            .iter()
+            .map(|st| (format!("{:?}", st.event), st.connection))
+            .collect();
+        assert_eq!(
+            taken,
+            [
+                (r#"Message("a")"#.to_owned(), Some(0)),
+                (r#"Message("b")"#.to_owned(), Some(1)),
+                (r#"Message("c")"#.to_owned(), Some(0)),
+            ]
+        );
+        assert!(into.iter().all(|st| st.received_at.is_some()));
+        // Not a message: left for `accept_next`, which keeps the order.
+        assert_eq!(s.accept_messages(&mut arrivals, &mut into, 10), 0);
+        assert_eq!(arrivals.len(), 2);
+    }
+
+    #[test]
+    fn no_run_is_taken_past_what_the_sequencer_holds_or_through_a_feed() {
+        let mut s = sequencer();
+        s.emit(Event::Message("made by the client".into()));
+        let mut arrivals = vec![message(0, "a")].into_iter();
+        let mut into = Vec::new();
+        assert_eq!(s.accept_messages(&mut arrivals, &mut into, 10), 0);
+        assert_eq!(s.pop().map(|st| st.connection), Some(None));
+        assert_eq!(s.accept_messages(&mut arrivals, &mut into, 10), 1);
+
+        let by = crate::feed::SequenceBy {
+            text: Some(Arc::new(|frame: &str| Some((frame, 1)))),
+            binary: None,
+        };
+        let feed = FeedSequencer::new(by, Duration::from_secs(1), Arc::new(Counters::new(2)));
+        let mut s = Sequencer::new(
+            Duration::from_secs(1),
+            Arc::new(Counters::new(2)),
+            Some(feed),
+            Arc::default(),
+        );
+        let mut arrivals = vec![message(0, "a")].into_iter();
+        assert_eq!(
+            s.accept_messages(&mut arrivals, &mut into, 10),
+            0,
+            "deduplicated first"
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! the read-ahead; under load, burst after burst while nothing else is due, bounded, before
 //! the loop looks at its commands, buffer and timers again.
 
-use futures_util::{FutureExt, StreamExt};
+use std::task::{Context, Poll, Waker};
+
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use ws_protocol::WsMessage;
@@ -74,7 +76,7 @@ impl Driver {
             if !quiet {
                 break;
             }
-            let Some(frame) = ws.next().now_or_never() else {
+            let Some(frame) = ready_frame(ws) else {
                 break;
             };
             self.burst(ws, frame, heartbeat, close_frame).await?;
@@ -163,9 +165,18 @@ impl Driver {
     /// has room; `None` when it has none ready or the read-ahead is full.
     fn next_in_burst(&self, ws: &mut Socket) -> Option<Read> {
         if self.out.len() < READ_AHEAD {
-            ws.next().now_or_never()
+            ready_frame(ws)
         } else {
             None
         }
+    }
+}
+
+/// The frame the socket has ready now, if any, without waiting: a poll with a waker that does
+/// nothing (the select loop polls with the task's own before the task sleeps).
+fn ready_frame(ws: &mut Socket) -> Option<Read> {
+    match ws.poll_next_unpin(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(frame) => Some(frame),
+        Poll::Pending => None,
     }
 }
