@@ -389,7 +389,9 @@ impl WebSocketClient {
     /// `limit` in all, to `into`, as [`next_stamped`](Self::next_stamped) gives them and in
     /// the same order: one call per burst of a busy feed rather than one per event (as
     /// `tokio::sync::mpsc::Receiver::recv_many`). Returns how many it appended; 0 once the
-    /// client has ended and every event was taken, or when `limit` is 0.
+    /// client has ended and every event was taken, or when `limit` is 0. Like
+    /// `next_stamped`, safe to cancel (in a `select!`): events leave the client only in the
+    /// call that returns them.
     ///
     /// ```no_run
     /// # async fn run(client: ws_client::WebSocketClient) {
