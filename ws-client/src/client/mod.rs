@@ -214,9 +214,9 @@ impl WebSocketClient {
     /// [`epoch`](Self::epoch) and the last `seq` it handled, say from before a restart): the
     /// hub replays every publication after each position that its history still holds, then
     /// live ones, with no gap and no duplicate at the seam. Where the history no longer
-    /// reaches back that far (or the epoch changed), an [`Event::Unrecovered`] says so and
-    /// delivery goes on from the hub's position. A channel already subscribed keeps its own
-    /// position.
+    /// reaches back that far (or the epoch changed), an
+    /// [`Event::Unrecovered`](crate::Event::Unrecovered) says so and delivery goes on from
+    /// the hub's position. A channel already subscribed keeps its own position.
     ///
     /// ```no_run
     /// use ws_protocol::Position;
@@ -245,7 +245,7 @@ impl WebSocketClient {
     /// `seq` of the last one handled, the position to give
     /// [`subscribe_since`](Self::subscribe_since) later. `None` until the hub confirmed the
     /// subscription, and after an unsubscribe. It changes only with an
-    /// [`Event::Unrecovered`] (the channel's history was lost).
+    /// [`Event::Unrecovered`](crate::Event::Unrecovered) (the channel's history was lost).
     pub fn epoch(&self, channel: &str) -> Option<String> {
         self.shared.epochs.get(channel)
     }
