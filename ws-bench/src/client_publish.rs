@@ -55,6 +55,10 @@ pub(crate) struct ClientPublishReport {
     pub received: u64,
     /// Received messages per second.
     pub received_per_s: f64,
+    /// Publications sent that the measuring subscriber never received, 10 s after the last:
+    /// one that falls behind by more than the hub's send queue is cut as a slow consumer and
+    /// its count stops, so `received_per_s` measures the client only when this is 0.
+    pub missed: u64,
     /// Seconds of publishing.
     pub duration_s: f64,
     /// One-way latency through client, hub and subscriber.
@@ -163,12 +167,14 @@ pub(crate) async fn run(args: &ClientPublishArgs) -> Result<ClientPublishReport>
     stop.cancel();
     client.close().await;
     let _ = reading.await;
+    let received = shared.deliveries.load(Ordering::Relaxed);
     Ok(ClientPublishReport {
         sent,
         buffer_full: full,
         acknowledged,
         acknowledged_per_s: acknowledged as f64 / duration_s,
-        received: shared.deliveries.load(Ordering::Relaxed),
+        received,
+        missed: sent.saturating_sub(received),
         received_per_s: received_in_window as f64 / duration_s,
         duration_s,
         latency_us: shared.latency_us(),

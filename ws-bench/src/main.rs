@@ -125,14 +125,22 @@ fn main() -> Result<()> {
             Command::ClientPublish(args) => {
                 let report = client_publish::run(&args).await?;
                 println!(
-                    "== S8 client publish\nsent {} ({} BufferFull retries), received {} = {:.0}/s over {:.1} s, latency p50 {:.0} us p99 {:.0} us",
+                    "== S8 client publish\nsent {} ({} BufferFull retries), received {} = {:.0}/s over {:.1} s, latency p50 {:.0} us p99 {:.0} us{}",
                     report.sent,
                     report.buffer_full,
                     report.received,
                     report.received_per_s,
                     report.duration_s,
                     report.latency_us.p50,
-                    report.latency_us.p99
+                    report.latency_us.p99,
+                    if report.missed > 0 {
+                        format!(
+                            "\n{} publications never reached the measuring subscriber (cut as a slow consumer): the rate above does not measure the client",
+                            report.missed
+                        )
+                    } else {
+                        String::new()
+                    }
                 );
                 write_json(args.json.as_deref(), &report)?;
             }
