@@ -17,7 +17,7 @@
 //! in [`Event::Unrecovered`]. Publications the hub conflated on purpose (`Conflated`) are not
 //! gaps.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +28,13 @@ use ws_protocol::{ChannelPosition, Payload, Position};
 pub(crate) use crate::driver::arrival::{Arrival, Asked};
 use crate::epochs::Epochs;
 use crate::event::Event;
-use crate::feed::{FeedSequencer, RECENT};
+use crate::feed::FeedSequencer;
 use crate::metrics::Counters;
 use crate::stamped::Stamped;
+
+mod track;
+
+use track::Track;
 
 /// Default for [`ClientBuilder::gap_timeout`](crate::ClientBuilder::gap_timeout).
 pub const DEFAULT_GAP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -43,66 +47,6 @@ pub(crate) struct FillRequest {
     pub(crate) connection: usize,
     pub(crate) channel: String,
     pub(crate) since: Position,
-}
-
-struct Track {
-    epoch: String,
-    delivered: u64,
-    /// Publications after a gap, by `seq`, with the connection that brought them and when.
-    held: BTreeMap<u64, (Payload, usize, Instant)>,
-    /// Per connection: publications the hub said it conflated and not yet skipped over.
-    conflated: Vec<u64>,
-    /// When the open gap was noticed.
-    gap_since: Option<Instant>,
-    /// With several connections: `(seq, when it arrived)` of the latest deliveries, to time
-    /// the copies that lose.
-    recent: VecDeque<(u64, Instant)>,
-}
-
-impl Track {
-    fn new(epoch: String, delivered: u64) -> Self {
-        Self {
-            epoch,
-            delivered,
-            held: BTreeMap::new(),
-            conflated: Vec::new(),
-            gap_since: None,
-            recent: VecDeque::new(),
-        }
-    }
-
-    /// Notes when `seq`'s winning copy arrived (with several connections only).
-    fn remember(&mut self, racing: bool, seq: u64, at: Instant) {
-        if !racing {
-            return;
-        }
-        if self.recent.len() == RECENT {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((seq, at));
-    }
-
-    /// When the winning copy of `seq` arrived, if it is still known.
-    fn won_at(&self, seq: u64) -> Option<Instant> {
-        if let Some((_, _, at)) = self.held.get(&seq) {
-            return Some(*at);
-        }
-        let index = self.recent.binary_search_by_key(&seq, |&(s, _)| s).ok()?;
-        self.recent.get(index).map(|&(_, at)| at)
-    }
-
-    /// Whether a jump from the last delivered `seq` to `seq` on `connection` is covered by what the
-    /// hub conflated there; if so, the cover is used up.
-    fn conflated_over(&mut self, connection: usize, seq: u64) -> bool {
-        let jump = seq - self.delivered - 1;
-        match self.conflated.get_mut(connection) {
-            Some(budget) if *budget >= jump => {
-                *budget -= jump;
-                true
-            }
-            _ => false,
-        }
-    }
 }
 
 /// The ordering, deduplicating, gap-filling stage. See the module documentation.
@@ -154,8 +98,7 @@ impl Sequencer {
     /// needs no sequencing (no feed sequencer) with nothing ready before it goes straight
     /// back, without a trip through the queue of ready events.
     pub(crate) fn accept_next(&mut self, arrival: Arrival, now: Instant) -> Option<Stamped> {
-        if self.feed.is_none()
-            && self.ready.is_empty()
+        if self.passes_messages_through()
             && let Arrival::Message {
                 connection,
                 event,
@@ -178,7 +121,7 @@ impl Sequencer {
         into: &mut Vec<Stamped>,
         room: usize,
     ) -> usize {
-        if self.feed.is_some() || !self.ready.is_empty() {
+        if !self.passes_messages_through() {
             return 0;
         }
         let mut taken = 0;
@@ -194,6 +137,12 @@ impl Sequencer {
             }
         }
         taken
+    }
+
+    /// Whether a plain message goes to the application as it came: no feed sequence to
+    /// deduplicate it by, and nothing ready that must go first.
+    fn passes_messages_through(&self) -> bool {
+        self.feed.is_none() && self.ready.is_empty()
     }
 
     /// An event the client made itself, for the application.
